@@ -1,0 +1,141 @@
+"""A decoded, resized, memory-mapped copy of a data set, so training never decodes JPEGs.
+
+Layout of a cache directory:
+  index.json    what is in it: size, source, one record per row (id, split, label, hashes)
+  images.npy    uint8 (N, S, S, 3), memory-mapped by every reader (one copy per node)
+  masks.npy     uint8 (N, S, S) with 0/1 values; rows without a mask are zero
+  splits.json   the split assignment with content hashes, as `melanoma data split` writes
+index.json is written last, so an interrupted prepare leaves no cache that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.data.check import check_dataset
+from melanoma.data.io import load_image, load_mask
+from melanoma.data.splits import SplitConfig, Splits, build_splits
+
+CACHE_VERSION = 1
+INDEX = "index.json"
+
+
+def is_cache(path: Path) -> bool:
+    return (Path(path) / INDEX).is_file()
+
+
+def prepare_cache(
+    root: Path,
+    size: int,
+    out: Path,
+    *,
+    layout: str | None = None,
+    on_bad: str = "fail",
+    split_config: SplitConfig | None = None,
+    workers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Validate, split, decode and resize ``root`` into ``out``; return the cache summary."""
+    if not 16 <= size <= 2048:
+        raise ValueError(f"cache size must be between 16 and 2048 pixels, got {size}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not is_cache(out):
+        raise FileExistsError(
+            f"{out} exists and is not a melanoma cache; choose an empty or new directory"
+        )
+    report = check_dataset(root, layout, on_bad=on_bad, workers=workers)
+    splits = build_splits(report, split_config or SplitConfig())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / INDEX).unlink(missing_ok=True)
+
+    rows = [e for split in ("train", "val", "test") for e in splits.entries[split]]
+    split_of = {e.sample.id: split for split, items in splits.entries.items() for e in items}
+    n = len(rows)
+    images = np.lib.format.open_memmap(
+        out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
+    )
+    masks = np.lib.format.open_memmap(
+        out / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size)
+    )
+
+    def fill(i: int) -> None:
+        sample = rows[i].sample
+        images[i] = load_image(sample.image_path, size)
+        masks[i] = load_mask(sample.mask_path, size) if rows[i].mask_sha256 else 0
+
+    with ThreadPoolExecutor(workers or 4) as pool:
+        for done, _ in enumerate(pool.map(fill, range(n)), start=1):
+            if progress:
+                progress(done, n)
+    images.flush()
+    masks.flush()
+
+    splits.save(out / "splits.json")
+    index = {
+        "version": CACHE_VERSION,
+        "size": size,
+        "n": n,
+        "source": {"root": str(Path(root).resolve()), "layout": report.layout},
+        "summary": report.summary(),
+        "samples": [
+            {
+                "row": i,
+                "id": e.sample.id,
+                "split": split_of[e.sample.id],
+                "label": e.sample.label,
+                "diagnosis": e.sample.diagnosis,
+                "group": e.sample.group,
+                "has_mask": e.mask_sha256 is not None,
+                "image_sha256": e.image_sha256,
+            }
+            for i, e in enumerate(rows)
+        ],
+    }
+    (out / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    return {
+        "cache": str(out),
+        "size": size,
+        "images": n,
+        "splits": splits.counts(),
+        "bytes": (out / "images.npy").stat().st_size + (out / "masks.npy").stat().st_size,
+    }
+
+
+@dataclass
+class Cache:
+    """A prepared cache, opened read-only."""
+
+    path: Path
+    index: dict
+
+    @classmethod
+    def open(cls, path: Path) -> Cache:
+        path = Path(path)
+        if not is_cache(path):
+            raise FileNotFoundError(
+                f"{path} is not a prepared cache (no {INDEX}); create one with "
+                f"`melanoma data prepare DATA_DIR --size S --out {path}`"
+            )
+        index = json.loads((path / INDEX).read_text())
+        if index.get("version") != CACHE_VERSION:
+            raise ValueError(
+                f"cache {path} has version {index.get('version')}, expected {CACHE_VERSION}; "
+                "prepare it again"
+            )
+        return cls(path, index)
+
+    @property
+    def size(self) -> int:
+        return int(self.index["size"])
+
+    def splits(self) -> Splits:
+        return Splits.load(self.path / "splits.json", root=Path(self.index["source"]["root"]))
+
+    def rows(self, split: str) -> list[int]:
+        return [r["row"] for r in self.index["samples"] if r["split"] == split]

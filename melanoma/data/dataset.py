@@ -1,0 +1,150 @@
+"""Torch datasets over either the raw layout or a prepared cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from melanoma.data.cache import Cache, is_cache
+from melanoma.data.check import check_dataset
+from melanoma.data.io import load_image, load_mask
+from melanoma.data.records import SPLITS, Sample
+from melanoma.data.splits import SplitConfig, Splits, build_splits
+
+
+@dataclass(frozen=True)
+class Item:
+    """What one row of a source holds before augmentation."""
+
+    image: np.ndarray  # uint8 (S, S, 3)
+    mask: np.ndarray | None  # uint8 0/1 (S, S), None when the sample has no mask
+    label: int | None
+    id: str
+
+
+class RawSource:
+    """Decodes and resizes files on every access (what the cache saves us from)."""
+
+    def __init__(self, samples: list[Sample], size: int, has_mask: list[bool] | None = None):
+        self.samples = samples
+        self.size = size
+        self.has_mask = has_mask or [s.mask_path is not None for s in samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def labels(self) -> list[int | None]:
+        return [s.label for s in self.samples]
+
+    def get(self, i: int) -> Item:
+        s = self.samples[i]
+        mask = load_mask(s.mask_path, self.size) if self.has_mask[i] else None
+        return Item(load_image(s.image_path, self.size), mask, s.label, s.id)
+
+
+class CacheSource:
+    """Rows of a prepared cache; memory maps are opened lazily in each worker process."""
+
+    def __init__(self, cache: Cache, rows: list[int]):
+        self.path = cache.path
+        self.size = cache.size
+        self.rows = rows
+        records = cache.index["samples"]
+        self._meta = [records[r] for r in rows]
+        self._images: np.ndarray | None = None
+        self._masks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def labels(self) -> list[int | None]:
+        return [m["label"] for m in self._meta]
+
+    def __getstate__(self) -> dict:
+        # Never pickle an open memmap into DataLoader workers or Ray tasks.
+        return {**self.__dict__, "_images": None, "_masks": None}
+
+    def get(self, i: int) -> Item:
+        if self._images is None:
+            self._images = np.load(self.path / "images.npy", mmap_mode="r")
+            self._masks = np.load(self.path / "masks.npy", mmap_mode="r")
+        row, meta = self.rows[i], self._meta[i]
+        mask = np.array(self._masks[row]) if meta["has_mask"] else None
+        return Item(np.array(self._images[row]), mask, meta["label"], meta["id"])
+
+
+class LesionDataset(Dataset):
+    """Items as tensors: image uint8 (3, S, S), mask uint8 (1, S, S), label (-1 if unknown)."""
+
+    def __init__(self, source: RawSource | CacheSource, augment: A.Compose | None = None):
+        self.source = source
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.source.get(i)
+        image, mask = item.image, item.mask
+        has_mask = mask is not None
+        if mask is None:
+            mask = np.zeros(image.shape[:2], dtype=np.uint8)
+        if self.augment is not None:
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+            "mask": torch.from_numpy(np.ascontiguousarray(mask))[None],
+            "has_mask": has_mask,
+            "label": -1 if item.label is None else item.label,
+            "id": item.id,
+        }
+
+
+@dataclass
+class DataBundle:
+    """Splits plus a way to get a dataset per split, from a cache or from raw files."""
+
+    splits: Splits
+    size: int
+    cache: Cache | None = None
+
+    def source(self, split: str) -> RawSource | CacheSource:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+        if self.cache is not None:
+            return CacheSource(self.cache, self.cache.rows(split))
+        entries = self.splits.entries[split]
+        return RawSource(
+            [e.sample for e in entries], self.size, [e.mask_sha256 is not None for e in entries]
+        )
+
+    def dataset(self, split: str, augment: A.Compose | None = None) -> LesionDataset:
+        return LesionDataset(self.source(split), augment)
+
+
+def open_data(
+    path: Path,
+    size: int,
+    *,
+    layout: str | None = None,
+    on_bad: str = "fail",
+    split_config: SplitConfig | None = None,
+) -> DataBundle:
+    """Open a prepared cache (``size`` must match) or validate and split a raw data set."""
+    path = Path(path)
+    if is_cache(path):
+        cache = Cache.open(path)
+        if cache.size != size:
+            raise ValueError(
+                f"cache {path} holds {cache.size}x{cache.size} images but image_size={size} was "
+                f"asked for; prepare a cache at {size} or set image_size to {cache.size}"
+            )
+        return DataBundle(cache.splits(), size, cache)
+    report = check_dataset(path, layout, on_bad=on_bad)
+    return DataBundle(build_splits(report, split_config or SplitConfig()), size)

@@ -1,0 +1,291 @@
+"""Stratified, grouped train/val/test splits, written with the content hash of every file.
+
+Rules, in order:
+1. Official splits the layout provides (ISIC 2017 Training/Validation/Test, ...) are kept.
+2. Splits the layout lacks are carved from the training pool, stratified by melanoma label.
+3. Images of one lesion or patient (the layout's group id) and byte-identical images form
+   one unit that always lands in one split. A unit that official splits already put on two
+   sides is reported as a leak, never silently moved.
+Carving is our own greedy allocation rather than sklearn's StratifiedGroupKFold, whose
+fold sizes can only approximate a fraction such as 0.15.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.data.check import CheckReport
+from melanoma.data.io import file_sha256
+from melanoma.data.records import SPLITS, Sample
+
+SPLITS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How to carve the splits a layout does not provide."""
+
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    keep_official: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value < 1.0:
+                raise ValueError(f"{name} must be strictly between 0 and 1, got {value}")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} "
+                "leaves too little for training; keep the sum below 0.9"
+            )
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    sample: Sample
+    image_sha256: str
+    mask_sha256: str | None
+
+
+class LeakError(ValueError):
+    """The test split shares images, ids or groups with the data the search sees."""
+
+
+@dataclass
+class Splits:
+    """The assignment of every usable sample to train, val or test."""
+
+    root: Path
+    layout: str
+    config: SplitConfig
+    entries: dict[str, list[SplitEntry]]
+    leaks: list[dict] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+    def samples(self, split: str) -> list[Sample]:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+        return [e.sample for e in self.entries[split]]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for split, items in self.entries.items():
+            labels = Counter(e.sample.label for e in items)
+            out[split] = {
+                "images": len(items),
+                "melanoma": labels.get(1, 0),
+                "benign": labels.get(0, 0),
+                "unlabelled": labels.get(None, 0),
+            }
+        return out
+
+    def assert_test_isolated(self) -> None:
+        """Raise LeakError if any test image's id, group or content also appears in train/val."""
+        seen: dict[str, dict[str, str]] = {"id": {}, "group": {}, "sha256": {}}
+        for split in ("train", "val"):
+            for e in self.entries[split]:
+                seen["id"][e.sample.id] = split
+                seen["sha256"][e.image_sha256] = f"{split}:{e.sample.id}"
+                if e.sample.group:
+                    seen["group"][e.sample.group] = f"{split}:{e.sample.id}"
+        found = []
+        for e in self.entries["test"]:
+            s = e.sample
+            if s.id in seen["id"]:
+                found.append(f"test image {s.id} is also in {seen['id'][s.id]}")
+            if e.image_sha256 in seen["sha256"]:
+                found.append(
+                    f"test image {s.id} has the same bytes as {seen['sha256'][e.image_sha256]}"
+                )
+            if s.group and s.group in seen["group"]:
+                found.append(
+                    f"test image {s.id} shares group {s.group!r} with {seen['group'][s.group]}"
+                )
+        if found:
+            raise LeakError("the test split leaks into the search data:\n  " + "\n  ".join(found))
+
+    def verify_files(self, splits: tuple[str, ...] = SPLITS) -> list[str]:
+        """Recompute the hashes of the files on disk; list every file that changed."""
+        changed = []
+        for split in splits:
+            for e in self.entries[split]:
+                if file_sha256(e.sample.image_path) != e.image_sha256:
+                    changed.append(str(e.sample.image_path))
+                if e.mask_sha256 and file_sha256(e.sample.mask_path) != e.mask_sha256:
+                    changed.append(str(e.sample.mask_path))
+        return changed
+
+    # ---------------------------------------------------------------- persistence
+    def to_json(self) -> dict:
+        def rel(p: Path | None) -> str | None:
+            if p is None:
+                return None
+            try:
+                return str(Path(p).resolve().relative_to(self.root.resolve()))
+            except ValueError:
+                return str(Path(p).resolve())
+
+        return {
+            "version": SPLITS_VERSION,
+            "dataset": {"root": str(self.root.resolve()), "layout": self.layout},
+            "config": asdict(self.config),
+            "counts": self.counts(),
+            "leaks": self.leaks,
+            "excluded": self.excluded,
+            "splits": {
+                split: [
+                    {
+                        "id": e.sample.id,
+                        "image": rel(e.sample.image_path),
+                        "mask": rel(e.sample.mask_path),
+                        "label": e.sample.label,
+                        "diagnosis": e.sample.diagnosis,
+                        "group": e.sample.group,
+                        "official_split": e.sample.split,
+                        "image_sha256": e.image_sha256,
+                        "mask_sha256": e.mask_sha256,
+                    }
+                    for e in items
+                ]
+                for split, items in self.entries.items()
+            },
+        }
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, root: Path | None = None) -> Splits:
+        """Read a splits.json; ``root`` overrides the data location recorded in it."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read splits file {path}: {err}") from err
+        if doc.get("version") != SPLITS_VERSION:
+            raise ValueError(
+                f"{path} has splits version {doc.get('version')!r}, expected {SPLITS_VERSION}; "
+                "regenerate it with `melanoma data split`"
+            )
+        base = Path(root) if root else Path(doc["dataset"]["root"])
+
+        def entry(d: dict) -> SplitEntry:
+            sample = Sample(
+                id=d["id"],
+                image_path=base / d["image"],
+                mask_path=base / d["mask"] if d["mask"] else None,
+                label=d["label"],
+                diagnosis=d["diagnosis"],
+                group=d["group"],
+                split=d["official_split"],
+            )
+            return SplitEntry(sample, d["image_sha256"], d["mask_sha256"])
+
+        return cls(
+            root=base,
+            layout=doc["dataset"]["layout"],
+            config=SplitConfig(**doc["config"]),
+            entries={s: [entry(d) for d in doc["splits"][s]] for s in SPLITS},
+            leaks=doc.get("leaks", []),
+            excluded=doc.get("excluded", []),
+        )
+
+
+def _units(samples: list[Sample], content: dict[str, str]) -> list[list[Sample]]:
+    """Union samples that share a group id or identical bytes."""
+    parent = list(range(len(samples)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, s in enumerate(samples):
+        keys = [("group", s.group)] if s.group else []
+        if s.id in content:
+            keys.append(("sha", content[s.id]))
+        for key in keys:
+            if key in first:
+                parent[find(i)] = find(first[key])
+            else:
+                first[key] = i
+    units: dict[int, list[Sample]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        units[find(i)].append(s)
+    return list(units.values())
+
+
+def assign_splits(
+    samples: list[Sample], config: SplitConfig, content: dict[str, str] | None = None
+) -> tuple[dict[str, str], list[dict]]:
+    """Map sample id to split; also return the leaks official splits already contain."""
+    content = content or {}
+    units = _units(samples, content)
+    official = {s.split for s in samples if s.split} if config.keep_official else set()
+    to_carve = [s for s in ("val", "test") if s not in official]
+
+    assignment: dict[str, str] = {}
+    leaks: list[dict] = []
+    pool: list[list[Sample]] = []
+    for unit in units:
+        fixed = {s.split for s in unit if s.split and s.split in official}
+        if len(fixed) > 1:
+            leaks.append(
+                {
+                    "splits": sorted(fixed),
+                    "ids": sorted(s.id for s in unit),
+                    "reason": "same group or identical image content in different official splits",
+                }
+            )
+        if fixed and fixed != {"train"}:
+            for s in unit:
+                assignment[s.id] = s.split if s.split in official else sorted(fixed)[0]
+        else:
+            pool.append(unit)
+
+    # Targets are fractions of the whole data set, per label stratum.
+    totals = Counter(s.label for s in samples)
+    fractions = {"val": config.val_fraction, "test": config.test_fraction}
+    rng = np.random.default_rng(config.seed)
+    strata: dict[int | None, list[list[Sample]]] = defaultdict(list)
+    for unit in sorted(pool, key=lambda u: min(s.id for s in u)):
+        labels = [s.label for s in unit if s.label is not None]
+        strata[max(labels) if labels else None].append(unit)
+    for label in sorted(strata, key=lambda v: -1 if v is None else v):
+        units_here = strata[label]
+        order = rng.permutation(len(units_here))
+        counts = Counter()
+        targets = {name: round(fractions[name] * totals[label]) for name in to_carve}
+        for i in order:
+            unit = units_here[i]
+            dest = next((n for n in to_carve if counts[n] < targets[n]), "train")
+            counts[dest] += len(unit)
+            for s in unit:
+                assignment[s.id] = dest
+    return assignment, leaks
+
+
+def build_splits(report: CheckReport, config: SplitConfig) -> Splits:
+    """Assign every usable sample of a checked data set to a split, with file hashes."""
+    content = {i: info.image_sha256 for i, info in report.info.items()}
+    assignment, leaks = assign_splits(report.samples, config, content)
+    entries: dict[str, list[SplitEntry]] = {s: [] for s in SPLITS}
+    for s in report.samples:
+        info = report.info[s.id]
+        entries[assignment[s.id]].append(SplitEntry(s, info.image_sha256, info.mask_sha256))
+    return Splits(
+        report.root, report.layout, config, entries, leaks, [str(p) for p in report.problems]
+    )

@@ -1,0 +1,160 @@
+"""Synthetic dermoscopy-like images with lesion masks, written in the ISIC 2017 layout.
+
+The class signal is real but not trivial: melanoma-like lesions are on average larger,
+more asymmetric, more irregular at the border and have more colours, and the two class
+distributions overlap. Each image depends only on (seed, index), so the same seed with a
+larger ``n`` gives a superset of the same images.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+_SKIN = np.array([[236, 200, 178], [222, 178, 150], [200, 150, 118], [172, 122, 92]], float)
+_BROWNS = np.array([[150, 100, 70], [128, 84, 58], [170, 120, 85]], float)
+_MELANOMA_COLOURS = np.array(
+    [[45, 32, 30], [92, 100, 122], [165, 72, 62], [110, 66, 44], [200, 170, 150]], float
+)
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Parameters of a synthetic data set."""
+
+    n: int = 200
+    size: int = 256
+    seed: int = 0
+    prevalence: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"n must be at least 1, got {self.n}")
+        if not 32 <= self.size <= 4096:
+            raise ValueError(f"size must be between 32 and 4096 pixels, got {self.size}")
+        if not 0.0 < self.prevalence < 1.0:
+            raise ValueError(f"prevalence must be strictly between 0 and 1, got {self.prevalence}")
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int) -> np.ndarray:
+    grid = rng.normal(0.0, 1.0, (cells, cells, channels)).astype(np.float32)
+    out = cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+    return out.reshape(size, size, channels)
+
+
+def generate_sample(
+    rng: np.random.Generator, size: int, melanoma: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (RGB uint8 image, 0/255 uint8 mask) pair."""
+    s = size
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+
+    skin = _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 8, 3)
+    # Mostly brightness texture: independent per-channel noise looks like rainbow skin.
+    image = (
+        skin
+        + 10.0 * _smooth_noise(rng, s, 6, 1)
+        + 3.0 * _smooth_noise(rng, s, 4, 3)
+        + rng.normal(0, 3, (s, s, 3))
+    )
+
+    # Lesion outline: a radius that varies with angle. Melanoma-like lesions get larger
+    # radii, more and stronger harmonics (irregular border) and more elongation/offset
+    # (asymmetry); the ranges overlap so the task is learnable but not trivial.
+    if melanoma:
+        radius = rng.uniform(0.17, 0.33) * s
+        harmonics = int(rng.integers(5, 13))
+        roughness = rng.uniform(0.05, 0.12)
+        elongation = rng.uniform(0.1, 0.5)
+        skew = rng.uniform(0.05, 0.2)
+    else:
+        radius = rng.uniform(0.11, 0.26) * s
+        harmonics = int(rng.integers(2, 6))
+        roughness = rng.uniform(0.01, 0.06)
+        elongation = rng.uniform(0.0, 0.25)
+        skew = rng.uniform(0.0, 0.08)
+    cx, cy = s / 2 + rng.normal(0, 0.06 * s, 2)
+    angle = rng.uniform(0, np.pi)
+    dx, dy = xx - cx, yy - cy
+    u = dx * np.cos(angle) + dy * np.sin(angle)
+    v = -dx * np.sin(angle) + dy * np.cos(angle)
+    u = u / (1.0 + elongation)
+    theta = np.arctan2(v, u)
+    rho = np.hypot(u, v)
+    r_theta = np.ones_like(theta) + skew * np.cos(theta + rng.uniform(0, 2 * np.pi))
+    for k in range(2, harmonics + 1):
+        r_theta += roughness / np.sqrt(k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    mask = rho < radius * r_theta
+
+    # Lesion colour: benign mostly one brown; melanoma several colours in blobs.
+    lesion = np.broadcast_to(
+        _BROWNS[rng.integers(len(_BROWNS))] + rng.normal(0, 10, 3), (s, s, 3)
+    ).copy()
+    n_colours = int(rng.integers(2, 5)) if melanoma else int(rng.random() < 0.2) + 1
+    for _ in range(n_colours - 1):
+        colour = _MELANOMA_COLOURS[rng.integers(len(_MELANOMA_COLOURS))]
+        bx, by = cx + rng.normal(0, radius * 0.4), cy + rng.normal(0, radius * 0.4)
+        spread = radius * rng.uniform(0.2, 0.5)
+        weight = np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * spread**2))[..., None]
+        lesion = lesion * (1 - weight) + colour * weight
+    lesion += 12.0 * _smooth_noise(rng, s, 16, 1) + rng.normal(0, 4, (s, s, 1))
+
+    edge = max(1.0, s * (0.012 if melanoma else 0.006))
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), edge)[..., None]
+    image = image * (1 - 0.92 * alpha) + lesion * 0.92 * alpha
+
+    # Vignette, sometimes the dark rim of the dermoscope's field of view.
+    r_norm = np.hypot(xx - s / 2, yy - s / 2) / (s / np.sqrt(2))
+    image *= (1.0 - rng.uniform(0.1, 0.45) * r_norm**2)[..., None]
+    if rng.random() < 0.25:
+        rim = (r_norm > rng.uniform(0.62, 0.72)).astype(np.float32)
+        rim = cv2.GaussianBlur(rim, (0, 0), s * 0.01)[..., None]
+        image = image * (1 - rim) + 12.0 * rim
+
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    for _ in range(int(rng.poisson(2.0))):
+        pts = rng.uniform(-0.1 * s, 1.1 * s, (3, 2))
+        t = np.linspace(0, 1, 24)[:, None]
+        curve = (1 - t) ** 2 * pts[0] + 2 * (1 - t) * t * pts[1] + t**2 * pts[2]
+        shade = int(rng.integers(25, 75))
+        cv2.polylines(
+            image,
+            [curve.astype(np.int32)],
+            False,
+            (shade, shade - 5, shade - 10),
+            thickness=int(rng.integers(1, 3)),
+            lineType=cv2.LINE_AA,
+        )
+    return image, mask.astype(np.uint8) * 255
+
+
+def write_synthetic(out: Path, config: SynthConfig) -> dict:
+    """Write ``config.n`` images, masks and labels under ``out`` in the ISIC 2017 layout."""
+    out = Path(out)
+    images_dir = out / "ISIC-2017_Training_Data"
+    masks_dir = out / "ISIC-2017_Training_Part1_GroundTruth"
+    images_dir.mkdir(parents=True, exist_ok=True)
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(config.n):
+        rng = np.random.default_rng([config.seed, i])
+        melanoma = bool(rng.random() < config.prevalence)
+        keratosis = (not melanoma) and rng.random() < 0.2
+        image, mask = generate_sample(rng, config.size, melanoma)
+        image_id = f"ISIC_{i:07d}"
+        Image.fromarray(image).save(images_dir / f"{image_id}.jpg", quality=92)
+        Image.fromarray(mask).save(masks_dir / f"{image_id}_segmentation.png")
+        rows.append((image_id, f"{float(melanoma):.1f}", f"{float(keratosis):.1f}"))
+    with open(out / "ISIC-2017_Training_Part3_GroundTruth.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("image_id", "melanoma", "seborrheic_keratosis"))
+        writer.writerows(rows)
+    summary = {**asdict(config), "melanoma": sum(r[1] == "1.0" for r in rows), "layout": "isic2017"}
+    (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
