@@ -55,7 +55,7 @@ class LabelRow:
 def join_split(
     *,
     images: dict[str, Path],
-    labels: dict[str, LabelRow] | None,
+    labels: dict[str, LabelRow | None] | None,
     labels_csv: Path | None,
     images_dir: Path,
     mask_for: Callable[[str], Path | None],
@@ -77,6 +77,8 @@ def join_split(
                     )
                 )
     for image_id, path in images.items():
+        if labels is not None and image_id in labels and labels[image_id] is None:
+            continue  # its label row is bad and already reported
         row = labels.get(image_id) if labels is not None else None
         if row is None and labels is not None and not unlabelled_ok:
             problems.append(
@@ -99,9 +101,9 @@ def join_split(
 
 def _rows_to_labels(
     rows: Iterable[tuple[int, str, Callable[[], LabelRow]]], csv_path: Path
-) -> tuple[dict[str, LabelRow], list[Problem]]:
+) -> tuple[dict[str, LabelRow | None], list[Problem]]:
     """Build id -> LabelRow, reporting duplicate ids and unparsable rows with their line."""
-    labels: dict[str, LabelRow] = {}
+    labels: dict[str, LabelRow | None] = {}
     problems: list[Problem] = []
     for line, image_id, make in rows:
         if not image_id:
@@ -118,6 +120,8 @@ def _rows_to_labels(
             labels[image_id] = make()
         except ValueError as err:
             problems.append(Problem(csv_path, "bad label row", f"line {line}: {err}", image_id))
+            # Remember the id so its image is not reported a second time as unlabelled.
+            labels[image_id] = None
     return labels, problems
 
 

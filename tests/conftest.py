@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny data sets the tests build themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from melanoma.data.synth import SynthConfig, write_synthetic
+
+SHARED_ISIC2017 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isic2017"
+
+
+def write_image(path: Path, size: tuple[int, int] = (40, 32), seed: int = 0) -> Path:
+    """A small random RGB image (JPEG or PNG by suffix); the seed makes contents distinct."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def write_mask(path: Path, size: tuple[int, int] = (40, 32), values=(0, 255)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    mask = np.full((h, w), values[0], dtype=np.uint8)
+    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = values[1]
+    Image.fromarray(mask).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """24 synthetic 64-pixel images in the ISIC 2017 layout (read-only for tests)."""
+    root = tmp_path_factory.mktemp("synth")
+    write_synthetic(root, SynthConfig(n=24, size=64, seed=3, prevalence=0.3))
+    return root
+
+
+@pytest.fixture
+def synth_copy(tmp_path) -> Path:
+    """A fresh, writable synthetic data set that a test may damage."""
+    write_synthetic(tmp_path, SynthConfig(n=12, size=48, seed=5, prevalence=0.3))
+    return tmp_path
+
+
+@pytest.fixture
+def real_isic2017() -> Path:
+    if not (SHARED_ISIC2017 / "ISIC-2017_Training_Data").is_dir():
+        pytest.skip(f"real ISIC 2017 data not found at {SHARED_ISIC2017}")
+    return SHARED_ISIC2017

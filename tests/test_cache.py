@@ -1,0 +1,124 @@
+"""The cache holds exactly what direct decoding gives, and datasets read both the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from melanoma.cli import main
+from melanoma.data.cache import Cache, prepare_cache
+from melanoma.data.dataset import open_data
+from melanoma.data.io import load_image, load_mask
+from melanoma.data.transforms import IMAGENET, Preprocess, build_augmentation
+
+
+@pytest.fixture(scope="module")
+def cache_dir(synth_root: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cache")
+    prepare_cache(synth_root, 32, out)
+    return out
+
+
+def test_cache_pixels_equal_direct_decoding(synth_root: Path, cache_dir: Path):
+    cached = open_data(cache_dir, 32)
+    raw = open_data(synth_root, 32)
+    assert cached.splits.counts() == raw.splits.counts()
+    for split in ("train", "val", "test"):
+        a, b = cached.dataset(split), raw.dataset(split)
+        assert len(a) == len(b) > 0
+        for i in range(len(a)):
+            x, y = a[i], b[i]
+            assert x["id"] == y["id"] and x["label"] == y["label"]
+            assert torch.equal(x["image"], y["image"]) and torch.equal(x["mask"], y["mask"])
+
+
+def test_resize_filters(synth_root: Path):
+    path = next((synth_root / "ISIC-2017_Training_Data").glob("*.jpg"))
+    img = load_image(path, 32)
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    mask = load_mask(next((synth_root / "ISIC-2017_Training_Part1_GroundTruth").glob("*.png")), 32)
+    assert set(np.unique(mask)) <= {0, 1}  # nearest neighbour keeps masks binary
+    assert load_image(path, 128).shape == (128, 128, 3)  # enlarging works too
+
+
+def test_items_are_uint8_tensors(cache_dir: Path):
+    item = open_data(cache_dir, 32).dataset("train")[0]
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.uint8
+    assert item["mask"].shape == (1, 32, 32) and item["has_mask"]
+    assert item["label"] in (0, 1)
+
+
+def test_augmentation_moves_image_and_mask_together(cache_dir: Path):
+    bundle = open_data(cache_dir, 32)
+    source = bundle.source("train")
+
+    class MaskAsImage:
+        """A source whose image is the mask itself, so misalignment shows."""
+
+        def __len__(self):
+            return len(source)
+
+        def get(self, i):
+            item = source.get(i)
+            return type(item)(np.repeat(item.mask[..., None] * 255, 3, axis=2), item.mask, 0, item.id)
+
+    from melanoma.data.dataset import LesionDataset
+
+    ds = LesionDataset(MaskAsImage(), build_augmentation(1.0))
+    agreement = []
+    for i in range(len(ds)):
+        item = ds[i]
+        agreement.append(((item["image"][0] > 127) == (item["mask"][0] > 0)).float().mean().item())
+    assert min(agreement) > 0.95
+    assert set(torch.unique(ds[0]["mask"]).tolist()) <= {0, 1}
+
+
+def test_augmentation_strength_validated():
+    assert build_augmentation(0.0) is None
+    with pytest.raises(ValueError, match=r"strength must be in \[0, 1\]"):
+        build_augmentation(1.5)
+
+
+def test_preprocess_is_the_one_normalisation():
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    out = Preprocess(IMAGENET)(x)
+    expected = (1.0 - torch.tensor(IMAGENET.mean)) / torch.tensor(IMAGENET.std)
+    assert torch.allclose(out[0, :, 0, 0], expected)
+    assert torch.allclose(Preprocess(IMAGENET)(x.float() / 255), out)
+
+
+def test_size_mismatch_and_not_a_cache(cache_dir: Path, tmp_path: Path):
+    with pytest.raises(ValueError, match="holds 32x32 images but image_size=64"):
+        open_data(cache_dir, 64)
+    with pytest.raises(FileNotFoundError, match="melanoma data prepare"):
+        Cache.open(tmp_path)
+
+
+def test_prepare_refuses_a_foreign_directory(synth_root: Path, tmp_path: Path):
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a melanoma cache"):
+        prepare_cache(synth_root, 32, tmp_path)
+
+
+def test_prepare_cli(synth_root: Path, tmp_path: Path, capsys):
+    assert main(["data", "prepare", str(synth_root), "--size", "24", "--out", str(tmp_path / "c")]) == 0
+    assert "cached 24 images at 24x24" in capsys.readouterr().out
+    cache = Cache.open(tmp_path / "c")
+    assert cache.size == 24 and len(cache.rows("train")) + len(cache.rows("val")) + len(
+        cache.rows("test")
+    ) == 24
+    assert main(["data", "prepare", str(synth_root), "--size", "8", "--out", str(tmp_path / "d")]) == 2
+    assert "between 16 and 2048" in capsys.readouterr().err
+
+
+def test_cache_source_pickles_without_memmap(cache_dir: Path):
+    import pickle
+
+    source = open_data(cache_dir, 32).source("train")
+    source.get(0)
+    clone = pickle.loads(pickle.dumps(source))
+    assert clone._images is None
+    assert np.array_equal(clone.get(0).image, source.get(0).image)

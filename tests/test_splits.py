@@ -1,0 +1,144 @@
+"""Splits: deterministic, stratified, grouped, official splits kept, leaks refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from melanoma.data.check import check_dataset
+from melanoma.data.records import Sample
+from melanoma.data.splits import LeakError, SplitConfig, Splits, assign_splits, build_splits
+
+
+def samples(n: int, prevalence: float = 0.2, groups: int | None = None, split=None) -> list[Sample]:
+    out = []
+    for i in range(n):
+        label = int(i % round(1 / prevalence) == 0)
+        group = f"g{i % groups}" if groups else None
+        out.append(Sample(f"id{i:04d}", Path(f"{i}.jpg"), label=label, group=group, split=split))
+    return out
+
+
+def test_deterministic_and_seed_dependent():
+    data = samples(500)
+    a, _ = assign_splits(data, SplitConfig(seed=1))
+    b, _ = assign_splits(data, SplitConfig(seed=1))
+    c, _ = assign_splits(data, SplitConfig(seed=2))
+    assert a == b
+    assert a != c
+
+
+def test_fractions_and_stratification():
+    data = samples(1000, prevalence=0.2)
+    assignment, _ = assign_splits(data, SplitConfig(val_fraction=0.15, test_fraction=0.2))
+    for split, fraction in (("val", 0.15), ("test", 0.2)):
+        members = [s for s in data if assignment[s.id] == split]
+        assert len(members) == pytest.approx(1000 * fraction, abs=2)
+        assert sum(s.label for s in members) == pytest.approx(200 * fraction, abs=1)
+
+
+def test_groups_never_cross_splits():
+    data = samples(600, groups=150)
+    assignment, leaks = assign_splits(data, SplitConfig(seed=4))
+    by_group: dict[str, set[str]] = {}
+    for s in data:
+        by_group.setdefault(s.group, set()).add(assignment[s.id])
+    assert all(len(v) == 1 for v in by_group.values())
+    assert not leaks
+    assert {"train", "val", "test"} == set(assignment.values())
+
+
+def test_identical_content_stays_together():
+    data = samples(200)
+    content = {s.id: s.id for s in data}
+    content["id0001"] = content["id0002"] = "same-bytes"
+    for seed in range(10):
+        assignment, _ = assign_splits(data, SplitConfig(seed=seed), content)
+        assert assignment["id0001"] == assignment["id0002"]
+
+
+def test_official_splits_kept_and_missing_test_carved_from_train():
+    data = samples(300, split="train") + [
+        Sample(f"v{i}", Path(f"v{i}.jpg"), label=i % 2, split="val") for i in range(40)
+    ]
+    assignment, _ = assign_splits(data, SplitConfig(test_fraction=0.1))
+    assert all(assignment[f"v{i}"] == "val" for i in range(40))
+    test = [i for i, s in assignment.items() if s == "test"]
+    assert len(test) == pytest.approx(34, abs=2) and all(i.startswith("id") for i in test)
+    ignored, _ = assign_splits(data, SplitConfig(keep_official=False))
+    assert any(ignored[f"v{i}"] != "val" for i in range(40))
+
+
+def test_leak_across_official_splits_is_reported_not_moved():
+    data = [
+        Sample("a", Path("a.jpg"), label=0, group="lesion-1", split="train"),
+        Sample("b", Path("b.jpg"), label=0, group="lesion-1", split="test"),
+        *samples(50, split="train"),
+    ]
+    assignment, leaks = assign_splits(data, SplitConfig())
+    assert (assignment["a"], assignment["b"]) == ("train", "test")
+    assert leaks and leaks[0]["ids"] == ["a", "b"]
+
+
+def test_splits_file_round_trip_and_hashes(synth_root: Path, tmp_path: Path):
+    splits = build_splits(check_dataset(synth_root), SplitConfig(seed=3))
+    splits.save(tmp_path / "splits.json")
+    loaded = Splits.load(tmp_path / "splits.json")
+    assert loaded.counts() == splits.counts()
+    assert sum(c["images"] for c in loaded.counts().values()) == 24
+    doc = json.loads((tmp_path / "splits.json").read_text())
+    entry = doc["splits"]["test"][0]
+    assert len(entry["image_sha256"]) == 64 and entry["image"].startswith("ISIC-2017_Training_Data/")
+    assert loaded.verify_files() == []
+    loaded.assert_test_isolated()
+
+
+def test_verify_files_names_changed_files(synth_copy: Path, tmp_path: Path):
+    splits = build_splits(check_dataset(synth_copy), SplitConfig())
+    victim = splits.entries["test"][0].sample.image_path
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    assert splits.verify_files() == [str(victim)]
+
+
+def test_assert_test_isolated_refuses_a_leak(synth_root: Path):
+    splits = build_splits(check_dataset(synth_root), SplitConfig())
+    leaked = splits.entries["train"][0]
+    splits.entries["test"].append(leaked)
+    with pytest.raises(LeakError, match=f"test image {leaked.sample.id} is also in train"):
+        splits.assert_test_isolated()
+
+
+def test_bad_split_config_values():
+    with pytest.raises(ValueError, match="val_fraction must be strictly between 0 and 1"):
+        SplitConfig(val_fraction=0)
+    with pytest.raises(ValueError, match="leaves too little for training"):
+        SplitConfig(val_fraction=0.5, test_fraction=0.45)
+
+
+def test_load_rejects_bad_files(tmp_path: Path):
+    (tmp_path / "s.json").write_text("{not json")
+    with pytest.raises(ValueError, match="cannot read splits file"):
+        Splits.load(tmp_path / "s.json")
+    (tmp_path / "s.json").write_text('{"version": 99}')
+    with pytest.raises(ValueError, match="regenerate it"):
+        Splits.load(tmp_path / "s.json")
+
+
+def test_unknown_split_name(synth_root: Path):
+    splits = build_splits(check_dataset(synth_root), SplitConfig())
+    with pytest.raises(ValueError, match="valid splits"):
+        splits.samples("validation")
+
+
+@pytest.mark.real_data
+def test_real_isic2017_splits(real_isic2017: Path):
+    splits = build_splits(check_dataset(real_isic2017), SplitConfig(seed=0))
+    counts = splits.counts()
+    assert counts["val"] == {"images": 150, "melanoma": 30, "benign": 120, "unlabelled": 0}
+    assert counts["train"]["images"] + counts["test"]["images"] == 2000
+    assert counts["test"]["melanoma"] == round(0.15 * 404)
+    # The byte-identical training/validation pair is reported, never hidden.
+    assert splits.leaks and splits.leaks[0]["ids"] == ["ISIC_0012127", "ISIC_0012970"]
+    splits.assert_test_isolated()
