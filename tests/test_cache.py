@@ -63,7 +63,9 @@ def test_augmentation_moves_image_and_mask_together(cache_dir: Path):
 
         def get(self, i):
             item = source.get(i)
-            return type(item)(np.repeat(item.mask[..., None] * 255, 3, axis=2), item.mask, 0, item.id)
+            return type(item)(
+                np.repeat(item.mask[..., None] * 255, 3, axis=2), item.mask, 0, item.id
+            )
 
     from melanoma.data.dataset import LesionDataset
 
@@ -104,13 +106,19 @@ def test_prepare_refuses_a_foreign_directory(synth_root: Path, tmp_path: Path):
 
 
 def test_prepare_cli(synth_root: Path, tmp_path: Path, capsys):
-    assert main(["data", "prepare", str(synth_root), "--size", "24", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(["data", "prepare", str(synth_root), "--size", "24", "--out", str(tmp_path / "c")])
+        == 0
+    )
     assert "cached 24 images at 24x24" in capsys.readouterr().out
     cache = Cache.open(tmp_path / "c")
-    assert cache.size == 24 and len(cache.rows("train")) + len(cache.rows("val")) + len(
-        cache.rows("test")
-    ) == 24
-    assert main(["data", "prepare", str(synth_root), "--size", "8", "--out", str(tmp_path / "d")]) == 2
+    assert (
+        cache.size == 24
+        and len(cache.rows("train")) + len(cache.rows("val")) + len(cache.rows("test")) == 24
+    )
+    assert (
+        main(["data", "prepare", str(synth_root), "--size", "8", "--out", str(tmp_path / "d")]) == 2
+    )
     assert "between 16 and 2048" in capsys.readouterr().err
 
 

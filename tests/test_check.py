@@ -81,8 +81,11 @@ def duplicate_row(root: Path) -> str:
 
 
 def bad_label_value(root: Path) -> str:
-    text = (root / CSV).read_text().replace("ISIC_0000000,0.0", "ISIC_0000000,maybe").replace(
-        "ISIC_0000000,1.0", "ISIC_0000000,maybe"
+    text = (
+        (root / CSV)
+        .read_text()
+        .replace("ISIC_0000000,0.0", "ISIC_0000000,maybe")
+        .replace("ISIC_0000000,1.0", "ISIC_0000000,maybe")
     )
     (root / CSV).write_text(text)
     return "bad label row"
@@ -90,7 +93,16 @@ def bad_label_value(root: Path) -> str:
 
 @pytest.mark.parametrize(
     "damage",
-    [truncate, garbage, drop_mask, resize_mask, grey_mask, orphan_label, duplicate_row, bad_label_value],
+    [
+        truncate,
+        garbage,
+        drop_mask,
+        resize_mask,
+        grey_mask,
+        orphan_label,
+        duplicate_row,
+        bad_label_value,
+    ],
 )
 def test_each_bad_input_fails_and_is_named(synth_copy: Path, damage, capsys):
     kind = damage(synth_copy)

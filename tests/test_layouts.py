@@ -18,18 +18,29 @@ def test_isic2016(tmp_path: Path):
     for i, tag in enumerate(("Training", "Test")):
         for j in range(2):
             image_id = f"ISIC_00{i}{j}"
-            write_image(tmp_path / f"ISBI2016_ISIC_Part1_{tag}_Data" / f"{image_id}.jpg", seed=10 * i + j)
-            write_mask(tmp_path / f"ISBI2016_ISIC_Part1_{tag}_GroundTruth" / f"{image_id}_Segmentation.png")
+            write_image(
+                tmp_path / f"ISBI2016_ISIC_Part1_{tag}_Data" / f"{image_id}.jpg", seed=10 * i + j
+            )
+            write_mask(
+                tmp_path / f"ISBI2016_ISIC_Part1_{tag}_GroundTruth" / f"{image_id}_Segmentation.png"
+            )
     # Official training CSV: no header, benign/malignant. Test CSV: 0.0/1.0.
     (tmp_path / "ISBI2016_ISIC_Part3_Training_GroundTruth.csv").write_text(
         "ISIC_0000,benign\nISIC_0001,malignant\n"
     )
-    (tmp_path / "ISBI2016_ISIC_Part3_Test_GroundTruth.csv").write_text("ISIC_0010,0.0\nISIC_0011,1.0\n")
+    (tmp_path / "ISBI2016_ISIC_Part3_Test_GroundTruth.csv").write_text(
+        "ISIC_0010,0.0\nISIC_0011,1.0\n"
+    )
     assert detect_layout(tmp_path) == "isic2016"
     result = read_layout(tmp_path)
     assert not result.problems
     s = by_id(result)
-    assert [s[i].label for i in ("ISIC_0000", "ISIC_0001", "ISIC_0010", "ISIC_0011")] == [0, 1, 0, 1]
+    assert [s[i].label for i in ("ISIC_0000", "ISIC_0001", "ISIC_0010", "ISIC_0011")] == [
+        0,
+        1,
+        0,
+        1,
+    ]
     assert s["ISIC_0010"].split == "test" and s["ISIC_0000"].split == "train"
     assert s["ISIC_0001"].mask_path.name == "ISIC_0001_Segmentation.png"
 
@@ -41,7 +52,9 @@ def test_isic2017_with_superpixels_and_test_split(tmp_path: Path):
             write_image(tmp_path / f"ISIC-2017_{tag}_Data" / f"{image_id}.jpg", seed=n + len(tag))
             # Official downloads ship superpixel PNGs beside the images: never samples.
             write_mask(tmp_path / f"ISIC-2017_{tag}_Data" / f"{image_id}_superpixels.png")
-            write_mask(tmp_path / f"ISIC-2017_{tag}_Part1_GroundTruth" / f"{image_id}_segmentation.png")
+            write_mask(
+                tmp_path / f"ISIC-2017_{tag}_Part1_GroundTruth" / f"{image_id}_segmentation.png"
+            )
             rows.append(f"{image_id},{1.0 if n == 0 else 0.0},{1.0 if n == 1 else 0.0}")
         (tmp_path / f"ISIC-2017_{tag}_Part3_GroundTruth.csv").write_text("\n".join(rows) + "\n")
     result = read_layout(tmp_path, "isic2017")
@@ -146,7 +159,11 @@ def test_manifest_csv(tmp_path: Path):
         result = read_layout(root)
         assert result.layout == "manifest" and not result.problems
         s = by_id(result)
-        assert (s["x"].label, s["x"].group, s["x"].mask_path) == (1, "patient-1", tmp_path / "msk" / "x.png")
+        assert (s["x"].label, s["x"].group, s["x"].mask_path) == (
+            1,
+            "patient-1",
+            tmp_path / "msk" / "x.png",
+        )
         assert (s["y"].label, s["y"].mask_path) == (0, None)
 
 

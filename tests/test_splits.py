@@ -90,7 +90,9 @@ def test_splits_file_round_trip_and_hashes(synth_root: Path, tmp_path: Path):
     assert sum(c["images"] for c in loaded.counts().values()) == 24
     doc = json.loads((tmp_path / "splits.json").read_text())
     entry = doc["splits"]["test"][0]
-    assert len(entry["image_sha256"]) == 64 and entry["image"].startswith("ISIC-2017_Training_Data/")
+    assert len(entry["image_sha256"]) == 64 and entry["image"].startswith(
+        "ISIC-2017_Training_Data/"
+    )
     assert loaded.verify_files() == []
     loaded.assert_test_isolated()
 

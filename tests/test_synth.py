@@ -53,8 +53,11 @@ def test_prevalence(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"n": 0}, "n must be at least 1"), ({"size": 8}, "size must be between"),
-     ({"prevalence": 1.0}, "prevalence must be strictly between")],
+    [
+        ({"n": 0}, "n must be at least 1"),
+        ({"size": 8}, "size must be between"),
+        ({"prevalence": 1.0}, "prevalence must be strictly between"),
+    ],
 )
 def test_bad_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -71,5 +74,8 @@ def test_cli(tmp_path: Path, capsys):
 def test_split_cli(tmp_path: Path, capsys):
     main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "20", "--size", "32"])
     out = tmp_path / "splits.json"
-    assert main(["data", "split", str(tmp_path / "d"), "--out", str(out), "--test-fraction", "0.2"]) == 0
+    assert (
+        main(["data", "split", str(tmp_path / "d"), "--out", str(out), "--test-fraction", "0.2"])
+        == 0
+    )
     assert out.is_file() and "test :" in capsys.readouterr().out

@@ -1,0 +1,153 @@
+"""Classifiers: torchvision ImageNet architectures and timm's TF EfficientNet-Lite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from melanoma.data.transforms import HALF, IMAGENET, Normalization, Preprocess
+from melanoma.models.weights import from_hub_cache, lite_imagenet_state_dict, load_state_dict
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How to build one classifier and what it expects."""
+
+    build: Callable[[bool], nn.Module]  # argument: with auxiliary heads
+    input_size: int
+    normalization: Normalization = IMAGENET
+    min_size: int = 32
+    has_aux: bool = False
+    min_size_aux: int = 32  # the auxiliary head of inception_v3 needs its full 299 input
+
+
+def _tv(name: str, **kwargs) -> Callable[[bool], nn.Module]:
+    def build(aux: bool) -> nn.Module:
+        extra = (
+            {"aux_logits": aux, "init_weights": True}
+            if name in ("inception_v3", "googlenet")
+            else {}
+        )
+        return torchvision.models.get_model(name, weights=None, **extra, **kwargs)
+
+    return build
+
+
+def _lite(variant: int) -> Callable[[bool], nn.Module]:
+    def build(aux: bool) -> nn.Module:
+        import timm
+
+        return timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
+
+    return build
+
+
+CLASSIFIERS: dict[str, ClassifierSpec] = {
+    "resnet18": ClassifierSpec(_tv("resnet18"), 224),
+    "resnet34": ClassifierSpec(_tv("resnet34"), 224),
+    "resnet50": ClassifierSpec(_tv("resnet50"), 224),
+    "googlenet": ClassifierSpec(_tv("googlenet"), 224, has_aux=True),
+    "inception_v3": ClassifierSpec(
+        _tv("inception_v3"), 299, min_size=75, has_aux=True, min_size_aux=299
+    ),
+    "efficientnet_b0": ClassifierSpec(_tv("efficientnet_b0"), 224),
+    "efficientnet_b1": ClassifierSpec(_tv("efficientnet_b1"), 240),
+    "efficientnet_b2": ClassifierSpec(_tv("efficientnet_b2"), 260),
+    "efficientnet_b3": ClassifierSpec(_tv("efficientnet_b3"), 300),
+    "mobilenet_v3_large": ClassifierSpec(_tv("mobilenet_v3_large"), 224),
+    "convnext_tiny": ClassifierSpec(_tv("convnext_tiny"), 224),
+    "efficientnet_lite0": ClassifierSpec(_lite(0), 224, HALF),
+    "efficientnet_lite1": ClassifierSpec(_lite(1), 240, HALF),
+    "efficientnet_lite2": ClassifierSpec(_lite(2), 260, HALF),
+}
+
+
+def classifier_spec(name: str) -> ClassifierSpec:
+    if name not in CLASSIFIERS:
+        raise ValueError(
+            f"unknown classifier {name!r}; valid classifiers: {', '.join(CLASSIFIERS)}"
+        )
+    return CLASSIFIERS[name]
+
+
+class Classifier(nn.Module):
+    """Normalisation + network. Returns logits; while training a model with auxiliary
+    heads it returns ``(logits, [aux_logits, ...])`` so the loss can weight them."""
+
+    def __init__(self, net: nn.Module, normalization: Normalization, has_aux: bool):
+        super().__init__()
+        self.preprocess = Preprocess(normalization)
+        self.net = net
+        self.has_aux = has_aux
+
+    def forward(self, x: torch.Tensor):
+        out = self.net(self.preprocess(x))
+        if isinstance(out, tuple):  # InceptionOutputs / GoogLeNetOutputs in training mode
+            logits, *aux = out
+            aux = [a for a in aux if a is not None]
+            return (logits, aux) if self.training else logits
+        return out
+
+
+def _replace_head(net: nn.Module, name: str, num_classes: int) -> None:
+    def linear(old: nn.Linear) -> nn.Linear:
+        return nn.Linear(old.in_features, num_classes)
+
+    if name.startswith("efficientnet_lite"):
+        net.reset_classifier(num_classes)
+    elif name.startswith(("resnet", "googlenet", "inception")):
+        net.fc = linear(net.fc)
+        if name == "googlenet" and net.aux1 is not None:
+            net.aux1.fc2 = linear(net.aux1.fc2)
+            net.aux2.fc2 = linear(net.aux2.fc2)
+        if name == "inception_v3" and net.AuxLogits is not None:
+            net.AuxLogits.fc = linear(net.AuxLogits.fc)
+    elif name.startswith("efficientnet") or name == "convnext_tiny" or name.startswith("mobilenet"):
+        net.classifier[-1] = linear(net.classifier[-1])
+    else:  # pragma: no cover - every table entry is handled above
+        raise AssertionError(f"no head rule for {name}")
+
+
+def create_classifier(
+    name: str,
+    num_classes: int = 2,
+    *,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    aux: bool = True,
+) -> Classifier:
+    """Build a classifier. ``aux`` builds the auxiliary heads of inception_v3/googlenet
+    (train them with a weighted aux loss) or leaves them out entirely.
+
+    ``pretrained`` loads ImageNet weights before the head is replaced: from ``weights_path``,
+    the offline EfficientNet-Lite packages, or the torch hub cache; nothing is downloaded.
+    """
+    spec = classifier_spec(name)
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    with_aux = aux and spec.has_aux
+    net = spec.build(with_aux)
+    if pretrained or weights_path:
+        target = net.state_dict()
+        if weights_path:
+            state = load_state_dict(Path(weights_path))
+        elif name.startswith("efficientnet_lite"):
+            state = lite_imagenet_state_dict(int(name[-1]), target)
+        else:
+            url = torchvision.models.get_model_weights(name).DEFAULT.url
+            state = from_hub_cache(url, f"classifier {name}")
+        if not with_aux:  # ImageNet files carry aux heads; a model built without them drops them
+            state = {
+                k: v for k, v in state.items() if not k.startswith(("AuxLogits.", "aux1.", "aux2."))
+            }
+        net.load_state_dict(state, strict=True)
+        if name in ("inception_v3", "googlenet"):
+            # torchvision's ports of these weights expect its transform_input re-normalisation.
+            net.transform_input = True
+    _replace_head(net, name, num_classes)
+    return Classifier(net, spec.normalization, with_aux)
