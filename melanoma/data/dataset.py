@@ -8,7 +8,7 @@ from pathlib import Path
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from melanoma.data.cache import Cache, is_cache
 from melanoma.data.check import check_dataset
@@ -79,22 +79,43 @@ class CacheSource:
 
 
 class LesionDataset(Dataset):
-    """Items as tensors: image uint8 (3, S, S), mask uint8 (1, S, S), label (-1 if unknown)."""
+    """Items as tensors: image uint8 (3, S, S), mask uint8 (1, S, S), label (-1 if unknown).
 
-    def __init__(self, source: RawSource | CacheSource, augment: A.Compose | None = None):
+    Indices may encode an epoch (``epoch * len(self) + i``, as ``EpochSampler`` yields):
+    augmentation is then seeded by (seed, epoch, i), so a run gives the same batches
+    whatever the number of loader workers, and a resumed run continues exactly.
+    ``mask_override`` replaces ground-truth masks (for example by out-of-fold predictions).
+    """
+
+    def __init__(
+        self,
+        source: RawSource | CacheSource,
+        augment: A.Compose | None = None,
+        seed: int = 0,
+        mask_override: dict[str, np.ndarray] | None = None,
+    ):
         self.source = source
         self.augment = augment
+        self.seed = seed
+        self.mask_override = mask_override
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, i: int) -> dict:
+    def labels(self) -> list[int | None]:
+        return self.source.labels()
+
+    def __getitem__(self, index: int) -> dict:
+        epoch, i = divmod(int(index), len(self.source))
         item = self.source.get(i)
         image, mask = item.image, item.mask
+        if self.mask_override is not None and item.id in self.mask_override:
+            mask = self.mask_override[item.id]
         has_mask = mask is not None
         if mask is None:
             mask = np.zeros(image.shape[:2], dtype=np.uint8)
         if self.augment is not None:
+            self.augment.set_random_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + i)
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
         return {
@@ -104,6 +125,40 @@ class LesionDataset(Dataset):
             "label": -1 if item.label is None else item.label,
             "id": item.id,
         }
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded per-epoch shuffling, sharded over ``world_size`` ranks, epoch encoded in the index.
+
+    Every rank sees the same number of indices (the permutation is padded by wrapping), as
+    DDP requires; ``set_epoch`` must be called before each epoch.
+    """
+
+    def __init__(
+        self, n: int, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1
+    ):
+        if n < 1:
+            raise ValueError("cannot sample from an empty dataset")
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.n // self.world_size)
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        total = len(self) * self.world_size
+        order = (order * (total // self.n + 1))[:total]
+        base = self.epoch * self.n
+        return iter([base + i for i in order[self.rank :: self.world_size]])
 
 
 @dataclass
@@ -117,15 +172,20 @@ class DataBundle:
     def source(self, split: str) -> RawSource | CacheSource:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
-        if self.cache is not None:
-            return CacheSource(self.cache, self.cache.rows(split))
         entries = self.splits.entries[split]
+        if self.cache is not None:
+            row_of = {r["id"]: r["row"] for r in self.cache.index["samples"]}
+            return CacheSource(self.cache, [row_of[e.sample.id] for e in entries])
         return RawSource(
             [e.sample for e in entries], self.size, [e.mask_sha256 is not None for e in entries]
         )
 
-    def dataset(self, split: str, augment: A.Compose | None = None) -> LesionDataset:
-        return LesionDataset(self.source(split), augment)
+    def dataset(self, split: str, augment: A.Compose | None = None, **kwargs) -> LesionDataset:
+        return LesionDataset(self.source(split), augment, **kwargs)
+
+    def with_splits(self, splits: Splits) -> DataBundle:
+        """The same data with another assignment (for example cross-validation folds)."""
+        return DataBundle(splits, self.size, self.cache)
 
 
 def open_data(

@@ -13,6 +13,7 @@ import albumentations as A
 import cv2
 import torch
 from torch import nn
+from torchvision.ops import roi_align
 
 
 @dataclass(frozen=True)
@@ -83,3 +84,73 @@ def build_augmentation(strength: float) -> A.Compose | None:
             ),
         ]
     )
+
+
+INPUT_MODES = ("full", "masked", "crop")
+
+
+def lesion_boxes(mask: torch.Tensor, margin: float) -> torch.Tensor:
+    """(N, 4) x1, y1, x2, y2 boxes around each mask's lesion, dilated by ``margin`` times
+    the box size and clipped to the image; the whole image where a mask is empty.
+    Written with tensor ops only, so it exports to ONNX unchanged."""
+    n, _, h, w = mask.shape
+    m = mask[:, 0] > 0
+    rows, cols = m.any(dim=2), m.any(dim=1)
+    ys = torch.arange(h, device=mask.device).expand(n, h)
+    xs = torch.arange(w, device=mask.device).expand(n, w)
+    y1 = torch.where(rows, ys, h).min(dim=1).values.float()
+    y2 = torch.where(rows, ys, -1).max(dim=1).values.float() + 1
+    x1 = torch.where(cols, xs, w).min(dim=1).values.float()
+    x2 = torch.where(cols, xs, -1).max(dim=1).values.float() + 1
+    empty = ~rows.any(dim=1)
+    dy, dx = (y2 - y1) * margin, (x2 - x1) * margin
+    boxes = torch.stack(
+        [
+            (x1 - dx).clamp(min=0),
+            (y1 - dy).clamp(min=0),
+            (x2 + dx).clamp(max=w),
+            (y2 + dy).clamp(max=h),
+        ],
+        dim=1,
+    )
+    full = torch.tensor([0.0, 0.0, float(w), float(h)], device=mask.device).expand(n, 4)
+    return torch.where(empty[:, None], full, boxes)
+
+
+def apply_input_mode(
+    image: torch.Tensor,
+    mask: torch.Tensor | None,
+    mode: str,
+    margin: float = 0.15,
+    size: int | None = None,
+) -> torch.Tensor:
+    """What the classifier sees, as float in [0, 1], (N, 3, size, size).
+
+    ``full``: the image. ``masked``: background set to zero in pixel space (before
+    normalisation, so black means black for every model). ``crop``: the lesion's dilated
+    bounding box, resized. Training, evaluation, the cascade and the export all call this.
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"unknown input mode {mode!r}; valid: {list(INPUT_MODES)}")
+    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    size = size or x.shape[-1]
+    if mode != "full" and mask is None:
+        raise ValueError(f"input mode {mode!r} needs a mask")
+    if mode == "masked":
+        x = x * (mask > 0).to(x.dtype)
+    elif mode == "crop":
+        boxes = lesion_boxes(mask, margin)
+        index = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)[:, None]
+        return roi_align(
+            x,
+            torch.cat([index, boxes.to(x.dtype)], dim=1),
+            (size, size),
+            spatial_scale=1.0,
+            sampling_ratio=2,
+            aligned=True,
+        )
+    if x.shape[-2:] != (size, size):
+        x = torch.nn.functional.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x

@@ -1,0 +1,217 @@
+"""The training configuration: one frozen dataclass tree, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from melanoma.config import ConfigError, apply_overrides, from_dict, to_dict
+
+TASKS = ("seg", "cls")
+DEFAULT_METRIC = {"seg": "jaccard", "cls": "auc"}
+SEG_METRICS = ("jaccard", "dice", "thresholded_jaccard", "pixel_accuracy", "loss")
+CLS_METRICS = (
+    "auc",
+    "average_precision",
+    "balanced_accuracy",
+    "f1",
+    "accuracy",
+    "sensitivity",
+    "specificity",
+    "loss",
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    layout: str | None = None
+    on_bad: Literal["fail", "skip"] = "fail"
+    image_size: int | None = None  # None: 256 for segmenters, the classifier's natural size
+    batch_size: int = 16
+    num_workers: int = 2
+    augment: float = 0.5
+    split_seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.image_size is not None and not 32 <= self.image_size <= 2048:
+            raise ConfigError(f"data.image_size must be between 32 and 2048, got {self.image_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be at least 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ConfigError(f"data.augment must be in [0, 1], got {self.augment}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = ""  # segmenter architecture (seg) or classifier name (cls)
+    encoder: str = "resnet34"  # segmenters only
+    pretrained: bool = False
+    weights_path: str | None = None
+    aux_weight: float = 0.4  # inception_v3/googlenet auxiliary loss; 0 builds no aux head
+
+    def __post_init__(self) -> None:
+        if self.aux_weight < 0:
+            raise ConfigError(f"model.aux_weight must be >= 0, got {self.aux_weight}")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str | None = None  # None: dice_bce for seg, ce for cls
+    class_weight: float = 1.0  # multiplies the minority class's balanced weight (cls)
+    focal_gamma: float = 2.0
+    dice_weight: float = 1.0  # dice_bce: loss = bce + dice_weight * dice
+
+    def __post_init__(self) -> None:
+        if self.class_weight <= 0:
+            raise ConfigError(f"loss.class_weight must be > 0, got {self.class_weight}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optimizer.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optimizer.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: Literal["cosine", "step", "plateau", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 10
+    gamma: float = 0.1
+    patience: int = 3
+    min_lr_ratio: float = 0.01
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """What the classifier sees: the whole image, the masked lesion, or a lesion crop."""
+
+    mode: Literal["full", "masked", "crop"] = "full"
+    mask_source: str = "gt"  # "gt", or a segmenter run directory (out-of-fold masks on train)
+    crop_margin: float = 0.15  # crop: bounding box dilated by this fraction of its size
+    oof_folds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.oof_folds < 2:
+            raise ConfigError(f"input.oof_folds must be at least 2, got {self.oof_folds}")
+        if not 0 <= self.crop_margin <= 1:
+            raise ConfigError(f"input.crop_margin must be in [0, 1], got {self.crop_margin}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    task: Literal["seg", "cls"] = "seg"
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    amp: bool = True  # used on CUDA only
+    channels_last: bool = True  # used on CUDA only
+    compile: bool = False  # torch.compile, CUDA only
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    early_stopping: int = 0  # epochs without improvement before stopping; 0 disables
+    metric: str | None = None  # selection metric; None: jaccard (seg) or auc (cls)
+    threshold: float = 0.5  # mask / melanoma decision threshold during training
+    log_images: int = 8  # validation images drawn to TensorBoard each epoch
+    out: str = "runs/train"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        valid = SEG_METRICS if self.task == "seg" else CLS_METRICS
+        if self.metric is not None and self.metric not in valid:
+            raise ConfigError(
+                f"metric {self.metric!r} is not a {self.task} metric; valid: {list(valid)}"
+            )
+        # Defaults that depend on the task are resolved here, so the written config is explicit.
+        if not self.model.arch:
+            object.__setattr__(
+                self, "model", replace(self.model, arch="fpn" if self.task == "seg" else "resnet18")
+            )
+        if self.loss.name is None:
+            object.__setattr__(
+                self, "loss", replace(self.loss, name="dice_bce" if self.task == "seg" else "ce")
+            )
+        if self.metric is None:
+            object.__setattr__(self, "metric", DEFAULT_METRIC[self.task])
+        if self.data.image_size is None:
+            from melanoma.models import classifier_spec
+
+            size = 256 if self.task == "seg" else classifier_spec(self.model.arch).input_size
+            object.__setattr__(self, "data", replace(self.data, image_size=size))
+        self._validate_names()
+
+    def _validate_names(self) -> None:
+        from melanoma.engine.losses import validate_loss
+        from melanoma.engine.optim import OPTIMIZERS
+        from melanoma.models.classifier import classifier_spec
+        from melanoma.models.segmenter import SEGMENTER_ARCHS, validate_arch, validate_encoder
+
+        try:
+            if self.task == "seg":
+                validate_arch(self.model.arch)
+                validate_encoder(self.model.encoder)
+                min_size = SEGMENTER_ARCHS[self.model.arch.lower()].min_size
+                if self.data.image_size % 32:
+                    raise ConfigError(
+                        "data.image_size must be a multiple of 32 for segmenters, "
+                        f"got {self.data.image_size}"
+                    )
+            else:
+                spec = classifier_spec(self.model.arch)
+                aux = spec.has_aux and self.model.aux_weight > 0
+                min_size = spec.min_size_aux if aux else spec.min_size
+            validate_loss(self.task, self.loss.name)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if self.data.image_size < min_size:
+            raise ConfigError(
+                f"{self.model.arch} needs data.image_size >= {min_size}, got {self.data.image_size}"
+                + (
+                    " (or set model.aux_weight: 0 to build it without its auxiliary head)"
+                    if self.task == "cls" and min_size == 299
+                    else ""
+                )
+            )
+        if self.optimizer.name not in OPTIMIZERS:
+            raise ConfigError(
+                f"unknown optimizer {self.optimizer.name!r}; valid: {list(OPTIMIZERS)}"
+            )
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.metric == "loss" else "max"
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        return from_dict(cls, data)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """A new config with dotted keys replaced, e.g. {"optimizer.lr": 0.01}."""
+        return from_dict(TrainConfig, apply_overrides(self.to_dict(), overrides))

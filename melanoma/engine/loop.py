@@ -1,0 +1,487 @@
+"""The one training loop: train_one_epoch, evaluate and fit, for segmenters and classifiers.
+
+It knows nothing of Ray: distributed training plugs in through ``Runtime`` (rank, world
+size, a model wrapper such as DDP, and a ``report`` callback called after every epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from melanoma.config import dump_yaml
+from melanoma.data.dataset import DataBundle, EpochSampler, open_data
+from melanoma.data.splits import SplitConfig, Splits
+from melanoma.data.transforms import build_augmentation
+from melanoma.engine.checkpoint import (
+    BEST,
+    LAST,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
+from melanoma.engine.config import TrainConfig
+from melanoma.engine.logging import RunLogger
+from melanoma.engine.optim import create_optimizer, create_scheduler
+from melanoma.engine.tasks import build_model, make_task
+
+CHECKPOINTS = "checkpoints"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run cannot go on."""
+
+
+@dataclass
+class Runtime:
+    """How the loop runs: device, distributed rank, model wrapper and per-epoch reporting."""
+
+    device: torch.device | None = None
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None
+    report: Callable[[dict, Path | None], None] | None = None
+    progress: bool = True
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    history: list[dict]
+    best_epoch: int
+    best_metrics: dict
+    stopped_early: bool = False
+    metric: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r} was asked for but CUDA is not available; use --device cpu"
+        )
+    return device
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if not (enabled and device.type == "cuda"):
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, drop_last: bool):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=drop_last,
+        prefetch_factor=4 if workers > 0 else None,
+    )
+
+
+def train_one_epoch(
+    model,
+    loader,
+    task,
+    criterion,
+    optimizer,
+    schedule,
+    scaler,
+    device,
+    config,
+    epoch: int,
+    progress: bool,
+) -> dict:
+    """One pass over the training loader; returns the mean loss and the final learning rate."""
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{config.epochs}",
+        unit="batch",
+        leave=False,
+        file=sys.stderr,
+        disable=None if progress else True,
+    )
+    for step, batch in enumerate(bar):
+        inputs = task.inputs(batch, device)
+        if device.type == "cuda" and config.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, config.amp):
+            outputs = model(inputs)
+            loss = task.loss(criterion, outputs, batch, device)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"loss became {value} at epoch {epoch + 1}, step {step + 1} "
+                f"(lr {schedule.lr:.3g}); lower optimizer.lr, set grad_clip, or check the data"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        schedule.step_batch()
+        n = batch["image"].shape[0]
+        total += value * n
+        count += n
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    return {"loss": total / max(count, 1), "lr": schedule.lr}
+
+
+@torch.no_grad()
+def evaluate(model, loader, task, criterion, device, config, keep: int = 0) -> tuple[dict, dict]:
+    """Metrics over a loader, plus the first ``keep`` examples for pictures."""
+    model.eval()
+    meter = task.meter()
+    total, count = 0.0, 0
+    examples: dict[str, list] = {"images": [], "inputs": [], "masks": [], "preds": []}
+    for batch in loader:
+        inputs = task.inputs(batch, device)
+        with _autocast(device, config.amp):
+            outputs = model(inputs)
+            if criterion is not None:
+                loss = task.loss(criterion, outputs, batch, device)
+        n = batch["image"].shape[0]
+        if criterion is not None:
+            total += float(loss) * n
+            count += n
+        task.update(meter, outputs.float(), batch)
+        have = sum(len(x) for x in examples["images"])
+        if have < keep:
+            take = keep - have
+            examples["images"].append(batch["image"][:take])
+            examples["inputs"].append(inputs[:take].float().cpu())
+            examples["masks"].append(batch["mask"][:take])
+            if task.name == "seg":
+                examples["preds"].append(
+                    (torch.sigmoid(outputs[:take].float()) > config.threshold).cpu()
+                )
+    metrics = meter.compute()
+    if count:
+        metrics["loss"] = total / count
+    out = {k: torch.cat(v) for k, v in examples.items() if v}
+    if task.name == "cls":
+        out["labels"], out["probs"] = meter.arrays()
+    return metrics, out
+
+
+def _labelled(splits: Splits) -> Splits:
+    entries = {
+        s: [e for e in items if e.sample.label is not None] for s, items in splits.entries.items()
+    }
+    return replace(splits, entries=entries)
+
+
+def open_training_data(config: TrainConfig) -> DataBundle:
+    d = config.data
+    if not d.path:
+        raise ValueError("no data path: set data.path in the experiment or pass --data DIR")
+    return open_data(
+        Path(d.path),
+        d.image_size,
+        layout=d.layout,
+        on_bad=d.on_bad,
+        split_config=SplitConfig(
+            seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction
+        ),
+    )
+
+
+def _improved(value: float | None, best: float | None, mode: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    if best is None:
+        return True
+    return value > best if mode == "max" else value < best
+
+
+def fit(
+    config: TrainConfig,
+    runtime: Runtime | None = None,
+    *,
+    resume: bool | Path = False,
+    data: DataBundle | None = None,
+    mask_override: dict[str, np.ndarray] | None = None,
+) -> FitResult:
+    """Train ``config`` into ``config.out``: resolved config, splits, checkpoints, metrics.json
+    and TensorBoard logs. ``resume=True`` continues from ``out/checkpoints/last.pt`` when it
+    exists; a path resumes from that checkpoint file or directory."""
+    runtime = runtime or Runtime()
+    device = runtime.device or resolve_device(config.device)
+    run_dir = Path(config.out)
+    task = make_task(config)
+
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed % 2**32)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    bundle = data or open_training_data(config)
+    if config.task == "cls":
+        bundle = bundle.with_splits(_labelled(bundle.splits))
+        if (
+            config.input.mode != "full"
+            and config.input.mask_source != "gt"
+            and mask_override is None
+        ):
+            from melanoma.engine.oof import segmenter_masks
+
+            mask_override = segmenter_masks(config, bundle, runtime)
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(config.to_dict(), run_dir / "config.yaml")
+        bundle.splits.save(run_dir / "splits.json")
+
+    augment = build_augmentation(config.data.augment)
+    train_set = bundle.dataset("train", augment, seed=config.seed, mask_override=mask_override)
+    val_set = bundle.dataset("val", None, seed=config.seed, mask_override=mask_override)
+    if len(train_set) == 0 or len(val_set) == 0:
+        raise ValueError(
+            f"need training and validation images, got {len(train_set)} and {len(val_set)}; "
+            "add data or change data.val_fraction"
+        )
+    bs = config.data.batch_size
+    train_sampler = EpochSampler(
+        len(train_set), config.seed, True, runtime.rank, runtime.world_size
+    )
+    val_sampler = EpochSampler(len(val_set), 0, False)  # every rank evaluates all of val
+    train_loader = _loader(
+        train_set,
+        train_sampler,
+        bs,
+        config.data.num_workers,
+        device,
+        drop_last=len(train_sampler) > bs,
+    )
+    val_loader = _loader(val_set, val_sampler, bs, config.data.num_workers, device, drop_last=False)
+
+    model = build_model(config).to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = task.build_loss(train_set.labels()).to(device)
+    optimizer = create_optimizer(config.optimizer, model)
+    schedule = create_scheduler(
+        config.scheduler, optimizer, config.epochs, len(train_loader), config.mode
+    )
+    use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    start_epoch, history, best_value, best_epoch, stale = 0, [], None, -1, 0
+    checkpoint_path = None
+    if resume:
+        checkpoint_path = (
+            Path(resume) if not isinstance(resume, bool) else run_dir / CHECKPOINTS / LAST
+        )
+        if isinstance(resume, bool) and not checkpoint_path.is_file():
+            checkpoint_path = None  # nothing to resume yet: a fresh start
+    if checkpoint_path is not None:
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state["config"].get("task") != config.task:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} is a {state['config'].get('task')} run, "
+                f"not {config.task}"
+            )
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, history = state["epoch"], state["history"]
+        best_value, best_epoch, stale = state["best_value"], state["best_epoch"], state["stale"]
+        set_rng_state(state["rng"])
+
+    if runtime.wrap_model is not None:
+        model = runtime.wrap_model(model)
+    if config.compile and device.type == "cuda":
+        model = torch.compile(model)
+
+    logger = RunLogger(run_dir, enabled=runtime.is_main)
+    stopped_early = False
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            started = time.perf_counter()
+            train_sampler.set_epoch(epoch)
+            train = train_one_epoch(
+                model,
+                train_loader,
+                task,
+                criterion,
+                optimizer,
+                schedule,
+                scaler,
+                device,
+                config,
+                epoch,
+                runtime.progress and runtime.is_main,
+            )
+            val, examples = evaluate(
+                model,
+                val_loader,
+                task,
+                criterion,
+                device,
+                config,
+                keep=config.log_images if runtime.is_main else 0,
+            )
+            value = val.get(config.metric)
+            schedule.step_epoch(value)
+            improved = _improved(value, best_value, config.mode)
+            if improved:
+                best_value, best_epoch, stale = value, epoch + 1, 0
+            else:
+                stale += 1
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": train["loss"],
+                "lr": train["lr"],
+                "time_s": time.perf_counter() - started,
+                "val": val,
+            }
+            history.append(record)
+
+            checkpoint_dir = None
+            if runtime.is_main:
+                _log_epoch(logger, task.name, epoch + 1, train, val, examples)
+                checkpoint_dir = run_dir / CHECKPOINTS
+                extra = {
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "best_value": best_value,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                }
+                if improved:
+                    save_checkpoint(
+                        checkpoint_dir / BEST, config=config.to_dict(), model=model, **extra
+                    )
+                save_checkpoint(
+                    checkpoint_dir / LAST,
+                    config=config.to_dict(),
+                    model=model,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=schedule.state_dict(),
+                    scaler=scaler.state_dict() if scaler is not None else None,
+                    rng=rng_state(),
+                    **extra,
+                )
+                _write_metrics(run_dir, config, history, best_epoch)
+                if runtime.progress:
+                    shown = f"{value:.4f}" if isinstance(value, float) else value
+                    print(
+                        f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.4f}  "
+                        f"val loss {val.get('loss', float('nan')):.4f}  val {config.metric} {shown}"
+                        f"{'  *best*' if improved else ''}  ({record['time_s']:.1f} s)",
+                        flush=True,
+                    )
+            if runtime.report is not None:
+                runtime.report(_flat(record, best_value, config.metric), checkpoint_dir)
+            if config.early_stopping and stale >= config.early_stopping:
+                stopped_early = True
+                if runtime.is_main and runtime.progress:
+                    print(
+                        f"early stopping: no {config.metric} improvement for {stale} epochs",
+                        flush=True,
+                    )
+                break
+    finally:
+        if runtime.is_main and history:
+            best = next((h for h in history if h["epoch"] == best_epoch), history[-1])
+            logger.hparams(_hparams(config), {f"best_{k}": v for k, v in best["val"].items()})
+        logger.close()
+
+    best = next((h["val"] for h in history if h["epoch"] == best_epoch), {})
+    return FitResult(run_dir, history, best_epoch, best, stopped_early, config.metric)
+
+
+def _flat(record: dict, best_value, metric: str) -> dict:
+    flat = {
+        "epoch": record["epoch"],
+        "train_loss": record["train_loss"],
+        "lr": record["lr"],
+        "epoch_time_s": record["time_s"],
+        f"best_val_{metric}": best_value,
+    }
+    for k, v in record["val"].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
+            flat[f"val_{k}"] = v
+    return flat
+
+
+def _hparams(config: TrainConfig) -> dict:
+    d = config.to_dict()
+    out = {"task": config.task, "epochs": config.epochs, "seed": config.seed}
+    for section in ("model", "optimizer", "scheduler", "loss", "data", "input"):
+        for k, v in d[section].items():
+            if k not in ("path", "weights_path") and v is not None:
+                out[f"{section}.{k}"] = v
+    return out
+
+
+def _log_epoch(
+    logger: RunLogger, task: str, epoch: int, train: dict, val: dict, examples: dict
+) -> None:
+    logger.scalars(epoch, {"loss": train["loss"]}, "train")
+    logger.scalars(epoch, {"lr": train["lr"]}, "train")
+    logger.scalars(
+        epoch, {k: v for k, v in val.items() if k not in ("threshold", "n", "n_melanoma")}, "val"
+    )
+    if task == "seg" and len(examples.get("images", [])):
+        logger.overlays(epoch, examples["images"], examples["masks"], examples["preds"])
+    if task == "cls":
+        if len(examples.get("inputs", [])):
+            logger.inputs(epoch, examples["inputs"])
+        if "confusion_matrix" in val:
+            logger.classification(
+                epoch, examples["labels"], examples["probs"], val["confusion_matrix"]
+            )
+
+
+def _write_metrics(
+    run_dir: Path, config: TrainConfig, history: list[dict], best_epoch: int
+) -> None:
+    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    doc = {
+        "task": config.task,
+        "metric": config.metric,
+        "mode": config.mode,
+        "best_epoch": best_epoch,
+        "best": best["val"] if best else None,
+        "history": history,
+    }
+    tmp = run_dir / "metrics.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(run_dir / "metrics.json")

@@ -1,0 +1,147 @@
+"""Masks from a trained segmenter for classifier training, out-of-fold on the training split.
+
+A classifier trained on masks that its segmenter predicted for its own training images
+learns from masks better than it will ever see at test time. So for ``input.mask_source:
+RUN_DIR`` the training split is cut into ``input.oof_folds`` lesion-grouped folds, a
+segmenter with the run's config is trained on the other folds, and each fold's masks come
+from the segmenter that never saw it. Validation and test masks come from the run itself,
+which was trained on the training split only (checked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import GroupKFold
+
+from melanoma.data.dataset import DataBundle
+from melanoma.engine.checkpoint import load_checkpoint
+from melanoma.engine.config import TrainConfig
+
+
+@torch.no_grad()
+def predict_masks(model, images: torch.Tensor, size: int, threshold: float = 0.5) -> torch.Tensor:
+    """Binary uint8 (N, 1, H, W) masks for uint8 images (N, 3, H, W), the segmenter run at
+    ``size`` x ``size`` and its probabilities resized back to H x W before thresholding."""
+    h, w = images.shape[-2:]
+    x = images.float() / 255.0
+    if (h, w) != (size, size):
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    prob = torch.sigmoid(model(x).float())
+    if (h, w) != (size, size):
+        prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
+    return (prob > threshold).to(torch.uint8)
+
+
+def _predict_source(model, source, size: int, device, batch: int = 16) -> dict[str, np.ndarray]:
+    model.eval().to(device)
+    out: dict[str, np.ndarray] = {}
+    for start in range(0, len(source), batch):
+        items = [source.get(i) for i in range(start, min(len(source), start + batch))]
+        images = torch.stack(
+            [torch.from_numpy(np.ascontiguousarray(it.image.transpose(2, 0, 1))) for it in items]
+        )
+        masks = predict_masks(model, images.to(device), size)
+        for it, m in zip(items, masks.cpu().numpy(), strict=True):
+            out[it.id] = m[0]
+    return out
+
+
+class _Subset:
+    """Some rows of a source, by position."""
+
+    def __init__(self, source, rows: list[int]):
+        self.source, self.rows = source, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def get(self, i: int):
+        return self.source.get(self.rows[i])
+
+
+def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[str, np.ndarray]:
+    """Predicted masks for every classifier image: out-of-fold on train, the run's on val/test."""
+    from melanoma.engine.loop import fit, open_training_data
+    from melanoma.engine.tasks import build_model
+
+    run = Path(config.input.mask_source)
+    cache = Path(config.out) / "oof_masks.npz"
+    if cache.is_file():
+        with np.load(cache) as saved:
+            return {k: saved[k] for k in saved.files}
+    state = load_checkpoint(run)
+    seg_config = TrainConfig.from_dict(state["config"])
+    if seg_config.task != "seg":
+        raise ValueError(
+            f"input.mask_source {run} is a {seg_config.task} run; it must be a segmenter run"
+        )
+    seg_bundle = open_training_data(seg_config)
+    for split in ("val", "test"):
+        ours = {e.sample.id for e in bundle.splits.entries[split]}
+        theirs = {e.sample.id for e in seg_bundle.splits.entries[split]}
+        if not ours <= theirs:
+            raise ValueError(
+                f"the segmenter run {run} used a different {split} split than this classifier "
+                f"({len(ours - theirs)} of its {split} images are not in the segmenter's {split}); "
+                "train both on the same data with the same data.split_seed and fractions"
+            )
+    device = runtime.device or torch.device("cpu")
+    seg_size = seg_config.data.image_size
+    model = build_model(seg_config)
+    model.load_state_dict(state["model"])
+    masks: dict[str, np.ndarray] = {}
+    for split in ("val", "test"):
+        masks.update(_predict_source(model, bundle.source(split), seg_size, device))
+
+    train_ids = [e.sample.id for e in bundle.splits.entries["train"]]
+    seg_train = {e.sample.id: e for e in seg_bundle.splits.entries["train"]}
+    missing = [i for i in train_ids if i not in seg_train]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} classifier training images are not in the segmenter's data, "
+            f"e.g. {missing[:3]}; train both on the same data set"
+        )
+    entries = [seg_train[i] for i in train_ids]
+    groups = [e.sample.group or e.sample.id for e in entries]
+    folds = GroupKFold(n_splits=config.input.oof_folds)
+    cls_train_source = bundle.source("train")
+    index_of = {i: n for n, i in enumerate(train_ids)}
+    for k, (fit_idx, held_idx) in enumerate(folds.split(entries, groups=groups)):
+        fold_splits = replace(
+            seg_bundle.splits,
+            entries={
+                "train": [entries[i] for i in fit_idx],
+                "val": [entries[i] for i in held_idx],
+                "test": [],
+            },
+        )
+        fold_config = replace(
+            seg_config, out=str(Path(config.out) / "oof" / f"fold{k}"), early_stopping=0
+        )
+        if runtime.is_main and runtime.progress:
+            print(
+                f"out-of-fold masks: training segmenter fold {k + 1}/{config.input.oof_folds}",
+                flush=True,
+            )
+        fit(
+            fold_config,
+            replace(runtime, report=None, wrap_model=None),
+            data=seg_bundle.with_splits(fold_splits),
+        )
+        fold_state = load_checkpoint(Path(fold_config.out) / "checkpoints" / "last.pt")
+        fold_model = build_model(seg_config)
+        fold_model.load_state_dict(fold_state["model"])
+
+        held = _Subset(cls_train_source, [index_of[entries[i].sample.id] for i in held_idx])
+        masks.update(_predict_source(fold_model, held, seg_size, device))
+    if runtime.is_main:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, **masks)
+    return masks
