@@ -172,6 +172,128 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train
+# Old research-repo flag names keep working; each maps to one config key.
+TRAIN_FLAGS = {
+    "data": "data.path",
+    "layout": "data.layout",
+    "epochs": "epochs",
+    "encoder": "model.encoder",
+    "arch": "model.arch",
+    "optimizer": "optimizer.name",
+    "learning_rate": "optimizer.lr",
+    "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay",
+    "class_weight": "loss.class_weight",
+    "loss": "loss.name",
+    "device": "device",
+    "input_mode": "input.mode",
+    "mask_source": "input.mask_source",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "num_workers": "data.num_workers",
+    "augment": "data.augment",
+    "on_bad": "data.on_bad",
+    "pretrained": "model.pretrained",
+    "weights_path": "model.weights_path",
+    "seed": "seed",
+    "out": "out",
+}
+
+
+def resolve_train_config(task: str, experiment: str | None, overrides: dict):
+    """YAML (a train config, or the ``train`` section of a search experiment), then
+    overrides; returns the validated TrainConfig."""
+    from melanoma.config import ConfigError, apply_overrides, load_yaml
+    from melanoma.engine.config import TrainConfig
+
+    base: dict = {}
+    if experiment:
+        base = load_yaml(Path(experiment))
+        if "train" in base:
+            base = base["train"]
+    if base.get("task", task) != task:
+        raise ConfigError(
+            f"{experiment} is a {base['task']!r} experiment but `train {task}` was asked for"
+        )
+    base["task"] = task
+    return TrainConfig.from_dict(apply_overrides(base, overrides))
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from melanoma.config import ConfigError, parse_value
+
+    out = {
+        key: getattr(args, flag)
+        for flag, key in TRAIN_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    for item in args.set or []:
+        if "=" not in item:
+            raise ConfigError(
+                f"--set expects KEY=VALUE (for example optimizer.lr=0.01), got {item!r}"
+            )
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+    from dataclasses import replace
+
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.loop import CHECKPOINTS, fit
+
+    overrides = _overrides(args)
+    config = resolve_train_config(args.task, args.experiment, overrides)
+    if config.out == TrainConfig().out and "out" not in overrides:
+        # Neither the experiment nor the command line named a run directory: make a new one.
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config = replace(config, out=f"runs/{args.task}-{config.model.arch}-{stamp}")
+    last = Path(config.out) / CHECKPOINTS / "last.pt"
+    if last.is_file() and not args.resume:
+        raise FileExistsError(
+            f"{config.out} already holds a run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    print(f"run directory: {config.out}")
+    result = fit(config, resume=args.resume)
+    best = result.best_metrics.get(config.metric)
+    print(
+        f"best val {config.metric}: {best:.4f} at epoch {result.best_epoch}"
+        if isinstance(best, float)
+        else f"best val {config.metric}: {best} at epoch {result.best_epoch}"
+    )
+    print(
+        f"checkpoints, metrics.json and TensorBoard logs in {result.run_dir} "
+        f"(tensorboard --logdir {result.run_dir})"
+    )
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f"{k:32s} {v:.4f}")
+        else:
+            print(f"{k:32s} {v}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from melanoma.engine.evaluate import evaluate_run
+
+    metrics = evaluate_run(
+        Path(args.checkpoint), task=args.task, data=args.data, split=args.split, device=args.device
+    )
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(f"{args.task} metrics on the {args.split} split of {metrics['data']}:")
+        _print_metrics({k: v for k, v in metrics.items() if k not in ("data",)})
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 def _add_data_source(p: argparse.ArgumentParser) -> None:
     from melanoma.data.layouts import LAYOUTS
@@ -244,11 +366,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache directory")
     p.add_argument("--workers", type=int, default=None)
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train one segmenter or classifier locally (no Ray)")
+    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument(
+        "--experiment", help="YAML train config (or search experiment: its train section)"
+    )
+    p.add_argument("--data", help="dataset directory, manifest CSV or prepared cache")
+    p.add_argument("--layout", help="dataset layout (default: detect)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--arch",
+        "--architecture",
+        dest="arch",
+        help="segmenter architecture (seg) or classifier name (cls)",
+    )
+    p.add_argument("--encoder", help="segmenter encoder (any SMP encoder, or tu-<timm model>)")
+    p.add_argument("--optimizer", help="sgd, adam or adamw")
+    p.add_argument("--learning_rate", "--lr", dest="learning_rate", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight_decay", type=float)
+    p.add_argument("--class_weight", type=float, help="multiplies the minority class's weight")
+    p.add_argument("--loss")
+    p.add_argument("--input_mode", choices=["full", "masked", "crop"])
+    p.add_argument("--mask_source", help="'gt' or a segmenter run directory (out-of-fold masks)")
+    p.add_argument("--image_size", type=int)
+    p.add_argument("--batch_size", type=int)
+    p.add_argument("--num_workers", type=int)
+    p.add_argument("--augment", type=float, help="augmentation strength in [0, 1]")
+    p.add_argument("--on_bad", "--on-bad", dest="on_bad", choices=["fail", "skip"])
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="ImageNet weights from local files (see README)",
+    )
+    p.add_argument("--weights_path")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", help="run directory (default runs/<task>-<arch>-<time>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set scheduler.name=step (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a split")
+    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("--data", help="dataset (default: the run's data.path)")
+    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from melanoma.data.check import DataError
+    from melanoma.engine.loop import NonFiniteLossError
 
     args = build_parser().parse_args(argv)
     try:
@@ -256,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

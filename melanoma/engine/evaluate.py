@@ -1,0 +1,86 @@
+"""Metrics of a trained run on any split, from its self-describing checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.data.dataset import EpochSampler
+from melanoma.data.splits import Splits
+from melanoma.engine.checkpoint import load_checkpoint
+from melanoma.engine.config import TrainConfig
+from melanoma.engine.loop import _labelled, _loader, evaluate, open_training_data, resolve_device
+from melanoma.engine.tasks import build_model, make_task
+
+
+def _run_dir(path: Path) -> Path:
+    return (
+        path
+        if path.is_dir()
+        else path.parent.parent
+        if path.parent.name == "checkpoints"
+        else path.parent
+    )
+
+
+def evaluate_run(
+    path: Path, *, task: str, data: str | None = None, split: str = "val", device: str = "auto"
+) -> dict:
+    """Load a run's best checkpoint and compute its metrics on ``split`` of ``data``.
+
+    The split is the one the run recorded in its splits.json (checked by image hash), so a
+    run is never evaluated on images it was trained on by accident.
+    """
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    if config.task != task:
+        raise ValueError(
+            f"{path} holds a {config.task} model, not {task}; use `evaluate {config.task}`"
+        )
+    if data:
+        config = replace(config, data=replace(config.data, path=str(data)))
+    bundle = open_training_data(config)
+    run_dir = _run_dir(Path(path))
+    recorded = run_dir / "splits.json"
+    if recorded.is_file():
+        theirs = {e.image_sha256 for e in Splits.load(recorded).entries[split]}
+        ours = {e.image_sha256 for e in bundle.splits.entries[split]}
+        if theirs != ours:
+            raise ValueError(
+                f"the {split} split of {config.data.path} differs from the one the run recorded "
+                f"in {recorded} ({len(ours ^ theirs)} images differ); evaluate on the same data "
+                "with the same split settings"
+            )
+    if config.task == "cls":
+        bundle = bundle.with_splits(_labelled(bundle.splits))
+    masks = None
+    if config.task == "cls" and config.input.mode != "full" and config.input.mask_source != "gt":
+        oof = run_dir / "oof_masks.npz"
+        if not oof.is_file():
+            raise FileNotFoundError(f"{oof} is missing: the run's predicted masks are needed")
+        with np.load(oof) as saved:
+            masks = {k: saved[k] for k in saved.files}
+    dataset = bundle.dataset(split, None, mask_override=masks)
+    dev = resolve_device(device)
+    config = replace(config, device=str(dev))
+    loader = _loader(
+        dataset,
+        EpochSampler(len(dataset), 0, False),
+        config.data.batch_size,
+        config.data.num_workers,
+        dev,
+        drop_last=False,
+    )
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    model.to(dev)
+    metrics, _ = evaluate(model, loader, make_task(config), None, dev, config)
+    return {
+        "data": str(config.data.path),
+        "split": split,
+        "checkpoint": state["path"],
+        "epoch": state.get("epoch"),
+        **metrics,
+    }

@@ -1,0 +1,329 @@
+"""The training loop: it learns, resumes exactly, logs to TensorBoard, and fails clearly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from melanoma.cli import main
+from melanoma.config import ConfigError
+from melanoma.data.synth import SynthConfig, write_synthetic
+from melanoma.data.transforms import apply_input_mode, lesion_boxes
+from melanoma.engine import NonFiniteLossError, Runtime, TrainConfig, fit, load_checkpoint
+from melanoma.engine.losses import class_weights
+
+
+@pytest.fixture(scope="module")
+def learn_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("learn")
+    write_synthetic(root, SynthConfig(n=160, size=64, seed=11, prevalence=0.35))
+    return root
+
+
+def config(data: Path, out: Path, task: str, **over) -> TrainConfig:
+    base = {
+        "task": task,
+        "epochs": 3,
+        "out": str(out),
+        "log_images": 4,
+        "data": {
+            "path": str(data),
+            "image_size": 64,
+            "batch_size": 16,
+            "num_workers": 0,
+            "val_fraction": 0.3,
+        },
+        "model": {"arch": "fpn", "encoder": "resnet18"} if task == "seg" else {"arch": "resnet18"},
+        "optimizer": {"lr": 3e-3 if task == "seg" else 1e-3},
+    }
+    return TrainConfig.from_dict(base).with_overrides(over)
+
+
+QUIET = Runtime(progress=False)
+
+
+@pytest.mark.slow
+def test_segmenter_learns(learn_root: Path, tmp_path: Path):
+    result = fit(config(learn_root, tmp_path / "seg", "seg", epochs=5), QUIET)
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    # Chance level: an all-lesion mask scores the mean coverage (about 0.15) as Jaccard.
+    assert result.best_metrics["jaccard"] > 0.45
+    for name in (
+        "config.yaml",
+        "splits.json",
+        "metrics.json",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ):
+        assert (tmp_path / "seg" / name).is_file()
+
+
+@pytest.mark.slow
+def test_masked_classifier_learns(learn_root: Path, tmp_path: Path):
+    cfg = config(learn_root, tmp_path / "cls", "cls", **{"epochs": 4, "input.mode": "masked"})
+    result = fit(cfg, QUIET)
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    assert result.best_metrics["auc"] > 0.75  # chance is 0.5
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(learn_root: Path, tmp_path: Path):
+    cfg = config(learn_root, tmp_path / "full", "cls", **{"data.augment": 0.5, "epochs": 3})
+    full = fit(cfg, QUIET)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(metrics, checkpoint_dir):
+        if metrics["epoch"] == 1:
+            raise Interrupt
+
+    cut = replace(cfg, out=str(tmp_path / "cut"))
+    with pytest.raises(Interrupt):
+        fit(cut, Runtime(progress=False, report=stop_after_first))
+    assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["epoch"] == 1
+    resumed = fit(cut, QUIET, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert [h["val"]["auc"] for h in resumed.history] == [h["val"]["auc"] for h in full.history]
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tensorboard_holds_scalars_images_and_hparams(learn_root: Path, tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    fit(config(learn_root, tmp_path / "seg", "seg", epochs=1), QUIET)
+    fit(config(learn_root, tmp_path / "cls", "cls", **{"epochs": 1, "input.mode": "crop"}), QUIET)
+    for run, expected_images in (
+        ("seg", {"val/overlays"}),
+        ("cls", {"val/confusion_matrix", "val/roc", "val/pr", "val/classifier_inputs"}),
+    ):
+        events = EventAccumulator(str(tmp_path / run / "tensorboard"), size_guidance={"images": 0})
+        events.Reload()
+        tags = events.Tags()
+        assert {"train/loss", "train/lr", "val/loss"} <= set(tags["scalars"])
+        assert ("val/jaccard" if run == "seg" else "val/auc") in tags["scalars"]
+        assert expected_images <= set(tags["images"])
+        hparams = [t for t in tags["tensors"] if t.startswith("_hparams_")] or [
+            t for t in events.summary_metadata if t.startswith("_hparams_")
+        ]
+        assert hparams, tags
+
+
+def test_nan_loss_stops_with_a_clear_error(learn_root: Path, tmp_path: Path):
+    cfg = config(
+        learn_root,
+        tmp_path / "nan",
+        "cls",
+        **{
+            "optimizer.lr": 1e30,
+            "optimizer.name": "sgd",
+            "scheduler.name": "constant",
+            "epochs": 2,
+        },
+    )
+    with pytest.raises(NonFiniteLossError, match=r"loss became (nan|inf).*lower optimizer.lr"):
+        fit(cfg, QUIET)
+
+
+@pytest.mark.slow
+def test_early_stopping(learn_root: Path, tmp_path: Path):
+    cfg = config(
+        learn_root,
+        tmp_path / "es",
+        "cls",
+        **{"optimizer.lr": 1e-9, "early_stopping": 1, "epochs": 4},
+    )
+    result = fit(cfg, QUIET)
+    assert result.stopped_early and len(result.history) < 5
+
+
+def test_checkpoint_rebuilds_the_model_and_is_weights_only(learn_root: Path, tmp_path: Path):
+    from melanoma.engine.tasks import build_model
+
+    fit(config(learn_root, tmp_path / "r", "seg", epochs=1), QUIET)
+    state = load_checkpoint(tmp_path / "r")
+    model = build_model(TrainConfig.from_dict(state["config"]))
+    model.load_state_dict(state["model"])
+    # A checkpoint holding a pickled module is refused.
+    torch.save(
+        {"format": "melanoma-checkpoint", "model": torch.nn.Linear(1, 1)}, tmp_path / "evil.pt"
+    )
+    with pytest.raises(ValueError, match="not a readable melanoma checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError, match="no best.pt or last.pt"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "over, message",
+    [
+        (
+            {"optimizer.name": "rmsprop"},
+            "unknown optimizer 'rmsprop'; valid: \\['sgd', 'adam', 'adamw'\\]",
+        ),
+        ({"model.arch": "resnet19"}, "valid classifiers"),
+        ({"loss.name": "hinge"}, "unknown cls loss 'hinge'; valid: \\['ce', 'focal'\\]"),
+        (
+            {"input.mode": "blur"},
+            "'blur' is not allowed; choose one of \\['full', 'masked', 'crop'\\]",
+        ),
+        ({"optimizer.lr": -1}, "optimizer.lr must be > 0"),
+        ({"data.batch_size": "many"}, "data.batch_size: expected an integer"),
+        ({"metric": "jaccard"}, "not a cls metric"),
+        (
+            {"data.image_size": 40, "model.arch": "inception_v3"},
+            "needs data.image_size >= 299.*aux_weight: 0",
+        ),
+        ({"optimiser.lr": 0.1}, "unknown config key\\(s\\) \\['optimiser'\\]"),
+    ],
+)
+def test_bad_config_values_are_named(over, message, tmp_path):
+    with pytest.raises(ConfigError, match=message):
+        config(tmp_path, tmp_path, "cls").with_overrides(over)
+
+
+def test_segmenter_size_must_be_a_multiple_of_32(tmp_path):
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        config(tmp_path, tmp_path, "seg").with_overrides({"data.image_size": 100})
+
+
+def test_class_weights_find_the_minority():
+    w = class_weights([0] * 80 + [1] * 20)
+    assert w.tolist() == pytest.approx([100 / 160, 100 / 40])
+    assert class_weights([0] * 20 + [1] * 80, class_weight=2.0)[0] == pytest.approx(2 * 100 / 40)
+    with pytest.raises(ValueError, match="needs both classes"):
+        class_weights([0, 0, 0])
+
+
+def test_input_modes():
+    image = torch.full((1, 3, 8, 8), 200, dtype=torch.uint8)
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    mask[..., 2:4, 4:8] = 1
+    masked = apply_input_mode(image, mask, "masked")
+    assert masked[0, 0, 0, 0] == 0 and masked[0, 0, 2, 5] == pytest.approx(200 / 255)
+    assert lesion_boxes(mask, 0.0).tolist() == [[4.0, 2.0, 8.0, 4.0]]
+    assert lesion_boxes(mask, 0.5).tolist() == [[2.0, 1.0, 8.0, 5.0]]
+    assert lesion_boxes(torch.zeros_like(mask), 0.1).tolist() == [[0.0, 0.0, 8.0, 8.0]]
+    crop = apply_input_mode(image, mask, "crop", 0.0, size=16)
+    assert crop.shape == (1, 3, 16, 16) and torch.allclose(crop, torch.full_like(crop, 200 / 255))
+    assert apply_input_mode(image, None, "full", size=4).shape == (1, 3, 4, 4)
+    with pytest.raises(ValueError, match="needs a mask"):
+        apply_input_mode(image, None, "masked")
+    with pytest.raises(ValueError, match="unknown input mode"):
+        apply_input_mode(image, mask, "blur")
+
+
+@pytest.mark.slow
+def test_out_of_fold_masks(learn_root: Path, tmp_path: Path):
+    fit(config(learn_root, tmp_path / "seg", "seg", epochs=1), QUIET)
+    cfg = config(
+        learn_root,
+        tmp_path / "cls",
+        "cls",
+        **{
+            "epochs": 1,
+            "input.mode": "crop",
+            "input.mask_source": str(tmp_path / "seg"),
+            "input.oof_folds": 2,
+        },
+    )
+    fit(cfg, QUIET)
+    masks = np.load(tmp_path / "cls" / "oof_masks.npz")
+    assert len(masks.files) == 160
+    for k in (0, 1):  # one segmenter per fold, each never shown its own fold
+        fold = load_checkpoint(tmp_path / "cls" / "oof" / f"fold{k}" / "checkpoints" / "last.pt")
+        assert fold["config"]["task"] == "seg"
+    import json
+
+    fold0 = json.loads((tmp_path / "cls" / "oof" / "fold0" / "splits.json").read_text())
+    fold1 = json.loads((tmp_path / "cls" / "oof" / "fold1" / "splits.json").read_text())
+    train0 = {e["id"] for e in fold0["splits"]["train"]}
+    held0 = {e["id"] for e in fold0["splits"]["val"]}
+    assert not train0 & held0 and held0 == {e["id"] for e in fold1["splits"]["train"]}
+
+
+def test_mask_source_must_be_a_segmenter(learn_root: Path, tmp_path: Path):
+    fit(config(learn_root, tmp_path / "c1", "cls", epochs=1), QUIET)
+    cfg = config(
+        learn_root,
+        tmp_path / "c2",
+        "cls",
+        **{"input.mode": "masked", "input.mask_source": str(tmp_path / "c1")},
+    )
+    with pytest.raises(ValueError, match="must be a segmenter run"):
+        fit(cfg, QUIET)
+
+
+def test_cli_train_old_flag_names_and_evaluate(learn_root: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "cls",
+            "--data",
+            str(learn_root),
+            "--epochs",
+            "1",
+            "--architecture",
+            "resnet18",
+            "--optimizer",
+            "sgd",
+            "--learning_rate",
+            "0.01",
+            "--momentum",
+            "0.8",
+            "--weight_decay",
+            "0.001",
+            "--class_weight",
+            "2",
+            "--device",
+            "cpu",
+            "--image_size",
+            "64",
+            "--batch_size",
+            "8",
+            "--input_mode",
+            "masked",
+            "--num_workers",
+            "0",
+            "--out",
+            str(out),
+            "--set",
+            "scheduler.name=step",
+        ]
+    )
+    assert code == 0
+    resolved = TrainConfig.from_dict(
+        __import__("yaml").safe_load((out / "config.yaml").read_text())
+    )
+    assert (resolved.optimizer.name, resolved.optimizer.lr, resolved.optimizer.momentum) == (
+        "sgd",
+        0.01,
+        0.8,
+    )
+    assert (resolved.loss.class_weight, resolved.input.mode, resolved.scheduler.name) == (
+        2.0,
+        "masked",
+        "step",
+    )
+    assert main(["train", "cls", "--data", str(learn_root), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["evaluate", "cls", "--checkpoint", str(out), "--split", "test", "--json"]) == 0
+    import json
+
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["split"] == "test" and 0 <= metrics["auc"] <= 1 and metrics["n"] > 0
+    assert main(["evaluate", "seg", "--checkpoint", str(out)]) == 2
+    assert "holds a cls model" in capsys.readouterr().err
+
+
+def test_cli_bad_set_syntax(tmp_path: Path, capsys):
+    assert main(["train", "seg", "--data", str(tmp_path), "--set", "optimizer.lr"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().err

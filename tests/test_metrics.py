@@ -1,0 +1,94 @@
+"""Metrics against hand-computed cases, empty masks included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from melanoma.metrics import (
+    ClassificationMeter,
+    SegmentationMeter,
+    classification_metrics,
+    segmentation_metrics,
+)
+
+
+def masks(*arrays):
+    return torch.tensor(np.array(arrays), dtype=torch.uint8)[:, None]
+
+
+def test_jaccard_dice_by_hand():
+    pred = masks([[1, 1, 0, 0]], [[1, 0, 0, 0]])
+    true = masks([[1, 0, 0, 0]], [[1, 0, 0, 0]])
+    m = segmentation_metrics(pred, true)
+    # image 1: I=1, U=2 -> J=0.5, D=2/3; image 2: perfect.
+    assert m["jaccard"] == pytest.approx((0.5 + 1) / 2)
+    assert m["dice"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["thresholded_jaccard"] == pytest.approx((0 + 1) / 2)  # 0.5 < 0.65 counts as 0
+    assert m["pixel_accuracy"] == pytest.approx((3 / 4 + 1) / 2)
+
+
+def test_empty_masks_rule_and_zero_iou_images_are_kept():
+    pred = masks([[0, 0]], [[1, 0]], [[0, 1]])
+    true = masks([[0, 0]], [[0, 0]], [[1, 0]])
+    m = segmentation_metrics(pred, true)
+    # both empty -> 1; false positive on empty truth -> 0; disjoint -> 0 (not dropped).
+    assert m["jaccard"] == pytest.approx(1 / 3)
+    assert m["dice"] == pytest.approx(1 / 3)
+
+
+def test_segmentation_meter_uses_only_images_with_masks():
+    meter = SegmentationMeter()
+    logits = torch.tensor([[[[5.0, -5.0]]], [[[5.0, 5.0]]]])
+    true = masks([[1, 0]], [[0, 0]])
+    meter.update(logits, true, torch.tensor([True, False]))
+    out = meter.compute()
+    assert out["n_images"] == 1 and out["jaccard"] == 1.0
+    assert SegmentationMeter().compute() == {"n_images": 0}
+
+
+def test_classification_by_hand():
+    labels = [1, 1, 0, 0, 0]
+    probs = [0.9, 0.4, 0.6, 0.2, 0.1]
+    m = classification_metrics(labels, probs, threshold=0.5, specificity=0.6)
+    assert m["confusion_matrix"] == [[2, 1], [1, 1]]
+    assert m["sensitivity"] == pytest.approx(0.5) and m["recall"] == pytest.approx(0.5)
+    assert m["specificity"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(0.5)
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 2 / 3) / 2)
+    # Pairs (pos, neg): 0.9 beats all 3; 0.4 beats 0.2 and 0.1 -> 5 of 6.
+    assert m["auc"] == pytest.approx(5 / 6)
+    # Specificity >= 0.6 allows one false positive: threshold 0.6 keeps sensitivity 0.5;
+    # threshold 0.4 gives FPR 1/3 <= 0.4 and sensitivity 1.
+    assert m["sensitivity_at_specificity_0.6"] == pytest.approx(1.0)
+
+
+def test_one_class_leaves_auc_undefined_not_wrong():
+    m = classification_metrics([0, 0, 0], [0.1, 0.7, 0.2])
+    assert m["auc"] is None and m["average_precision"] is None
+    assert m["specificity"] == pytest.approx(2 / 3) and m["sensitivity"] is None
+
+
+@pytest.mark.parametrize(
+    "labels, probs, message",
+    [
+        ([0, 1], [0.5], "equal length"),
+        ([], [], "no samples"),
+        ([0, 2], [0.1, 0.2], "must be 0 or 1"),
+    ],
+)
+def test_bad_inputs(labels, probs, message):
+    with pytest.raises(ValueError, match=message):
+        classification_metrics(labels, probs)
+
+
+def test_classification_meter_skips_unlabelled():
+    meter = ClassificationMeter()
+    logits = torch.tensor([[0.0, 2.0], [2.0, 0.0], [0.0, 0.0]])
+    meter.update(logits, torch.tensor([1, 0, -1]))
+    labels, probs = meter.arrays()
+    assert labels.tolist() == [1, 0] and probs[0] > 0.8 > 0.2 > probs[1]
+    assert meter.compute()["auc"] == 1.0
