@@ -294,6 +294,84 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- search
+def _cmd_search_run(args: argparse.Namespace) -> int:
+    from search.experiment import load_experiment
+    from search.runner import run_search
+
+    overrides = {}
+    if args.num_samples is not None:
+        overrides["search.num_samples"] = args.num_samples
+    if args.data is not None:
+        overrides["train.data.path"] = args.data
+    exp = load_experiment(Path(args.experiment), overrides)
+    if exp.task != args.task:
+        raise ValueError(
+            f"{args.experiment} is a {exp.task!r} experiment but `search {args.task}` was asked for"
+        )
+    name = args.name or exp.name
+    storage = args.storage or exp.storage
+    run_search(exp, name=name, storage=storage, address=args.address, verbose=args.verbose)
+    return _print_results(name, storage, top=10)
+
+
+def _cmd_search_resume(args: argparse.Namespace) -> int:
+    from search.runner import resume_search
+
+    resume_search(args.name, storage=args.storage, address=args.address, verbose=args.verbose)
+    return _print_results(args.name, args.storage, top=10)
+
+
+def _print_results(
+    name: str,
+    storage: str,
+    top: int | None = None,
+    csv_path: str | None = None,
+    as_json: bool = False,
+) -> int:
+    from search.runner import to_json, trial_table, write_csv
+
+    rows, exp = trial_table(name, storage)
+    if csv_path:
+        write_csv(rows, Path(csv_path))
+        print(f"wrote {len(rows)} trials to {csv_path}")
+    if as_json:
+        print(to_json(rows))
+        return 0
+    metric = exp.metric
+    keys = [p.key for p in exp.space]
+    header = ["trial_id", "state", "epochs", metric, *keys]
+    shown = rows[:top] if top else rows
+    table = [[_fmt(r.get(k)) for k in header] for r in shown]
+    widths = [
+        max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+        for i, h in enumerate(header)
+    ]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    if top and len(rows) > top:
+        print(f"... {len(rows) - top} more (melanoma search results {name})")
+    best = next((r for r in rows if r.get(metric) is not None), None)
+    if best:
+        print(
+            f"best trial {best['trial_id']}: {metric} {best[metric]:.4f} "
+            f"at epoch {best['best_epoch']}"
+        )
+        print(f"best checkpoint: {best['checkpoint']}")
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _cmd_search_results(args: argparse.Namespace) -> int:
+    return _print_results(args.name, args.storage, csv_path=args.csv, as_json=args.json)
+
+
 # ------------------------------------------------------------------------------ parser
 def _add_data_source(p: argparse.ArgumentParser) -> None:
     from melanoma.data.layouts import LAYOUTS
@@ -413,6 +491,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=_cmd_train)
+
+    search = sub.add_parser("search", help="hyperparameter search with Ray Tune + Optuna + ASHA")
+    search_sub = search.add_subparsers(dest="search_command", required=True)
+    for task in ("seg", "cls"):
+        p = search_sub.add_parser(
+            task, help=f"search {'segmenters' if task == 'seg' else 'classifiers'}"
+        )
+        p.add_argument("--experiment", required=True, help="experiment YAML (see experiments/)")
+        p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray)")
+        p.add_argument("--num-samples", type=int, help="number of trials (overrides the YAML)")
+        p.add_argument("--name", help="search name (default: the experiment's name)")
+        p.add_argument("--storage", help="results root, a local path or s3://... (default: YAML)")
+        p.add_argument("--data", help="dataset path (overrides train.data.path)")
+        p.add_argument("--verbose", type=int, default=0, help="Tune's own console output (0-3)")
+        p.set_defaults(func=_cmd_search_run, task=task)
+    p = search_sub.add_parser("resume", help="finish an interrupted search")
+    p.add_argument("name")
+    p.add_argument("--storage", default="runs/search")
+    p.add_argument("--address")
+    p.add_argument("--verbose", type=int, default=0)
+    p.set_defaults(func=_cmd_search_resume)
+    p = search_sub.add_parser("results", help="trials sorted by the metric, best checkpoint")
+    p.add_argument("name")
+    p.add_argument("--storage", default="runs/search")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_search_results)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on a split")
     p.add_argument("task", choices=["seg", "cls"])

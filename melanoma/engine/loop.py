@@ -407,9 +407,14 @@ def fit(
                         f"{'  *best*' if improved else ''}  ({record['time_s']:.1f} s)",
                         flush=True,
                     )
+            stop = bool(config.early_stopping and stale >= config.early_stopping)
             if runtime.report is not None:
-                runtime.report(_flat(record, best_value, config.metric), checkpoint_dir)
-            if config.early_stopping and stale >= config.early_stopping:
+                flat = _flat(record, best_value, config.metric)
+                # "finished": the run ends here by its own rules (last epoch or early
+                # stopping), so a search can tell it from a trial a scheduler cut short.
+                flat["finished"] = stop or epoch + 1 == config.epochs
+                runtime.report(flat, checkpoint_dir)
+            if stop:
                 stopped_early = True
                 if runtime.is_main and runtime.progress:
                     print(

@@ -1,0 +1,166 @@
+"""Search experiments: a base train config, a search space, the search budget and resources.
+
+An experiment YAML has these sections (see experiments/*.yaml):
+
+  name: quickstart_seg          # default search name
+  task: seg
+  train: {...}                  # a TrainConfig, as `melanoma train --experiment` reads it
+  space:                        # dotted TrainConfig keys -> distributions, in order
+    optimizer.name: {choice: [sgd, adamw]}
+    optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}
+    optimizer.momentum: {uniform: [0.8, 0.99], when: {optimizer.name: sgd}}
+  search: {num_samples, max_epochs, metric, mode, searcher, scheduler, ...}
+  resources: {workers, cpus_per_worker, gpus_per_worker, driver_cpus}
+  storage: runs/search          # where Tune writes (local path or s3://bucket/prefix)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from melanoma.config import ConfigError, from_dict, load_yaml, to_dict
+from melanoma.engine.config import TrainConfig
+from search.space import ParamSpec, parse_space
+
+
+@dataclass(frozen=True)
+class SearcherConfig:
+    name: Literal["optuna", "random"] = "optuna"
+    seed: int = 0
+    n_startup_trials: int = 5  # TPE samples randomly this many trials first
+    optuna_storage: str | None = None  # e.g. sqlite:///runs/search/study.db for optuna-dashboard
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    name: Literal["asha", "fifo"] = "asha"
+    grace_period: int = 1  # epochs before ASHA may stop a trial
+    reduction_factor: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.grace_period < 1:
+            raise ConfigError(
+                f"search.scheduler.grace_period must be >= 1, got {self.grace_period}"
+            )
+        if self.reduction_factor <= 1:
+            raise ConfigError(
+                f"search.scheduler.reduction_factor must be > 1, got {self.reduction_factor}"
+            )
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    num_samples: int = 10
+    max_epochs: int = 10  # replaces train.epochs for every trial
+    metric: str | None = None  # default: best_val_<train.metric>
+    mode: Literal["min", "max"] | None = None
+    max_concurrent: int | None = None  # default: what the cluster's resources allow
+    max_failures: int = 2  # worker failures a trial survives, resuming from its checkpoint
+    keep_checkpoints: int = 2
+    searcher: SearcherConfig = field(default_factory=SearcherConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ConfigError(f"search.num_samples must be >= 1, got {self.num_samples}")
+        if self.max_epochs < 1:
+            raise ConfigError(f"search.max_epochs must be >= 1, got {self.max_epochs}")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    workers: int = 1  # Ray Train workers (DDP processes) per trial
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | str = "auto"  # "auto": 1 when the cluster has GPUs, else 0
+    # The Tune driver of a trial only waits on its Train workers: a whole CPU for it would
+    # let two trials' drivers starve their own workers on a small machine (deadlock).
+    driver_cpus: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"resources.workers must be >= 1, got {self.workers}")
+        if isinstance(self.gpus_per_worker, str) and self.gpus_per_worker != "auto":
+            raise ConfigError(
+                "resources.gpus_per_worker must be a number or 'auto', "
+                f"got {self.gpus_per_worker!r}"
+            )
+        if not 0 < self.driver_cpus <= 1:
+            raise ConfigError(f"resources.driver_cpus must be in (0, 1], got {self.driver_cpus}")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    task: Literal["seg", "cls"]
+    train: TrainConfig
+    space: tuple[ParamSpec, ...]
+    search: SearchConfig
+    resources: ResourcesConfig
+    storage: str = "runs/search"
+
+    @property
+    def metric(self) -> str:
+        return self.search.metric or f"best_val_{self.train.metric}"
+
+    @property
+    def mode(self) -> str:
+        return self.search.mode or self.train.mode
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "task": self.task,
+            "train": self.train.to_dict(),
+            "space": {p.key: p.to_dict() for p in self.space},
+            "search": to_dict(self.search),
+            "resources": to_dict(self.resources),
+            "storage": self.storage,
+        }
+
+
+_SECTIONS = ("name", "task", "train", "space", "search", "resources", "storage")
+
+
+def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
+    """Validate every section; errors name the bad key and the allowed values."""
+    unknown = sorted(set(data) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; allowed: {list(_SECTIONS)}")
+    for required in ("task", "train"):
+        if required not in data:
+            raise ConfigError(f"{source}: missing section {required!r}")
+    task = data["task"]
+    if task not in ("seg", "cls"):
+        raise ConfigError(f"{source}: task must be 'seg' or 'cls', got {task!r}")
+    search = from_dict(SearchConfig, data.get("search") or {}, "search")
+    train_dict = dict(data["train"])
+    if train_dict.get("task", task) != task:
+        raise ConfigError(f"{source}: train.task is {train_dict['task']!r} but task is {task!r}")
+    train_dict["task"] = task
+    train_dict["epochs"] = search.max_epochs
+    try:
+        train = TrainConfig.from_dict(train_dict)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: train: {err}") from None
+    space = parse_space(data.get("space") or {}, train)
+    return Experiment(
+        name=str(data.get("name") or Path(source).stem),
+        task=task,
+        train=train,
+        space=space,
+        search=search,
+        resources=from_dict(ResourcesConfig, data.get("resources") or {}, "resources"),
+        storage=str(data.get("storage") or "runs/search"),
+    )
+
+
+def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Experiment:
+    """Read and validate an experiment YAML; ``overrides`` set dotted keys first."""
+    from melanoma.config import apply_overrides
+
+    data = load_yaml(Path(path))
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return experiment_from_dict(data, str(path))

@@ -1,0 +1,275 @@
+"""Run, resume and read searches: Ray Tune over the Train-in-Tune trainable."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import ray
+from ray import tune
+
+from melanoma.config import dump_yaml, load_yaml
+from search.experiment import Experiment, experiment_from_dict
+from search.searcher import create_scheduler, create_searcher
+from trainables.driver import META, tune_driver
+
+EXPERIMENT_FILE = "experiment.yaml"
+
+
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def search_path(storage: str, name: str) -> str:
+    return (
+        f"{storage.rstrip('/')}/{name}" if _is_uri(storage) else str(Path(storage).resolve() / name)
+    )
+
+
+def connect(address: str | None) -> None:
+    """Join a running cluster (``auto`` or HOST:PORT) or start a local Ray instance."""
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=True, log_to_driver=False)
+
+
+def plan_resources(exp: Experiment) -> dict:
+    """Per-worker resources and how many trials fit the cluster at once."""
+    total = ray.cluster_resources()
+    r = exp.resources
+    gpus = float(total.get("GPU", 0))
+    gpw = (1.0 if gpus else 0.0) if r.gpus_per_worker == "auto" else float(r.gpus_per_worker)
+    if gpw and not gpus:
+        raise ValueError(
+            f"resources.gpus_per_worker is {gpw} but the cluster has no GPU; set it to 0 or 'auto'"
+        )
+    cpus = float(total.get("CPU", 1))
+    per_trial_cpu = r.workers * r.cpus_per_worker + r.driver_cpus
+    if per_trial_cpu > cpus:
+        raise ValueError(
+            f"one trial needs {per_trial_cpu:g} CPUs "
+            f"({r.workers} workers x {r.cpus_per_worker:g} + "
+            f"driver {r.driver_cpus:g}) but the cluster has {cpus:g}; "
+            "lower resources.workers or cpus_per_worker"
+        )
+    fits = math.floor(gpus / (r.workers * gpw)) if gpw else math.floor(cpus / per_trial_cpu)
+    concurrent = exp.search.max_concurrent or max(1, fits)
+    return {
+        "workers": r.workers,
+        "cpus_per_worker": r.cpus_per_worker,
+        "gpus_per_worker": gpw,
+        "driver_cpus": r.driver_cpus,
+        "max_concurrent": max(1, min(concurrent, exp.search.num_samples)),
+    }
+
+
+class Progress(tune.Callback):
+    """One line per event: running, finished, stopped and errored trials, best so far."""
+
+    def __init__(self, metric: str, mode: str, max_epochs: int):
+        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.best: tuple[float, str] | None = None
+        self.stopped: set[str] = set()
+        self.last: dict[str, dict] = {}
+
+    def _line(self, trials, event: str) -> None:
+        states = [t.status for t in trials]
+        finished = sum(s == "TERMINATED" for s in states) - len(self.stopped)
+        best = f"{self.best[0]:.4f} (trial {self.best[1]})" if self.best else "-"
+        print(
+            f"[search] {event:<24} running {states.count('RUNNING')}, finished {finished}, "
+            f"stopped early {len(self.stopped)}, errored {states.count('ERROR')}, "
+            f"pending {states.count('PENDING')} | best {self.metric} {best}",
+            flush=True,
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.last[trial.trial_id] = result
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and not math.isnan(value):
+            better = self.best is None or (
+                value > self.best[0] if self.mode == "max" else value < self.best[0]
+            )
+            if better:
+                self.best = (float(value), trial.trial_id)
+        self._line(trials, f"{trial.trial_id} epoch {result.get('epoch')}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        result = self.last.get(trial.trial_id, {})
+        if not result.get("finished", False) and result.get("epoch", 0) < self.max_epochs:
+            self.stopped.add(trial.trial_id)
+        self.done.add(trial.trial_id)
+        self._line(trials, f"{trial.trial_id} done")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.errored.add(trial.trial_id)
+        self._line(trials, f"{trial.trial_id} ERROR")
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directory names (Tune's default spells out the whole config)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _trainable(plan: dict):
+    return tune.with_resources(tune_driver, {"CPU": plan["driver_cpus"]})
+
+
+def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> dict:
+    return {
+        "train": exp.train.to_dict(),
+        "resources": {k: plan[k] for k in ("workers", "cpus_per_worker", "gpus_per_worker")},
+        "train_storage": f"{search_path(storage, name)}/_train",
+        "max_failures": exp.search.max_failures,
+        "keep_checkpoints": exp.search.keep_checkpoints,
+        "metric": exp.metric,
+        "mode": exp.mode,
+    }
+
+
+def run_search(
+    exp: Experiment,
+    *,
+    name: str | None = None,
+    storage: str | None = None,
+    address: str | None = None,
+    verbose: int = 0,
+):
+    """Start a new search; returns Tune's ResultGrid."""
+    name = name or exp.name
+    storage = storage or exp.storage
+    root = search_path(storage, name)
+    if not _is_uri(root) and (Path(root) / EXPERIMENT_FILE).exists():
+        raise FileExistsError(
+            f"a search named {name!r} already exists in {storage}; continue it with "
+            f"`melanoma search resume {name}` or choose another --name"
+        )
+    connect(address)
+    plan = plan_resources(exp)
+    if not _is_uri(root):
+        Path(root).mkdir(parents=True, exist_ok=True)
+        dump_yaml({**exp.to_dict(), "name": name, "storage": storage}, Path(root) / EXPERIMENT_FILE)
+    searcher = tune.search.ConcurrencyLimiter(
+        create_searcher(exp, name), max_concurrent=plan["max_concurrent"]
+    )
+    print(
+        f"[search] {name}: {exp.search.num_samples} trials x up to {exp.search.max_epochs} epochs, "
+        f"{plan['max_concurrent']} at a time, {plan['workers']} worker(s) x "
+        f"({plan['cpus_per_worker']:g} CPU, {plan['gpus_per_worker']:g} GPU) each; "
+        f"results in {root}",
+        flush=True,
+    )
+    tuner = tune.Tuner(
+        _trainable(plan),
+        param_space={META: _meta(exp, name, storage, plan)},
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=create_scheduler(exp), num_samples=exp.search.num_samples
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage if _is_uri(storage) else str(Path(storage).resolve()),
+            callbacks=[Progress(exp.metric, exp.mode, exp.search.max_epochs)],
+            verbose=verbose,
+        ),
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    print(f"[search] {name} finished in {time.perf_counter() - started:.0f} s", flush=True)
+    return grid
+
+
+def load_search_experiment(name: str, storage: str) -> Experiment:
+    root = Path(search_path(storage, name))
+    path = root / EXPERIMENT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no search named {name!r} in {storage} (looked for {path})")
+    data = load_yaml(path)
+    data["train"]["epochs"] = data["search"]["max_epochs"]
+    return experiment_from_dict(data, str(path))
+
+
+def resume_search(
+    name: str, *, storage: str = "runs/search", address: str | None = None, verbose: int = 0
+):
+    """Restore an interrupted search: unfinished trials resume from their checkpoints,
+    errored ones are retried; finished trials are not run again."""
+    exp = load_search_experiment(name, storage)
+    connect(address)
+    plan = plan_resources(exp)
+    root = search_path(storage, name)
+    if not tune.Tuner.can_restore(root):
+        raise FileNotFoundError(
+            f"search {name!r} in {storage} has no Tune state to restore yet; start it again"
+        )
+    print(f"[search] resuming {name} from {root}", flush=True)
+    tuner = tune.Tuner.restore(
+        root, trainable=_trainable(plan), resume_unfinished=True, resume_errored=True
+    )
+    return tuner.fit()
+
+
+def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Experiment]:
+    """Every trial with its hyperparameters, state, epochs, best metric and best checkpoint."""
+    from ray.tune import ExperimentAnalysis
+
+    exp = load_search_experiment(name, storage)
+    root = search_path(storage, name)
+    analysis = ExperimentAnalysis(root)
+    metric, mode = exp.metric, exp.mode
+    keys = [p.key for p in exp.space]
+    rows = []
+    frames = analysis.trial_dataframes
+    for trial in analysis.trials:
+        df = frames.get(trial.trial_id)
+        best_value, best_epoch, checkpoint, epochs, finished = None, None, None, 0, False
+        if df is not None and len(df) and metric in df:
+            epochs = int(df["epoch"].max()) if "epoch" in df else len(df)
+            finished = bool(df["finished"].iloc[-1]) if "finished" in df else False
+            col = df[metric].astype(float)
+            idx = col.idxmax() if mode == "max" else col.idxmin()
+            best_value = float(col[idx])
+            vm = f"val_{exp.train.metric}"
+            # The checkpoint to use is the one of the epoch with the best validation value.
+            scored = df[df["checkpoint_path"].notna()] if "checkpoint_path" in df else df.iloc[0:0]
+            if len(scored) and vm in scored:
+                pick = scored[vm].astype(float)
+                row = scored.loc[pick.idxmax() if mode == "max" else pick.idxmin()]
+                checkpoint, best_epoch = row["checkpoint_path"], int(row["epoch"])
+        state = trial.status
+        if state == "TERMINATED" and not finished and epochs < exp.search.max_epochs:
+            state = "STOPPED"  # by ASHA
+        params = {k: trial.config.get(k) for k in keys if k in trial.config}
+        rows.append(
+            {
+                "trial_id": trial.trial_id,
+                "state": state,
+                "epochs": epochs,
+                metric: best_value,
+                "best_epoch": best_epoch,
+                "checkpoint": checkpoint,
+                **params,
+            }
+        )
+    rows.sort(
+        key=lambda r: (r[metric] is None, -(r[metric] or 0) if mode == "max" else (r[metric] or 0))
+    )
+    return rows, exp
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def to_json(rows: list[dict]) -> str:
+    return json.dumps(rows, indent=1, default=str)

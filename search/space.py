@@ -1,0 +1,122 @@
+"""Search spaces declared in YAML, turned into an Optuna define-by-run function.
+
+Each entry maps a dotted TrainConfig key to one distribution:
+  {choice: [a, b, c]}  {uniform: [lo, hi]}  {loguniform: [lo, hi]}  {int: [lo, hi]}
+and optionally ``when: {other.key: value-or-list}``: the parameter exists only when the
+earlier parameter took one of those values (momentum only for sgd). Entries are sampled in
+the order written, so a condition can refer only to an entry above it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from melanoma.config import ConfigError
+
+KINDS = ("choice", "uniform", "loguniform", "int")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    key: str
+    kind: str
+    values: tuple
+    when: tuple[tuple[str, tuple], ...] = ()
+
+    def active(self, params: dict[str, Any]) -> bool:
+        return all(k in params and params[k] in allowed for k, allowed in self.when)
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "choice":
+            return trial.suggest_categorical(self.key, list(self.values))
+        lo, hi = self.values
+        if self.kind == "int":
+            return trial.suggest_int(self.key, int(lo), int(hi))
+        return trial.suggest_float(self.key, float(lo), float(hi), log=self.kind == "loguniform")
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {self.kind: list(self.values)}
+        if self.when:
+            out["when"] = {k: list(v) for k, v in self.when}
+        return out
+
+
+def parse_space(raw: dict, base) -> tuple[ParamSpec, ...]:
+    """Validate a YAML space against the TrainConfig ``base`` (keys must exist in it)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"space must be a mapping of config keys to distributions, got {raw!r}")
+    specs: list[ParamSpec] = []
+    seen: set[str] = set()
+    base_dict = base.to_dict()
+    for key, spec in raw.items():
+        where = f"space.{key}"
+        node = base_dict
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{where}: {key!r} is not a train config key")
+            node = node[part]
+        if key in ("task", "epochs", "out"):
+            raise ConfigError(f"{where}: {key} is set by the search itself and cannot be searched")
+        if not isinstance(spec, dict):
+            raise ConfigError(
+                f"{where}: expected a mapping such as {{choice: [a, b]}}, got {spec!r}"
+            )
+        kinds = [k for k in spec if k in KINDS]
+        extra = sorted(set(spec) - set(KINDS) - {"when"})
+        if len(kinds) != 1 or extra:
+            raise ConfigError(
+                f"{where}: give exactly one of {list(KINDS)} (and optionally 'when'), "
+                f"got {sorted(spec)}"
+            )
+        kind = kinds[0]
+        values = spec[kind]
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{kind}: expected a non-empty list, got {values!r}")
+        if kind != "choice":
+            if (
+                len(values) != 2
+                or not all(isinstance(v, (int, float)) for v in values)
+                or values[0] >= values[1]
+            ):
+                raise ConfigError(
+                    f"{where}.{kind}: expected [low, high] with low < high, got {values!r}"
+                )
+            if kind == "loguniform" and values[0] <= 0:
+                raise ConfigError(f"{where}.loguniform: bounds must be > 0, got {values!r}")
+        when = spec.get("when") or {}
+        if not isinstance(when, dict):
+            raise ConfigError(f"{where}.when: expected a mapping, got {when!r}")
+        for other in when:
+            if other not in seen:
+                raise ConfigError(
+                    f"{where}.when: {other!r} must be a space entry written above {key!r}"
+                )
+        specs.append(
+            ParamSpec(
+                key,
+                kind,
+                tuple(values),
+                tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in when.items()),
+            )
+        )
+        seen.add(key)
+    return tuple(specs)
+
+
+class DefineByRun:
+    """An Optuna define-by-run function over a space (conditional entries skipped when off).
+    A class, not a closure, so that Tune can pickle the searcher into its checkpoints."""
+
+    def __init__(self, space: tuple[ParamSpec, ...]):
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        params: dict[str, Any] = {}
+        for spec in self.space:
+            if spec.active(params):
+                params[spec.key] = spec.suggest(trial)
+
+
+def define_by_run(space: tuple[ParamSpec, ...]) -> DefineByRun:
+    return DefineByRun(space)

@@ -1,0 +1,54 @@
+"""The Tune function trainable: one TorchTrainer per trial (Ray Train V2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray.train
+import ray.tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from melanoma.engine import TrainConfig
+from trainables.train_loop import train_loop_per_worker
+
+META = "__meta__"
+
+
+def tune_driver(params: dict) -> None:
+    """Build the trial's TrainConfig from the base config plus sampled params, then fit it
+    with Ray Train. Metrics and checkpoints flow back to Tune through TuneReportCallback."""
+    params = dict(params)
+    meta = params.pop(META)
+    config = TrainConfig.from_dict(meta["train"]).with_overrides(params)
+    context = ray.tune.get_context()
+    trial_dir = Path(context.get_trial_dir())
+    # TensorBoard images and curves from rank 0 go into the trial's own directory.
+    config = config.with_overrides({"out": str(trial_dir / "run")})
+    r = meta["resources"]
+    use_gpu = bool(r["gpus_per_worker"])
+    per_worker = {"CPU": r["cpus_per_worker"]}
+    if use_gpu:
+        per_worker["GPU"] = r["gpus_per_worker"]
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"train": config.to_dict()},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r["workers"], use_gpu=use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            # Stable name: a restored trial finds its Train run and resumes from its checkpoint.
+            name=f"train-{context.get_trial_id()}",
+            storage_path=meta["train_storage"],
+            callbacks=[TuneReportCallback()],
+            failure_config=ray.train.FailureConfig(max_failures=meta["max_failures"]),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=meta["keep_checkpoints"],
+                checkpoint_score_attribute=meta["metric"],
+                checkpoint_score_order=meta["mode"],
+            ),
+        ),
+    )
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    trainer.fit()

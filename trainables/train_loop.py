@@ -1,0 +1,49 @@
+"""The Ray Train per-worker function: the engine's fit under DDP, reporting every epoch."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import ray.train
+import ray.train.torch
+
+from melanoma.engine import Runtime, TrainConfig, fit
+from melanoma.engine.checkpoint import LAST
+
+CHECKPOINT_FILE = LAST
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Run one training on this worker. ``loop_config["train"]`` is a TrainConfig dict."""
+    config = TrainConfig.from_dict(loop_config["train"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+
+    def wrap(model):
+        # DDP only with more than one worker; one worker keeps the bare module.
+        return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
+
+    def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is None:  # every rank reports; only rank 0 brings a checkpoint
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            # Only last.pt travels: model, optimizer, schedule and RNG states at this epoch,
+            # enough to resume the trial and to use the model.
+            shutil.copy(checkpoint_dir / LAST, Path(tmp) / CHECKPOINT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    runtime = Runtime(
+        device=device, rank=rank, world_size=world, wrap_model=wrap, report=report, progress=False
+    )
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as restored:
+            local = Path(tempfile.mkdtemp()) / CHECKPOINT_FILE
+            shutil.copy(Path(restored) / CHECKPOINT_FILE, local)
+        fit(config, runtime, resume=local)
+    else:
+        fit(config, runtime)
