@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,6 +14,9 @@ from melanoma.engine import Runtime, TrainConfig, fit
 from melanoma.engine.checkpoint import LAST
 
 CHECKPOINT_FILE = LAST
+# Fault injection for the failure-recovery test: when this names a file that does not
+# exist yet, rank 0 creates it and raises right after reporting its first epoch.
+FAIL_ONCE_ENV = "MELANOMA_FAIL_ONCE_MARKER"
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -26,7 +30,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # DDP only with more than one worker; one worker keeps the bare module.
         return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
 
+    node = ray.get_runtime_context().get_node_id()
+
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
+        metrics = {**metrics, "node_id": node, "world_size": world}
         if checkpoint_dir is None:  # every rank reports; only rank 0 brings a checkpoint
             ray.train.report(metrics)
             return
@@ -35,6 +42,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # enough to resume the trial and to use the model.
             shutil.copy(checkpoint_dir / LAST, Path(tmp) / CHECKPOINT_FILE)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        marker = os.environ.get(FAIL_ONCE_ENV)
+        if marker and not Path(marker).exists():
+            Path(marker).write_text(f"failed after epoch {metrics['epoch']}\n")
+            raise RuntimeError("injected worker failure (MELANOMA_FAIL_ONCE_MARKER)")
 
     runtime = Runtime(
         device=device, rank=rank, world_size=world, wrap_model=wrap, report=report, progress=False

@@ -15,6 +15,7 @@ from melanoma.data.check import check_dataset
 from melanoma.data.io import load_image, load_mask
 from melanoma.data.records import SPLITS, Sample
 from melanoma.data.splits import SplitConfig, Splits, build_splits
+from melanoma.data.synth import SYNTHETIC_PREFIX, materialize_synthetic
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,10 @@ def open_data(
     on_bad: str = "fail",
     split_config: SplitConfig | None = None,
 ) -> DataBundle:
-    """Open a prepared cache (``size`` must match) or validate and split a raw data set."""
+    """Open a prepared cache (``size`` must match), validate and split a raw data set, or
+    generate one (``synthetic:N[:SIZE[:SEED]]``)."""
+    if str(path).startswith(SYNTHETIC_PREFIX):
+        path = materialize_synthetic(str(path))
     path = Path(path)
     if is_cache(path):
         cache = Cache.open(path)

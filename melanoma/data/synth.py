@@ -158,3 +158,58 @@ def write_synthetic(out: Path, config: SynthConfig) -> dict:
     summary = {**asdict(config), "melanoma": sum(r[1] == "1.0" for r in rows), "layout": "isic2017"}
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def synthetic_cache_dir() -> Path:
+    import os
+
+    return Path(os.environ.get("MELANOMA_CACHE", Path.home() / ".cache" / "melanoma"))
+
+
+def parse_synthetic(spec: str) -> SynthConfig:
+    """``synthetic:N[:SIZE[:SEED]]`` as a data path: a generated data set, made once."""
+    parts = spec[len(SYNTHETIC_PREFIX) :].split(":")
+    try:
+        values = [int(p) for p in parts if p != ""]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3:
+        raise ValueError(
+            f"bad synthetic data path {spec!r}; expected synthetic:N[:SIZE[:SEED]], "
+            "e.g. synthetic:200:128:0"
+        )
+    n, size, seed = (values + [256, 0][len(values) - 1 :])[:3]
+    return SynthConfig(n=n, size=size, seed=seed)
+
+
+def materialize_synthetic(spec: str) -> Path:
+    """Generate the data set ``spec`` names under the cache dir, once per machine.
+
+    Concurrent trials may ask at the same moment: each writes into its own temporary
+    directory and the first rename wins, so nobody reads a half-written data set.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    config = parse_synthetic(spec)
+    root = synthetic_cache_dir()
+    target = root / f"synthetic-n{config.n}-s{config.size}-seed{config.seed}"
+    if (target / "synthetic.json").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-synth-"))
+    try:
+        write_synthetic(tmp, config)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process got there first
+            if not (target / "synthetic.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

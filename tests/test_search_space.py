@@ -1,0 +1,147 @@
+"""Experiment files and search spaces, without Ray: validation and conditional sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from melanoma.config import ConfigError
+from search.experiment import experiment_from_dict, load_experiment
+from search.space import define_by_run
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def base(**over) -> dict:
+    data = {
+        "name": "t",
+        "task": "seg",
+        "train": {
+            "data": {"path": "x", "image_size": 64},
+            "model": {"arch": "fpn", "encoder": "resnet18"},
+        },
+        "space": {
+            "optimizer.name": {"choice": ["sgd", "adamw"]},
+            "optimizer.lr": {"loguniform": [1e-4, 1e-1]},
+            "optimizer.momentum": {"uniform": [0.8, 0.99], "when": {"optimizer.name": "sgd"}},
+        },
+        "search": {"num_samples": 3, "max_epochs": 2},
+    }
+    data.update(over)
+    return data
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiments_are_valid(path: Path):
+    exp = load_experiment(path)
+    assert exp.space and exp.search.num_samples >= 1
+    assert exp.train.epochs == exp.search.max_epochs
+
+
+def test_momentum_only_for_sgd():
+    exp = experiment_from_dict(base())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    sample = define_by_run(exp.space)
+    seen = {"sgd": 0, "adamw": 0}
+    for _ in range(30):
+        trial = study.ask()
+        sample(trial)
+        name = trial.params["optimizer.name"]
+        seen[name] += 1
+        assert ("optimizer.momentum" in trial.params) == (name == "sgd")
+        assert 1e-4 <= trial.params["optimizer.lr"] <= 1e-1
+        study.tell(trial, 0.0)
+    assert seen["sgd"] and seen["adamw"]
+
+
+def test_sampled_params_build_valid_train_configs():
+    exp = experiment_from_dict(base())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    trial = study.ask()
+    define_by_run(exp.space)(trial)
+    config = exp.train.with_overrides(trial.params)
+    assert config.optimizer.name == trial.params["optimizer.name"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"space": {"optimizer.lrr": {"choice": [1]}}},
+            "'optimizer.lrr' is not a train config key",
+        ),
+        (
+            {"space": {"optimizer.lr": {"gauss": [0, 1]}}},
+            "give exactly one of \\['choice', 'uniform', 'loguniform', 'int'\\]",
+        ),
+        ({"space": {"optimizer.lr": {"loguniform": [0, 1]}}}, "bounds must be > 0"),
+        ({"space": {"optimizer.lr": {"uniform": [1, 0]}}}, "low < high"),
+        (
+            {
+                "space": {
+                    "optimizer.momentum": {"uniform": [0.8, 0.9], "when": {"optimizer.name": "sgd"}}
+                }
+            },
+            "must be a space entry written above",
+        ),
+        ({"space": {"epochs": {"choice": [1, 2]}}}, "set by the search itself"),
+        ({"searchh": {}}, "unknown section\\(s\\) \\['searchh'\\]"),
+        (
+            {"search": {"scheduler": {"name": "hyperband"}}},
+            "'hyperband' is not allowed; choose one of \\['asha', 'fifo'\\]",
+        ),
+        ({"search": {"searcher": {"name": "bohb"}}}, "choose one of \\['optuna', 'random'\\]"),
+        ({"resources": {"gpus_per_worker": "many"}}, "a number or 'auto'"),
+        ({"resources": {"driver_cpus": 1.5}}, "driver_cpus must be in \\(0, 1\\]"),
+        ({"task": "detect"}, "task must be 'seg' or 'cls'"),
+        (
+            {"train": {"model": {"arch": "segnet"}}},
+            "train: unknown segmenter architecture 'segnet'",
+        ),
+    ],
+)
+def test_bad_experiments_name_the_key_and_allowed_values(change, message):
+    with pytest.raises(ConfigError, match=message):
+        experiment_from_dict(base(**change))
+
+
+def test_default_metric_follows_the_train_metric():
+    exp = experiment_from_dict(
+        base(
+            task="cls",
+            train={"data": {"path": "x"}, "model": {"arch": "resnet18"}},
+            space={"optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
+        )
+    )
+    assert (exp.metric, exp.mode) == ("best_val_auc", "max")
+
+
+def test_pruned_trials_are_told_to_optuna_as_pruned():
+    from search.searcher import FidelityAwareOptunaSearch
+
+    exp = experiment_from_dict(base())
+    searcher = FidelityAwareOptunaSearch(
+        space=define_by_run(exp.space),
+        metric="best_val_jaccard",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        max_epochs=4,
+    )
+    for trial_id in ("stopped", "complete", "early"):
+        searcher.suggest(trial_id)
+    searcher.on_trial_result(
+        "stopped", {"best_val_jaccard": 0.9, "epoch": 1, "training_iteration": 7}
+    )
+    searcher.on_trial_complete("stopped", {"best_val_jaccard": 0.9, "epoch": 1, "finished": False})
+    searcher.on_trial_result("complete", {"best_val_jaccard": 0.5, "epoch": 4})
+    searcher.on_trial_complete("complete", {"best_val_jaccard": 0.5, "epoch": 4, "finished": True})
+    # The engine's own early stopping is a completed trial, not a pruned one.
+    searcher.on_trial_complete("early", {"best_val_jaccard": 0.4, "epoch": 2, "finished": True})
+    trials = {t.number: t for t in searcher._ot_study.trials}
+    assert trials[0].state == optuna.trial.TrialState.PRUNED
+    assert trials[0].intermediate_values == {1: 0.9}  # step is the epoch, not Tune's iteration
+    assert trials[1].state == optuna.trial.TrialState.COMPLETE and trials[1].value == 0.5
+    assert trials[2].state == optuna.trial.TrialState.COMPLETE
+    assert searcher._ot_study.best_value == 0.5  # the pruned 0.9 never wins
