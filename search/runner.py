@@ -75,28 +75,32 @@ class Progress(tune.Callback):
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.best: tuple[float, str] | None = None
         self.stopped: set[str] = set()
+        self.done: set[str] = set()
+        self.errored: set[str] = set()
         self.last: dict[str, dict] = {}
 
     def _line(self, trials, event: str) -> None:
-        states = [t.status for t in trials]
-        finished = sum(s == "TERMINATED" for s in states) - len(self.stopped)
+        # Tune updates a trial's status after its callbacks run: count from our own sets.
+        ended = self.done | self.errored
+        running = sum(t.status == "RUNNING" and t.trial_id not in ended for t in trials)
+        pending = sum(t.status == "PENDING" for t in trials)
         best = f"{self.best[0]:.4f} (trial {self.best[1]})" if self.best else "-"
         print(
-            f"[search] {event:<24} running {states.count('RUNNING')}, finished {finished}, "
-            f"stopped early {len(self.stopped)}, errored {states.count('ERROR')}, "
-            f"pending {states.count('PENDING')} | best {self.metric} {best}",
+            f"[search] {event:<20} running {running}, finished {len(self.done - self.stopped)}, "
+            f"stopped early {len(self.stopped)}, errored {len(self.errored)}, pending {pending} "
+            f"| best {self.metric} {best}",
             flush=True,
         )
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
         value = result.get(self.metric)
-        if isinstance(value, (int, float)) and not math.isnan(value):
-            better = self.best is None or (
-                value > self.best[0] if self.mode == "max" else value < self.best[0]
-            )
-            if better:
-                self.best = (float(value), trial.trial_id)
+        valid = isinstance(value, (int, float)) and not math.isnan(value)
+        if valid and (
+            self.best is None
+            or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        ):
+            self.best = (float(value), trial.trial_id)
         self._line(trials, f"{trial.trial_id} epoch {result.get('epoch')}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -168,7 +172,10 @@ def run_search(
         _trainable(plan),
         param_space={META: _meta(exp, name, storage, plan)},
         tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=create_scheduler(exp), num_samples=exp.search.num_samples
+            search_alg=searcher,
+            scheduler=create_scheduler(exp),
+            num_samples=exp.search.num_samples,
+            trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
             name=name,

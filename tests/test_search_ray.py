@@ -1,0 +1,181 @@
+"""The real Tune + Train path on CPU: a search, a worker failure, an interrupted search.
+
+Few and tiny on purpose: every Train-in-Tune trial costs 15-20 s of start-up here.
+Only Ray processes this test starts are stopped (ray.shutdown), never `ray stop`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def write_experiment(
+    path: Path,
+    storage: Path,
+    *,
+    samples: int,
+    scheduler: str = "fifo",
+    cpus_per_worker: float = 1.0,
+) -> Path:
+    exp = {
+        "name": "tiny",
+        "task": "seg",
+        "storage": str(storage),
+        "train": {
+            "data": {
+                "path": "synthetic:40:64:0",
+                "image_size": 32,
+                "batch_size": 8,
+                "num_workers": 0,
+                "augment": 0.0,
+            },
+            "model": {"arch": "fpn", "encoder": "resnet18"},
+            "log_images": 2,
+        },
+        "space": {
+            "optimizer.name": {"choice": ["sgd", "adamw"]},
+            "optimizer.lr": {"loguniform": [1e-3, 1e-2]},
+            "optimizer.momentum": {"uniform": [0.8, 0.95], "when": {"optimizer.name": "sgd"}},
+        },
+        "search": {
+            "num_samples": samples,
+            "max_epochs": 2,
+            "searcher": {"seed": 1, "n_startup_trials": 1},
+            "scheduler": {"name": scheduler, "grace_period": 1, "reduction_factor": 2},
+        },
+        "resources": {"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": 0},
+    }
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    return path
+
+
+def progress(storage: Path, name: str, trial_id: str) -> list[dict]:
+    with open(storage / name / f"trial_{trial_id}" / "progress.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    import ray
+
+    cache = tmp_path_factory.mktemp("cache")
+    marker = tmp_path_factory.mktemp("fault") / "failed-once"
+    # Workers inherit the driver's environment: the synthetic data cache and the one-off
+    # fault injection reach them this way.
+    os.environ["MELANOMA_CACHE"] = str(cache)
+    os.environ["MELANOMA_FAIL_ONCE_MARKER"] = str(marker)
+    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield {"cache": cache, "marker": marker}
+    ray.shutdown()
+    os.environ.pop("MELANOMA_FAIL_ONCE_MARKER", None)
+
+
+def test_search_with_a_worker_failure_completes(local_ray, tmp_path: Path, capsys):
+    from melanoma.cli import main
+    from search.runner import trial_table
+
+    storage = tmp_path / "search"
+    exp = write_experiment(tmp_path / "exp.yaml", storage, samples=2)
+    assert main(["search", "seg", "--experiment", str(exp)]) == 0
+    out = capsys.readouterr().out
+    assert "[search]" in out and "best trial" in out and "best checkpoint:" in out
+    rows, _ = trial_table("tiny", str(storage))
+    assert len(rows) == 2
+    assert all(r["state"] == "TERMINATED" and r["epochs"] == 2 for r in rows)
+    assert all(0.0 <= r["best_val_jaccard"] <= 1.0 and Path(r["checkpoint"]).is_dir() for r in rows)
+    # The injected failure happened once, and that trial resumed from its epoch-1 checkpoint
+    # instead of starting over: every trial reports epochs 1 and 2 exactly once.
+    assert local_ray["marker"].read_text().startswith("failed after epoch 1")
+    for r in rows:
+        assert [int(p["epoch"]) for p in progress(storage, "tiny", r["trial_id"])] == [1, 2]
+    # Conditional space: momentum exists exactly for the sgd trials.
+    for r in rows:
+        assert (r.get("optimizer.momentum") is not None) == (r["optimizer.name"] == "sgd")
+    # TensorBoard: Tune's scalars per trial, and rank 0's images in the trial's own run dir.
+    trial_dir = storage / "tiny" / f"trial_{rows[0]['trial_id']}"
+    assert list(trial_dir.glob("events.out.tfevents.*"))
+    assert list((trial_dir / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    assert (
+        main(
+            [
+                "search",
+                "results",
+                "tiny",
+                "--storage",
+                str(storage),
+                "--csv",
+                str(tmp_path / "r.csv"),
+            ]
+        )
+        == 0
+    )
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 3
+    # Starting the same search again is refused with the way out.
+    assert main(["search", "seg", "--experiment", str(exp)]) == 2
+    assert "melanoma search resume tiny" in capsys.readouterr().err
+
+
+def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, capsys):
+    import ray
+
+    from melanoma.cli import main
+    from search.runner import trial_table
+
+    storage = tmp_path / "search"
+    exp = write_experiment(tmp_path / "exp.yaml", storage, samples=3)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MELANOMA_FAIL_ONCE_MARKER", None)
+    # The search runs in its own process with its own local Ray, as a user's would.
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "melanoma.cli",
+            "search",
+            "seg",
+            "--experiment",
+            str(exp),
+            "--address",
+            address,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    lines = []
+    deadline = time.time() + 300
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if " done " in line and "finished 1" in line:
+                break
+            assert time.time() < deadline, "".join(lines[-30:])
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    before, _ = trial_table("tiny", str(storage))
+    finished = [r for r in before if r["state"] == "TERMINATED" and r["epochs"] == 2]
+    assert finished, "".join(lines[-30:])
+    first = finished[0]["trial_id"]
+
+    assert main(["search", "resume", "tiny", "--storage", str(storage)]) == 0
+    after, _ = trial_table("tiny", str(storage))
+    assert len(after) == 3 and all(r["state"] == "TERMINATED" and r["epochs"] == 2 for r in after)
+    # The trial that had finished was not run again.
+    assert [int(p["epoch"]) for p in progress(storage, "tiny", first)] == [1, 2]
