@@ -247,6 +247,12 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
                 pick = scored[vm].astype(float)
                 row = scored.loc[pick.idxmax() if mode == "max" else pick.idxmin()]
                 checkpoint, best_epoch = row["checkpoint_path"], int(row["epoch"])
+        if best_value is None:
+            # Tune's own progress files can lose their last lines when the driver is killed;
+            # the Train checkpoints (written straight to storage) still hold the history.
+            recovered = _from_checkpoints(Path(root) / "_train" / f"train-{trial.trial_id}", exp)
+            if recovered:
+                best_value, best_epoch, checkpoint, epochs, finished = recovered
         state = trial.status
         if state == "TERMINATED" and not finished and epochs < exp.search.max_epochs:
             state = "STOPPED"  # by ASHA
@@ -266,6 +272,38 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
         key=lambda r: (r[metric] is None, -(r[metric] or 0) if mode == "max" else (r[metric] or 0))
     )
     return rows, exp
+
+
+def _from_checkpoints(train_dir: Path, exp: Experiment):
+    """(best value, best epoch, best checkpoint, epochs, finished) from a trial's Train
+    checkpoints, or None when it has none."""
+    from melanoma.engine.checkpoint import load_checkpoint
+    from trainables.train_loop import CHECKPOINT_FILE
+
+    found = []
+    for directory in sorted(train_dir.glob("checkpoint_*")) if train_dir.is_dir() else []:
+        try:
+            state = load_checkpoint(directory / CHECKPOINT_FILE)
+        except (FileNotFoundError, ValueError):
+            continue
+        found.append((directory, state))
+    if not found:
+        return None
+    latest = max(found, key=lambda f: f[1]["epoch"])[1]
+    history = latest["history"]
+    key = exp.train.metric
+    sign = 1 if exp.mode == "max" else -1
+    scored = [(d, s["history"][-1]["val"].get(key)) for d, s in found]
+    scored = [(d, v) for d, v in scored if v is not None]
+    best_dir, _ = max(scored, key=lambda x: sign * x[1]) if scored else (None, None)
+    stopped = bool(exp.train.early_stopping) and latest["stale"] >= exp.train.early_stopping
+    return (
+        latest["best_value"],
+        latest["best_epoch"],
+        str(best_dir) if best_dir else None,
+        len(history),
+        stopped or latest["epoch"] == exp.search.max_epochs,
+    )
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
