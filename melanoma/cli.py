@@ -372,6 +372,74 @@ def _cmd_search_results(args: argparse.Namespace) -> int:
     return _print_results(args.name, args.storage, csv_path=args.csv, as_json=args.json)
 
 
+# --------------------------------------------------------------------------- cascade
+def _cmd_cascade_build(args: argparse.Namespace) -> int:
+    from melanoma.cascade.build import build_cascade
+
+    build_cascade(
+        args.seg,
+        args.cls,
+        Path(args.out),
+        top_k=args.top_k,
+        storage=args.storage,
+        target_sensitivity=args.target_sensitivity,
+        data=args.data,
+    )
+    return 0
+
+
+def _cmd_cascade_evaluate(args: argparse.Namespace) -> int:
+    from melanoma.cascade.evaluate import evaluate_cascade
+
+    report = evaluate_cascade(Path(args.dir), data=args.data, resamples=args.bootstrap)
+    print((Path(args.dir) / "report.md").read_text())
+    print(
+        f"report: {Path(args.dir) / 'report.md'} and report.json; "
+        f"curves: {Path(args.dir) / 'curves.png'}"
+    )
+    return 0 if report else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from melanoma.export import export_cascade
+
+    card = export_cascade(Path(args.dir), Path(args.out))
+    check = card["export_check"]
+    print(f"exported to {args.out}: cascade.onnx, cascade.pt2, model_card.json, checksums.sha256")
+    print(
+        f"checked on {check['images']} images: "
+        f"ONNX max |dp| {check['onnxruntime']['max_probability_difference']:.1e}, "
+        f"torch.export max |dp| {check['torch_export']['max_probability_difference']:.1e} "
+        f"(tolerance {check['probability_tolerance']:.0e})"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from melanoma.predict import predict
+
+    rows = predict(
+        Path(args.model),
+        args.inputs,
+        Path(args.out),
+        masks_out=args.masks_out,
+        batch_size=args.batch_size,
+    )
+    bad = sum(1 for r in rows if r["error"])
+    print(
+        f"wrote {len(rows) - bad} predictions to {args.out}"
+        + (f"; {bad} unreadable image(s) skipped" if bad else "")
+    )
+    return 0 if len(rows) > bad else 1
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from melanoma.quickstart import run_quickstart
+
+    run_quickstart(Path(args.out), experiments=Path(args.experiments))
+    return 0
+
+
 # ------------------------------------------------------------------------------ parser
 def _add_data_source(p: argparse.ArgumentParser) -> None:
     from melanoma.data.layouts import LAYOUTS
@@ -519,6 +587,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_search_results)
 
+    cascade = sub.add_parser(
+        "cascade", help="assemble and evaluate the segmenter + classifier cascade"
+    )
+    cascade_sub = cascade.add_subparsers(dest="cascade_command", required=True)
+    p = cascade_sub.add_parser(
+        "build", help="pick the best pair on validation, choose the threshold"
+    )
+    p.add_argument(
+        "--seg", required=True, help="segmenter search name, run directory or checkpoint"
+    )
+    p.add_argument(
+        "--cls", required=True, help="classifier search name, run directory or checkpoint"
+    )
+    p.add_argument("--top-k", type=int, default=1, help="evaluate the K x K best pairs end to end")
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        help="threshold for this validation sensitivity (default: max balanced accuracy)",
+    )
+    p.add_argument("--storage", default="runs/search")
+    p.add_argument("--data", help="dataset (default: the one the models were trained on)")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_cascade_build)
+    p = cascade_sub.add_parser("evaluate", help="test-split report with 95%% intervals")
+    p.add_argument("dir")
+    p.add_argument("--data")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.set_defaults(func=_cmd_cascade_evaluate)
+
+    p = sub.add_parser("export", help="write the cascade as ONNX + torch.export, checked")
+    p.add_argument("dir", help="a `cascade build` directory")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="melanoma probability and lesion mask per image")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="an exported cascade directory")
+    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--masks-out", help="folder for the lesion masks (PNG, original size)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("quickstart", help="synthetic data to exported cascade, end to end")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--experiments", default="experiments", help="folder with quickstart*.yaml")
+    p.set_defaults(func=_cmd_quickstart)
+
     p = sub.add_parser("evaluate", help="metrics of a trained run on a split")
     p.add_argument("task", choices=["seg", "cls"])
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
@@ -540,7 +655,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, FileExistsError, NonFiniteLossError) as err:
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+        NonFiniteLossError,
+        RuntimeError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,9 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 cv2.setNumThreads(1)
 
 
+IMAGE_EXTENSIONS_LOWER = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
 class ImageDecodeError(ValueError):
     """An image or mask file that cannot be used: unreadable, truncated or not binary."""
 

@@ -1,0 +1,249 @@
+"""Honest evaluation of a cascade on the test split the search never saw.
+
+Refuses to run when the test split leaks into training or validation data, when the data
+on disk differ from the splits the cascade was built on, or when test files changed.
+Every metric comes with a bootstrap 95% interval (resampling test images).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.cascade.build import load_cascade, run_cascade
+from melanoma.data.dataset import open_data
+from melanoma.data.splits import LeakError, SplitConfig, Splits
+from melanoma.metrics import classification_metrics, segmentation_metrics
+
+CLS_KEYS = (
+    "auc",
+    "average_precision",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
+)
+SEG_KEYS = ("jaccard", "dice", "thresholded_jaccard")
+
+
+def bootstrap_ci(
+    fn, n: int, *, resamples: int = 1000, seed: int = 0, strata: np.ndarray | None = None
+) -> dict:
+    """Percentile 95% interval of ``fn(indices)`` over resamples of ``n`` items (stratified by
+    ``strata`` so each resample keeps both classes)."""
+    rng = np.random.default_rng(seed)
+    values = []
+    groups = (
+        [np.nonzero(strata == s)[0] for s in np.unique(strata)]
+        if strata is not None
+        else [np.arange(n)]
+    )
+    for _ in range(resamples):
+        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        values.append(fn(idx))
+    values = np.array([v for v in values if v is not None and not np.isnan(v)], dtype=float)
+    if not len(values):
+        return {"low": None, "high": None}
+    return {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
+
+
+def _cls_report(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
+    point = classification_metrics(labels, probs, threshold=threshold)
+    out = {k: {"value": point[k]} for k in CLS_KEYS}
+    for k in CLS_KEYS:
+        out[k].update(
+            bootstrap_ci(
+                lambda idx, k=k: classification_metrics(
+                    labels[idx], probs[idx], threshold=threshold
+                )[k],
+                len(labels),
+                resamples=resamples,
+                strata=labels,
+            )
+        )
+    out["confusion_matrix"] = point["confusion_matrix"]
+    out["n"], out["n_melanoma"], out["threshold"] = point["n"], point["n_melanoma"], threshold
+    return out
+
+
+def _curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4))
+    for name, (labels, probs) in curves.items():
+        fpr, tpr, _ = roc_curve(labels, probs)
+        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
+        precision, recall, _ = precision_recall_curve(labels, probs)
+        pr_ax.plot(recall, precision, label=name)
+    roc_ax.plot([0, 1], [0, 1], "--", color="grey")
+    roc_ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, test split")
+    pr_ax.set(
+        xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall, test split"
+    )
+    roc_ax.legend(loc="lower right", fontsize=8)
+    pr_ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_cascade(directory: Path, *, data: str | None = None, resamples: int = 1000) -> dict:
+    """Evaluate on the test split; write report.json, report.md, curves.png and
+    test_predictions.csv into ``directory``."""
+    directory = Path(directory)
+    cascade, meta = load_cascade(directory)
+    recorded = Splits.load(directory / "splits.json")
+    try:
+        recorded.assert_test_isolated()
+    except LeakError as err:
+        raise LeakError(f"refusing to evaluate {directory}: {err}") from None
+    d = meta["data"]
+    bundle = open_data(
+        data or d["path"],
+        meta["input_size"],
+        layout=d["layout"],
+        on_bad=d["on_bad"],
+        split_config=SplitConfig(
+            seed=d["split_seed"], val_fraction=d["val_fraction"], test_fraction=d["test_fraction"]
+        ),
+    )
+    for split in ("train", "val", "test"):
+        ours = {e.image_sha256 for e in bundle.splits.entries[split]}
+        theirs = {e.image_sha256 for e in recorded.entries[split]}
+        if ours != theirs:
+            raise LeakError(
+                f"refusing to evaluate: the {split} split of the data now differs from the one the "
+                f"cascade was built on ({len(ours ^ theirs)} images); "
+                "the test split would no longer "
+                "be one the search never saw"
+            )
+    bundle.splits.assert_test_isolated()
+
+    result = run_cascade(cascade, bundle, "test")
+    labelled = result["label"] >= 0
+    labels, probs = result["label"][labelled], result["prob"][labelled]
+    threshold = meta["threshold"]
+    report = {
+        "cascade": str(directory),
+        "data": str(data or d["path"]),
+        "threshold": threshold,
+        "threshold_rule": meta["threshold_rule"],
+        "val_auc": meta["val_auc"],
+        "segmenter": meta["segmenter"]["origin"],
+        "classifier": meta["classifier"]["origin"],
+        "input_mode": cascade.input_mode,
+        "bootstrap_resamples": resamples,
+        "test_images": int(len(result["id"])),
+    }
+    report["classification"] = _cls_report(labels, probs, threshold, resamples)
+    curves = {f"cascade ({cascade.input_mode})": (labels, probs)}
+    if result["has_mask"].any():
+        keep = result["has_mask"]
+        pred, true = result["pred_mask"][keep], result["true_mask"][keep]
+        from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
+
+        per_image = scores_from_counts(per_image_counts(pred, true))
+        seg = {}
+        for k in SEG_KEYS:
+            seg[k] = {
+                "value": float(per_image[k].mean()),
+                **bootstrap_ci(
+                    lambda idx, k=k: float(per_image[k][idx].mean()),
+                    len(per_image[k]),
+                    resamples=resamples,
+                ),
+            }
+        seg["n_images"] = int(keep.sum())
+        report["segmentation"] = seg
+        assert abs(segmentation_metrics(pred, true)["jaccard"] - seg["jaccard"]["value"]) < 1e-9
+    if cascade.input_mode != "full":
+        # The same classifier on whole images: does the segmentation stage help?
+        unmasked = run_cascade(cascade, bundle, "test", mode="full")
+        report["classifier_on_unmasked_images"] = _cls_report(
+            unmasked["label"][labelled], unmasked["prob"][labelled], threshold, resamples
+        )
+        curves["same classifier, unmasked"] = (
+            unmasked["label"][labelled],
+            unmasked["prob"][labelled],
+        )
+        if result["has_mask"].all():
+            oracle = run_cascade(cascade, bundle, "test", gt_masks=True)
+            report["classifier_with_ground_truth_masks"] = _cls_report(
+                oracle["label"][labelled], oracle["prob"][labelled], threshold, resamples
+            )
+            curves["ground-truth masks"] = (oracle["label"][labelled], oracle["prob"][labelled])
+    _curves(directory / "curves.png", curves)
+    with open(directory / "test_predictions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "label", "probability", "melanoma"])
+        for i, lab, p in zip(result["id"], result["label"], result["prob"], strict=True):
+            writer.writerow([i, int(lab), f"{p:.6f}", int(p >= threshold)])
+    (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (directory / "report.md").write_text(markdown(report))
+    return report
+
+
+def _fmt(entry: dict) -> str:
+    if entry.get("value") is None:
+        return "n/a"
+    ci = f" ({entry['low']:.3f}-{entry['high']:.3f})" if entry.get("low") is not None else ""
+    return f"{entry['value']:.3f}{ci}"
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        "# Cascade evaluation on the held-out test split",
+        "",
+        f"- cascade: `{report['cascade']}`; data: `{report['data']}`; "
+        f"{report['test_images']} test images",
+        f"- segmenter: `{report['segmenter']}`; classifier: `{report['classifier']}` "
+        f"(input mode `{report['input_mode']}`)",
+        f"- melanoma threshold {report['threshold']:.4f}, chosen on validation: "
+        f"{report['threshold_rule']} "
+        f"(validation AUC {report['val_auc']:.3f})",
+        f"- 95% intervals: percentile bootstrap over {report['bootstrap_resamples']} "
+        "resamples of the test images",
+        "",
+    ]
+    columns = [("cascade", report["classification"])]
+    if "classifier_on_unmasked_images" in report:
+        columns.append(("same classifier, unmasked", report["classifier_on_unmasked_images"]))
+    if "classifier_with_ground_truth_masks" in report:
+        columns.append(("ground-truth masks", report["classifier_with_ground_truth_masks"]))
+    lines += [
+        "## Classification (melanoma vs benign)",
+        "",
+        "| metric | " + " | ".join(c for c, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for k in CLS_KEYS:
+        lines.append(f"| {k} | " + " | ".join(_fmt(col[k]) for _, col in columns) + " |")
+    cm = report["classification"]["confusion_matrix"]
+    lines += [
+        "",
+        f"Confusion matrix (cascade; rows true benign/melanoma, columns predicted): "
+        f"TN {cm[0][0]}, FP {cm[0][1]}, FN {cm[1][0]}, TP {cm[1][1]}",
+        "",
+    ]
+    if "segmentation" in report:
+        seg = report["segmentation"]
+        lines += ["## Segmentation", "", "| metric | value (95% CI) |", "|---|---|"]
+        lines += [f"| {k} | {_fmt(seg[k])} |" for k in SEG_KEYS]
+        lines += [
+            "",
+            f"{seg['n_images']} test images with a ground-truth mask; per-image means over all "
+            "of them (empty prediction and empty truth count 1).",
+            "",
+        ]
+    lines += ["![ROC and PR curves](curves.png)", ""]
+    return "\n".join(lines)

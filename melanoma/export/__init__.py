@@ -1,0 +1,201 @@
+"""Export a built cascade as one self-contained artifact, checked against eager PyTorch.
+
+EXPORT_DIR/
+  cascade.onnx       the whole cascade: uint8 (N, 3, S, S) -> probability (N,), mask (N, 1, S, S)
+  cascade.pt2        the same as a torch.export program (torch.export.load)
+  model_card.json    architectures, hyperparameters, threshold, input spec, test metrics with
+                     intervals, data and split hashes, library versions, tolerances
+  checksums.sha256   SHA-256 of every file above
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from melanoma.cascade.build import load_cascade
+
+PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
+MASK_TOLERANCE = 1e-3  # max fraction of mask pixels allowed to flip (ties at the threshold)
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported model's outputs differ from eager PyTorch beyond the stated tolerance."""
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in (
+        "melanoma-search",
+        "torch",
+        "torchvision",
+        "segmentation-models-pytorch",
+        "timm",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+    ):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _sample_images(meta: dict, n: int) -> torch.Tensor:
+    """Real test images when the data are reachable, else seeded random images."""
+    from melanoma.data.dataset import open_data
+    from melanoma.data.splits import SplitConfig
+
+    d = meta["data"]
+    try:
+        bundle = open_data(
+            d["path"],
+            meta["input_size"],
+            layout=d["layout"],
+            on_bad="skip",
+            split_config=SplitConfig(
+                seed=d["split_seed"],
+                val_fraction=d["val_fraction"],
+                test_fraction=d["test_fraction"],
+            ),
+        )
+        dataset = bundle.dataset("test")
+        if len(dataset):
+            return torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
+    except (FileNotFoundError, ValueError):
+        pass
+    g = torch.Generator().manual_seed(0)
+    s = meta["input_size"]
+    return torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
+
+
+def compare(
+    eager: tuple[torch.Tensor, torch.Tensor], other: tuple[np.ndarray, np.ndarray], what: str
+) -> dict:
+    prob_diff = float(np.abs(eager[0].numpy() - other[0]).max())
+    flipped = float((eager[1].numpy() != other[1]).mean())
+    if prob_diff > PROB_TOLERANCE or flipped > MASK_TOLERANCE:
+        raise ExportMismatchError(
+            f"{what} differs from eager PyTorch: max probability difference {prob_diff:.2e} "
+            f"(tolerance {PROB_TOLERANCE:.0e}), mask pixels flipped {flipped:.2e} "
+            f"(tolerance {MASK_TOLERANCE:.0e})"
+        )
+    return {"max_probability_difference": prob_diff, "mask_pixels_flipped": flipped}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict:
+    """Write ONNX + torch.export programs, verify both against eager outputs, write the card."""
+    import onnxruntime as ort
+
+    directory, out = Path(directory), Path(out)
+    cascade, meta = load_cascade(directory)
+    cascade.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    images = _sample_images(meta, check_images)
+    with torch.no_grad():
+        eager = cascade(images)
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(cascade, (images,), dynamic_shapes={"images": {0: batch}})
+    torch.export.save(program, out / "cascade.pt2")
+    onnx_program = torch.onnx.export(
+        cascade,
+        (images,),
+        input_names=["images"],
+        output_names=["probability", "mask"],
+        dynamic_shapes={"images": {0: batch}},
+        dynamo=True,
+        verbose=False,
+    )
+    onnx_program.save(str(out / "cascade.onnx"))
+
+    loaded = torch.export.load(out / "cascade.pt2")
+    with torch.no_grad():
+        from_program = loaded.module()(images)
+    checks = {
+        "torch_export": compare(
+            eager, (from_program[0].numpy(), from_program[1].numpy()), "torch.export program"
+        )
+    }
+    session = ort.InferenceSession(str(out / "cascade.onnx"), providers=["CPUExecutionProvider"])
+    onnx_out = session.run(None, {"images": images.numpy()})
+    checks["onnxruntime"] = compare(eager, (onnx_out[0], onnx_out[1]), "ONNX model (onnxruntime)")
+    checks["images"] = int(len(images))
+
+    report = {}
+    if (directory / "report.json").is_file():
+        report = json.loads((directory / "report.json").read_text())
+    seg_cfg, cls_cfg = meta["segmenter"]["config"], meta["classifier"]["config"]
+    card = {
+        "name": "melanoma-search cascade",
+        "intended_use": "research on dermoscopy images; not a medical device",
+        "input": {
+            "name": "images",
+            "dtype": "uint8",
+            "shape": ["N", 3, meta["input_size"], meta["input_size"]],
+            "layout": "RGB, channels first",
+            "preprocessing": (
+                "decode, then squash (no crop) to the square size with area filtering when "
+                "shrinking and cubic when enlarging: melanoma.data.io.load_image; "
+                "normalisation happens inside the model"
+            ),
+        },
+        "outputs": {
+            "probability": "melanoma probability (N,)",
+            "mask": "binary lesion mask (N, 1, S, S), uint8",
+        },
+        "threshold": meta["threshold"],
+        "threshold_rule": meta["threshold_rule"],
+        "segmenter": {
+            "arch": seg_cfg["model"]["arch"],
+            "encoder": seg_cfg["model"]["encoder"],
+            "image_size": seg_cfg["data"]["image_size"],
+            "origin": meta["segmenter"]["origin"],
+            "hyperparameters": {
+                k: seg_cfg[k] for k in ("optimizer", "scheduler", "loss", "epochs")
+            },
+        },
+        "classifier": {
+            "arch": cls_cfg["model"]["arch"],
+            "image_size": cls_cfg["data"]["image_size"],
+            "input_mode": cls_cfg["input"]["mode"],
+            "origin": meta["classifier"]["origin"],
+            "hyperparameters": {
+                k: cls_cfg[k] for k in ("optimizer", "scheduler", "loss", "epochs")
+            },
+        },
+        "validation_auc": meta["val_auc"],
+        "test_metrics": {
+            k: report[k]
+            for k in ("classification", "segmentation", "classifier_on_unmasked_images")
+            if k in report
+        },
+        "data": meta["data"],
+        "splits_sha256": meta["splits_sha256"],
+        "export_check": {
+            **checks,
+            "probability_tolerance": PROB_TOLERANCE,
+            "mask_tolerance": MASK_TOLERANCE,
+        },
+        "versions": _versions(),
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    files = ["cascade.onnx", "cascade.pt2", "model_card.json"]
+    (out / "checksums.sha256").write_text("".join(f"{sha256(out / f)}  {f}\n" for f in files))
+    return card

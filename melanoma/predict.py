@@ -1,0 +1,121 @@
+"""Run an exported cascade on image files: needs onnxruntime, numpy, Pillow, OpenCV only.
+
+No training code, no torch, no Ray: this module imports only the image reading of
+``melanoma.data.io`` (the same resize training used) besides onnxruntime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.data.io import IMAGE_EXTENSIONS_LOWER, ImageDecodeError, image_size, load_image
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[Path]:
+    """Files as given, folders expanded to their image files (sorted)."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out += sorted(
+                p
+                for p in path.iterdir()
+                if p.suffix.lower() in IMAGE_EXTENSIONS_LOWER
+                and not p.stem.endswith(("_segmentation", "_Segmentation", "_superpixels"))
+            )
+        else:
+            out.append(path)
+    return out
+
+
+def predict(
+    model_dir: Path,
+    inputs: Iterable[str],
+    out_csv: Path,
+    *,
+    masks_out: Path | None = None,
+    batch_size: int = 16,
+) -> list[dict]:
+    """Probability, decision and mask per image; unreadable images are reported and skipped."""
+    import onnxruntime as ort
+
+    model_dir = Path(model_dir)
+    card_path = model_dir / "model_card.json"
+    if not card_path.is_file() or not (model_dir / "cascade.onnx").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} is not an exported cascade (no model_card.json / cascade.onnx); "
+            "create one with `melanoma export`"
+        )
+    card = json.loads(card_path.read_text())
+    size = card["input"]["shape"][-1]
+    threshold = card["threshold"]
+    session = ort.InferenceSession(
+        str(model_dir / "cascade.onnx"), providers=["CPUExecutionProvider"]
+    )
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise ValueError("no images to predict: give image files or folders that contain images")
+    if masks_out:
+        Path(masks_out).mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    pending: list[tuple[Path, np.ndarray]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        batch = np.stack([img.transpose(2, 0, 1) for _, img in pending])
+        probs, masks = session.run(None, {"images": batch})
+        for (path, _), p, m in zip(pending, probs, masks, strict=True):
+            row = {
+                "image": str(path),
+                "probability": f"{float(p):.6f}",
+                "melanoma": int(p >= threshold),
+                "threshold": threshold,
+                "mask": "",
+                "error": "",
+            }
+            if masks_out:
+                import cv2
+                from PIL import Image
+
+                w, h = image_size(path)
+                full = cv2.resize(m[0] * 255, (w, h), interpolation=cv2.INTER_NEAREST)
+                mask_path = Path(masks_out) / f"{path.stem}_mask.png"
+                Image.fromarray(full.astype(np.uint8)).save(mask_path)
+                row["mask"] = str(mask_path)
+            rows.append(row)
+        pending.clear()
+
+    for path in paths:
+        try:
+            pending.append((path, load_image(path, size)))
+        except (ImageDecodeError, OSError) as err:
+            print(f"warning: skipped {path}: {err}", file=sys.stderr)
+            rows.append(
+                {
+                    "image": str(path),
+                    "probability": "",
+                    "melanoma": "",
+                    "threshold": threshold,
+                    "mask": "",
+                    "error": str(err),
+                }
+            )
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="") as fh:
+        writer = csv.DictWriter(
+            fh, fieldnames=["image", "probability", "melanoma", "threshold", "mask", "error"]
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows

@@ -1,0 +1,63 @@
+"""The main job on built-in synthetic data: search, assemble, evaluate, export, predict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+def run_quickstart(out: Path, experiments: Path = Path("experiments")) -> dict:
+    """Segmenter and classifier searches on synthetic data, then the cascade built on
+    validation, evaluated on the held-out test split, exported and used for prediction."""
+    from melanoma.cascade.build import build_cascade
+    from melanoma.cascade.evaluate import evaluate_cascade
+    from melanoma.export import export_cascade
+    from melanoma.predict import predict
+    from search.experiment import load_experiment
+    from search.runner import run_search, search_path
+
+    started = time.perf_counter()
+    out = Path(out)
+    storage = str(out / "search")
+    seg = load_experiment(experiments / "quickstart.yaml")
+    cls = load_experiment(experiments / "quickstart_cls.yaml")
+    for exp in (seg, cls):
+        if Path(search_path(storage, exp.name)).exists():
+            raise FileExistsError(
+                f"{out} already holds a quickstart; remove it or pass --out NEW_DIR"
+            )
+    print("== 1/5 segmenter search", flush=True)
+    run_search(seg, storage=storage)
+    print("== 2/5 classifier search", flush=True)
+    run_search(cls, storage=storage)
+    print("== 3/5 cascade: best pair and threshold on validation", flush=True)
+    cascade_dir = out / "cascade"
+    build_cascade(seg.name, cls.name, cascade_dir, top_k=2, storage=storage)
+    print("== 4/5 evaluation on the held-out test split", flush=True)
+    report = evaluate_cascade(cascade_dir)
+    print("== 5/5 export and predict", flush=True)
+    export_dir = out / "export"
+    export_cascade(cascade_dir, export_dir)
+    from melanoma.data.synth import materialize_synthetic
+
+    data_root = materialize_synthetic(cls.train.data.path)
+    test_ids = [
+        line.split(",")[0]
+        for line in (cascade_dir / "test_predictions.csv").read_text().splitlines()[1:]
+    ]
+    images = [str(data_root / "ISIC-2017_Training_Data" / f"{i}.jpg") for i in test_ids]
+    predict(export_dir, images, out / "predictions.csv", masks_out=out / "masks")
+    c = report["classification"]
+    print(f"\\nquickstart finished in {time.perf_counter() - started:.0f} s")
+    print(
+        f"test AUC {c['auc']['value']:.3f} (95% CI {c['auc']['low']:.3f}-{c['auc']['high']:.3f}), "
+        f"sensitivity {c['sensitivity']['value']:.3f}, specificity {c['specificity']['value']:.3f}"
+    )
+    print(f"report:       {cascade_dir / 'report.md'}")
+    print(f"TensorBoard:  tensorboard --logdir {storage}")
+    print(
+        f"exported:     {export_dir} "
+        f"(melanoma predict --model {export_dir} IMAGES... --out preds.csv)"
+    )
+    print(f"predictions:  {out / 'predictions.csv'} (test images), masks in {out / 'masks'}")
+    return report
