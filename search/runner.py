@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -34,8 +35,22 @@ def connect(address: str | None) -> None:
         return
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=True, log_to_driver=False)
+        return
+    from ray._private.services import find_gcs_addresses
+
+    others = sorted(find_gcs_addresses())
+    if others:
+        # Ray Train 2.60 checks its workers through the State API, which finds "the" Ray
+        # instance on the machine by itself and fails when there are several: trials then
+        # hang waiting for CPUs their finished predecessors still hold.
+        print(
+            f"[search] warning: Ray is already running on this machine ({', '.join(others)}); "
+            "a second local instance makes Ray Train's health checks fail. Join the running "
+            f"one with --address {others[0]}, or stop it first.",
+            file=sys.stderr,
+            flush=True,
+        )
+    ray.init(include_dashboard=True, log_to_driver=False)
 
 
 def plan_resources(exp: Experiment) -> dict:

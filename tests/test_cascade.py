@@ -1,0 +1,211 @@
+"""The cascade: equals the two models run by hand, threshold from validation only, refuses
+leaking splits, exports to ONNX/torch.export that match eager, predicts over a folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from melanoma.cascade.build import build_cascade, choose_threshold, load_cascade, run_cascade
+from melanoma.cascade.evaluate import evaluate_cascade
+from melanoma.cli import main
+from melanoma.data.splits import LeakError
+from melanoma.data.synth import SynthConfig, write_synthetic
+from melanoma.engine import Runtime, TrainConfig, fit
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("cascade")
+    data = root / "data"
+    write_synthetic(data, SynthConfig(n=90, size=64, seed=2, prevalence=0.35))
+    common = {
+        "epochs": 2,
+        "log_images": 0,
+        "data": {
+            "path": str(data),
+            "image_size": 64,
+            "batch_size": 16,
+            "num_workers": 0,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+    }
+    seg = TrainConfig.from_dict(
+        {
+            **common,
+            "task": "seg",
+            "out": str(root / "seg"),
+            "model": {"arch": "fpn", "encoder": "resnet18"},
+            "optimizer": {"lr": 3e-3},
+        }
+    )
+    cls = TrainConfig.from_dict(
+        {
+            **common,
+            "task": "cls",
+            "out": str(root / "cls"),
+            "model": {"arch": "resnet18"},
+            "input": {"mode": "crop"},
+        }
+    )
+    fit(seg, Runtime(progress=False))
+    fit(cls, Runtime(progress=False))
+    out = root / "built"
+    summary = build_cascade(str(root / "seg"), str(root / "cls"), out)
+    return {"root": root, "data": data, "dir": out, "summary": summary}
+
+
+def test_cascade_equals_the_models_run_by_hand(built):
+    from melanoma.data.transforms import apply_input_mode
+    from melanoma.engine.checkpoint import load_checkpoint
+    from melanoma.engine.tasks import build_model
+
+    cascade, meta = load_cascade(built["dir"])
+    models = {}
+    for task in ("seg", "cls"):
+        state = load_checkpoint(built["root"] / task)
+        model = build_model(TrainConfig.from_dict(state["config"]))
+        model.load_state_dict(state["model"])
+        models[task] = model.eval()
+    images = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        mask = (torch.sigmoid(models["seg"](images.float() / 255)) > 0.5).to(torch.uint8)
+        x = apply_input_mode(images, mask, "crop", 0.15, 64)
+        expected = torch.softmax(models["cls"](x), dim=1)[:, 1]
+        prob, cascade_mask = cascade(images)
+    assert torch.allclose(prob, expected, atol=1e-6)
+    assert torch.equal(cascade_mask, mask)
+
+
+def test_threshold_comes_from_validation_only(built):
+    from melanoma.cascade.build import split_config
+    from melanoma.data.dataset import open_data
+
+    cascade, meta = load_cascade(built["dir"])
+    cfg = TrainConfig.from_dict(meta["classifier"]["config"])
+    bundle = open_data(cfg.data.path, 64, split_config=split_config(cfg))
+    val = run_cascade(cascade, bundle, "val")
+    threshold, rule = choose_threshold(val["label"], val["prob"], None)
+    assert meta["threshold"] == pytest.approx(threshold) and "validation" in meta["threshold_rule"]
+    test = run_cascade(cascade, bundle, "test")
+    test_threshold, _ = choose_threshold(test["label"], test["prob"], None)
+    if test_threshold != pytest.approx(threshold):
+        assert meta["threshold"] != pytest.approx(test_threshold)
+
+
+def test_target_sensitivity_threshold():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.4, 0.6, 0.3, 0.7, 0.8, 0.9])
+    threshold, _ = choose_threshold(labels, probs, 1.0)
+    assert threshold == pytest.approx(0.3)
+    threshold, _ = choose_threshold(labels, probs, 0.75)
+    assert threshold == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="needs melanoma and benign"):
+        choose_threshold(np.array([0, 0]), np.array([0.1, 0.2]), None)
+
+
+def test_evaluation_report(built):
+    report = evaluate_cascade(built["dir"], resamples=200)
+    c = report["classification"]
+    assert 0 <= c["auc"]["low"] <= c["auc"]["value"] <= c["auc"]["high"] <= 1
+    assert c["n"] == report["test_images"] > 0
+    assert "classifier_on_unmasked_images" in report and "segmentation" in report
+    for name in ("report.json", "report.md", "curves.png", "test_predictions.csv"):
+        assert (built["dir"] / name).is_file()
+    assert "| auc |" in (built["dir"] / "report.md").read_text()
+
+
+def test_evaluation_refuses_a_leaking_split(built, tmp_path):
+    leaky = tmp_path / "leaky"
+    shutil.copytree(built["dir"], leaky)
+    doc = json.loads((leaky / "splits.json").read_text())
+    doc["splits"]["test"].append(doc["splits"]["train"][0])
+    (leaky / "splits.json").write_text(json.dumps(doc))
+    with pytest.raises(LeakError, match="(?s)refusing to evaluate.*is also in train"):
+        evaluate_cascade(leaky, resamples=10)
+    # A test split that no longer matches the data is refused too.
+    doc = json.loads((built["dir"] / "splits.json").read_text())
+    moved = doc["splits"]["test"].pop()
+    doc["splits"]["val"].append(moved)
+    (leaky / "splits.json").write_text(json.dumps(doc))
+    with pytest.raises(LeakError, match="split of the data now differs"):
+        evaluate_cascade(leaky, resamples=10)
+
+
+def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path, capsys):
+    import onnxruntime as ort
+
+    evaluate_cascade(built["dir"], resamples=50)
+    export = tmp_path / "export"
+    assert main(["export", str(built["dir"]), "--out", str(export)]) == 0
+    card = json.loads((export / "model_card.json").read_text())
+    assert card["export_check"]["onnxruntime"]["max_probability_difference"] <= 1e-4
+    assert card["threshold"] == load_cascade(built["dir"])[1]["threshold"]
+    lines = (export / "checksums.sha256").read_text().splitlines()
+    assert {line.split()[1] for line in lines} == {"cascade.onnx", "cascade.pt2", "model_card.json"}
+    # Fresh images through ONNX Runtime vs eager PyTorch.
+    cascade, _ = load_cascade(built["dir"])
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        eager = cascade(images)
+    onnx_out = ort.InferenceSession(str(export / "cascade.onnx")).run(
+        None, {"images": images.numpy()}
+    )
+    assert np.abs(onnx_out[0] - eager[0].numpy()).max() < 1e-4
+    program = torch.export.load(export / "cascade.pt2").module()
+    assert torch.allclose(program(images)[0], eager[0], atol=1e-5)
+
+    # predict over a folder holding the test images and one corrupt file.
+    with open(built["dir"] / "test_predictions.csv") as fh:
+        expected = {r["id"]: float(r["probability"]) for r in csv.DictReader(fh)}
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image_id in expected:
+        shutil.copy(built["data"] / "ISIC-2017_Training_Data" / f"{image_id}.jpg", folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = tmp_path / "preds.csv"
+    code = main(
+        [
+            "predict",
+            str(folder),
+            "--model",
+            str(export),
+            "--out",
+            str(out),
+            "--masks-out",
+            str(tmp_path / "masks"),
+        ]
+    )
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "1 unreadable image(s) skipped" in captured.out
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == len(expected) + 1
+    for row in rows:
+        stem = Path(row["image"]).stem
+        if stem == "broken":
+            assert row["error"] and row["probability"] == ""
+            continue
+        assert float(row["probability"]) == pytest.approx(expected[stem], abs=1e-4)
+        assert Path(row["mask"]).is_file()
+
+
+def test_build_refuses_models_from_different_splits(built, tmp_path):
+    state = torch.load(built["root"] / "cls" / "checkpoints" / "best.pt", weights_only=True)
+    state["config"]["data"]["split_seed"] = 99
+    (tmp_path / "other").mkdir()
+    torch.save(state, tmp_path / "other" / "best.pt")
+    with pytest.raises(ValueError, match="different data or splits"):
+        build_cascade(
+            str(built["root"] / "seg"), str(tmp_path / "other" / "best.pt"), tmp_path / "x"
+        )
