@@ -10,7 +10,6 @@ EXPORT_DIR/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from melanoma.cascade.build import load_cascade
+from melanoma.data.io import file_sha256
 
 PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
 MASK_TOLERANCE = 1e-3  # max fraction of mask pixels allowed to flip (ties at the threshold)
@@ -88,14 +88,6 @@ def compare(
             f"(tolerance {MASK_TOLERANCE:.0e})"
         )
     return {"max_probability_difference": prob_diff, "mask_pixels_flipped": flipped}
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict:
@@ -197,5 +189,5 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
     files = ["cascade.onnx", "cascade.pt2", "model_card.json"]
-    (out / "checksums.sha256").write_text("".join(f"{sha256(out / f)}  {f}\n" for f in files))
+    (out / "checksums.sha256").write_text("".join(f"{file_sha256(out / f)}  {f}\n" for f in files))
     return card
