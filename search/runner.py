@@ -147,6 +147,7 @@ def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> dict:
         "max_failures": exp.search.max_failures,
         "keep_checkpoints": exp.search.keep_checkpoints,
         "metric": exp.metric,
+        "checkpoint_metric": f"val_{exp.train.metric}",
         "mode": exp.mode,
     }
 
@@ -258,6 +259,8 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
             vm = f"val_{exp.train.metric}"
             # The checkpoint to use is the one of the epoch with the best validation value.
             scored = df[df["checkpoint_path"].notna()] if "checkpoint_path" in df else df.iloc[0:0]
+            if len(scored) and not _is_uri(root):  # only checkpoints Train has kept
+                scored = scored[[Path(p).is_dir() for p in scored["checkpoint_path"]]]
             if len(scored) and vm in scored:
                 pick = scored[vm].astype(float)
                 row = scored.loc[pick.idxmax() if mode == "max" else pick.idxmin()]

@@ -45,7 +45,9 @@ def tune_driver(params: dict) -> None:
             failure_config=ray.train.FailureConfig(max_failures=meta["max_failures"]),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=meta["keep_checkpoints"],
-                checkpoint_score_attribute=meta["metric"],
+                # Score each checkpoint by its own epoch's value: a best-so-far metric ties
+                # across epochs and would let the best epoch's checkpoint be deleted.
+                checkpoint_score_attribute=meta["checkpoint_metric"],
                 checkpoint_score_order=meta["mode"],
             ),
         ),

@@ -55,18 +55,25 @@ def bootstrap_ci(
 
 def _cls_report(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
     point = classification_metrics(labels, probs, threshold=threshold)
-    out = {k: {"value": point[k]} for k in CLS_KEYS}
+    # One metrics call per resample for all metrics at once (not one per metric).
+    rng = np.random.default_rng(0)
+    groups = [np.nonzero(labels == c)[0] for c in np.unique(labels)]
+    samples = {k: [] for k in CLS_KEYS}
+    for _ in range(resamples):
+        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        m = classification_metrics(labels[idx], probs[idx], threshold=threshold)
+        for k in CLS_KEYS:
+            if m[k] is not None:
+                samples[k].append(m[k])
+    out = {}
     for k in CLS_KEYS:
-        out[k].update(
-            bootstrap_ci(
-                lambda idx, k=k: classification_metrics(
-                    labels[idx], probs[idx], threshold=threshold
-                )[k],
-                len(labels),
-                resamples=resamples,
-                strata=labels,
-            )
+        values = np.asarray(samples[k], dtype=float)
+        ci = (
+            {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
+            if len(values)
+            else {"low": None, "high": None}
         )
+        out[k] = {"value": point[k], **ci}
     out["confusion_matrix"] = point["confusion_matrix"]
     out["n"], out["n_melanoma"], out["threshold"] = point["n"], point["n_melanoma"], threshold
     return out
