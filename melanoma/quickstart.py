@@ -48,7 +48,7 @@ def run_quickstart(out: Path, experiments: Path = Path("experiments")) -> dict:
     images = [str(data_root / "ISIC-2017_Training_Data" / f"{i}.jpg") for i in test_ids]
     predict(export_dir, images, out / "predictions.csv", masks_out=out / "masks")
     c = report["classification"]
-    print(f"\\nquickstart finished in {time.perf_counter() - started:.0f} s")
+    print(f"\nquickstart finished in {time.perf_counter() - started:.0f} s")
     print(
         f"test AUC {c['auc']['value']:.3f} (95% CI {c['auc']['low']:.3f}-{c['auc']['high']:.3f}), "
         f"sensitivity {c['sensitivity']['value']:.3f}, specificity {c['specificity']['value']:.3f}"
