@@ -1,0 +1,71 @@
+"""Bad inputs at the search, cascade and predict boundaries, each with its message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from melanoma.cli import main
+from search.experiment import experiment_from_dict
+
+
+def experiment(**resources):
+    return experiment_from_dict(
+        {
+            "name": "t",
+            "task": "seg",
+            "train": {
+                "data": {"path": "x", "image_size": 64},
+                "model": {"arch": "fpn", "encoder": "resnet18"},
+            },
+            "space": {"optimizer.lr": {"loguniform": [1e-4, 1e-2]}},
+            "resources": resources,
+        }
+    )
+
+
+def test_resources_are_checked_against_the_cluster(monkeypatch):
+    import ray
+
+    from search.runner import plan_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(ValueError, match="gpus_per_worker is 1.0 but the cluster has no GPU"):
+        plan_resources(experiment(gpus_per_worker=1))
+    with pytest.raises(ValueError, match="one trial needs 4.05 CPUs .* but the cluster has 2"):
+        plan_resources(experiment(workers=2, cpus_per_worker=2))
+    plan = plan_resources(experiment(cpus_per_worker=0.5, gpus_per_worker="auto"))
+    assert plan["gpus_per_worker"] == 0 and plan["max_concurrent"] == 3
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 4.0})
+    plan = plan_resources(experiment(gpus_per_worker=0.5))  # fractional GPUs: 8 trials at once
+    assert plan["max_concurrent"] == 8
+
+
+def test_unknown_search_names(tmp_path: Path, capsys):
+    assert main(["search", "results", "nope", "--storage", str(tmp_path)]) == 2
+    assert "no search named 'nope'" in capsys.readouterr().err
+    assert main(["search", "resume", "nope", "--storage", str(tmp_path)]) == 2
+    assert "no search named 'nope'" in capsys.readouterr().err
+
+
+def test_search_task_must_match_the_experiment(capsys):
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    assert main(["search", "cls", "--experiment", str(experiments / "quickstart.yaml")]) == 2
+    assert "is a 'seg' experiment but `search cls` was asked for" in capsys.readouterr().err
+
+
+def test_cascade_and_predict_refuse_what_they_cannot_use(tmp_path: Path, capsys):
+    assert main(["cascade", "evaluate", str(tmp_path)]) == 2
+    assert "melanoma cascade build" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert "cascade.pt does not exist" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path)]) == 2
+    assert "not an exported cascade" in capsys.readouterr().err
+    assert (
+        main(
+            ["cascade", "build", "--seg", "a", "--cls", "b", "--out", str(tmp_path), "--top-k", "0"]
+        )
+        == 2
+    )
+    assert "--top-k must be at least 1" in capsys.readouterr().err
