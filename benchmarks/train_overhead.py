@@ -28,6 +28,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--data", default="synthetic:400:128:0")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -72,7 +73,11 @@ def main() -> int:
                         "max_epochs": args.epochs,
                         "scheduler": {"name": "fifo"},
                     },
-                    "resources": {"workers": 1, "cpus_per_worker": 1, "gpus_per_worker": "auto"},
+                    "resources": {
+                        "workers": 1,
+                        "cpus_per_worker": args.cpus_per_worker,
+                        "gpus_per_worker": "auto",
+                    },
                 },
                 sort_keys=False,
             )
@@ -103,8 +108,9 @@ def main() -> int:
     import torch
 
     print(
-        f"\ntorch threads here: {torch.get_num_threads()}; a Ray worker with "
-        "cpus_per_worker=1 runs with OMP_NUM_THREADS=1"
+        f"\ntorch threads: {torch.get_num_threads()} here, "
+        f"{max(1, round(args.cpus_per_worker))} in the Ray worker "
+        f"(cpus_per_worker={args.cpus_per_worker:g})"
     )
     if args.json:
         args.json.write_text(

@@ -33,7 +33,7 @@ def tune_driver(params: dict) -> None:
         per_worker["GPU"] = r["gpus_per_worker"]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": config.to_dict()},
+        train_loop_config={"train": config.to_dict(), "cpus_per_worker": r["cpus_per_worker"]},
         scaling_config=ray.train.ScalingConfig(
             num_workers=r["workers"], use_gpu=use_gpu, resources_per_worker=per_worker
         ),

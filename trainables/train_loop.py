@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
+import torch
 
 from melanoma.engine import Runtime, TrainConfig, fit
 from melanoma.engine.checkpoint import LAST
@@ -22,6 +23,10 @@ FAIL_ONCE_ENV = "MELANOMA_FAIL_ONCE_MARKER"
 def train_loop_per_worker(loop_config: dict) -> None:
     """Run one training on this worker. ``loop_config["train"]`` is a TrainConfig dict."""
     config = TrainConfig.from_dict(loop_config["train"])
+    # Ray sets OMP_NUM_THREADS from the integer part of the worker's CPUs (1 for 1.9):
+    # use as many torch threads as the CPUs the worker actually reserved, rounded.
+    cpus = float(loop_config.get("cpus_per_worker", 1))
+    torch.set_num_threads(max(1, round(cpus)))
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
