@@ -39,6 +39,7 @@ def main() -> int:
     import onnxruntime as ort
 
     from melanoma.cascade.model import Cascade
+    from melanoma.export import write_programs
     from melanoma.models import create_classifier, create_segmenter
 
     if args.cascade:
@@ -58,21 +59,10 @@ def main() -> int:
         )
     cascade.eval()
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)
-    batch = torch.export.Dim("batch", min=1, max=1024)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
-        program = torch.export.export(
-            cascade, (example,), dynamic_shapes={"images": {0: batch}}
-        ).module()
+        write_programs(cascade, example, Path(tmp))
+        program = torch.export.load(Path(tmp) / "cascade.pt2").module()
         onnx_path = Path(tmp) / "cascade.onnx"
-        torch.onnx.export(
-            cascade,
-            (example,),
-            input_names=["images"],
-            output_names=["probability", "mask"],
-            dynamic_shapes={"images": {0: batch}},
-            dynamo=True,
-            verbose=False,
-        ).save(str(onnx_path))
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         rows = []
         for n in args.batches:

@@ -90,6 +90,24 @@ def compare(
     return {"max_probability_difference": prob_diff, "mask_pixels_flipped": flipped}
 
 
+def write_programs(cascade: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
+    """``out/cascade.pt2`` (torch.export) and ``out/cascade.onnx``, batch size dynamic."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        program = torch.export.export(cascade, (example,), dynamic_shapes={"images": {0: batch}})
+    torch.export.save(program, Path(out) / "cascade.pt2")
+    onnx_program = torch.onnx.export(
+        cascade,
+        (example,),
+        input_names=["images"],
+        output_names=["probability", "mask"],
+        dynamic_shapes={"images": {0: batch}},
+        dynamo=True,
+        verbose=False,
+    )
+    onnx_program.save(str(Path(out) / "cascade.onnx"))
+
+
 def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict:
     """Write ONNX + torch.export programs, verify both against eager outputs, write the card."""
     import onnxruntime as ort
@@ -102,20 +120,7 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
     with torch.no_grad():
         eager = cascade(images)
 
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad():
-        program = torch.export.export(cascade, (images,), dynamic_shapes={"images": {0: batch}})
-    torch.export.save(program, out / "cascade.pt2")
-    onnx_program = torch.onnx.export(
-        cascade,
-        (images,),
-        input_names=["images"],
-        output_names=["probability", "mask"],
-        dynamic_shapes={"images": {0: batch}},
-        dynamo=True,
-        verbose=False,
-    )
-    onnx_program.save(str(out / "cascade.onnx"))
+    write_programs(cascade, images, out)
 
     loaded = torch.export.load(out / "cascade.pt2")
     with torch.no_grad():
