@@ -59,6 +59,10 @@ class SearchConfig:
     max_concurrent: int | None = None  # default: what the cluster's resources allow
     max_failures: int = 2  # worker failures a trial survives, resuming from its checkpoint
     keep_checkpoints: int = 2
+    # Stop the whole search once its trials have trained this many epochs in all (every
+    # reported epoch of every trial counts once): a fixed compute budget, whatever the
+    # scheduler does with it. None: num_samples trials, each up to max_epochs.
+    budget_epochs: int | None = None
     searcher: SearcherConfig = field(default_factory=SearcherConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
@@ -67,6 +71,10 @@ class SearchConfig:
             raise ConfigError(f"search.num_samples must be >= 1, got {self.num_samples}")
         if self.max_epochs < 1:
             raise ConfigError(f"search.max_epochs must be >= 1, got {self.max_epochs}")
+        if self.budget_epochs is not None and self.budget_epochs < 1:
+            raise ConfigError(
+                f"search.budget_epochs must be >= 1 or null (no budget), got {self.budget_epochs}"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,17 @@ class ResourcesConfig:
                 "resources.gpus_per_worker must be a number or 'auto', "
                 f"got {self.gpus_per_worker!r}"
             )
+        if not isinstance(self.gpus_per_worker, str):
+            g = float(self.gpus_per_worker)
+            # Ray packs fractions of one GPU (0.25: four small-model trials share a GPU);
+            # above one GPU per worker it takes whole GPUs only.
+            if g < 0 or (g > 1 and not g.is_integer()):
+                raise ConfigError(
+                    f"resources.gpus_per_worker must be 0, a fraction of one GPU (e.g. 0.25) "
+                    f"or a whole number, got {self.gpus_per_worker}"
+                )
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"resources.cpus_per_worker must be > 0, got {self.cpus_per_worker}")
         if not 0 < self.driver_cpus <= 1:
             raise ConfigError(f"resources.driver_cpus must be in (0, 1], got {self.driver_cpus}")
 

@@ -130,12 +130,30 @@ class Progress(tune.Callback):
         self._line(trials, f"{trial.trial_id} ERROR")
 
 
+class EpochBudget(tune.Stopper):
+    """Ends the whole search once its trials have reported ``budget`` epochs in all."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.seen: set[tuple[str, int]] = set()
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        # (trial, epoch) pairs: a trial restored from a checkpoint does not count twice.
+        self.seen.add((trial_id, int(result.get("epoch", 0))))
+        return False
+
+    def stop_all(self) -> bool:
+        return len(self.seen) >= self.budget
+
+
 def trial_dirname(trial) -> str:
     """Short trial directory names (Tune's default spells out the whole config)."""
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(plan: dict):
+def _trainable(plan: dict, trainable=None):
+    if trainable is not None:
+        return trainable
     return tune.with_resources(tune_driver, {"CPU": plan["driver_cpus"]})
 
 
@@ -159,8 +177,12 @@ def run_search(
     storage: str | None = None,
     address: str | None = None,
     verbose: int = 0,
+    trainable=None,
+    callbacks: list | None = None,
 ):
-    """Start a new search; returns Tune's ResultGrid."""
+    """Start a new search; returns Tune's ResultGrid. ``trainable`` replaces the
+    Train-in-Tune driver (``trainables.inline`` runs the loop in the trial itself);
+    ``callbacks`` are more Tune callbacks."""
     name = name or exp.name
     storage = storage or exp.storage
     root = search_path(storage, name)
@@ -184,8 +206,11 @@ def run_search(
         f"results in {root}",
         flush=True,
     )
+    budget = exp.search.budget_epochs
+    if budget:
+        print(f"[search] budget: {budget} trial-epochs in all", flush=True)
     tuner = tune.Tuner(
-        _trainable(plan),
+        _trainable(plan, trainable),
         param_space={META: _meta(exp, name, storage, plan)},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
@@ -196,7 +221,8 @@ def run_search(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage if _is_uri(storage) else str(Path(storage).resolve()),
-            callbacks=[Progress(exp.metric, exp.mode, exp.search.max_epochs)],
+            callbacks=[Progress(exp.metric, exp.mode, exp.search.max_epochs), *(callbacks or [])],
+            stop=EpochBudget(budget) if budget else None,
             verbose=verbose,
         ),
     )

@@ -130,3 +130,68 @@ def test_cache_source_pickles_without_memmap(cache_dir: Path):
     clone = pickle.loads(pickle.dumps(source))
     assert clone._images is None
     assert np.array_equal(clone.get(0).image, source.get(0).image)
+
+
+def test_node_cache_decodes_once_per_machine_and_follows_the_files(
+    synth_copy: Path, tmp_path: Path, monkeypatch
+):
+    import os
+    import threading
+
+    import melanoma.data.cache as cache_module
+
+    monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "machine"))
+    calls = []
+    real_prepare = cache_module.prepare_cache
+
+    def counting_prepare(*args, **kwargs):
+        calls.append(args[0])
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "prepare_cache", counting_prepare)
+    # Four trials start at once on one machine: one decodes, three wait and share it.
+    bundles = [None] * 4
+
+    def trial(i):
+        bundles[i] = open_data(synth_copy, 32, decode_once=True)
+
+    threads = [threading.Thread(target=trial, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1
+    paths = {b.cache.path for b in bundles}
+    assert len(paths) == 1
+    cached = next(iter(paths))
+    assert cached.parent == tmp_path / "machine" / "decoded"
+    assert not [p for p in cached.parent.iterdir() if p.name.startswith(".tmp-")]
+    # The same pixels as decoding the files directly.
+    raw = open_data(synth_copy, 32)
+    a, b = raw.dataset("train", None), bundles[0].dataset("train", None)
+    assert len(a) == len(b) > 0
+    for i in range(len(a)):
+        assert torch.equal(a[i]["image"], b[i]["image"]) and torch.equal(a[i]["mask"], b[i]["mask"])
+    # Another size, other split settings or a changed file: another cache.
+    assert open_data(synth_copy, 64, decode_once=True).cache.path != cached
+    image = next(p for p in sorted(synth_copy.rglob("*.jpg")))
+    os.utime(image, ns=(1, 1))
+    assert open_data(synth_copy, 32, decode_once=True).cache.path != cached
+    assert len(calls) == 3
+    # A prepared cache is used as it is.
+    assert open_data(cached, 32, decode_once=True).cache.path == cached
+
+
+def test_training_reads_raw_files_when_the_cache_is_off(synth_root: Path, tmp_path, monkeypatch):
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.loop import open_training_data
+
+    monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "machine"))
+    base = {"task": "seg", "data": {"path": str(synth_root), "image_size": 32}}
+    base["model"] = {"arch": "fpn", "encoder": "resnet18"}
+    on = open_training_data(TrainConfig.from_dict(base))
+    assert on.cache is not None and on.cache.path.parent == tmp_path / "machine" / "decoded"
+    base["data"]["cache"] = False
+    off = open_training_data(TrainConfig.from_dict(base))
+    assert off.cache is None
+    assert off.splits.counts() == on.splits.counts()

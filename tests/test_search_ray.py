@@ -179,3 +179,30 @@ def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, cap
     assert len(after) == 3 and all(r["state"] == "TERMINATED" and r["epochs"] == 2 for r in after)
     # The trial that had finished was not run again.
     assert [int(p["epoch"]) for p in progress(storage, "tiny", first)] == [1, 2]
+
+
+def test_budget_ends_the_search_after_that_many_trial_epochs(local_ray, tmp_path: Path):
+    from ray import tune
+
+    from search.experiment import load_experiment
+    from search.runner import plan_resources, run_search
+    from trainables.inline import inline_trainable
+
+    class Seen(tune.Callback):
+        def __init__(self):
+            self.results: list[tuple[str, int]] = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.results.append((trial.trial_id, int(result["epoch"])))
+
+    path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=6)
+    exp = load_experiment(path, {"search.budget_epochs": 3, "search.max_concurrent": 1})
+    seen = Seen()
+    grid = run_search(exp, trainable=inline_trainable(plan_resources(exp)), callbacks=[seen])
+    # One trial at a time, 2 epochs each: the first trial finishes, the second is stopped
+    # after its first epoch, and no third trial starts.
+    assert len(seen.results) == 3
+    assert [epoch for _, epoch in seen.results] == [1, 2, 1]
+    assert len(grid) == 2
+    assert sorted(r.metrics["epoch"] for r in grid) == [1, 2]
+    assert all(0.0 <= r.metrics["best_val_jaccard"] <= 1.0 for r in grid)

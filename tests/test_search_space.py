@@ -94,7 +94,12 @@ def test_sampled_params_build_valid_train_configs():
         ),
         ({"search": {"searcher": {"name": "bohb"}}}, "choose one of \\['optuna', 'random'\\]"),
         ({"resources": {"gpus_per_worker": "many"}}, "a number or 'auto'"),
+        ({"resources": {"gpus_per_worker": 1.5}}, "a fraction of one GPU .* got 1.5"),
+        ({"resources": {"gpus_per_worker": -1}}, "a fraction of one GPU .* got -1"),
+        ({"resources": {"cpus_per_worker": 0}}, "cpus_per_worker must be > 0, got 0"),
         ({"resources": {"driver_cpus": 1.5}}, "driver_cpus must be in \\(0, 1\\]"),
+        ({"search": {"budget_epochs": 0}}, "budget_epochs must be >= 1 or null"),
+        ({"search": {"budget_epochs": "lots"}}, "budget_epochs"),
         ({"task": "detect"}, "task must be 'seg' or 'cls'"),
         (
             {"train": {"model": {"arch": "segnet"}}},
@@ -145,3 +150,52 @@ def test_pruned_trials_are_told_to_optuna_as_pruned():
     assert trials[1].state == optuna.trial.TrialState.COMPLETE and trials[1].value == 0.5
     assert trials[2].state == optuna.trial.TrialState.COMPLETE
     assert searcher._ot_study.best_value == 0.5  # the pruned 0.9 never wins
+
+
+def test_epoch_budget_counts_each_trial_epoch_once():
+    from search.runner import EpochBudget
+
+    budget = EpochBudget(3)
+    assert budget("a", {"epoch": 1}) is False and not budget.stop_all()
+    # A trial restored from its checkpoint reports an epoch again: it is not counted twice.
+    budget("a", {"epoch": 1})
+    budget("b", {"epoch": 1})
+    assert not budget.stop_all()
+    budget("a", {"epoch": 2})
+    assert budget.stop_all()
+
+
+def test_ray_processes_that_only_need_configs_skip_the_model_zoos():
+    """The trial driver and Train's controller import these modules; every second they
+    spend importing is start-up paid once per trial."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trainables.train_loop, trainables.driver, melanoma.engine.config; "
+        "heavy = [m for m in ('segmentation_models_pytorch', 'albumentations', 'timm', "
+        "'torchvision', 'melanoma.engine.loop') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "gpw", "workers", "expected"),
+    [(1, 0.25, 1, 4), (1, 0.5, 1, 2), (2, 1, 1, 2), (4, 1, 2, 2), (2, 0.5, 2, 2)],
+)
+def test_fractional_gpus_pack_several_trials_on_one_gpu(monkeypatch, gpus, gpw, workers, expected):
+    import ray
+
+    from search.runner import plan_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": float(gpus)})
+    exp = experiment_from_dict(
+        base(
+            search={"num_samples": 8, "max_epochs": 2},
+            resources={"workers": workers, "cpus_per_worker": 1, "gpus_per_worker": gpw},
+        )
+    )
+    plan = plan_resources(exp)
+    assert plan["gpus_per_worker"] == gpw
+    assert plan["max_concurrent"] == expected

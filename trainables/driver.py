@@ -10,22 +10,28 @@ import ray.tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from melanoma.engine import TrainConfig
+from melanoma.engine.config import TrainConfig
 from trainables.train_loop import train_loop_per_worker
 
 META = "__meta__"
 
 
-def tune_driver(params: dict) -> None:
-    """Build the trial's TrainConfig from the base config plus sampled params, then fit it
-    with Ray Train. Metrics and checkpoints flow back to Tune through TuneReportCallback."""
+def trial_config(params: dict) -> tuple[TrainConfig, dict]:
+    """The trial's TrainConfig (base config plus sampled params, writing into the trial's
+    own directory) and the search's metadata."""
     params = dict(params)
     meta = params.pop(META)
     config = TrainConfig.from_dict(meta["train"]).with_overrides(params)
-    context = ray.tune.get_context()
-    trial_dir = Path(context.get_trial_dir())
+    trial_dir = Path(ray.tune.get_context().get_trial_dir())
     # TensorBoard images and curves from rank 0 go into the trial's own directory.
-    config = config.with_overrides({"out": str(trial_dir / "run")})
+    return config.with_overrides({"out": str(trial_dir / "run")}), meta
+
+
+def tune_driver(params: dict) -> None:
+    """Fit the trial's config with Ray Train. Metrics and checkpoints flow back to Tune
+    through TuneReportCallback."""
+    config, meta = trial_config(params)
+    context = ray.tune.get_context()
     r = meta["resources"]
     use_gpu = bool(r["gpus_per_worker"])
     per_worker = {"CPU": r["cpus_per_worker"]}

@@ -9,19 +9,21 @@ from pathlib import Path
 
 import ray.train
 import ray.train.torch
-import torch
 
-from melanoma.engine import Runtime, TrainConfig, fit
-from melanoma.engine.checkpoint import LAST
-
-CHECKPOINT_FILE = LAST
+# Checkpoint file name (melanoma.engine.checkpoint.LAST); the engine itself is imported in
+# the worker only, so Train's controller, which loads this module, stays light.
+CHECKPOINT_FILE = "last.pt"
 # Fault injection for the failure-recovery test: when this names a file that does not
-# exist yet, rank 0 creates it and raises right after reporting its first epoch.
+# exist yet, rank 0 creates it and raises instead of reporting its second epoch.
 FAIL_ONCE_ENV = "MELANOMA_FAIL_ONCE_MARKER"
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Run one training on this worker. ``loop_config["train"]`` is a TrainConfig dict."""
+    import torch
+
+    from melanoma.engine import Runtime, TrainConfig, fit
+
     config = TrainConfig.from_dict(loop_config["train"])
     # Ray sets OMP_NUM_THREADS from the integer part of the worker's CPUs (1 for 1.9):
     # use as many torch threads as the CPUs the worker actually reserved, rounded.
@@ -39,18 +41,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {**metrics, "node_id": node, "world_size": world}
+        marker = os.environ.get(FAIL_ONCE_ENV)
+        if marker and rank == 0 and metrics["epoch"] > 1 and not Path(marker).exists():
+            # A crash in the middle of the run: epoch 1's checkpoint is persisted, this
+            # epoch's report never happens.
+            Path(marker).write_text(f"failed after epoch {metrics['epoch'] - 1}\n")
+            raise RuntimeError("injected worker failure (MELANOMA_FAIL_ONCE_MARKER)")
         if checkpoint_dir is None:  # every rank reports; only rank 0 brings a checkpoint
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            # Only last.pt travels: model, optimizer, schedule and RNG states at this epoch,
-            # enough to resume the trial and to use the model.
-            shutil.copy(checkpoint_dir / LAST, Path(tmp) / CHECKPOINT_FILE)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        marker = os.environ.get(FAIL_ONCE_ENV)
-        if marker and not Path(marker).exists():
-            Path(marker).write_text(f"failed after epoch {metrics['epoch']}\n")
-            raise RuntimeError("injected worker failure (MELANOMA_FAIL_ONCE_MARKER)")
+        # Only last.pt travels: model, optimizer, schedule and RNG states at this epoch,
+        # enough to resume the trial and to use the model. A hard link costs nothing (the
+        # engine replaces last.pt by rename, so the link keeps this epoch's bytes), and the
+        # upload to storage runs in the background while the next epoch trains; Ray deletes
+        # the linked directory once it is persisted.
+        staged = Path(tempfile.mkdtemp(prefix="staged-", dir=checkpoint_dir))
+        try:
+            os.link(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
+        except OSError:  # no hard links here: copy
+            shutil.copy(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(staged),
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
+        )
 
     runtime = Runtime(
         device=device, rank=rank, world_size=world, wrap_model=wrap, report=report, progress=False

@@ -10,10 +10,12 @@ index.json is written last, so an interrupted prepare leaves no cache that looks
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +141,87 @@ class Cache:
 
     def rows(self, split: str) -> list[int]:
         return [r["row"] for r in self.index["samples"] if r["split"] == split]
+
+
+def _fingerprint(root: Path, exclude: Path) -> list:
+    """Every file's relative path, size and modification time: a changed, added or removed
+    file gives another cache. ``exclude`` (the cache itself, if it lies inside) is skipped."""
+    rows = []
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = sorted(
+            d
+            for d in dirs
+            if not d.startswith(".") and Path(directory, d).resolve() != exclude.resolve()
+        )
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            stat = os.stat(os.path.join(directory, name))
+            rows.append(
+                [
+                    os.path.relpath(os.path.join(directory, name), root),
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                ]
+            )
+    return rows
+
+
+def node_cache(
+    root: Path,
+    size: int,
+    *,
+    layout: str | None = None,
+    on_bad: str = "fail",
+    split_config: SplitConfig | None = None,
+    cache_dir: Path | None = None,
+) -> Path:
+    """The decoded cache of the raw data set ``root`` at ``size``, made once per machine
+    and shared by every trial and worker on it (they memory-map the same files).
+
+    It lives under ``$MELANOMA_CACHE/decoded/`` (default ``~/.cache/melanoma``), keyed by
+    the data set's path, its files' sizes and times, the size and the split settings. A
+    file lock makes concurrent trials wait for the one that decodes instead of decoding
+    too; the cache appears by rename, so nobody reads half of one.
+    """
+    import fcntl
+    import shutil
+    import sys
+    import tempfile
+
+    from melanoma.data.synth import synthetic_cache_dir
+
+    root = Path(root).resolve()
+    base = Path(cache_dir or synthetic_cache_dir())
+    key = {
+        "version": CACHE_VERSION,
+        "root": str(root),
+        "size": size,
+        "layout": layout,
+        "on_bad": on_bad,
+        "split": asdict(split_config or SplitConfig()),
+        "files": _fingerprint(root, exclude=base),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    base = base / "decoded"
+    target = base / f"{root.name}-{size}px-{digest}"
+    if is_cache(target):
+        return target
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / f"{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if is_cache(target):  # another process made it while we waited
+            return target
+        print(
+            f"[data] decoding {root} at {size} px into {target} (once per machine)",
+            file=sys.stderr,
+            flush=True,
+        )
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
+        try:
+            prepare_cache(root, size, tmp, layout=layout, on_bad=on_bad, split_config=split_config)
+            os.rename(tmp, target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return target

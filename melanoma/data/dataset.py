@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from melanoma.data.cache import Cache, is_cache
+from melanoma.data.cache import Cache, is_cache, node_cache
 from melanoma.data.check import check_dataset
 from melanoma.data.io import load_image, load_mask
 from melanoma.data.records import SPLITS, Sample
@@ -196,12 +196,16 @@ def open_data(
     layout: str | None = None,
     on_bad: str = "fail",
     split_config: SplitConfig | None = None,
+    decode_once: bool = False,
 ) -> DataBundle:
     """Open a prepared cache (``size`` must match), validate and split a raw data set, or
-    generate one (``synthetic:N[:SIZE[:SEED]]``)."""
+    generate one (``synthetic:N[:SIZE[:SEED]]``). ``decode_once`` reads a raw data set
+    through this machine's shared decoded cache (``node_cache``), made on first use."""
     if str(path).startswith(SYNTHETIC_PREFIX):
         path = materialize_synthetic(str(path))
     path = Path(path)
+    if decode_once and not is_cache(path):
+        path = node_cache(path, size, layout=layout, on_bad=on_bad, split_config=split_config)
     if is_cache(path):
         cache = Cache.open(path)
         if cache.size != size:

@@ -1,16 +1,28 @@
-"""The training engine: one loop for segmenters and classifiers, configs, losses, optimizers."""
+"""The training engine: one loop for segmenters and classifiers, configs, losses, optimizers.
 
-from melanoma.engine.checkpoint import load_checkpoint, save_checkpoint
-from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import FitResult, NonFiniteLossError, Runtime, evaluate, fit
+Names load on first use: Ray processes that only need ``TrainConfig`` (a trial's driver,
+Train's controller) then skip importing torch, torchvision and the model zoos.
+"""
 
-__all__ = [
-    "FitResult",
-    "NonFiniteLossError",
-    "Runtime",
-    "TrainConfig",
-    "evaluate",
-    "fit",
-    "load_checkpoint",
-    "save_checkpoint",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load_checkpoint": "melanoma.engine.checkpoint",
+    "save_checkpoint": "melanoma.engine.checkpoint",
+    "TrainConfig": "melanoma.engine.config",
+    "FitResult": "melanoma.engine.loop",
+    "NonFiniteLossError": "melanoma.engine.loop",
+    "Runtime": "melanoma.engine.loop",
+    "evaluate": "melanoma.engine.loop",
+    "fit": "melanoma.engine.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'melanoma.engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

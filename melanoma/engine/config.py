@@ -34,6 +34,9 @@ class DataConfig:
     split_seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # A raw data set is decoded once per machine into $MELANOMA_CACHE/decoded/ and every
+    # trial memory-maps that; false decodes the image files every epoch.
+    cache: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size is not None and not 32 <= self.image_size <= 2048:

@@ -218,6 +218,7 @@ def open_training_data(config: TrainConfig) -> DataBundle:
         split_config=SplitConfig(
             seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction
         ),
+        decode_once=d.cache,
     )
 
 
