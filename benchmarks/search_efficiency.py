@@ -1,15 +1,15 @@
 """Optuna TPE + ASHA versus random search + FIFO at the same budget of trial-epochs, on a
 fixed synthetic segmentation task, over several seeds, side by side in one run.
 
-    python benchmarks/search_efficiency.py [--seeds 0 1 2] [--budget 48] [--max-epochs 8]
+    python benchmarks/search_efficiency.py [--seeds 0 1 2 3] [--budget 48] [--max-epochs 8]
                                            [--data synthetic:160:64:0] [--image-size 32]
                                            [--target T] [--json out.json]
 
 Both methods go through the project's own search stack (experiment parsing, the
 conditional space, ``create_searcher`` / ``create_scheduler``, ``search.budget_epochs``),
-two trials at a time. Trials run the engine loop inside the Tune trial
-(``trainables.inline``): Ray Train's per-trial start-up would otherwise dominate a
-benchmark of many tiny trials, and it is measured on its own by ``train_overhead.py``.
+two trials at a time. Trials use the inline launcher (``resources.launcher: inline``, the
+engine loop inside the Tune trial): Ray Train's per-trial start-up would otherwise
+dominate a benchmark of many tiny trials; ``train_overhead.py`` measures it.
 
 For each run it records the best validation Jaccard seen after every trial-epoch. It then
 prints the best value each method reached within the budget, and how many trial-epochs it
@@ -92,7 +92,7 @@ def experiment(method: dict, seed: int, args, storage: str) -> dict:
             "scheduler": {"name": method["scheduler"], "grace_period": 1, "reduction_factor": 2},
         },
         # Two trials at a time on two cores, one torch thread each.
-        "resources": {"workers": 1, "cpus_per_worker": 0.95, "driver_cpus": 0.05},
+        "resources": {"workers": 1, "cpus_per_worker": 1, "launcher": "inline"},
     }
 
 
@@ -102,12 +102,12 @@ def epochs_to_reach(curve: list[float], target: float) -> int | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--budget", type=int, default=48, help="trial-epochs per run")
     parser.add_argument("--max-epochs", type=int, default=8)
     parser.add_argument("--data", default="synthetic:160:64:0")
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--encoder", default="resnet18")
+    parser.add_argument("--encoder", default="tu-mobilenetv3_small_050")
     parser.add_argument("--target", type=float, default=None)
     parser.add_argument("--log", type=Path, default=None, help="search output (default: hidden)")
     parser.add_argument("--json", type=Path)
@@ -118,8 +118,7 @@ def main() -> int:
     import ray
 
     from search.experiment import experiment_from_dict
-    from search.runner import connect, plan_resources, run_search
-    from trainables.inline import inline_trainable
+    from search.runner import connect, run_search
 
     runs: dict[str, list[dict]] = {name: [] for name in METHODS}
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
@@ -131,9 +130,7 @@ def main() -> int:
                 curve = Curve(exp.metric)
                 started = time.perf_counter()
                 with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    run_search(
-                        exp, trainable=inline_trainable(plan_resources(exp)), callbacks=[curve]
-                    )
+                    run_search(exp, callbacks=[curve])
                 wall = time.perf_counter() - started
                 runs[name].append(
                     {

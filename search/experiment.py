@@ -85,10 +85,20 @@ class ResourcesConfig:
     # The Tune driver of a trial only waits on its Train workers: a whole CPU for it would
     # let two trials' drivers starve their own workers on a small machine (deadlock).
     driver_cpus: float = 0.05
+    # "train": each trial is a Ray Train run (DDP over `workers`, worker restarts), which
+    # costs about 15 s of start-up per trial. "inline": a single-worker trial trains in the
+    # Tune trial's own process (no DDP; Tune restarts a failed trial from its checkpoint),
+    # starting in a few seconds: for many short trials of small models.
+    launcher: Literal["train", "inline"] = "train"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ConfigError(f"resources.workers must be >= 1, got {self.workers}")
+        if self.launcher == "inline" and self.workers != 1:
+            raise ConfigError(
+                f"resources.launcher 'inline' trains each trial in one process, but workers is "
+                f"{self.workers}; set workers: 1, or launcher: train for DDP over several workers"
+            )
         if isinstance(self.gpus_per_worker, str) and self.gpus_per_worker != "auto":
             raise ConfigError(
                 "resources.gpus_per_worker must be a number or 'auto', "

@@ -64,12 +64,14 @@ def plan_resources(exp: Experiment) -> dict:
             f"resources.gpus_per_worker is {gpw} but the cluster has no GPU; set it to 0 or 'auto'"
         )
     cpus = float(total.get("CPU", 1))
-    per_trial_cpu = r.workers * r.cpus_per_worker + r.driver_cpus
+    # An inline trial trains in its own process: no separate driver to reserve CPUs for.
+    driver = r.driver_cpus if r.launcher == "train" else 0.0
+    per_trial_cpu = r.workers * r.cpus_per_worker + driver
     if per_trial_cpu > cpus:
         raise ValueError(
             f"one trial needs {per_trial_cpu:g} CPUs "
             f"({r.workers} workers x {r.cpus_per_worker:g} + "
-            f"driver {r.driver_cpus:g}) but the cluster has {cpus:g}; "
+            f"driver {driver:g}) but the cluster has {cpus:g}; "
             "lower resources.workers or cpus_per_worker"
         )
     fits = math.floor(gpus / (r.workers * gpw)) if gpw else math.floor(cpus / per_trial_cpu)
@@ -79,6 +81,7 @@ def plan_resources(exp: Experiment) -> dict:
         "cpus_per_worker": r.cpus_per_worker,
         "gpus_per_worker": gpw,
         "driver_cpus": r.driver_cpus,
+        "launcher": r.launcher,
         "max_concurrent": max(1, min(concurrent, exp.search.num_samples)),
     }
 
@@ -151,10 +154,27 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(plan: dict, trainable=None):
-    if trainable is not None:
-        return trainable
+def _trainable(plan: dict):
+    if plan["launcher"] == "inline":
+        from trainables.inline import inline_trainable
+
+        return inline_trainable(plan)
     return tune.with_resources(tune_driver, {"CPU": plan["driver_cpus"]})
+
+
+def _tune_fault_and_checkpoints(exp: Experiment) -> dict:
+    """Inline trials checkpoint through Tune itself: Tune keeps the best k and restarts a
+    failed trial from its last one. (Train-launched trials do both inside Ray Train.)"""
+    if exp.resources.launcher != "inline":
+        return {}
+    return {
+        "failure_config": tune.FailureConfig(max_failures=exp.search.max_failures),
+        "checkpoint_config": tune.CheckpointConfig(
+            num_to_keep=exp.search.keep_checkpoints,
+            checkpoint_score_attribute=f"val_{exp.train.metric}",
+            checkpoint_score_order=exp.mode,
+        ),
+    }
 
 
 def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> dict:
@@ -177,12 +197,9 @@ def run_search(
     storage: str | None = None,
     address: str | None = None,
     verbose: int = 0,
-    trainable=None,
     callbacks: list | None = None,
 ):
-    """Start a new search; returns Tune's ResultGrid. ``trainable`` replaces the
-    Train-in-Tune driver (``trainables.inline`` runs the loop in the trial itself);
-    ``callbacks`` are more Tune callbacks."""
+    """Start a new search; returns Tune's ResultGrid. ``callbacks``: more Tune callbacks."""
     name = name or exp.name
     storage = storage or exp.storage
     root = search_path(storage, name)
@@ -210,13 +227,16 @@ def run_search(
     if budget:
         print(f"[search] budget: {budget} trial-epochs in all", flush=True)
     tuner = tune.Tuner(
-        _trainable(plan, trainable),
+        _trainable(plan),
         param_space={META: _meta(exp, name, storage, plan)},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=create_scheduler(exp),
             num_samples=exp.search.num_samples,
             trial_dirname_creator=trial_dirname,
+            # An inline trial's process has torch and the engine imported already: the next
+            # trial reuses it instead of starting and importing again.
+            reuse_actors=plan["launcher"] == "inline",
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -224,6 +244,7 @@ def run_search(
             callbacks=[Progress(exp.metric, exp.mode, exp.search.max_epochs), *(callbacks or [])],
             stop=EpochBudget(budget) if budget else None,
             verbose=verbose,
+            **_tune_fault_and_checkpoints(exp),
         ),
     )
     started = time.perf_counter()
@@ -276,6 +297,15 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
     for trial in analysis.trials:
         df = frames.get(trial.trial_id)
         best_value, best_epoch, checkpoint, epochs, finished = None, None, None, 0, False
+        if df is not None and "checkpoint_path" not in df and "checkpoint_dir_name" in df:
+            # Inline trials checkpoint through Tune, into the trial's own directory.
+            trial_dir = Path(root) / trial_dirname(trial)
+            df = df.assign(
+                checkpoint_path=[
+                    str(trial_dir / n) if isinstance(n, str) and n else None
+                    for n in df["checkpoint_dir_name"]
+                ]
+            )
         if df is not None and len(df) and metric in df:
             epochs = int(df["epoch"].max()) if "epoch" in df else len(df)
             finished = bool(df["finished"].iloc[-1]) if "finished" in df else False
@@ -294,7 +324,9 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
         if best_value is None:
             # Tune's own progress files can lose their last lines when the driver is killed;
             # the Train checkpoints (written straight to storage) still hold the history.
-            recovered = _from_checkpoints(Path(root) / "_train" / f"train-{trial.trial_id}", exp)
+            recovered = _from_checkpoints(
+                Path(root) / "_train" / f"train-{trial.trial_id}", exp
+            ) or _from_checkpoints(Path(root) / trial_dirname(trial), exp)
             if recovered:
                 best_value, best_epoch, checkpoint, epochs, finished = recovered
         state = trial.status

@@ -185,8 +185,7 @@ def test_budget_ends_the_search_after_that_many_trial_epochs(local_ray, tmp_path
     from ray import tune
 
     from search.experiment import load_experiment
-    from search.runner import plan_resources, run_search
-    from trainables.inline import inline_trainable
+    from search.runner import run_search
 
     class Seen(tune.Callback):
         def __init__(self):
@@ -196,9 +195,16 @@ def test_budget_ends_the_search_after_that_many_trial_epochs(local_ray, tmp_path
             self.results.append((trial.trial_id, int(result["epoch"])))
 
     path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=6)
-    exp = load_experiment(path, {"search.budget_epochs": 3, "search.max_concurrent": 1})
+    exp = load_experiment(
+        path,
+        {
+            "search.budget_epochs": 3,
+            "search.max_concurrent": 1,
+            "resources.launcher": "inline",
+        },
+    )
     seen = Seen()
-    grid = run_search(exp, trainable=inline_trainable(plan_resources(exp)), callbacks=[seen])
+    grid = run_search(exp, callbacks=[seen])
     # One trial at a time, 2 epochs each: the first trial finishes, the second is stopped
     # after its first epoch, and no third trial starts.
     assert len(seen.results) == 3
@@ -206,3 +212,32 @@ def test_budget_ends_the_search_after_that_many_trial_epochs(local_ray, tmp_path
     assert len(grid) == 2
     assert sorted(r.metrics["epoch"] for r in grid) == [1, 2]
     assert all(0.0 <= r.metrics["best_val_jaccard"] <= 1.0 for r in grid)
+
+
+def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_path: Path, capsys):
+    """One process per trial, no Ray Train: Tune keeps the checkpoints and restarts the
+    trial that fails once from its epoch-1 checkpoint."""
+    from melanoma.cli import main
+    from melanoma.engine.checkpoint import load_checkpoint
+    from search.runner import trial_table
+
+    marker = local_ray["marker"]
+    marker.unlink(missing_ok=True)  # arm the one-off failure again for this search
+    storage = tmp_path / "search"
+    exp = write_experiment(tmp_path / "exp.yaml", storage, samples=2)
+    data = yaml.safe_load(exp.read_text())
+    data["resources"]["launcher"] = "inline"
+    exp.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["search", "seg", "--experiment", str(exp)]) == 0
+    assert marker.read_text().startswith("failed after epoch 1")
+    rows, _ = trial_table("tiny", str(storage))
+    assert len(rows) == 2
+    for r in rows:
+        assert r["state"] == "TERMINATED" and r["epochs"] == 2
+        assert [int(p["epoch"]) for p in progress(storage, "tiny", r["trial_id"])] == [1, 2]
+        # The checkpoint of the best epoch, in the trial's own directory, loads as the
+        # engine's checkpoint.
+        checkpoint = Path(r["checkpoint"])
+        assert checkpoint.parent == storage / "tiny" / f"trial_{r['trial_id']}"
+        state = load_checkpoint(checkpoint)
+        assert state["epoch"] == r["best_epoch"]
