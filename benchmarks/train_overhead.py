@@ -2,7 +2,7 @@
 (Tune trial -> TorchTrainer -> worker), side by side in one run, plus per-trial start-up.
 
     python benchmarks/train_overhead.py [--tasks seg cls] [--epochs 3]
-                                        [--data synthetic:600:128:0] [--image-size 96]
+                                        [--data synthetic:480:128:0] [--image-size 96]
                                         [--cpus-per-worker N] [--json out.json]
 
 Both sides are timed the same way: the interval between two consecutive epoch reports
@@ -12,10 +12,12 @@ time from launch to the first report minus that first epoch's own training+valid
 for the bare loop, opening data and building the model; for Ray, also the Tune trial
 actor, the Train controller, the worker process and their imports.
 
-The order is bare, Ray (one search, two trials one after the other), bare again, so that
-a slow spell of a shared machine falls on both sides. Ray Train hands reports to Tune on
-its 2 s health-check poll, so single intervals jitter by up to 2 s: epoch times are the
-mean over epochs 2..N of every run, (last report - first report) / (N - 1).
+Two Ray launchers are measured: the Ray Train trainable (``resources.launcher: train``)
+and the inline launcher (``launcher: inline``, the loop inside the Tune trial). The order
+is bare, Train (one search, two trials one after the other), inline (the same), bare
+again, so that a slow spell of a shared machine falls on every side. Ray Train hands
+reports to Tune on its 2 s health-check poll, so single intervals jitter by up to 2 s:
+epoch times are the mean over epochs 2..N of every run, (last - first report) / (N - 1).
 The first trial's start-up includes the fresh Ray instance warming up; the second one's
 is what every further trial of a running search pays.
 
@@ -36,6 +38,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+LAUNCHERS = {"train": "Ray Train trainable", "inline": "inline launcher"}
 
 
 def train_config(task: str, data: str, image_size: int) -> dict:
@@ -65,7 +69,9 @@ def bare_run(train: dict, epochs: int, out: str) -> tuple[list[float], float]:
     return intervals, intervals[0] - result.history[0]["time_s"]
 
 
-def ray_run(train: dict, epochs: int, cpus_per_worker: float, tmp: str) -> list[tuple[list, list]]:
+def ray_run(
+    train: dict, epochs: int, cpus_per_worker: float, launcher: str, tmp: str
+) -> list[tuple[list, list]]:
     """Per trial: report-to-report intervals seen by Tune, and the worker's own epoch times."""
     import ray
 
@@ -76,7 +82,7 @@ def ray_run(train: dict, epochs: int, cpus_per_worker: float, tmp: str) -> list[
     exp_path.write_text(
         yaml.safe_dump(
             {
-                "name": "overhead",
+                "name": f"overhead-{launcher}",
                 "task": train["task"],
                 "storage": f"{tmp}/search",
                 "train": train,
@@ -91,6 +97,7 @@ def ray_run(train: dict, epochs: int, cpus_per_worker: float, tmp: str) -> list[
                     "workers": 1,
                     "cpus_per_worker": cpus_per_worker,
                     "gpus_per_worker": "auto",
+                    "launcher": launcher,
                 },
             },
             sort_keys=False,
@@ -99,7 +106,7 @@ def ray_run(train: dict, epochs: int, cpus_per_worker: float, tmp: str) -> list[
     run_search(load_experiment(exp_path))
     ray.shutdown()
     trials = []
-    for trial in (Path(tmp) / "search" / "overhead").glob("trial_*"):
+    for trial in (Path(tmp) / "search" / f"overhead-{launcher}").glob("trial_*"):
         with open(trial / "progress.csv") as fh:
             rows = list(csv.DictReader(fh))
         trials.append(
@@ -116,7 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=["seg", "cls"], default=["seg", "cls"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--data", default="synthetic:600:128:0")
+    parser.add_argument("--data", default="synthetic:480:128:0")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--cpus-per-worker", type=float, default=(os.cpu_count() or 1) - 0.05)
     parser.add_argument("--json", type=Path)
@@ -125,49 +132,59 @@ def main() -> int:
         parser.error("--epochs must be at least 2: epoch 1 holds the start-up")
 
     results = {}
+    mean = statistics.mean
     for task in args.tasks:
         train = train_config(task, args.data, args.image_size)
         with tempfile.TemporaryDirectory() as tmp:
             bare1, startup1 = bare_run(train, args.epochs, f"{tmp}/bare1")
-            trials = ray_run(train, args.epochs, args.cpus_per_worker, tmp)
+            runs = {
+                launcher: ray_run(train, args.epochs, args.cpus_per_worker, launcher, tmp)
+                for launcher in LAUNCHERS
+            }
             bare2, startup2 = bare_run(train, args.epochs, f"{tmp}/bare2")
-        bare = bare1[1:] + bare2[1:]
-        ray_epochs = [i for intervals, _ in trials for i in intervals[1:]]
-        inner = [e for _, epochs in trials for e in epochs[1:]]
-        mean = statistics.mean
         r = results[task] = {
             "bare_interval_s": [bare1, bare2],
             "bare_startup_s": [startup1, startup2],
-            "ray_interval_s": [t[0] for t in trials],
-            "ray_inner_epoch_s": [t[1] for t in trials],
-            "ray_startup_s": [intervals[0] - epochs[0] for intervals, epochs in trials],
-            "bare_epoch_s": mean(bare),
-            "ray_epoch_s": mean(ray_epochs),
-            "ray_inner_epoch_s_mean": mean(inner),
+            "bare_epoch_s": mean(bare1[1:] + bare2[1:]),
         }
-        r["ratio"] = r["ray_epoch_s"] / r["bare_epoch_s"]
-        r["inner_ratio"] = r["ray_inner_epoch_s_mean"] / r["bare_epoch_s"]
+        for launcher, trials in runs.items():
+            epoch = mean([i for intervals, _ in trials for i in intervals[1:]])
+            inner = mean([e for _, epochs in trials for e in epochs[1:]])
+            r[launcher] = {
+                "interval_s": [t[0] for t in trials],
+                "inner_epoch_s": [t[1] for t in trials],
+                "startup_s": [intervals[0] - epochs[0] for intervals, epochs in trials],
+                "epoch_s": epoch,
+                "inner_s": inner,
+                "ratio": epoch / r["bare_epoch_s"],
+                "inner_ratio": inner / r["bare_epoch_s"],
+            }
 
     import torch
 
     print(
         f"\n{args.epochs} epochs on {args.data} at {args.image_size} px; torch threads: "
-        f"{torch.get_num_threads()} bare, {max(1, round(args.cpus_per_worker))} in the Ray worker "
+        f"{torch.get_num_threads()} bare, {max(1, round(args.cpus_per_worker))} in Ray "
         f"(cpus_per_worker={args.cpus_per_worker:g})\n"
     )
     print(
-        f"{'task':4} | {'bare epoch s':>12} | {'Ray epoch s':>11} | {'ratio':>5} | "
-        f"{'Ray train+val s (ratio)':>23} | {'bare start-up s':>15} | "
-        f"{'Ray start-up s, 1st / 2nd trial':>31}"
+        f"{'task':4} | {'run':19} | {'epoch s':>7} | {'ratio':>5} | "
+        f"{'train+val s (ratio)':>19} | {'start-up s, 1st / 2nd trial':>27}"
     )
-    print("-" * 120)
+    print("-" * 96)
     for task, r in results.items():
+        startups = " / ".join(f"{s:.1f}" for s in r["bare_startup_s"])
         print(
-            f"{task:4} | {r['bare_epoch_s']:12.2f} | {r['ray_epoch_s']:11.2f} | "
-            f"{r['ratio']:5.2f} | {r['ray_inner_epoch_s_mean']:15.2f} ({r['inner_ratio']:.2f}) | "
-            f"{statistics.median(r['bare_startup_s']):15.2f} | "
-            f"{' / '.join(f'{s:.1f}' for s in r['ray_startup_s']):>31}"
+            f"{task:4} | {'bare loop':19} | {r['bare_epoch_s']:7.2f} | {1:5.2f} | "
+            f"{r['bare_epoch_s']:11.2f} (1.00) | {startups:>27}"
         )
+        for launcher, label in LAUNCHERS.items():
+            x = r[launcher]
+            startups = " / ".join(f"{s:.1f}" for s in x["startup_s"])
+            print(
+                f"{task:4} | {label:19} | {x['epoch_s']:7.2f} | {x['ratio']:5.2f} | "
+                f"{x['inner_s']:11.2f} ({x['inner_ratio']:.2f}) | {startups:>27}"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
