@@ -2,7 +2,7 @@
 (Tune trial -> TorchTrainer -> worker), side by side in one run, plus per-trial start-up.
 
     python benchmarks/train_overhead.py [--tasks seg cls] [--epochs 3]
-                                        [--data synthetic:480:128:0] [--image-size 96]
+                                        [--data synthetic:400:128:0] [--image-size 96]
                                         [--cpus-per-worker N] [--json out.json]
 
 Both sides are timed the same way: the interval between two consecutive epoch reports
@@ -123,7 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", choices=["seg", "cls"], default=["seg", "cls"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--data", default="synthetic:480:128:0")
+    parser.add_argument("--data", default="synthetic:400:128:0")
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--cpus-per-worker", type=float, default=(os.cpu_count() or 1) - 0.05)
     parser.add_argument("--json", type=Path)
