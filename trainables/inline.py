@@ -17,7 +17,7 @@ from pathlib import Path
 import ray
 import ray.tune
 
-from trainables.train_loop import CHECKPOINT_FILE, FAIL_ONCE_ENV
+from trainables.train_loop import CHECKPOINT_FILE, FAIL_ONCE_ENV, stage_checkpoint
 
 
 def inline_trial(params: dict) -> None:
@@ -37,14 +37,9 @@ def inline_trial(params: dict) -> None:
         if marker and metrics["epoch"] > 1 and not Path(marker).exists():
             Path(marker).write_text(f"failed after epoch {metrics['epoch'] - 1}\n")
             raise RuntimeError("injected trial failure (MELANOMA_FAIL_ONCE_MARKER)")
-        # A hard link of this epoch's last.pt (the engine replaces the file by rename), which
-        # Tune copies into the trial's storage before report returns.
-        staged = Path(tempfile.mkdtemp(prefix="staged-", dir=checkpoint_dir))
+        # Tune copies the staged last.pt into the trial's storage before report returns.
+        staged = stage_checkpoint(checkpoint_dir)
         try:
-            try:
-                os.link(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
-            except OSError:  # no hard links here: copy
-                shutil.copy(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(staged))
         finally:
             shutil.rmtree(staged, ignore_errors=True)

@@ -18,6 +18,21 @@ CHECKPOINT_FILE = "last.pt"
 FAIL_ONCE_ENV = "MELANOMA_FAIL_ONCE_MARKER"
 
 
+def stage_checkpoint(checkpoint_dir: Path) -> Path:
+    """A new directory holding this epoch's last.pt, for Ray to persist.
+
+    Only last.pt travels: model, optimizer, schedule and RNG states at this epoch, enough
+    to resume the trial and to use the model. A hard link costs nothing: the engine
+    replaces last.pt by rename, so the link keeps this epoch's bytes.
+    """
+    staged = Path(tempfile.mkdtemp(prefix="staged-", dir=checkpoint_dir))
+    try:
+        os.link(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
+    except OSError:  # no hard links here: copy
+        shutil.copy(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
+    return staged
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Run one training on this worker. ``loop_config["train"]`` is a TrainConfig dict."""
     import torch
@@ -50,19 +65,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if checkpoint_dir is None:  # every rank reports; only rank 0 brings a checkpoint
             ray.train.report(metrics)
             return
-        # Only last.pt travels: model, optimizer, schedule and RNG states at this epoch,
-        # enough to resume the trial and to use the model. A hard link costs nothing (the
-        # engine replaces last.pt by rename, so the link keeps this epoch's bytes), and the
-        # upload to storage runs in the background while the next epoch trains; Ray deletes
-        # the linked directory once it is persisted.
-        staged = Path(tempfile.mkdtemp(prefix="staged-", dir=checkpoint_dir))
-        try:
-            os.link(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
-        except OSError:  # no hard links here: copy
-            shutil.copy(checkpoint_dir / CHECKPOINT_FILE, staged / CHECKPOINT_FILE)
+        # The upload to storage runs in the background while the next epoch trains; Ray
+        # deletes the staged directory once it is persisted.
         ray.train.report(
             metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(staged),
+            checkpoint=ray.train.Checkpoint.from_directory(stage_checkpoint(checkpoint_dir)),
             checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,
         )
 
