@@ -234,9 +234,9 @@ def run_search(
             scheduler=create_scheduler(exp),
             num_samples=exp.search.num_samples,
             trial_dirname_creator=trial_dirname,
-            # An inline trial's process has torch and the engine imported already: the next
-            # trial reuses it instead of starting and importing again.
-            reuse_actors=plan["launcher"] == "inline",
+            # A trial's process has torch and the engine (inline) or Ray Train (the driver)
+            # imported already: the next trial reuses it instead of starting and importing.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,

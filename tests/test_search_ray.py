@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,7 +76,8 @@ def local_ray(tmp_path_factory):
     # fault injection reach them this way.
     os.environ["MELANOMA_CACHE"] = str(cache)
     os.environ["MELANOMA_FAIL_ONCE_MARKER"] = str(marker)
-    ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False)
+    # address="local": always a fresh instance of our own, never a stale or foreign one.
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield {"cache": cache, "marker": marker}
     ray.shutdown()
     os.environ.pop("MELANOMA_FAIL_ONCE_MARKER", None)
@@ -228,8 +230,11 @@ def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_pa
     data = yaml.safe_load(exp.read_text())
     data["resources"]["launcher"] = "inline"
     exp.write_text(yaml.safe_dump(data, sort_keys=False))
+    resume_copies = set(Path(tempfile.gettempdir()).glob("melanoma-resume-*"))
     assert main(["search", "seg", "--experiment", str(exp)]) == 0
     assert marker.read_text().startswith("failed after epoch 1")
+    # The restarted trial's local copy of its checkpoint is gone with the trial.
+    assert set(Path(tempfile.gettempdir()).glob("melanoma-resume-*")) == resume_copies
     rows, _ = trial_table("tiny", str(storage))
     assert len(rows) == 2
     for r in rows:

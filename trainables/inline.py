@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import ray
 import ray.tune
 
-from trainables.train_loop import CHECKPOINT_FILE, FAIL_ONCE_ENV, stage_checkpoint
+from trainables.train_loop import FAIL_ONCE_ENV, fit_resuming, stage_checkpoint
 
 
 def inline_trial(params: dict) -> None:
     """Fit the trial's config here, reporting every epoch (with last.pt) to Tune."""
     import torch
 
-    from melanoma.engine import Runtime, fit
+    from melanoma.engine import Runtime
     from trainables.driver import trial_config
 
     config, meta = trial_config(params)
@@ -44,13 +43,7 @@ def inline_trial(params: dict) -> None:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
-    resume: bool | Path = False
-    checkpoint = ray.tune.get_checkpoint()
-    if checkpoint is not None:  # a restarted or restored trial
-        with checkpoint.as_directory() as restored:
-            resume = Path(tempfile.mkdtemp()) / CHECKPOINT_FILE
-            shutil.copy(Path(restored) / CHECKPOINT_FILE, resume)
-    fit(config, Runtime(progress=False, report=report), resume=resume)
+    fit_resuming(config, Runtime(progress=False, report=report), ray.tune.get_checkpoint())
 
 
 def inline_trainable(plan: dict):

@@ -33,11 +33,26 @@ def stage_checkpoint(checkpoint_dir: Path) -> Path:
     return staged
 
 
+def fit_resuming(config, runtime, checkpoint) -> None:
+    """``fit``, resumed from a reported checkpoint (restarted or restored trial) if any.
+    The local copy of its last.pt lives as long as the fit, then goes."""
+    from melanoma.engine import fit
+
+    if checkpoint is None:
+        fit(config, runtime)
+        return
+    with tempfile.TemporaryDirectory(prefix="melanoma-resume-") as tmp:
+        with checkpoint.as_directory() as restored:
+            local = Path(tmp) / CHECKPOINT_FILE
+            shutil.copy(Path(restored) / CHECKPOINT_FILE, local)
+        fit(config, runtime, resume=local)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Run one training on this worker. ``loop_config["train"]`` is a TrainConfig dict."""
     import torch
 
-    from melanoma.engine import Runtime, TrainConfig, fit
+    from melanoma.engine import Runtime, TrainConfig
 
     config = TrainConfig.from_dict(loop_config["train"])
     # Ray sets OMP_NUM_THREADS from the integer part of the worker's CPUs (1 for 1.9):
@@ -76,11 +91,4 @@ def train_loop_per_worker(loop_config: dict) -> None:
     runtime = Runtime(
         device=device, rank=rank, world_size=world, wrap_model=wrap, report=report, progress=False
     )
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as restored:
-            local = Path(tempfile.mkdtemp()) / CHECKPOINT_FILE
-            shutil.copy(Path(restored) / CHECKPOINT_FILE, local)
-        fit(config, runtime, resume=local)
-    else:
-        fit(config, runtime)
+    fit_resuming(config, runtime, ray.train.get_checkpoint())
