@@ -97,6 +97,11 @@ def test_sampled_params_build_valid_train_configs():
         ({"resources": {"gpus_per_worker": 1.5}}, "a fraction of one GPU .* got 1.5"),
         ({"resources": {"gpus_per_worker": -1}}, "a fraction of one GPU .* got -1"),
         ({"resources": {"cpus_per_worker": 0}}, "cpus_per_worker must be > 0, got 0"),
+        (
+            {"resources": {"launcher": "inline", "workers": 2}},
+            "launcher 'inline' trains each trial in one process, but workers is 2",
+        ),
+        ({"resources": {"launcher": "local"}}, "choose one of \\['train', 'inline'\\]"),
         ({"resources": {"driver_cpus": 1.5}}, "driver_cpus must be in \\(0, 1\\]"),
         ({"search": {"budget_epochs": 0}}, "budget_epochs must be >= 1 or null"),
         ({"search": {"budget_epochs": "lots"}}, "budget_epochs"),
