@@ -9,14 +9,13 @@ short trials of small models gain most. ``benchmarks/search_efficiency.py`` uses
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 import ray
 import ray.tune
 
-from trainables.train_loop import FAIL_ONCE_ENV, fit_resuming, stage_checkpoint
+from trainables.train_loop import fit_resuming, inject_failure_once, stage_checkpoint
 
 
 def inline_trial(params: dict) -> None:
@@ -32,10 +31,7 @@ def inline_trial(params: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {**metrics, "node_id": node, "world_size": 1}
-        marker = os.environ.get(FAIL_ONCE_ENV)
-        if marker and metrics["epoch"] > 1 and not Path(marker).exists():
-            Path(marker).write_text(f"failed after epoch {metrics['epoch'] - 1}\n")
-            raise RuntimeError("injected trial failure (MELANOMA_FAIL_ONCE_MARKER)")
+        inject_failure_once(metrics["epoch"])
         # Tune copies the staged last.pt into the trial's storage before report returns.
         staged = stage_checkpoint(checkpoint_dir)
         try:

@@ -10,12 +10,22 @@ from pathlib import Path
 import ray.train
 import ray.train.torch
 
-# Checkpoint file name (melanoma.engine.checkpoint.LAST); the engine itself is imported in
-# the worker only, so Train's controller, which loads this module, stays light.
-CHECKPOINT_FILE = "last.pt"
-# Fault injection for the failure-recovery test: when this names a file that does not
-# exist yet, rank 0 creates it and raises instead of reporting its second epoch.
+# melanoma.engine.checkpoint needs only torch (already loaded by ray.train.torch); the rest
+# of the engine is imported in the worker only, so Train's controller stays light.
+from melanoma.engine.checkpoint import LAST as CHECKPOINT_FILE
+
+# Fault injection for the failure-recovery tests: when this names a file that does not
+# exist yet, the trial creates it and raises instead of reporting its second epoch.
 FAIL_ONCE_ENV = "MELANOMA_FAIL_ONCE_MARKER"
+
+
+def inject_failure_once(epoch: int) -> None:
+    """A crash in the middle of the run: epoch 1's checkpoint is persisted, this epoch's
+    report never happens. Only when MELANOMA_FAIL_ONCE_MARKER asks for it, once."""
+    marker = os.environ.get(FAIL_ONCE_ENV)
+    if marker and epoch > 1 and not Path(marker).exists():
+        Path(marker).write_text(f"failed after epoch {epoch - 1}\n")
+        raise RuntimeError("injected trial failure (MELANOMA_FAIL_ONCE_MARKER)")
 
 
 def stage_checkpoint(checkpoint_dir: Path) -> Path:
@@ -71,12 +81,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {**metrics, "node_id": node, "world_size": world}
-        marker = os.environ.get(FAIL_ONCE_ENV)
-        if marker and rank == 0 and metrics["epoch"] > 1 and not Path(marker).exists():
-            # A crash in the middle of the run: epoch 1's checkpoint is persisted, this
-            # epoch's report never happens.
-            Path(marker).write_text(f"failed after epoch {metrics['epoch'] - 1}\n")
-            raise RuntimeError("injected worker failure (MELANOMA_FAIL_ONCE_MARKER)")
+        if rank == 0:
+            inject_failure_once(metrics["epoch"])
         if checkpoint_dir is None:  # every rank reports; only rank 0 brings a checkpoint
             ray.train.report(metrics)
             return
