@@ -3,7 +3,7 @@ of trial-epochs, on a fixed synthetic segmentation task, over several seeds, in 
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--budget 48] [--max-epochs 8]
                                            [--data synthetic:160:64:0] [--image-size 32]
-                                           [--target T] [--json out.json]
+                                           [--target T] [--all-methods] [--json out.json]
 
 Both methods go through the project's own search stack (experiment parsing, the
 conditional space, ``create_searcher`` / ``create_scheduler``, ``search.budget_epochs``),
@@ -29,10 +29,13 @@ from pathlib import Path
 
 from ray import tune
 
-# The comparison asked for, plus the two mixed pairs that tell which half helps.
+# The comparison asked for; --all-methods adds the two mixed pairs that tell which half
+# helps (twice the time).
 METHODS = {
     "TPE + ASHA": {"searcher": "optuna", "scheduler": "asha"},
     "random + FIFO": {"searcher": "random", "scheduler": "fifo"},
+}
+MIXED = {
     "TPE + FIFO": {"searcher": "optuna", "scheduler": "fifo"},
     "random + ASHA": {"searcher": "random", "scheduler": "asha"},
 }
@@ -114,8 +117,10 @@ def main() -> int:
     parser.add_argument("--encoder", default="tu-mobilenetv3_small_050")
     parser.add_argument("--target", type=float, default=None)
     parser.add_argument("--log", type=Path, default=None, help="search output (default: hidden)")
+    parser.add_argument("--all-methods", action="store_true", help="add TPE+FIFO, random+ASHA")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    methods = {**METHODS, **MIXED} if args.all_methods else METHODS
     if args.budget < args.max_epochs:
         parser.error("--budget must hold at least one full trial (>= --max-epochs)")
 
@@ -124,12 +129,12 @@ def main() -> int:
     from search.experiment import experiment_from_dict
     from search.runner import connect, run_search
 
-    runs: dict[str, list[dict]] = {name: [] for name in METHODS}
+    runs: dict[str, list[dict]] = {name: [] for name in methods}
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
     with tempfile.TemporaryDirectory() as tmp:
         connect(None)
         for seed in args.seeds:
-            for name, method in METHODS.items():
+            for name, method in methods.items():
                 exp = experiment_from_dict(experiment(method, seed, args, f"{tmp}/search"))
                 curve = Curve(exp.metric)
                 started = time.perf_counter()

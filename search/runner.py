@@ -234,9 +234,9 @@ def run_search(
             scheduler=create_scheduler(exp),
             num_samples=exp.search.num_samples,
             trial_dirname_creator=trial_dirname,
-            # A trial's process has torch and the engine (inline) or Ray Train (the driver)
-            # imported already: the next trial reuses it instead of starting and importing.
-            reuse_actors=True,
+            # No actor reuse: a reused trial process reports the previous trial's directory
+            # (get_trial_dir), and the run would write its images and checkpoints there.
+            reuse_actors=False,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -44,7 +44,7 @@ def test_search_efficiency_experiments_validate_and_count_right():
     args = argparse.Namespace(
         budget=48, max_epochs=8, data="synthetic:40:64:0", image_size=32, encoder="resnet18"
     )
-    for method in bench.METHODS.values():
+    for method in {**bench.METHODS, **bench.MIXED}.values():
         exp = experiment_from_dict(bench.experiment(method, 0, args, "runs/x"))
         assert exp.search.budget_epochs == 48
         assert exp.resources.launcher == "inline"

@@ -244,5 +244,8 @@ def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_pa
         # engine's checkpoint.
         checkpoint = Path(r["checkpoint"])
         assert checkpoint.parent == storage / "tiny" / f"trial_{r['trial_id']}"
+        # Each trial's own run (TensorBoard images, engine checkpoints) in its own directory.
+        assert (checkpoint.parent / "run" / "tensorboard").is_dir()
+        assert not list((checkpoint.parent / "run" / "checkpoints").glob("staged-*"))
         state = load_checkpoint(checkpoint)
         assert state["epoch"] == r["best_epoch"]
