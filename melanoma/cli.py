@@ -57,6 +57,7 @@ def _print_summary(summary: dict) -> None:
     print(
         f"official splits: {', '.join(f'{k} {v}' for k, v in summary['official_splits'].items())}"
     )
+    _print_cross_split(summary["cross_split_duplicates"], "official splits")
     if cov["mean"] is not None:
         print(
             f"mask coverage: mean {cov['mean']:.3f}, min {cov['min']:.3f}, max {cov['max']:.3f}, "
@@ -143,9 +144,15 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_cross_split(counts: dict[str, int], where: str) -> None:
+    pairs = ", ".join(f"{pair} {n}" for pair, n in counts.items())
+    print(f"cross-split duplicates ({where}; identical images or shared lesions): {pairs}")
+
+
 def _print_splits(splits) -> None:
     for name, c in splits.counts().items():
         print(f"{name:5s}: {c['images']:6d} images, {c['melanoma']:5d} melanoma")
+    _print_cross_split(splits.cross_split_duplicates(), "these splits")
     for leak in splits.leaks:
         print(f"warning: official splits {leak['splits']} share {leak['ids']}: {leak['reason']}")
 
@@ -384,6 +391,7 @@ def _cmd_cascade_build(args: argparse.Namespace) -> int:
         storage=args.storage,
         target_sensitivity=args.target_sensitivity,
         data=args.data,
+        drop_test_duplicates=args.drop_test_duplicates,
     )
     return 0
 
@@ -391,7 +399,12 @@ def _cmd_cascade_build(args: argparse.Namespace) -> int:
 def _cmd_cascade_evaluate(args: argparse.Namespace) -> int:
     from melanoma.cascade.evaluate import evaluate_cascade
 
-    report = evaluate_cascade(Path(args.dir), data=args.data, resamples=args.bootstrap)
+    report = evaluate_cascade(
+        Path(args.dir),
+        data=args.data,
+        resamples=args.bootstrap,
+        drop_test_duplicates=args.drop_test_duplicates,
+    )
     print((Path(args.dir) / "report.md").read_text())
     print(
         f"report: {Path(args.dir) / 'report.md'} and report.json; "
@@ -465,6 +478,15 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
         "--ignore-official-splits",
         action="store_true",
         help="carve all splits anew even where the layout has official ones",
+    )
+
+
+def _add_drop_test_duplicates(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--drop-test-duplicates",
+        action="store_true",
+        help="drop the test images that share bytes, an id or a lesion with train/val "
+        "(listed in the report) instead of refusing the test split",
     )
 
 
@@ -609,11 +631,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", default="runs/search")
     p.add_argument("--data", help="dataset (default: the one the models were trained on)")
     p.add_argument("--out", required=True)
+    _add_drop_test_duplicates(p)
     p.set_defaults(func=_cmd_cascade_build)
     p = cascade_sub.add_parser("evaluate", help="test-split report with 95%% intervals")
     p.add_argument("dir")
     p.add_argument("--data")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    _add_drop_test_duplicates(p)
     p.set_defaults(func=_cmd_cascade_evaluate)
 
     p = sub.add_parser("export", help="write the cascade as ONNX + torch.export, checked")

@@ -31,6 +31,51 @@ def write_mask(path: Path, size: tuple[int, int] = (40, 32), values=(0, 255)) ->
     return path
 
 
+def write_official_isic2017(root: Path, n: int, val: int, test: int, seed: int = 0) -> Path:
+    """Synthetic data in the official ISIC 2017 layout with Training, Validation and Test_v2
+    folders: the last ``val + test`` of ``n`` generated images move to the other splits."""
+    import csv
+    import shutil
+
+    write_synthetic(root, SynthConfig(n=n, size=64, seed=seed, prevalence=0.35))
+    with open(root / "ISIC-2017_Training_Part3_GroundTruth.csv") as fh:
+        rows = list(csv.reader(fh))
+    header, rows = rows[0], rows[1:]
+    parts = {
+        "Training": rows[: n - val - test],
+        "Validation": rows[n - val - test : n - test],
+        "Test_v2": rows[n - test :],
+    }
+    for tag, part in parts.items():
+        images, masks = root / f"ISIC-2017_{tag}_Data", root / f"ISIC-2017_{tag}_Part1_GroundTruth"
+        images.mkdir(exist_ok=True)
+        masks.mkdir(exist_ok=True)
+        if tag != "Training":
+            for image_id, *_ in part:
+                shutil.move(root / "ISIC-2017_Training_Data" / f"{image_id}.jpg", images)
+                shutil.move(
+                    root / "ISIC-2017_Training_Part1_GroundTruth" / f"{image_id}_segmentation.png",
+                    masks,
+                )
+        with open(root / f"ISIC-2017_{tag}_Part3_GroundTruth.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows([header, *part])
+    return root
+
+
+def add_isic2017_image(root: Path, tag: str, image_id: str, like: Path, label: str) -> None:
+    """Copy the image ``like`` (and its mask) into split ``tag`` as ``image_id``."""
+    import shutil
+
+    shutil.copy(like, root / f"ISIC-2017_{tag}_Data" / f"{image_id}.jpg")
+    mask = like.parent.parent / like.parent.name.replace("_Data", "_Part1_GroundTruth")
+    shutil.copy(
+        mask / f"{like.stem}_segmentation.png",
+        root / f"ISIC-2017_{tag}_Part1_GroundTruth" / f"{image_id}_segmentation.png",
+    )
+    with open(root / f"ISIC-2017_{tag}_Part3_GroundTruth.csv", "a") as fh:
+        fh.write(f"{image_id},{label},0.0\n")
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """24 synthetic 64-pixel images in the ISIC 2017 layout (read-only for tests)."""

@@ -86,6 +86,31 @@ def test_cascade_equals_the_models_run_by_hand(built):
     assert torch.equal(cascade_mask, mask)
 
 
+class _NoLesion(torch.nn.Module):
+    """A segmenter that finds nothing anywhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(x[:, :1], -50.0)
+
+
+def test_masked_cascade_with_an_empty_mask_classifies_the_whole_image(built, tmp_path):
+    import onnxruntime as ort
+
+    from melanoma.export import write_programs
+
+    cascade, _ = load_cascade(built["dir"])
+    cascade.segmenter, cascade.input_mode = _NoLesion(), "masked"
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        prob, mask = cascade(images)
+        whole = cascade.classify(images, None, "full")
+    assert mask.sum() == 0 and torch.allclose(prob, whole, atol=1e-6)
+    write_programs(cascade, images, tmp_path)
+    session = ort.InferenceSession(str(tmp_path / "cascade.onnx"))
+    onnx_prob, onnx_mask = session.run(None, {"images": images.numpy()})
+    assert onnx_mask.sum() == 0 and np.abs(onnx_prob - whole.numpy()).max() < 1e-4
+
+
 def test_threshold_comes_from_validation_only(built):
     from melanoma.cascade.build import split_config
     from melanoma.data.dataset import open_data
@@ -139,6 +164,57 @@ def test_evaluation_refuses_a_leaking_split(built, tmp_path):
     (leaky / "splits.json").write_text(json.dumps(doc))
     with pytest.raises(LeakError, match="split of the data now differs"):
         evaluate_cascade(leaky, resamples=10)
+
+
+def test_official_test_split_with_duplicates_needs_the_drop_option(built, tmp_path, capsys):
+    """ISIC 2017's official test split holds images identical to training/validation ones:
+    refused by default; with --drop-test-duplicates exactly those go, and every report
+    names them with their twins."""
+    from tests.conftest import add_isic2017_image, write_official_isic2017
+
+    data = write_official_isic2017(tmp_path / "isic", n=60, val=14, test=12, seed=11)
+    train_img = data / "ISIC-2017_Training_Data" / "ISIC_0000003.jpg"
+    val_img = data / "ISIC-2017_Validation_Data" / "ISIC_0000040.jpg"
+    add_isic2017_image(data, "Test_v2", "ISIC_0000900", train_img, "1.0")
+    add_isic2017_image(data, "Test_v2", "ISIC_0000901", val_img, "0.0")
+
+    assert main(["data", "check", str(data)]) == 0
+    assert "train-val 0, train-test 1, val-test 1" in capsys.readouterr().out
+    assert main(["data", "split", str(data), "--out", str(tmp_path / "splits.json")]) == 0
+    assert "train-val 0, train-test 1, val-test 1" in capsys.readouterr().out
+
+    seg, cls, out = str(built["root"] / "seg"), str(built["root"] / "cls"), tmp_path / "c"
+    build = ["cascade", "build", "--seg", seg, "--cls", cls, "--data", str(data)]
+    assert main([*build, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "test image ISIC_0000900 has the same bytes as train:ISIC_0000003" in err
+    assert "test image ISIC_0000901 has the same bytes as val:ISIC_0000040" in err
+    assert "--drop-test-duplicates" in err and not (out / "cascade.pt").exists()
+
+    assert main([*build, "--out", str(out), "--drop-test-duplicates"]) == 0
+    assert main(["cascade", "evaluate", str(out), "--bootstrap", "20"]) == 2
+    assert "--drop-test-duplicates" in capsys.readouterr().err
+    assert (
+        main(["cascade", "evaluate", str(out), "--bootstrap", "20", "--drop-test-duplicates"]) == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    dropped = {d["id"]: d["twin"] for d in report["dropped_test_images"]}
+    assert dropped == {"ISIC_0000900": "train:ISIC_0000003", "ISIC_0000901": "val:ISIC_0000040"}
+    assert report["test_images"] == report["classification"]["n"] == 12
+    with open(out / "test_predictions.csv") as fh:
+        evaluated = {r["id"] for r in csv.DictReader(fh)}
+    assert len(evaluated) == 12 and not evaluated & set(dropped)
+    md = (out / "report.md").read_text()
+    assert (
+        "2 test image(s) dropped" in md
+        and "| ISIC_0000900 | same bytes | train:ISIC_0000003 |" in md
+    )
+    assert "12 test images evaluated" in md
+
+    assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
+    card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    assert card["test_metrics"]["test_images"] == 12
+    assert [d["id"] for d in card["test_metrics"]["dropped_test_images"]] == list(dropped)
 
 
 def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path, capsys):
@@ -198,6 +274,49 @@ def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path,
             continue
         assert float(row["probability"]) == pytest.approx(expected[stem], abs=1e-4)
         assert Path(row["mask"]).is_file()
+
+
+def test_trained_models_rebuild_without_their_imagenet_weight_files(tmp_path, capsys):
+    """Runs that started from weight files build, evaluate and export after those files
+    are gone: the checkpoints hold every weight."""
+    from melanoma.models import create_classifier, create_segmenter
+
+    data = tmp_path / "data"
+    write_synthetic(data, SynthConfig(n=60, size=64, seed=4, prevalence=0.35))
+    seg_weights, cls_weights = tmp_path / "encoder.pth", tmp_path / "resnet18.pth"
+    torch.save(create_segmenter("fpn", "resnet18").net.encoder.state_dict(), seg_weights)
+    torch.save(create_classifier("resnet18", num_classes=1000).net.state_dict(), cls_weights)
+    common = ["--data", str(data), "--epochs", "1", "--image_size", "64", "--num_workers", "0"]
+    for task, arch, weights in (("seg", "fpn", seg_weights), ("cls", "resnet18", cls_weights)):
+        extra = ["--encoder", "resnet18"] if task == "seg" else ["--input_mode", "crop"]
+        run = ["train", task, *common, "--arch", arch, *extra, "--out", str(tmp_path / task)]
+        assert main([*run, "--weights_path", str(weights)]) == 0
+    seg_weights.unlink()
+    cls_weights.unlink()
+    capsys.readouterr()
+    out = tmp_path / "cascade"
+    seg, cls = str(tmp_path / "seg"), str(tmp_path / "cls")
+    assert main(["cascade", "build", "--seg", seg, "--cls", cls, "--out", str(out)]) == 0
+    assert main(["cascade", "evaluate", str(out), "--bootstrap", "10"]) == 0
+    assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
+    assert main(["evaluate", "cls", "--checkpoint", cls, "--split", "test"]) == 0
+    assert "error" not in capsys.readouterr().err
+
+
+def test_transform_input_travels_in_the_config(tmp_path):
+    """What the pretrained path sets besides weights is in the checkpoint's config."""
+    from melanoma.engine.tasks import build_model, rebuild_model
+
+    base = {"task": "cls", "data": {"path": "x", "image_size": 64}}
+    plain = TrainConfig.from_dict({**base, "model": {"arch": "googlenet"}})
+    assert plain.model.transform_input is False
+    imagenet = TrainConfig.from_dict(
+        {**base, "model": {"arch": "googlenet", "weights_path": str(tmp_path / "gone.pth")}}
+    )
+    assert imagenet.model.transform_input is True
+    model = rebuild_model(imagenet, build_model(plain).state_dict())
+    assert model.net.transform_input is True
+    assert rebuild_model(plain, model.state_dict()).net.transform_input is False
 
 
 def test_build_refuses_models_from_different_splits(built, tmp_path):

@@ -220,6 +220,34 @@ def test_input_modes():
         apply_input_mode(image, mask, "blur")
 
 
+def test_masked_mode_without_a_mask_keeps_the_whole_image(tmp_path: Path):
+    """Data sets without masks (ISIC 2018 Task 3, 2019, 2020): masked mode must not hand the
+    classifier black squares; an empty mask means the whole image, as crop mode does."""
+    from melanoma.data.dataset import open_data
+    from melanoma.engine.tasks import make_task
+    from tests.conftest import write_image
+
+    image = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    mask = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
+    mask[1, :, 2:4, 2:4] = 1
+    out = apply_input_mode(image, mask, "masked")
+    assert torch.equal(out[0], image[0].float() / 255)  # empty mask: whole image
+    assert out[1, :, 0, 0].sum() == 0 and out[1, :, 3, 3].sum() > 0  # lesion kept, rest black
+    # The training path: a manifest without masks, ground-truth masks, masked mode.
+    rows = ["image,label"]
+    for i in range(6):
+        write_image(tmp_path / f"im{i}.png", (16, 16), seed=i)
+        rows.append(f"im{i}.png,{i % 2}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    bundle = open_data(tmp_path, 16)
+    batch = torch.utils.data.default_collate([bundle.dataset("train")[i] for i in range(2)])
+    assert not batch["has_mask"].any()
+    cfg = config(tmp_path, tmp_path / "r", "cls", **{"input.mode": "masked", "data.image_size": 32})
+    inputs = make_task(cfg).inputs(batch, torch.device("cpu"))
+    full = apply_input_mode(batch["image"], None, "full", size=32)
+    assert torch.equal(inputs, full) and inputs.amax() > 0
+
+
 @pytest.mark.slow
 def test_out_of_fold_masks(learn_root: Path, tmp_path: Path):
     fit(config(learn_root, tmp_path / "seg", "seg", epochs=1), QUIET)

@@ -17,7 +17,7 @@ from melanoma.data.dataset import DataBundle, open_data
 from melanoma.data.splits import SplitConfig
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.tasks import build_model
+from melanoma.engine.tasks import rebuild_model
 
 FORMAT = "melanoma-cascade"
 VERSION = 1
@@ -69,13 +69,9 @@ def candidates(source: str, task: str, top_k: int, storage: str) -> list[Candida
 
 
 def make_cascade(seg: Candidate, cls: Candidate, input_size: int) -> Cascade:
-    segmenter = build_model(seg.config)
-    segmenter.load_state_dict(seg.state)
-    classifier = build_model(cls.config)
-    classifier.load_state_dict(cls.state)
     return Cascade(
-        segmenter.eval(),
-        classifier.eval(),
+        rebuild_model(seg.config, seg.state),
+        rebuild_model(cls.config, cls.state),
         input_size=input_size,
         seg_size=seg.config.data.image_size,
         cls_size=cls.config.data.image_size,
@@ -170,9 +166,12 @@ def build_cascade(
     storage: str = "runs/search",
     target_sensitivity: float | None = None,
     data: str | None = None,
+    drop_test_duplicates: bool = False,
 ) -> dict:
     """Pick the pair with the best validation AUC end to end, choose the threshold on
-    validation, and write ``out/cascade.pt`` plus the splits it was chosen on."""
+    validation, and write ``out/cascade.pt`` plus the splits it was chosen on.
+    ``drop_test_duplicates`` removes the test images that share bytes, an id or a lesion
+    with train/val (else such a test split is refused); the splits record which."""
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
@@ -193,7 +192,12 @@ def build_cascade(
         on_bad=base.data.on_bad,
         split_config=split_config(base),
     )
-    bundle.splits.assert_test_isolated()
+    bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
+    for leak in bundle.splits.dropped_test:
+        print(
+            f"[cascade] test image {leak['id']} dropped ({leak['reason']} as {leak['twin']})",
+            flush=True,
+        )
     tried = []
     for s, c in itertools.product(segs, clss):
         cascade = make_cascade(s, c, input_size)
@@ -237,10 +241,12 @@ def build_cascade(
             "test_fraction": base.data.test_fraction,
         },
         "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
+        "dropped_test": bundle.splits.dropped_test,
     }
     torch.save(payload, out / CASCADE_FILE)
     summary = {
-        k: payload[k] for k in ("input_size", "threshold", "threshold_rule", "val_auc", "pairs")
+        k: payload[k]
+        for k in ("input_size", "threshold", "threshold_rule", "val_auc", "pairs", "dropped_test")
     }
     summary.update(segmenter=s.origin, classifier=c.origin)
     (out / "cascade.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -15,7 +15,7 @@ import numpy as np
 
 from melanoma.cascade.build import load_cascade, run_cascade
 from melanoma.data.dataset import open_data
-from melanoma.data.splits import LeakError, SplitConfig, Splits
+from melanoma.data.splits import DROP_OPTION, LeakError, SplitConfig, Splits
 from melanoma.metrics import classification_metrics, segmentation_metrics
 
 CLS_KEYS = (
@@ -104,9 +104,16 @@ def _curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Non
     plt.close(fig)
 
 
-def evaluate_cascade(directory: Path, *, data: str | None = None, resamples: int = 1000) -> dict:
+def evaluate_cascade(
+    directory: Path,
+    *,
+    data: str | None = None,
+    resamples: int = 1000,
+    drop_test_duplicates: bool = False,
+) -> dict:
     """Evaluate on the test split; write report.json, report.md, curves.png and
-    test_predictions.csv into ``directory``."""
+    test_predictions.csv into ``directory``. ``drop_test_duplicates`` evaluates without the
+    test images that share bytes, an id or a lesion with train/val (listed in the report)."""
     directory = Path(directory)
     cascade, meta = load_cascade(directory)
     recorded = Splits.load(directory / "splits.json")
@@ -124,17 +131,25 @@ def evaluate_cascade(directory: Path, *, data: str | None = None, resamples: int
             seed=d["split_seed"], val_fraction=d["val_fraction"], test_fraction=d["test_fraction"]
         ),
     )
+    try:
+        bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
+    except LeakError as err:
+        raise LeakError(f"refusing to evaluate {directory}: {err}") from None
     for split in ("train", "val", "test"):
         ours = {e.image_sha256 for e in bundle.splits.entries[split]}
         theirs = {e.image_sha256 for e in recorded.entries[split]}
         if ours != theirs:
+            hint = ""
+            if split == "test" and bool(recorded.dropped_test) != drop_test_duplicates:
+                hint = (
+                    f" (the cascade was built {'with' if recorded.dropped_test else 'without'} "
+                    f"{DROP_OPTION}: evaluate it the same way)"
+                )
             raise LeakError(
                 f"refusing to evaluate: the {split} split of the data now differs from the one the "
-                f"cascade was built on ({len(ours ^ theirs)} images); "
-                "the test split would no longer "
-                "be one the search never saw"
+                f"cascade was built on ({len(ours ^ theirs)} images){hint}; the test split would "
+                "no longer be one the search never saw"
             )
-    bundle.splits.assert_test_isolated()
 
     result = run_cascade(cascade, bundle, "test")
     labelled = result["label"] >= 0
@@ -151,6 +166,7 @@ def evaluate_cascade(directory: Path, *, data: str | None = None, resamples: int
         "input_mode": cascade.input_mode,
         "bootstrap_resamples": resamples,
         "test_images": int(len(result["id"])),
+        "dropped_test_images": bundle.splits.dropped_test,
     }
     report["classification"] = _cls_report(labels, probs, threshold, resamples)
     curves = {f"cascade ({cascade.input_mode})": (labels, probs)}
@@ -212,7 +228,7 @@ def markdown(report: dict) -> str:
         "# Cascade evaluation on the held-out test split",
         "",
         f"- cascade: `{report['cascade']}`; data: `{report['data']}`; "
-        f"{report['test_images']} test images",
+        f"{report['test_images']} test images evaluated",
         f"- segmenter: `{report['segmenter']}`; classifier: `{report['classifier']}` "
         f"(input mode `{report['input_mode']}`)",
         f"- melanoma threshold {report['threshold']:.4f}, chosen on validation: "
@@ -222,6 +238,19 @@ def markdown(report: dict) -> str:
         "resamples of the test images",
         "",
     ]
+    dropped = report.get("dropped_test_images") or []
+    if dropped:
+        lines += [
+            f"## {len(dropped)} test image(s) dropped ({DROP_OPTION})",
+            "",
+            f"They share bytes, an id or a lesion with a train/val image; the "
+            f"{report['test_images']} others were evaluated.",
+            "",
+            "| test image | reason | twin |",
+            "|---|---|---|",
+            *(f"| {x['id']} | {x['reason']} | {x['twin']} |" for x in dropped),
+            "",
+        ]
     columns = [("cascade", report["classification"])]
     if "classifier_on_unmasked_images" in report:
         columns.append(("same classifier, unmasked", report["classifier_on_unmasked_images"]))

@@ -16,7 +16,7 @@ from PIL import Image
 
 from melanoma.data.io import ImageDecodeError, binarize_mask, file_sha256
 from melanoma.data.layouts import read_layout
-from melanoma.data.records import Problem, Sample
+from melanoma.data.records import SPLITS, Problem, Sample, count_cross_split
 
 ON_BAD = ("fail", "skip")
 
@@ -73,6 +73,14 @@ class CheckReport:
             f"{i.image_size[0]}x{i.image_size[1]}" for i in self.info.values() if i.image_size
         )
         splits = Counter(s.split or "unassigned" for s in self.samples)
+        # Identical images or lesion groups that official splits put on two sides.
+        keyed = [
+            (s.split, key)
+            for s in self.samples
+            if s.split
+            for key in (f"sha:{self.info[s.id].image_sha256}", s.group and f"group:{s.group}")
+            if key
+        ]
         return {
             "layout": self.layout,
             "root": str(self.root),
@@ -85,6 +93,7 @@ class CheckReport:
                 Counter(s.diagnosis for s in self.samples if s.diagnosis).most_common()
             ),
             "official_splits": dict(splits),
+            "cross_split_duplicates": count_cross_split(keyed, SPLITS),
             "mask_coverage": {
                 "mean": float(coverage.mean()) if len(coverage) else None,
                 "min": float(coverage.min()) if len(coverage) else None,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import combinations
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
@@ -59,3 +62,16 @@ class ReadResult:
     samples: list[Sample]
     problems: list[Problem] = field(default_factory=list)
     has_masks: bool = True
+
+
+def count_cross_split(keyed: Iterable[tuple[str, str]], splits: Iterable[str]) -> dict[str, int]:
+    """``{"train-val": n, ...}``: for each pair of splits, how many keys (a content hash, a
+    lesion group) occur in both. Every pair is listed, zeros too, so a clean result shows."""
+    where: dict[str, set[str]] = defaultdict(set)
+    for split, key in keyed:
+        where[key].add(split)
+    counts = {f"{a}-{b}": 0 for a, b in combinations(splits, 2)}
+    for found in where.values():
+        for a, b in combinations([s for s in splits if s in found], 2):
+            counts[f"{a}-{b}"] += 1
+    return counts

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from melanoma.data.check import CheckReport
 from melanoma.data.io import file_sha256
-from melanoma.data.records import SPLITS, Sample
+from melanoma.data.records import SPLITS, Sample, count_cross_split
 
 SPLITS_VERSION = 1
+DROP_OPTION = "--drop-test-duplicates"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,15 @@ class LeakError(ValueError):
     """The test split shares images, ids or groups with the data the search sees."""
 
 
+def _describe_leak(leak: dict) -> str:
+    what = {"same id": "is also in", "same bytes": "has the same bytes as"}.get(leak["reason"])
+    if what:
+        return f"test image {leak['id']} {what} {leak['twin']}"
+    return (
+        f"test image {leak['id']} shares {leak['reason'].removeprefix('same ')} with {leak['twin']}"
+    )
+
+
 @dataclass
 class Splits:
     """The assignment of every usable sample to train, val or test."""
@@ -68,6 +78,8 @@ class Splits:
     entries: dict[str, list[SplitEntry]]
     leaks: list[dict] = field(default_factory=list)
     excluded: list[str] = field(default_factory=list)
+    # Test images removed because they leak into train/val (--drop-test-duplicates).
+    dropped_test: list[dict] = field(default_factory=list)
 
     def samples(self, split: str) -> list[Sample]:
         if split not in SPLITS:
@@ -86,30 +98,79 @@ class Splits:
             }
         return out
 
-    def assert_test_isolated(self) -> None:
-        """Raise LeakError if any test image's id, group or content also appears in train/val."""
+    def test_leaks(self) -> list[dict]:
+        """Every test image that shares its id, its bytes or its lesion group with a train or
+        val image: ``{"id", "twin", "reason"}``, one entry per test image (first reason)."""
         seen: dict[str, dict[str, str]] = {"id": {}, "group": {}, "sha256": {}}
         for split in ("train", "val"):
             for e in self.entries[split]:
-                seen["id"][e.sample.id] = split
-                seen["sha256"][e.image_sha256] = f"{split}:{e.sample.id}"
+                seen["id"].setdefault(e.sample.id, f"{split}:{e.sample.id}")
+                seen["sha256"].setdefault(e.image_sha256, f"{split}:{e.sample.id}")
                 if e.sample.group:
-                    seen["group"][e.sample.group] = f"{split}:{e.sample.id}"
+                    seen["group"].setdefault(e.sample.group, f"{split}:{e.sample.id}")
         found = []
         for e in self.entries["test"]:
             s = e.sample
             if s.id in seen["id"]:
-                found.append(f"test image {s.id} is also in {seen['id'][s.id]}")
-            if e.image_sha256 in seen["sha256"]:
+                found.append({"id": s.id, "twin": seen["id"][s.id], "reason": "same id"})
+            elif e.image_sha256 in seen["sha256"]:
                 found.append(
-                    f"test image {s.id} has the same bytes as {seen['sha256'][e.image_sha256]}"
+                    {"id": s.id, "twin": seen["sha256"][e.image_sha256], "reason": "same bytes"}
                 )
-            if s.group and s.group in seen["group"]:
+            elif s.group and s.group in seen["group"]:
                 found.append(
-                    f"test image {s.id} shares group {s.group!r} with {seen['group'][s.group]}"
+                    {
+                        "id": s.id,
+                        "twin": seen["group"][s.group],
+                        "reason": f"same lesion group {s.group!r}",
+                    }
                 )
+        return found
+
+    def assert_test_isolated(self) -> None:
+        """Raise LeakError if any test image's id, group or content also appears in train/val."""
+        found = self.test_leaks()
         if found:
-            raise LeakError("the test split leaks into the search data:\n  " + "\n  ".join(found))
+            lines = "\n  ".join(_describe_leak(leak) for leak in found)
+            raise LeakError(
+                f"the test split leaks into the search data ({len(found)} test image(s)):\n"
+                f"  {lines}\n"
+                f"Pass {DROP_OPTION} (cascade build and cascade evaluate) to evaluate on the other "
+                "test images: exactly these are dropped, and the report lists each with its twin."
+            )
+
+    def drop_test_leaks(self) -> Splits:
+        """These splits without the test images that leak (see ``test_leaks``); the dropped
+        ones are recorded in ``dropped_test`` so reports can list them."""
+        found = self.test_leaks()
+        gone = {leak["id"] for leak in found}
+        entries = {
+            **self.entries,
+            "test": [e for e in self.entries["test"] if e.sample.id not in gone],
+        }
+        return replace(self, entries=entries, dropped_test=[*self.dropped_test, *found])
+
+    def isolated(self, drop_test_duplicates: bool = False) -> Splits:
+        """These splits with a test split that shares nothing with train/val: leaking test
+        images dropped when asked to, else a LeakError that lists them."""
+        if drop_test_duplicates:
+            return self.drop_test_leaks()
+        self.assert_test_isolated()
+        return self
+
+    def cross_split_duplicates(self) -> dict[str, int]:
+        """Per pair of splits, how many sets of identical images or lesion groups span both."""
+        keyed = [
+            (split, key)
+            for split, items in self.entries.items()
+            for e in items
+            for key in (
+                f"sha:{e.image_sha256}",
+                f"group:{e.sample.group}" if e.sample.group else None,
+            )
+            if key
+        ]
+        return count_cross_split(keyed, SPLITS)
 
     def verify_files(self, splits: tuple[str, ...] = SPLITS) -> list[str]:
         """Recompute the hashes of the files on disk; list every file that changed."""
@@ -139,6 +200,7 @@ class Splits:
             "counts": self.counts(),
             "leaks": self.leaks,
             "excluded": self.excluded,
+            "dropped_test": self.dropped_test,
             "splits": {
                 split: [
                     {
@@ -199,6 +261,7 @@ class Splits:
             entries={s: [entry(d) for d in doc["splits"][s]] for s in SPLITS},
             leaks=doc.get("leaks", []),
             excluded=doc.get("excluded", []),
+            dropped_test=doc.get("dropped_test", []),
         )
 
 

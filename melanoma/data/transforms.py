@@ -128,7 +128,9 @@ def apply_input_mode(
 
     ``full``: the image. ``masked``: background set to zero in pixel space (before
     normalisation, so black means black for every model). ``crop``: the lesion's dilated
-    bounding box, resized. Training, evaluation, the cascade and the export all call this.
+    bounding box, resized. An empty mask (no lesion predicted, no ground truth) gives the
+    whole image in both masked and crop modes. Training, evaluation, the cascade and the
+    export all call this.
     """
     if mode not in INPUT_MODES:
         raise ValueError(f"unknown input mode {mode!r}; valid: {list(INPUT_MODES)}")
@@ -137,7 +139,11 @@ def apply_input_mode(
     if mode != "full" and mask is None:
         raise ValueError(f"input mode {mode!r} needs a mask")
     if mode == "masked":
-        x = x * (mask > 0).to(x.dtype)
+        keep = mask > 0
+        # No lesion found (or no ground-truth mask at all): keep the whole image, as crop
+        # mode does, rather than hand the classifier a black square.
+        empty = ~keep.flatten(1).any(dim=1)
+        x = x * (keep | empty[:, None, None, None]).to(x.dtype)
     elif mode == "crop":
         boxes = lesion_boxes(mask, margin)
         index = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)[:, None]

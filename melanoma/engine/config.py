@@ -56,6 +56,10 @@ class ModelConfig:
     pretrained: bool = False
     weights_path: str | None = None
     aux_weight: float = 0.4  # inception_v3/googlenet auxiliary loss; 0 builds no aux head
+    # inception_v3/googlenet: torchvision's ImageNet ports re-normalise their input
+    # (transform_input). Resolved from `pretrained` and kept in every checkpoint, so a
+    # trained model rebuilds the same without the ImageNet weights file.
+    transform_input: bool | None = None
 
     def __post_init__(self) -> None:
         if self.aux_weight < 0:
@@ -158,6 +162,12 @@ class TrainConfig:
             )
         if self.metric is None:
             object.__setattr__(self, "metric", DEFAULT_METRIC[self.task])
+        if self.model.transform_input is None:
+            uses = self.task == "cls" and self.model.arch in ("inception_v3", "googlenet")
+            imagenet = self.model.pretrained or bool(self.model.weights_path)
+            object.__setattr__(
+                self, "model", replace(self.model, transform_input=uses and imagenet)
+            )
         if self.data.image_size is None:
             from melanoma.models import classifier_spec
 

@@ -12,7 +12,7 @@ from melanoma.data.splits import Splits
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import _labelled, _loader, evaluate, open_training_data, resolve_device
-from melanoma.engine.tasks import build_model, make_task
+from melanoma.engine.tasks import make_task, rebuild_model
 
 
 def _run_dir(path: Path) -> Path:
@@ -73,9 +73,7 @@ def evaluate_run(
         dev,
         drop_last=False,
     )
-    model = build_model(config)
-    model.load_state_dict(state["model"])
-    model.to(dev)
+    model = rebuild_model(config, state["model"]).to(dev)
     metrics, _ = evaluate(model, loader, make_task(config), None, dev, config)
     return {
         "data": str(config.data.path),

@@ -290,7 +290,15 @@ def fit(
     )
     val_loader = _loader(val_set, val_sampler, bs, config.data.num_workers, device, drop_last=False)
 
-    model = build_model(config).to(device)
+    checkpoint_path = None
+    if resume:
+        checkpoint_path = (
+            Path(resume) if not isinstance(resume, bool) else run_dir / CHECKPOINTS / LAST
+        )
+        if isinstance(resume, bool) and not checkpoint_path.is_file():
+            checkpoint_path = None  # nothing to resume yet: a fresh start
+    # A resumed run takes every weight from its checkpoint: no ImageNet file needed.
+    model = build_model(config, pretrained=checkpoint_path is None).to(device)
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = task.build_loss(train_set.labels()).to(device)
@@ -302,13 +310,6 @@ def fit(
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     start_epoch, history, best_value, best_epoch, stale = 0, [], None, -1, 0
-    checkpoint_path = None
-    if resume:
-        checkpoint_path = (
-            Path(resume) if not isinstance(resume, bool) else run_dir / CHECKPOINTS / LAST
-        )
-        if isinstance(resume, bool) and not checkpoint_path.is_file():
-            checkpoint_path = None  # nothing to resume yet: a fresh start
     if checkpoint_path is not None:
         state = load_checkpoint(checkpoint_path, map_location=device)
         if state["config"].get("task") != config.task:

@@ -69,7 +69,7 @@ class _Subset:
 def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[str, np.ndarray]:
     """Predicted masks for every classifier image: out-of-fold on train, the run's on val/test."""
     from melanoma.engine.loop import fit, open_training_data
-    from melanoma.engine.tasks import build_model
+    from melanoma.engine.tasks import rebuild_model
 
     run = Path(config.input.mask_source)
     cache = Path(config.out) / "oof_masks.npz"
@@ -94,8 +94,7 @@ def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[st
             )
     device = runtime.device or torch.device("cpu")
     seg_size = seg_config.data.image_size
-    model = build_model(seg_config)
-    model.load_state_dict(state["model"])
+    model = rebuild_model(seg_config, state["model"])
     masks: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
         masks.update(_predict_source(model, bundle.source(split), seg_size, device))
@@ -136,8 +135,7 @@ def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[st
             data=seg_bundle.with_splits(fold_splits),
         )
         fold_state = load_checkpoint(Path(fold_config.out) / "checkpoints" / "last.pt")
-        fold_model = build_model(seg_config)
-        fold_model.load_state_dict(fold_state["model"])
+        fold_model = rebuild_model(seg_config, fold_state["model"])
 
         held = _Subset(cls_train_source, [index_of[entries[i].sample.id] for i in held_idx])
         masks.update(_predict_source(fold_model, held, seg_size, device))

