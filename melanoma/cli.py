@@ -211,12 +211,13 @@ TRAIN_FLAGS = {
 def resolve_train_config(task: str, experiment: str | None, overrides: dict):
     """YAML (a train config, or the ``train`` section of a search experiment), then
     overrides; returns the validated TrainConfig."""
+    from experiments import resolve
     from melanoma.config import ConfigError, apply_overrides, load_yaml
     from melanoma.engine.config import TrainConfig
 
     base: dict = {}
     if experiment:
-        base = load_yaml(Path(experiment))
+        base = load_yaml(resolve(experiment))
         if "train" in base:
             base = base["train"]
     if base.get("task", task) != task:
@@ -303,6 +304,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- search
 def _cmd_search_run(args: argparse.Namespace) -> int:
+    from experiments import resolve
     from search.experiment import load_experiment
     from search.runner import run_search
 
@@ -311,7 +313,7 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
         overrides["search.num_samples"] = args.num_samples
     if args.data is not None:
         overrides["train.data.path"] = args.data
-    exp = load_experiment(Path(args.experiment), overrides)
+    exp = load_experiment(resolve(args.experiment), overrides)
     if exp.task != args.task:
         raise ValueError(
             f"{args.experiment} is a {exp.task!r} experiment but `search {args.task}` was asked for"
@@ -449,7 +451,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from melanoma.quickstart import run_quickstart
 
-    run_quickstart(Path(args.out), experiments=Path(args.experiments))
+    run_quickstart(Path(args.out), experiments=Path(args.experiments) if args.experiments else None)
     return 0
 
 
@@ -588,7 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
         p = search_sub.add_parser(
             task, help=f"search {'segmenters' if task == 'seg' else 'classifiers'}"
         )
-        p.add_argument("--experiment", required=True, help="experiment YAML (see experiments/)")
+        p.add_argument(
+            "--experiment",
+            required=True,
+            help="experiment YAML, or the name of a shipped one (quickstart, seg_search, ...)",
+        )
         p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray)")
         p.add_argument("--num-samples", type=int, help="number of trials (overrides the YAML)")
         p.add_argument("--name", help="search name (default: the experiment's name)")
@@ -655,7 +661,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quickstart", help="synthetic data to exported cascade, end to end")
     p.add_argument("--out", default="runs/quickstart")
-    p.add_argument("--experiments", default="experiments", help="folder with quickstart*.yaml")
+    p.add_argument(
+        "--experiments",
+        help="folder with quickstart.yaml and quickstart_cls.yaml (default: the shipped ones)",
+    )
     p.set_defaults(func=_cmd_quickstart)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on a split")

@@ -6,9 +6,11 @@ import time
 from pathlib import Path
 
 
-def run_quickstart(out: Path, experiments: Path = Path("experiments")) -> dict:
+def run_quickstart(out: Path, experiments: Path | None = None) -> dict:
     """Segmenter and classifier searches on synthetic data, then the cascade built on
-    validation, evaluated on the held-out test split, exported and used for prediction."""
+    validation, evaluated on the held-out test split, exported and used for prediction.
+    ``experiments``: a folder with quickstart.yaml and quickstart_cls.yaml (default: the
+    shipped ones, found from any working directory)."""
     from melanoma.cascade.build import build_cascade
     from melanoma.cascade.evaluate import evaluate_cascade
     from melanoma.export import export_cascade
@@ -19,8 +21,15 @@ def run_quickstart(out: Path, experiments: Path = Path("experiments")) -> dict:
     started = time.perf_counter()
     out = Path(out)
     storage = str(out / "search")
-    seg = load_experiment(experiments / "quickstart.yaml")
-    cls = load_experiment(experiments / "quickstart_cls.yaml")
+    from experiments import bundled
+
+    files = (
+        bundled()
+        if experiments is None
+        else {n: Path(experiments) / f"{n}.yaml" for n in ("quickstart", "quickstart_cls")}
+    )
+    seg = load_experiment(files["quickstart"])
+    cls = load_experiment(files["quickstart_cls"])
     for exp in (seg, cls):
         if Path(search_path(storage, exp.name)).exists():
             raise FileExistsError(
