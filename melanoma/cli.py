@@ -228,22 +228,26 @@ def resolve_train_config(task: str, experiment: str | None, overrides: dict):
     return TrainConfig.from_dict(apply_overrides(base, overrides))
 
 
-def _overrides(args: argparse.Namespace) -> dict:
+def _set_overrides(items: list[str] | None, example: str) -> dict:
+    """``--set KEY=VALUE`` items as dotted-key overrides (values parsed as YAML)."""
     from melanoma.config import ConfigError, parse_value
 
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (for example {example}), got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict:
     out = {
         key: getattr(args, flag)
         for flag, key in TRAIN_FLAGS.items()
         if getattr(args, flag, None) is not None
     }
-    for item in args.set or []:
-        if "=" not in item:
-            raise ConfigError(
-                f"--set expects KEY=VALUE (for example optimizer.lr=0.01), got {item!r}"
-            )
-        key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value)
-    return out
+    return {**out, **_set_overrides(args.set, "optimizer.lr=0.01")}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -313,6 +317,7 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
         overrides["search.num_samples"] = args.num_samples
     if args.data is not None:
         overrides["train.data.path"] = args.data
+    overrides.update(_set_overrides(args.set, "train.optimizer.lr=0.01"))
     exp = load_experiment(resolve(args.experiment), overrides)
     if exp.task != args.task:
         raise ValueError(
@@ -601,6 +606,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--storage", help="results root, a local path or s3://... (default: YAML)")
         p.add_argument("--data", help="dataset path (overrides train.data.path)")
         p.add_argument("--verbose", type=int, default=0, help="Tune's own console output (0-3)")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="any experiment key, e.g. --set train.data.image_size=128 or "
+            "--set search.max_epochs=10 (repeatable); the resolved experiment is written "
+            "to the search's experiment.yaml",
+        )
         p.set_defaults(func=_cmd_search_run, task=task)
     p = search_sub.add_parser("resume", help="finish an interrupted search")
     p.add_argument("name")

@@ -177,9 +177,20 @@ def _tune_fault_and_checkpoints(exp: Experiment) -> dict:
     }
 
 
+def run_root(storage: str, name: str) -> str:
+    """Where trials' engine runs go (checkpoints, TensorBoard images, metrics.json): beside
+    Tune's files in the search directory, or on the node's disk when storage is a URI."""
+    if _is_uri(storage):
+        from melanoma.data.synth import synthetic_cache_dir
+
+        return str(synthetic_cache_dir() / "runs" / name)
+    return search_path(storage, name)
+
+
 def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> dict:
     return {
         "train": exp.train.to_dict(),
+        "run_root": run_root(storage, name),
         "resources": {k: plan[k] for k in ("workers", "cpus_per_worker", "gpus_per_worker")},
         "train_storage": f"{search_path(storage, name)}/_train",
         "max_failures": exp.search.max_failures,

@@ -92,16 +92,27 @@ def parse_space(raw: dict, base) -> tuple[ParamSpec, ...]:
                 raise ConfigError(
                     f"{where}.when: {other!r} must be a space entry written above {key!r}"
                 )
-        specs.append(
-            ParamSpec(
-                key,
-                kind,
-                tuple(values),
-                tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in when.items()),
-            )
+        spec = ParamSpec(
+            key,
+            kind,
+            tuple(values),
+            tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in when.items()),
         )
+        _check_values(spec, base, where)
+        specs.append(spec)
         seen.add(key)
     return tuple(specs)
+
+
+def _check_values(spec: ParamSpec, base, where: str) -> None:
+    """Every choice and both range bounds must make a valid train config (with the values
+    its ``when`` conditions need), so a bad value fails here, not in every trial."""
+    condition = {k: allowed[0] for k, allowed in spec.when}
+    for value in spec.values:
+        try:
+            base.with_overrides({**condition, spec.key: value})
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {value!r} is not a valid {spec.key}: {err}") from None
 
 
 class DefineByRun:

@@ -69,3 +69,22 @@ def test_cascade_and_predict_refuse_what_they_cannot_use(tmp_path: Path, capsys)
         == 2
     )
     assert "--top-k must be at least 1" in capsys.readouterr().err
+
+
+def test_search_takes_set_overrides_like_train(monkeypatch, capsys):
+    import search.runner
+
+    ran = []
+    monkeypatch.setattr(search.runner, "run_search", lambda exp, **kw: ran.append(exp))
+    monkeypatch.setattr("melanoma.cli._print_results", lambda *a, **kw: 0)
+    args = ["search", "seg", "--experiment", "quickstart"]
+    sets = ["--set", "train.optimizer.lr=0.05", "--set", "search.max_epochs=7"]
+    assert main([*args, *sets]) == 0
+    assert ran[0].train.optimizer.lr == 0.05 and ran[0].train.epochs == 7
+    assert main([*args, "--set", "optimizer.lr=0.1"]) == 2
+    assert "unknown section(s) ['optimizer']" in capsys.readouterr().err
+    assert main([*args, "--set", "train.optimizer.lr"]) == 2
+    assert (
+        "--set expects KEY=VALUE (for example train.optimizer.lr=0.01)" in capsys.readouterr().err
+    )
+    assert len(ran) == 1

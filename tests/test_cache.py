@@ -99,6 +99,18 @@ def test_size_mismatch_and_not_a_cache(cache_dir: Path, tmp_path: Path):
         Cache.open(tmp_path)
 
 
+def test_a_cache_refuses_other_split_settings(cache_dir: Path):
+    from melanoma.data.splits import SplitConfig
+
+    assert open_data(cache_dir, 32, split_config=SplitConfig()).splits.config == SplitConfig()
+    with pytest.raises(
+        ValueError,
+        match=r"was split with split_seed=0, val_fraction=0.15.* but split_seed=3, "
+        r"val_fraction=0.2.* was asked for",
+    ):
+        open_data(cache_dir, 32, split_config=SplitConfig(seed=3, val_fraction=0.2))
+
+
 def test_prepare_refuses_a_foreign_directory(synth_root: Path, tmp_path: Path):
     (tmp_path / "precious.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not a melanoma cache"):

@@ -319,6 +319,20 @@ def test_transform_input_travels_in_the_config(tmp_path):
     assert rebuild_model(plain, model.state_dict()).net.transform_input is False
 
 
+def test_build_refuses_a_validation_split_of_one_class(built, tmp_path, capsys):
+    from tests.conftest import write_image
+
+    rows = ["image,label,split"]
+    for i, (label, split) in enumerate([(0, "train"), (1, "train")] * 3 + [(0, "val")] * 3):
+        write_image(tmp_path / f"im{i}.png", (64, 64), seed=i)
+        rows.append(f"im{i}.png,{label},{split}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    seg, cls = str(built["root"] / "seg"), str(built["root"] / "cls")
+    args = ["cascade", "build", "--seg", seg, "--cls", cls, "--data", str(tmp_path)]
+    assert main([*args, "--out", str(tmp_path / "c")]) == 2
+    assert "the val split has only benign labelled images (3)" in capsys.readouterr().err
+
+
 def test_build_refuses_models_from_different_splits(built, tmp_path):
     state = torch.load(built["root"] / "cls" / "checkpoints" / "best.pt", weights_only=True)
     state["config"]["data"]["split_seed"] = 99

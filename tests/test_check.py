@@ -120,6 +120,12 @@ def test_each_bad_input_fails_and_is_named(synth_copy: Path, damage, capsys):
     assert "excluded" in capsys.readouterr().err
 
 
+def test_a_bad_label_row_names_its_line_and_image(synth_copy: Path, capsys):
+    bad_label_value(synth_copy)
+    assert main(["data", "check", str(synth_copy)]) == 1
+    assert "line 2 (ISIC_0000000): unrecognised label 'maybe'" in capsys.readouterr().out
+
+
 def test_image_without_label_row(synth_copy: Path):
     unlabelled_image(synth_copy)
     report = check_dataset(synth_copy, on_bad="skip")

@@ -276,6 +276,25 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path):
     held0 = {e["id"] for e in fold0["splits"]["val"]}
     assert not train0 & held0 and held0 == {e["id"] for e in fold1["splits"]["train"]}
 
+    # The saved masks are reused only for the same segmenter checkpoint and fold count.
+    from melanoma.engine.loop import _labelled, open_training_data
+    from melanoma.engine.oof import segmenter_masks
+
+    bundle = open_training_data(cfg)
+    bundle = bundle.with_splits(_labelled(bundle.splits))
+    fold0_file = tmp_path / "cls" / "oof" / "fold0" / "checkpoints" / "last.pt"
+    made = fold0_file.stat().st_mtime_ns
+    segmenter_masks(cfg, bundle, QUIET)
+    assert fold0_file.stat().st_mtime_ns == made  # same key: reused, nothing retrained
+    three = cfg.with_overrides({"input.oof_folds": 3})
+    segmenter_masks(three, bundle, QUIET)
+    assert (tmp_path / "cls" / "oof" / "fold2").is_dir()
+    assert json.loads((tmp_path / "cls" / "oof_masks.json").read_text())["folds"] == 3
+    made = fold0_file.stat().st_mtime_ns
+    fit(config(learn_root, tmp_path / "seg", "seg", epochs=1, seed=1), QUIET)  # retrained
+    segmenter_masks(three, bundle, QUIET)
+    assert fold0_file.stat().st_mtime_ns != made
+
 
 def test_mask_source_must_be_a_segmenter(learn_root: Path, tmp_path: Path):
     fit(config(learn_root, tmp_path / "c1", "cls", epochs=1), QUIET)

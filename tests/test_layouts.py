@@ -176,7 +176,7 @@ def test_manifest_bad_rows_are_named(tmp_path: Path):
     kinds = sorted(p.kind for p in problems)
     assert kinds == ["bad label row", "duplicate id", "missing image"]
     text = "\n".join(str(p) for p in problems)
-    assert "line 2" in text and "'maybe'" in text and "missing.png" in text
+    assert "line 2 (a): unrecognised label 'maybe'" in text and "missing.png" in text
     assert "line 4: 'a' listed twice" in text
 
 

@@ -56,13 +56,25 @@ def test_momentum_only_for_sgd():
     assert seen["sgd"] and seen["adamw"]
 
 
-def test_sampled_params_build_valid_train_configs():
-    exp = experiment_from_dict(base())
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_sampled_params_build_valid_train_configs(path: Path):
+    exp = load_experiment(path)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    trial = study.ask()
-    define_by_run(exp.space)(trial)
-    config = exp.train.with_overrides(trial.params)
-    assert config.optimizer.name == trial.params["optimizer.name"]
+    sample = define_by_run(exp.space)
+    seen: dict[str, set] = {p.key: set() for p in exp.space}
+    for _ in range(40):
+        trial = study.ask()
+        sample(trial)
+        config = exp.train.with_overrides(trial.params).to_dict()
+        for key, value in trial.params.items():
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            assert node == value  # the sampled value reached the trial's config
+            seen[key].add(value)
+        study.tell(trial, 0.0)
+    # Every parameter was sampled, with more than one value.
+    assert all(len(values) > 1 for values in seen.values()), seen
 
 
 @pytest.mark.parametrize(
@@ -109,6 +121,23 @@ def test_sampled_params_build_valid_train_configs():
         (
             {"train": {"model": {"arch": "segnet"}}},
             "train: unknown segmenter architecture 'segnet'",
+        ),
+        # Values inside the space are checked when the experiment loads, not in each trial.
+        (
+            {"space": {"model.arch": {"choice": ["fpn", "segnet"]}}},
+            "space.model.arch: 'segnet' is not a valid model.arch: unknown segmenter",
+        ),
+        (
+            {"space": {"model.encoder": {"choice": ["resnet18", "resnet19"]}}},
+            "space.model.encoder: 'resnet19' is not a valid model.encoder",
+        ),
+        (
+            {"space": {"optimizer.momentum": {"uniform": [0.5, 1.5]}}},
+            "space.optimizer.momentum: 1.5 is not a valid .* must be in \\[0, 1\\)",
+        ),
+        (
+            {"space": {"data.image_size": {"int": [64, 100]}}},
+            "space.data.image_size: 100 .* multiple of 32",
         ),
     ],
 )

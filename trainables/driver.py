@@ -17,14 +17,17 @@ META = "__meta__"
 
 
 def trial_config(params: dict) -> tuple[TrainConfig, dict]:
-    """The trial's TrainConfig (base config plus sampled params, writing into the trial's
-    own directory) and the search's metadata."""
+    """The trial's TrainConfig (base config plus sampled params, writing its run into
+    ``meta["run_root"]/<trial dir name>/run``) and the search's metadata."""
     params = dict(params)
     meta = params.pop(META)
     config = TrainConfig.from_dict(meta["train"]).with_overrides(params)
+    # Not into Tune's own trial directory: that is a staging folder that Tune copies to
+    # storage while the engine replaces files in it (last.pt.tmp vanishing under the copy
+    # failed the experiment-state sync), and every copy would carry the checkpoints again.
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    # TensorBoard images and curves from rank 0 go into the trial's own directory.
-    return config.with_overrides({"out": str(trial_dir / "run")}), meta
+    root = Path(meta["run_root"]) if "run_root" in meta else trial_dir.parent  # older searches
+    return config.with_overrides({"out": str(root / trial_dir.name / "run")}), meta
 
 
 def tune_driver(params: dict) -> None:

@@ -47,6 +47,13 @@ def fit_resuming(config, runtime, checkpoint) -> None:
     """``fit``, resumed from a reported checkpoint (restarted or restored trial) if any.
     The local copy of its last.pt lives as long as the fit, then goes."""
     from melanoma.engine import fit
+    from melanoma.engine.loop import CHECKPOINTS
+
+    if runtime.is_main:
+        # Staged copies that a killed attempt of this trial left before Ray persisted them:
+        # nothing uploads them any more, and each holds a whole checkpoint.
+        for stale in (Path(config.out) / CHECKPOINTS).glob("staged-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     if checkpoint is None:
         fit(config, runtime)

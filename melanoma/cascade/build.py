@@ -157,6 +157,17 @@ def choose_threshold(
     return float(thresholds[best]), "maximum validation balanced accuracy (Youden's J)"
 
 
+def _require_both_classes(bundle: DataBundle, split: str) -> None:
+    labels = [e.sample.label for e in bundle.splits.entries[split] if e.sample.label is not None]
+    if len(set(labels)) < 2:
+        have = f"only {'melanoma' if labels and labels[0] else 'benign'}" if labels else "no"
+        raise ValueError(
+            f"the {split} split has {have} labelled images ({len(labels)}); a cascade needs "
+            f"melanoma and benign {split} images to choose the pair and the threshold: add "
+            "data, or raise data.val_fraction when the split is carved from training"
+        )
+
+
 def build_cascade(
     seg_source: str,
     cls_source: str,
@@ -198,6 +209,7 @@ def build_cascade(
             f"[cascade] test image {leak['id']} dropped ({leak['reason']} as {leak['twin']})",
             flush=True,
         )
+    _require_both_classes(bundle, "val")
     tried = []
     for s, c in itertools.product(segs, clss):
         cascade = make_cascade(s, c, input_size)

@@ -189,6 +189,13 @@ class DataBundle:
         return DataBundle(splits, self.size, self.cache)
 
 
+def _split_settings(config: SplitConfig) -> str:
+    return (
+        f"split_seed={config.seed}, val_fraction={config.val_fraction}, "
+        f"test_fraction={config.test_fraction}, keep_official={config.keep_official}"
+    )
+
+
 def open_data(
     path: Path,
     size: int,
@@ -213,6 +220,13 @@ def open_data(
                 f"cache {path} holds {cache.size}x{cache.size} images but image_size={size} was "
                 f"asked for; prepare a cache at {size} or set image_size to {cache.size}"
             )
-        return DataBundle(cache.splits(), size, cache)
+        splits = cache.splits()
+        if split_config is not None and splits.config != split_config:
+            raise ValueError(
+                f"cache {path} was split with {_split_settings(splits.config)} but "
+                f"{_split_settings(split_config)} was asked for; set data.split_seed and the "
+                "fractions to the cache's, or prepare a cache with these settings"
+            )
+        return DataBundle(splits, size, cache)
     report = check_dataset(path, layout, on_bad=on_bad)
     return DataBundle(build_splits(report, split_config or SplitConfig()), size)

@@ -119,7 +119,9 @@ def _rows_to_labels(
         try:
             labels[image_id] = make()
         except ValueError as err:
-            problems.append(Problem(csv_path, "bad label row", f"line {line}: {err}", image_id))
+            problems.append(
+                Problem(csv_path, "bad label row", f"line {line} ({image_id}): {err}", image_id)
+            )
             # Remember the id so its image is not reported a second time as unlabelled.
             labels[image_id] = None
     return labels, problems
@@ -478,7 +480,9 @@ def _read_manifest(root: Path) -> ReadResult:
                 split=split,
             )
         except ValueError as err:
-            problems.append(Problem(csv_path, "bad label row", f"line {n}: {err}", image_id))
+            problems.append(
+                Problem(csv_path, "bad label row", f"line {n} ({image_id}): {err}", image_id)
+            )
             continue
         if not image.is_file():
             problems.append(

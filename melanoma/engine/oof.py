@@ -10,6 +10,7 @@ which was trained on the training split only (checked).
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import GroupKFold
 
 from melanoma.data.dataset import DataBundle
+from melanoma.data.io import file_sha256
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 
@@ -73,10 +75,19 @@ def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[st
 
     run = Path(config.input.mask_source)
     cache = Path(config.out) / "oof_masks.npz"
-    if cache.is_file():
+    state = load_checkpoint(run)
+    # Masks are reused only when the same segmenter checkpoint, fold count and images
+    # made them: a retrained segmenter or another split makes them anew.
+    key = {
+        "segmenter": state["path"],
+        "segmenter_sha256": file_sha256(Path(state["path"])),
+        "folds": config.input.oof_folds,
+        "images": sorted(e.sample.id for items in bundle.splits.entries.values() for e in items),
+    }
+    key_file = cache.with_suffix(".json")
+    if cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
         with np.load(cache) as saved:
             return {k: saved[k] for k in saved.files}
-    state = load_checkpoint(run)
     seg_config = TrainConfig.from_dict(state["config"])
     if seg_config.task != "seg":
         raise ValueError(
@@ -142,4 +153,5 @@ def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[st
     if runtime.is_main:
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(cache, **masks)
+        key_file.write_text(json.dumps(key) + "\n")
     return masks
