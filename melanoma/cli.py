@@ -83,6 +83,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         on_bad="skip",
         strict=args.strict,
         progress=_progress("checking"),
+        external_paths=args.external_paths,
     )
     summary = report.summary()
     if args.json:
@@ -135,7 +136,11 @@ def _cmd_split(args: argparse.Namespace) -> int:
     from melanoma.data.splits import build_splits
 
     report = check_dataset(
-        Path(args.data), args.layout, on_bad=args.on_bad, progress=_progress("checking")
+        Path(args.data),
+        args.layout,
+        on_bad=args.on_bad,
+        progress=_progress("checking"),
+        external_paths=args.external_paths,
     )
     splits = build_splits(report, _split_config(args))
     splits.save(Path(args.out))
@@ -169,6 +174,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         split_config=_split_config(args),
         workers=args.workers,
         progress=_progress("caching"),
+        external_paths=args.external_paths,
     )
     for name, c in info["splits"].items():
         print(f"{name:5s}: {c['images']:6d} images, {c['melanoma']:5d} melanoma")
@@ -466,6 +472,11 @@ def _add_data_source(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("data", help="dataset directory (or manifest CSV)")
     p.add_argument("--layout", choices=sorted(LAYOUTS), help="dataset layout (default: detect)")
+    p.add_argument(
+        "--external-paths",
+        action="store_true",
+        help="allow a manifest to name files outside its folder (refused by default)",
+    )
 
 
 def _add_on_bad(p: argparse.ArgumentParser) -> None:

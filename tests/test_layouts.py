@@ -180,6 +180,31 @@ def test_manifest_bad_rows_are_named(tmp_path: Path):
     assert "line 4: 'a' listed twice" in text
 
 
+def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path: Path, capsys):
+    from melanoma.cli import main
+    from melanoma.data.check import DataError, check_dataset
+
+    data, other = tmp_path / "data", tmp_path / "other"
+    write_image(data / "a.png", seed=1)
+    write_image(other / "b.png", seed=2)
+    (data / "manifest.csv").write_text(
+        f"image,label,id\na.png,0,a\n../other/b.png,1,b\n{other / 'b.png'},0,c\n/etc/hostname,1,d\n"
+    )
+    with pytest.raises(DataError) as err:
+        check_dataset(data)
+    text = str(err.value)
+    assert text.count("outside the data set") == 3
+    assert f"b: {other / 'b.png'} is not inside {data}" in text and "--external-paths" in text
+    assert "/etc/hostname is not inside" in text
+    report = check_dataset(data, on_bad="skip")
+    assert [s.id for s in report.samples] == ["a"]
+    assert main(["data", "check", str(data), "--external-paths", "--on-bad", "skip"]) == 0
+    out = capsys.readouterr().out
+    # Allowed: the files elsewhere are read (and /etc/hostname is no image).
+    assert "outside the data set" not in out and "hostname: unreadable image" in out
+    assert "images:        3 usable (1 excluded)" in out
+
+
 def test_manifest_missing_column_says_what_is_expected(tmp_path: Path):
     (tmp_path / "manifest.csv").write_text("path,target\na.png,1\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['image', 'label'\]"):

@@ -88,6 +88,25 @@ def split_config(config: TrainConfig) -> SplitConfig:
     )
 
 
+def open_cascade_data(
+    data: dict, size: int, *, path: str | None = None, on_bad: str | None = None
+) -> DataBundle:
+    """The data set a cascade records (``payload["data"]``), split as it was built;
+    ``path`` and ``on_bad`` replace the recorded ones."""
+    return open_data(
+        path or data["path"],
+        size,
+        layout=data["layout"],
+        on_bad=on_bad or data["on_bad"],
+        split_config=SplitConfig(
+            seed=data["split_seed"],
+            val_fraction=data["val_fraction"],
+            test_fraction=data["test_fraction"],
+        ),
+        external_paths=data.get("external_paths", False),
+    )
+
+
 def check_same_data(seg: TrainConfig, cls: TrainConfig) -> None:
     keys = ("path", "layout", "split_seed", "val_fraction", "test_fraction")
     a = {k: getattr(seg.data, k) for k in keys}
@@ -196,13 +215,16 @@ def build_cascade(
         max(s.config.data.image_size for s in segs), max(c.config.data.image_size for c in clss)
     )
     path = data or base.data.path
-    bundle = open_data(
-        path,
-        input_size,
-        layout=base.data.layout,
-        on_bad=base.data.on_bad,
-        split_config=split_config(base),
-    )
+    data_meta = {
+        "path": str(path),
+        "layout": base.data.layout,
+        "on_bad": base.data.on_bad,
+        "split_seed": base.data.split_seed,
+        "val_fraction": base.data.val_fraction,
+        "test_fraction": base.data.test_fraction,
+        "external_paths": base.data.external_paths,
+    }
+    bundle = open_cascade_data(data_meta, input_size)
     bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
     for leak in bundle.splits.dropped_test:
         print(
@@ -244,14 +266,7 @@ def build_cascade(
         "threshold_rule": rule,
         "val_auc": best["val_auc"],
         "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in tried],
-        "data": {
-            "path": str(path),
-            "layout": base.data.layout,
-            "on_bad": base.data.on_bad,
-            "split_seed": base.data.split_seed,
-            "val_fraction": base.data.val_fraction,
-            "test_fraction": base.data.test_fraction,
-        },
+        "data": data_meta,
         "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
         "dropped_test": bundle.splits.dropped_test,
     }

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.cascade.build import load_cascade, run_cascade
-from melanoma.data.dataset import open_data
-from melanoma.data.splits import DROP_OPTION, LeakError, SplitConfig, Splits
+from melanoma.cascade.build import load_cascade, open_cascade_data, run_cascade
+from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics, segmentation_metrics
 
 CLS_KEYS = (
@@ -122,15 +121,7 @@ def evaluate_cascade(
     except LeakError as err:
         raise LeakError(f"refusing to evaluate {directory}: {err}") from None
     d = meta["data"]
-    bundle = open_data(
-        data or d["path"],
-        meta["input_size"],
-        layout=d["layout"],
-        on_bad=d["on_bad"],
-        split_config=SplitConfig(
-            seed=d["split_seed"], val_fraction=d["val_fraction"], test_fraction=d["test_fraction"]
-        ),
-    )
+    bundle = open_cascade_data(d, meta["input_size"], path=data)
     try:
         bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
     except LeakError as err:

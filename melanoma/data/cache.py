@@ -42,6 +42,7 @@ def prepare_cache(
     split_config: SplitConfig | None = None,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    external_paths: bool = False,
 ) -> dict:
     """Validate, split, decode and resize ``root`` into ``out``; return the cache summary."""
     if not 16 <= size <= 2048:
@@ -51,7 +52,9 @@ def prepare_cache(
         raise FileExistsError(
             f"{out} exists and is not a melanoma cache; choose an empty or new directory"
         )
-    report = check_dataset(root, layout, on_bad=on_bad, workers=workers)
+    report = check_dataset(
+        root, layout, on_bad=on_bad, workers=workers, external_paths=external_paths
+    )
     splits = build_splits(report, split_config or SplitConfig())
     out.mkdir(parents=True, exist_ok=True)
     (out / INDEX).unlink(missing_ok=True)
@@ -175,6 +178,7 @@ def node_cache(
     on_bad: str = "fail",
     split_config: SplitConfig | None = None,
     cache_dir: Path | None = None,
+    external_paths: bool = False,
 ) -> Path:
     """The decoded cache of the raw data set ``root`` at ``size``, made once per machine
     and shared by every trial and worker on it (they memory-map the same files).
@@ -200,6 +204,7 @@ def node_cache(
         "layout": layout,
         "on_bad": on_bad,
         "split": asdict(split_config or SplitConfig()),
+        "external_paths": external_paths,
         "files": _fingerprint(root, exclude=base),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -219,7 +224,15 @@ def node_cache(
         )
         tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
         try:
-            prepare_cache(root, size, tmp, layout=layout, on_bad=on_bad, split_config=split_config)
+            prepare_cache(
+                root,
+                size,
+                tmp,
+                layout=layout,
+                on_bad=on_bad,
+                split_config=split_config,
+                external_paths=external_paths,
+            )
             os.rename(tmp, target)
         finally:
             if tmp.exists():

@@ -159,6 +159,29 @@ def _inspect(sample: Sample) -> tuple[SampleInfo | None, list[Problem]]:
     return SampleInfo(digest, size, file_sha256(sample.mask_path), float(binary.mean())), problems
 
 
+def _outside(sample: Sample, root: Path) -> list[Problem]:
+    """Problems for the files of ``sample`` that lie outside ``root``. Paths are normalised
+    without following links, so a data folder that is itself a symlink stays inside."""
+    base = os.path.normpath(os.path.abspath(root))
+    found = []
+    for path in (sample.image_path, sample.mask_path):
+        if path is None:
+            continue
+        full = os.path.normpath(os.path.abspath(path))
+        if os.path.commonpath([base, full]) != base:
+            found.append(
+                Problem(
+                    Path(full),
+                    "outside the data set",
+                    f"{sample.id}: {full} is not inside {base}; files elsewhere are refused so "
+                    "that an index file cannot read arbitrary files. Move the data under "
+                    f"{base}, or allow it with --external-paths (data.external_paths: true)",
+                    sample.id,
+                )
+            )
+    return found
+
+
 def check_dataset(
     root: Path,
     layout: str | None = None,
@@ -167,12 +190,15 @@ def check_dataset(
     strict: bool = False,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    external_paths: bool = False,
 ) -> CheckReport:
     """Read and fully validate a dataset.
 
     With ``on_bad="fail"`` any problem raises ``DataError`` naming every bad file; with
     ``"skip"`` bad samples are excluded and listed in the report. Warnings (duplicate image
-    content) never exclude a sample; ``strict=True`` makes them fail like errors.
+    content) never exclude a sample; ``strict=True`` makes them fail like errors. Files
+    outside the data set's folder (a manifest naming ``../x`` or ``/etc/passwd``) are
+    refused unless ``external_paths``.
     """
     if on_bad not in ON_BAD:
         raise ValueError(f"on_bad must be one of {ON_BAD}, got {on_bad!r}")
@@ -182,7 +208,10 @@ def check_dataset(
     ids = Counter(s.id for s in result.samples)
     samples = []
     for s in result.samples:
-        if ids[s.id] > 1:
+        outside = [] if external_paths else _outside(s, result.root)
+        if outside:
+            problems += outside
+        elif ids[s.id] > 1:
             problems.append(
                 Problem(
                     s.image_path, "duplicate id", f"id {s.id!r} appears {ids[s.id]} times", s.id

@@ -204,6 +204,7 @@ def open_data(
     on_bad: str = "fail",
     split_config: SplitConfig | None = None,
     decode_once: bool = False,
+    external_paths: bool = False,
 ) -> DataBundle:
     """Open a prepared cache (``size`` must match), validate and split a raw data set, or
     generate one (``synthetic:N[:SIZE[:SEED]]``). ``decode_once`` reads a raw data set
@@ -212,7 +213,14 @@ def open_data(
         path = materialize_synthetic(str(path))
     path = Path(path)
     if decode_once and not is_cache(path):
-        path = node_cache(path, size, layout=layout, on_bad=on_bad, split_config=split_config)
+        path = node_cache(
+            path,
+            size,
+            layout=layout,
+            on_bad=on_bad,
+            split_config=split_config,
+            external_paths=external_paths,
+        )
     if is_cache(path):
         cache = Cache.open(path)
         if cache.size != size:
@@ -228,5 +236,5 @@ def open_data(
                 "fractions to the cache's, or prepare a cache with these settings"
             )
         return DataBundle(splits, size, cache)
-    report = check_dataset(path, layout, on_bad=on_bad)
+    report = check_dataset(path, layout, on_bad=on_bad, external_paths=external_paths)
     return DataBundle(build_splits(report, split_config or SplitConfig()), size)

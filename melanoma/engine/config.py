@@ -37,6 +37,8 @@ class DataConfig:
     # A raw data set is decoded once per machine into $MELANOMA_CACHE/decoded/ and every
     # trial memory-maps that; false decodes the image files every epoch.
     cache: bool = True
+    # Allow an index file (manifest.csv) to name files outside its own folder.
+    external_paths: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size is not None and not 32 <= self.image_size <= 2048:

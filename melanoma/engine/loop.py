@@ -219,6 +219,7 @@ def open_training_data(config: TrainConfig) -> DataBundle:
             seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction
         ),
         decode_once=d.cache,
+        external_paths=d.external_paths,
     )
 
 

@@ -59,22 +59,10 @@ def _versions() -> dict:
 
 def _sample_images(meta: dict, n: int) -> torch.Tensor:
     """Real test images when the data are reachable, else seeded random images."""
-    from melanoma.data.dataset import open_data
-    from melanoma.data.splits import SplitConfig
+    from melanoma.cascade.build import open_cascade_data
 
-    d = meta["data"]
     try:
-        bundle = open_data(
-            d["path"],
-            meta["input_size"],
-            layout=d["layout"],
-            on_bad="skip",
-            split_config=SplitConfig(
-                seed=d["split_seed"],
-                val_fraction=d["val_fraction"],
-                test_fraction=d["test_fraction"],
-            ),
-        )
+        bundle = open_cascade_data(meta["data"], meta["input_size"], on_bad="skip")
         dataset = bundle.dataset("test")
         if len(dataset):
             return torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
