@@ -96,6 +96,38 @@ class Progress(tune.Callback):
         self.done: set[str] = set()
         self.errored: set[str] = set()
         self.last: dict[str, dict] = {}
+        self.seen_restored = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        # A resumed search restores this callback as it was pickled at the start: count
+        # the trials that ended before the interruption, so every line covers the search.
+        if self.seen_restored:
+            return
+        self.seen_restored = True
+        for trial in trials:
+            result = trial.last_result or {}
+            if result:
+                self._note_best(trial.trial_id, result)
+            if trial.status == "TERMINATED":
+                self.last[trial.trial_id] = result
+                self._ended(trial)
+            elif trial.status == "ERROR":
+                self.errored.add(trial.trial_id)
+
+    def _note_best(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        valid = isinstance(value, (int, float)) and not math.isnan(value)
+        if valid and (
+            self.best is None
+            or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        ):
+            self.best = (float(value), trial_id)
+
+    def _ended(self, trial) -> None:
+        result = self.last.get(trial.trial_id, {})
+        if not result.get("finished", False) and result.get("epoch", 0) < self.max_epochs:
+            self.stopped.add(trial.trial_id)
+        self.done.add(trial.trial_id)
 
     def _line(self, trials, event: str) -> None:
         # Tune updates a trial's status after its callbacks run: count from our own sets.
@@ -112,20 +144,11 @@ class Progress(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.last[trial.trial_id] = result
-        value = result.get(self.metric)
-        valid = isinstance(value, (int, float)) and not math.isnan(value)
-        if valid and (
-            self.best is None
-            or (value > self.best[0] if self.mode == "max" else value < self.best[0])
-        ):
-            self.best = (float(value), trial.trial_id)
+        self._note_best(trial.trial_id, result)
         self._line(trials, f"{trial.trial_id} epoch {result.get('epoch')}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        result = self.last.get(trial.trial_id, {})
-        if not result.get("finished", False) and result.get("epoch", 0) < self.max_epochs:
-            self.stopped.add(trial.trial_id)
-        self.done.add(trial.trial_id)
+        self._ended(trial)
         self._line(trials, f"{trial.trial_id} done")
 
     def on_trial_error(self, iteration, trials, trial, **info):

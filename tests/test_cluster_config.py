@@ -34,7 +34,9 @@ def test_validation_catches_mistakes():
     cfg = yaml.safe_load(CLUSTER.read_text())
     bad = copy.deepcopy(cfg)
     bad["available_node_types"]["gpu_spot"]["max_workerz"] = 3
-    with pytest.raises(Exception, match="max_workerz"):
+    from jsonschema.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="max_workerz"):
         validate(bad)
     bad = copy.deepcopy(cfg)
     bad["head_node_type"] = "nope"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -88,7 +90,7 @@ def test_explicit_weights_file(tmp_path):
     loaded = create_classifier("resnet18", weights_path=tmp_path / "r18.pth")
     assert torch.equal(loaded.net.conv1.weight, source.net.conv1.weight)
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception, match="bad.pth|pickle|load"):
+    with pytest.raises(pickle.UnpicklingError, match="bad.pth|pickle|load"):
         create_classifier("resnet18", weights_path=tmp_path / "bad.pth")
 
 

@@ -74,13 +74,18 @@ def local_ray(tmp_path_factory):
     marker = tmp_path_factory.mktemp("fault") / "failed-once"
     # Workers inherit the driver's environment: the synthetic data cache and the one-off
     # fault injection reach them this way.
+    saved = {k: os.environ.get(k) for k in ("MELANOMA_CACHE", "MELANOMA_FAIL_ONCE_MARKER")}
     os.environ["MELANOMA_CACHE"] = str(cache)
     os.environ["MELANOMA_FAIL_ONCE_MARKER"] = str(marker)
     # address="local": always a fresh instance of our own, never a stale or foreign one.
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield {"cache": cache, "marker": marker}
     ray.shutdown()
-    os.environ.pop("MELANOMA_FAIL_ONCE_MARKER", None)
+    for key, value in saved.items():  # leave the environment as the fixture found it
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def tune_staging_trials(name: str) -> list[Path]:
@@ -189,7 +194,11 @@ def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, cap
     assert finished, "".join(lines[-30:])
     first = finished[0]["trial_id"]
 
+    capsys.readouterr()
     assert main(["search", "resume", "tiny", "--storage", str(storage)]) == 0
+    # The progress lines of the resumed run count the trials that ended before it too.
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[search] ")]
+    assert "finished 3," in lines[-1] and "pending 0" in lines[-1], lines
     after, _ = trial_table("tiny", str(storage))
     assert len(after) == 3 and all(r["state"] == "TERMINATED" and r["epochs"] == 2 for r in after)
     # The trial that had finished was not run again.
