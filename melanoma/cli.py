@@ -462,7 +462,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from melanoma.quickstart import run_quickstart
 
-    run_quickstart(Path(args.out), experiments=Path(args.experiments) if args.experiments else None)
+    run_quickstart(
+        Path(args.out),
+        experiments=Path(args.experiments) if args.experiments else None,
+        seed=args.seed,
+    )
     return 0
 
 
@@ -688,6 +692,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiments",
         help="folder with quickstart.yaml and quickstart_cls.yaml (default: the shipped ones)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="another synthetic data set and search seed (default: the experiments' own, 0)",
     )
     p.set_defaults(func=_cmd_quickstart)
 

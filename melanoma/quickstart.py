@@ -6,16 +6,31 @@ import time
 from pathlib import Path
 
 
-def run_quickstart(out: Path, experiments: Path | None = None) -> dict:
+def _seeded(path: Path, seed: int | None):
+    """The experiment at ``path``, with another synthetic data set and search seed."""
+    from melanoma.data.synth import SYNTHETIC_PREFIX, parse_synthetic
+    from search.experiment import load_experiment
+
+    if seed is None:
+        return load_experiment(path)
+    data = load_experiment(path).train.data.path
+    overrides = {"train.seed": seed, "search.searcher.seed": seed}
+    if data.startswith(SYNTHETIC_PREFIX):
+        c = parse_synthetic(data)
+        overrides["train.data.path"] = f"{SYNTHETIC_PREFIX}{c.n}:{c.size}:{seed}"
+    return load_experiment(path, overrides)
+
+
+def run_quickstart(out: Path, experiments: Path | None = None, seed: int | None = None) -> dict:
     """Segmenter and classifier searches on synthetic data, then the cascade built on
     validation, evaluated on the held-out test split, exported and used for prediction.
     ``experiments``: a folder with quickstart.yaml and quickstart_cls.yaml (default: the
-    shipped ones, found from any working directory)."""
+    shipped ones, found from any working directory). ``seed``: another synthetic data set
+    and search seed than the experiments' own."""
     from melanoma.cascade.build import build_cascade
     from melanoma.cascade.evaluate import evaluate_cascade
     from melanoma.export import export_cascade
     from melanoma.predict import predict
-    from search.experiment import load_experiment
     from search.runner import run_search, search_path
 
     started = time.perf_counter()
@@ -28,8 +43,8 @@ def run_quickstart(out: Path, experiments: Path | None = None) -> dict:
         if experiments is None
         else {n: Path(experiments) / f"{n}.yaml" for n in ("quickstart", "quickstart_cls")}
     )
-    seg = load_experiment(files["quickstart"])
-    cls = load_experiment(files["quickstart_cls"])
+    seg = _seeded(files["quickstart"], seed)
+    cls = _seeded(files["quickstart_cls"], seed)
     for exp in (seg, cls):
         if Path(search_path(storage, exp.name)).exists():
             raise FileExistsError(

@@ -92,3 +92,29 @@ def test_classification_meter_skips_unlabelled():
     labels, probs = meter.arrays()
     assert labels.tolist() == [1, 0] and probs[0] > 0.8 > 0.2 > probs[1]
     assert meter.compute()["auc"] == 1.0
+
+
+def test_resampled_metrics_equal_scikit_learn_on_every_resample():
+    """The vectorised bootstrap computes exactly what classification_metrics does, ties,
+    one-class resamples and empty predictions included."""
+    from melanoma.metrics.classification import (
+        BOOTSTRAP_KEYS,
+        classification_metrics,
+        resampled_metrics,
+    )
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        n = int(rng.integers(4, 40))
+        labels = (rng.random(n) < 0.3).astype(int)
+        labels[:2] = [1, 0]
+        probs = np.round(rng.random(n), 1)  # many ties
+        rows = rng.integers(0, n, (30, n))
+        fast = resampled_metrics(labels, probs, 0.5, rows)
+        for i, r in enumerate(rows):
+            slow = classification_metrics(labels[r], probs[r], threshold=0.5)
+            for k in BOOTSTRAP_KEYS:
+                if slow[k] is None:
+                    assert np.isnan(fast[k][i]), k
+                else:
+                    assert fast[k][i] == pytest.approx(slow[k], abs=1e-12), k

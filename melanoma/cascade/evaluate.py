@@ -16,18 +16,9 @@ import numpy as np
 from melanoma.cascade.build import load_cascade, open_cascade_data, run_cascade
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics, segmentation_metrics
+from melanoma.metrics.classification import BOOTSTRAP_KEYS, resampled_metrics
 
-CLS_KEYS = (
-    "auc",
-    "average_precision",
-    "balanced_accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "recall",
-    "f1",
-    "accuracy",
-)
+CLS_KEYS = BOOTSTRAP_KEYS
 SEG_KEYS = ("jaccard", "dice", "thresholded_jaccard")
 
 
@@ -54,19 +45,19 @@ def bootstrap_ci(
 
 def _cls_report(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
     point = classification_metrics(labels, probs, threshold=threshold)
-    # One metrics call per resample for all metrics at once (not one per metric).
+    # Resamples stratified by class, every metric of every resample computed at once.
     rng = np.random.default_rng(0)
     groups = [np.nonzero(labels == c)[0] for c in np.unique(labels)]
-    samples = {k: [] for k in CLS_KEYS}
-    for _ in range(resamples):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        m = classification_metrics(labels[idx], probs[idx], threshold=threshold)
-        for k in CLS_KEYS:
-            if m[k] is not None:
-                samples[k].append(m[k])
+    rows = np.array(
+        [
+            np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+            for _ in range(resamples)
+        ]
+    ).reshape(resamples, len(labels))
+    samples = resampled_metrics(labels, probs, threshold, rows)
     out = {}
     for k in CLS_KEYS:
-        values = np.asarray(samples[k], dtype=float)
+        values = samples[k][~np.isnan(samples[k])]
         ci = (
             {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
             if len(values)

@@ -93,12 +93,12 @@ def write_programs(cascade: torch.nn.Module, example: torch.Tensor, out: Path) -
     with torch.no_grad():
         program = torch.export.export(cascade, (example,), dynamic_shapes={"images": {0: batch}})
     torch.export.save(program, Path(out) / "cascade.pt2")
+    # From the exported program: the ONNX exporter would otherwise run torch.export again.
     onnx_program = torch.onnx.export(
-        cascade,
+        program,
         (example,),
         input_names=["images"],
         output_names=["probability", "mask"],
-        dynamic_shapes={"images": {0: batch}},
         dynamo=True,
         verbose=False,
     )

@@ -58,6 +58,67 @@ def classification_metrics(
     }
 
 
+BOOTSTRAP_KEYS = (
+    "auc",
+    "average_precision",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "recall",
+    "f1",
+    "accuracy",
+)
+
+
+def _average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
+    """scikit-learn's average precision (step-wise, one step per distinct score)."""
+    order = np.argsort(-probs, kind="mergesort")
+    scores, hits = probs[order], labels[order]
+    last = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
+    tps = np.cumsum(hits)[last]
+    precision = tps / (last + 1)
+    recall = tps / tps[-1]
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def resampled_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, rows: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The metrics of ``classification_metrics`` named in BOOTSTRAP_KEYS, for each row of
+    ``rows`` (resamples, n) of indices at once: a bootstrap of 1000 resamples in
+    milliseconds instead of 1000 scikit-learn calls. NaN where a metric is undefined."""
+    from scipy.stats import rankdata
+
+    y, p = np.asarray(labels)[rows].astype(bool), np.asarray(probs, dtype=float)[rows]
+    pred = p >= threshold
+    tp, fp = (pred & y).sum(1), (pred & ~y).sum(1)
+    fn, tn = (~pred & y).sum(1), (~pred & ~y).sum(1)
+    pos, neg = tp + fn, tn + fp
+
+    def ratio(a, b, empty=np.nan):
+        return np.where(b > 0, a / np.maximum(b, 1), empty)
+
+    sensitivity, specificity = ratio(tp, pos), ratio(tn, neg)
+    both = (pos > 0) & (neg > 0)
+    ranks = rankdata(p, axis=1)  # ties share their mean rank, as the Mann-Whitney AUC needs
+    auc = ratio((ranks * y).sum(1) - pos * (pos + 1) / 2, pos * neg)
+    ap = np.array(
+        [_average_precision(yi, pi) if b else np.nan for yi, pi, b in zip(y, p, both, strict=True)]
+    )
+    return {
+        "auc": np.where(both, auc, np.nan),
+        "average_precision": ap,
+        "balanced_accuracy": np.where(both, (sensitivity + specificity) / 2, np.nan),
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "precision": ratio(tp, tp + fp, 0.0),
+        "recall": ratio(tp, pos, 0.0),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn, 0.0),
+        "accuracy": (tp + tn) / y.shape[1],
+    }
+
+
 class ClassificationMeter:
     """Collects melanoma probabilities and labels over batches."""
 
