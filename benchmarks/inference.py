@@ -38,7 +38,7 @@ def main() -> int:
 
     import onnxruntime as ort
 
-    from melanoma.cascade.model import Cascade
+    from melanoma.cascade.model import Cascade, ClassifierSpec, SegmenterSpec
     from melanoma.export import write_programs
     from melanoma.models import create_classifier, create_segmenter
 
@@ -50,12 +50,11 @@ def main() -> int:
     else:
         size = args.size
         cascade = Cascade(
-            create_segmenter("fpn", "resnet18"),
-            create_classifier("resnet18"),
+            [create_segmenter("fpn", "resnet18")],
+            [create_classifier("resnet18")],
             input_size=size,
-            seg_size=size,
-            cls_size=size,
-            input_mode="crop",
+            seg_specs=[SegmenterSpec(size)],
+            cls_specs=[ClassifierSpec(size, "crop")],
         )
     cascade.eval()
     example = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8)

@@ -405,6 +405,8 @@ def _cmd_cascade_build(args: argparse.Namespace) -> int:
         target_sensitivity=args.target_sensitivity,
         data=args.data,
         drop_test_duplicates=args.drop_test_duplicates,
+        ensemble_size=args.ensemble_size,
+        tta=args.tta,
     )
     return 0
 
@@ -651,12 +653,31 @@ def build_parser() -> argparse.ArgumentParser:
         "build", help="pick the best pair on validation, choose the threshold"
     )
     p.add_argument(
-        "--seg", required=True, help="segmenter search name, run directory or checkpoint"
+        "--seg",
+        required=True,
+        nargs="+",
+        help="segmenter search name(s), run director(ies) or checkpoint(s)",
     )
     p.add_argument(
-        "--cls", required=True, help="classifier search name, run directory or checkpoint"
+        "--cls",
+        required=True,
+        nargs="+",
+        help="classifier search name(s), run director(ies) or checkpoint(s)",
     )
     p.add_argument("--top-k", type=int, default=1, help="evaluate the K x K best pairs end to end")
+    p.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=1,
+        help="rounds of greedy ensemble selection over the top-k models of each search "
+        "(members chosen with replacement on validation; 1: the best single pair)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="test-time flips and rotations in both stages (auto: when validation AUC gains)",
+    )
     p.add_argument(
         "--target-sensitivity",
         type=float,

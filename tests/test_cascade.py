@@ -60,7 +60,7 @@ def built(tmp_path_factory) -> dict:
     fit(seg, Runtime(progress=False))
     fit(cls, Runtime(progress=False))
     out = root / "built"
-    summary = build_cascade(str(root / "seg"), str(root / "cls"), out)
+    summary = build_cascade(str(root / "seg"), str(root / "cls"), out, tta="off")
     return {"root": root, "data": data, "dir": out, "summary": summary}
 
 
@@ -99,7 +99,10 @@ def test_masked_cascade_with_an_empty_mask_classifies_the_whole_image(built, tmp
     from melanoma.export import write_programs
 
     cascade, _ = load_cascade(built["dir"])
-    cascade.segmenter, cascade.input_mode = _NoLesion(), "masked"
+    from dataclasses import replace
+
+    cascade.segmenters = torch.nn.ModuleList([_NoLesion()])
+    cascade.cls_specs = [replace(spec, mode="masked") for spec in cascade.cls_specs]
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     with torch.no_grad():
         prob, mask = cascade(images)
@@ -117,7 +120,7 @@ def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
     from melanoma.data.dataset import open_data
 
     cascade, meta = load_cascade(built["dir"])
-    cfg = TrainConfig.from_dict(meta["classifier"]["config"])
+    cfg = TrainConfig.from_dict(meta["classifiers"][0]["config"])
     bundle = open_data(cfg.data.path, 64, split_config=split_config(cfg))
     val = run_cascade(cascade, bundle, "val")
     threshold, rule = choose_threshold(val["label"], val["prob"], None)
@@ -127,7 +130,9 @@ def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
     monkeypatch.setattr(
         build, "choose_threshold", lambda *args: seen.append(args[:2]) or (0.5, "x")
     )
-    build_cascade(str(built["root"] / "seg"), str(built["root"] / "cls"), tmp_path / "again")
+    build_cascade(
+        str(built["root"] / "seg"), str(built["root"] / "cls"), tmp_path / "again", tta="off"
+    )
     test = run_cascade(cascade, bundle, "test")
     assert len(seen) == 1 and np.array_equal(seen[0][0], val["label"])
     assert np.allclose(seen[0][1], val["prob"], atol=1e-6)
@@ -351,6 +356,103 @@ def test_export_check_refuses_outputs_beyond_the_tolerance():
     flipped[0, 0, :2] = 1
     with pytest.raises(ExportMismatchError, match="mask pixels flipped"):
         compare((prob, mask), (prob.numpy(), flipped), "program")
+
+
+def test_greedy_selection_adds_members_only_while_validation_gains():
+    from melanoma.cascade.ensemble import greedy_selection, weighted_mean
+
+    labels = np.array([0, 0, 1, 1])
+    preds = [
+        np.array([0.1, 0.6, 0.5, 0.9]),  # AUC 0.75
+        np.array([0.35, 0.1, 0.3, 0.4]),  # AUC 0.75, wrong on another pair
+        np.array([0.9, 0.8, 0.1, 0.2]),  # AUC 0: never worth adding
+    ]
+
+    def auc(p: np.ndarray) -> float:
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(labels, p))
+
+    weights, score = greedy_selection(preds, auc, rounds=5)
+    assert score == auc(weighted_mean(preds, weights)) == 1.0
+    assert set(weights) == {0, 1} and 2 not in weights
+    single, single_score = greedy_selection(preds, auc, rounds=1)
+    assert single == {0: 1} and single_score == 0.75
+    with pytest.raises(ValueError, match="at least one round"):
+        greedy_selection(preds, auc, rounds=0)
+
+
+def test_test_time_augmentation_averages_the_eight_symmetries(built):
+    cascade, _ = load_cascade(built["dir"])
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        plain_seg = cascade.segment
+        views, undone = [], []
+        for k in range(4):
+            for flip in (False, True):
+                v = torch.rot90(images, k, dims=(-2, -1))
+                v = torch.flip(v, dims=(-1,)) if flip else v
+                p = plain_seg(v)
+                p = torch.flip(p, dims=(-1,)) if flip else p
+                undone.append(torch.rot90(p, -k, dims=(-2, -1)))
+                views.append(v)
+        mask = (plain_seg(images) > 0.5).to(torch.uint8)
+        masks = []
+        for k in range(4):
+            for flip in (False, True):
+                m = torch.rot90(mask, k, dims=(-2, -1))
+                masks.append(torch.flip(m, dims=(-1,)) if flip else m)
+        by_hand_cls = torch.stack(
+            [cascade.classify(v, m) for v, m in zip(views, masks, strict=True)]
+        ).mean(0)
+        cascade.tta = True
+        assert torch.allclose(cascade.segment(images), torch.stack(undone).mean(0), atol=1e-6)
+        assert torch.allclose(cascade.classify(images, mask), by_hand_cls, atol=1e-6)
+
+
+def test_ensemble_with_tta_builds_evaluates_and_exports(built, tmp_path, capsys):
+    """Two segmenters and two classifiers pooled from runs, chosen greedily on
+    validation, test-time augmentation on: one graph, reports that say what was chosen."""
+    common = {"epochs": 1, "log_images": 0, "seed": 7}
+    for task in ("seg", "cls"):
+        cfg = TrainConfig.from_dict(load_checkpoint_config(built["root"] / task))
+        fit(
+            cfg.with_overrides({**common, "out": str(tmp_path / f"{task}2")}),
+            Runtime(progress=False),
+        )
+    out = tmp_path / "ensemble"
+    args = ["cascade", "build", "--seg", str(built["root"] / "seg"), str(tmp_path / "seg2")]
+    args += ["--cls", str(built["root"] / "cls"), str(tmp_path / "cls2")]
+    assert main([*args, "--ensemble-size", "3", "--tta", "on", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[cascade] ensemble: segmenters" in printed and "(95% CI" in printed
+    cascade, meta = load_cascade(out)
+    assert meta["tta"] and cascade.tta and meta["tta_check"]["used"]
+    assert 1 <= sum(m["weight"] for m in meta["segmenters"]) <= 3
+    assert 1 <= sum(m["weight"] for m in meta["classifiers"]) <= 3
+    assert len(meta["pairs"]) == 4 and meta["best_pair"]["val_auc"] == max(
+        p["val_auc"] for p in meta["pairs"]
+    )
+    from melanoma.cascade.build import open_cascade_data
+
+    bundle = open_cascade_data(meta["data"], meta["input_size"])
+    val = run_cascade(cascade, bundle, "val")
+    from sklearn.metrics import roc_auc_score
+
+    assert meta["val_auc"] == pytest.approx(roc_auc_score(val["label"], val["prob"]))
+    assert main(["cascade", "evaluate", str(out), "--bootstrap", "20"]) == 0
+    md = (out / "report.md").read_text()
+    assert "best single pair on validation" in md and "test-time augmentation on" in md
+    assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
+    card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+    assert [m["origin"] for m in card["classifiers"]] == [m["origin"] for m in meta["classifiers"]]
+    assert card["test_time_augmentation"].startswith("on")
+
+
+def load_checkpoint_config(run: Path) -> dict:
+    from melanoma.engine.checkpoint import load_checkpoint
+
+    return load_checkpoint(run)["config"]
 
 
 def test_build_refuses_models_from_different_splits(built, tmp_path):

@@ -12,16 +12,19 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from melanoma.cascade.model import Cascade
+from melanoma.cascade.ensemble import greedy_selection, mask_jaccard, weighted_mean
+from melanoma.cascade.model import Cascade, ClassifierSpec, SegmenterSpec
 from melanoma.data.dataset import DataBundle, open_data
 from melanoma.data.splits import SplitConfig
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.tasks import rebuild_model
+from melanoma.metrics.classification import resampled_metrics
 
 FORMAT = "melanoma-cascade"
-VERSION = 1
+VERSION = 2  # 1: one segmenter and one classifier, no TTA (still read)
 CASCADE_FILE = "cascade.pt"
+TTA_CHOICES = ("auto", "on", "off")
 
 
 @dataclass
@@ -68,16 +71,34 @@ def candidates(source: str, task: str, top_k: int, storage: str) -> list[Candida
     return out
 
 
-def make_cascade(seg: Candidate, cls: Candidate, input_size: int) -> Cascade:
+def make_cascade(
+    segs: list[Candidate],
+    clss: list[Candidate],
+    input_size: int,
+    *,
+    seg_weights: list[float] | None = None,
+    cls_weights: list[float] | None = None,
+    tta: bool = False,
+) -> Cascade:
+    """A cascade of the given members (an ensemble when there are several of a kind)."""
+    seg_weights = seg_weights or [1.0] * len(segs)
+    cls_weights = cls_weights or [1.0] * len(clss)
     return Cascade(
-        rebuild_model(seg.config, seg.state),
-        rebuild_model(cls.config, cls.state),
+        [rebuild_model(s.config, s.state) for s in segs],
+        [rebuild_model(c.config, c.state) for c in clss],
         input_size=input_size,
-        seg_size=seg.config.data.image_size,
-        cls_size=cls.config.data.image_size,
-        input_mode=cls.config.input.mode,
-        crop_margin=cls.config.input.crop_margin,
-        mask_threshold=seg.config.threshold,
+        seg_specs=[
+            SegmenterSpec(s.config.data.image_size, w)
+            for s, w in zip(segs, seg_weights, strict=True)
+        ],
+        cls_specs=[
+            ClassifierSpec(
+                c.config.data.image_size, c.config.input.mode, c.config.input.crop_margin, w
+            )
+            for c, w in zip(clss, cls_weights, strict=True)
+        ],
+        mask_threshold=segs[0].config.threshold,
+        tta=tta,
     ).eval()
 
 
@@ -137,8 +158,7 @@ def run_cascade(
         true = torch.stack([it["mask"] for it in items])
         mask = (cascade.segment(images) > cascade.mask_threshold).to(torch.uint8)
         use = true if gt_masks else mask
-        m = mode or cascade.input_mode
-        probs.append(cascade.classify(images, use if m != "full" else None, m).numpy())
+        probs.append(cascade.classify(images, None if mode == "full" else use, mode).numpy())
         labels += [it["label"] for it in items]
         ids += [it["id"] for it in items]
         pred_masks.append(mask)
@@ -188,42 +208,34 @@ def _require_both_classes(bundle: DataBundle, split: str) -> None:
 
 
 def build_cascade(
-    seg_source: str,
-    cls_source: str,
+    seg_source: str | list[str],
+    cls_source: str | list[str],
     out: Path,
     *,
     top_k: int = 1,
+    ensemble_size: int = 1,
+    tta: str = "auto",
     storage: str = "runs/search",
     target_sensitivity: float | None = None,
     data: str | None = None,
     drop_test_duplicates: bool = False,
 ) -> dict:
-    """Pick the pair with the best validation AUC end to end, choose the threshold on
-    validation, and write ``out/cascade.pt`` plus the splits it was chosen on.
-    ``drop_test_duplicates`` removes the test images that share bytes, an id or a lesion
-    with train/val (else such a test split is refused); the splits record which."""
-    if top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}")
-    if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
-        raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
-    segs = candidates(seg_source, "seg", top_k, storage)
-    clss = candidates(cls_source, "cls", top_k, storage)
+    """Choose the cascade on validation and write ``out/cascade.pt`` with the splits.
+
+    Each source is a search name (its ``top_k`` best trials), a run directory or a
+    checkpoint; several sources pool their models. They are paired end to end (best validation AUC
+    wins); with ``ensemble_size`` > 1 the members are chosen greedily instead (segmenters
+    by validation Jaccard, then classifiers by validation AUC on those masks); ``tta``
+    (auto, on, off) averages over flips and rotations, ``auto`` only when it raises the
+    validation AUC. The threshold comes from validation. ``drop_test_duplicates`` removes
+    test images that share bytes, an id or a lesion with train/val (else refused)."""
+    _check_build_args(top_k, ensemble_size, tta, target_sensitivity)
+    segs = [c for src in _sources(seg_source) for c in candidates(src, "seg", top_k, storage)]
+    clss = [c for src in _sources(cls_source) for c in candidates(src, "cls", top_k, storage)]
     for s, c in itertools.product(segs, clss):
         check_same_data(s.config, c.config)
-    base = clss[0].config
-    input_size = max(
-        max(s.config.data.image_size for s in segs), max(c.config.data.image_size for c in clss)
-    )
-    path = data or base.data.path
-    data_meta = {
-        "path": str(path),
-        "layout": base.data.layout,
-        "on_bad": base.data.on_bad,
-        "split_seed": base.data.split_seed,
-        "val_fraction": base.data.val_fraction,
-        "test_fraction": base.data.test_fraction,
-        "external_paths": base.data.external_paths,
-    }
+    input_size = max(x.config.data.image_size for x in [*segs, *clss])
+    data_meta = _data_meta(clss[0].config, data)
     bundle = open_cascade_data(data_meta, input_size)
     bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
     for leak in bundle.splits.dropped_test:
@@ -232,57 +244,185 @@ def build_cascade(
             flush=True,
         )
     _require_both_classes(bundle, "val")
-    tried = []
-    for s, c in itertools.product(segs, clss):
-        cascade = make_cascade(s, c, input_size)
-        result = run_cascade(cascade, bundle, "val")
-        keep = result["label"] >= 0
-        auc = float(roc_auc_score(result["label"][keep], result["prob"][keep]))
-        tried.append(
-            {
-                "segmenter": s.origin,
-                "classifier": c.origin,
-                "val_auc": auc,
-                "_pair": (s, c),
-                "_result": result,
-            }
+
+    pairs = _score_pairs(segs, clss, input_size, bundle)
+    best_pair = max(pairs, key=lambda t: t["val_auc"])
+    if ensemble_size > 1:
+        seg_w, cls_w = _select_ensemble(segs, clss, input_size, bundle, ensemble_size)
+    else:
+        seg_w, cls_w = {segs.index(best_pair["_seg"]): 1}, {clss.index(best_pair["_cls"]): 1}
+    members = ([segs[i] for i in seg_w], [clss[i] for i in cls_w])
+    weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
+    chosen = run_cascade(make_cascade(*members, input_size, **weights), bundle, "val")
+    tta_report = {"mode": tta, "val_auc_without": _auc(chosen)}
+    use_tta = tta == "on"
+    if tta != "off":
+        with_tta = run_cascade(
+            make_cascade(*members, input_size, **weights, tta=True), bundle, "val"
         )
-        print(f"[cascade] {s.origin} + {c.origin}: validation AUC {auc:.4f}", flush=True)
-    best = max(tried, key=lambda t: t["val_auc"])
-    s, c = best["_pair"]
-    threshold, rule = choose_threshold(
-        best["_result"]["label"], best["_result"]["prob"], target_sensitivity
-    )
+        tta_report["val_auc_with"] = _auc(with_tta)
+        use_tta = use_tta or tta_report["val_auc_with"] > tta_report["val_auc_without"]
+        chosen = with_tta if use_tta else chosen
+    tta_report["used"] = use_tta
+    threshold, rule = choose_threshold(chosen["label"], chosen["prob"], target_sensitivity)
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle.splits.save(out / "splits.json")
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "segmenter": {"config": s.config.to_dict(), "model": s.state, "origin": s.origin},
-        "classifier": {"config": c.config.to_dict(), "model": c.state, "origin": c.origin},
+        "segmenters": [_member(segs[i], w) for i, w in seg_w.items()],
+        "classifiers": [_member(clss[i], w) for i, w in cls_w.items()],
+        "tta": use_tta,
         "input_size": input_size,
         "threshold": threshold,
         "threshold_rule": rule,
-        "val_auc": best["val_auc"],
-        "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in tried],
+        "val_auc": _auc(chosen),
+        "val_auc_ci": _auc_interval(chosen),
+        "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
+        "tta_check": tta_report,
+        "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
         "data": data_meta,
         "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
         "dropped_test": bundle.splits.dropped_test,
     }
     torch.save(payload, out / CASCADE_FILE)
-    summary = {
-        k: payload[k]
-        for k in ("input_size", "threshold", "threshold_rule", "val_auc", "pairs", "dropped_test")
-    }
-    summary.update(segmenter=s.origin, classifier=c.origin)
+    summary = {k: v for k, v in payload.items() if k not in ("segmenters", "classifiers", "format")}
+    summary["segmenters"] = [{k: m[k] for k in ("origin", "weight")} for m in payload["segmenters"]]
+    summary["classifiers"] = [
+        {k: m[k] for k in ("origin", "weight")} for m in payload["classifiers"]
+    ]
     (out / "cascade.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(
-        f"[cascade] chose {s.origin} + {c.origin} (validation AUC {best['val_auc']:.4f}); "
-        f"threshold {threshold:.4f} ({rule}); written to {out}",
+        f"[cascade] chose {_describe(payload)}: validation AUC {payload['val_auc']:.4f} "
+        f"(95% CI {payload['val_auc_ci']['low']:.3f}-{payload['val_auc_ci']['high']:.3f}); "
+        f"best single pair {best_pair['val_auc']:.4f}; threshold {threshold:.4f} ({rule}); "
+        f"written to {out}",
         flush=True,
     )
     return summary
+
+
+def _sources(source: str | list[str]) -> list[str]:
+    return [source] if isinstance(source, str) else list(source)
+
+
+def _check_build_args(top_k, ensemble_size, tta, target_sensitivity) -> None:
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    if ensemble_size < 1:
+        raise ValueError(f"--ensemble-size must be at least 1, got {ensemble_size}")
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"--tta must be one of {list(TTA_CHOICES)}, got {tta!r}")
+    if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
+        raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
+
+
+def _data_meta(config: TrainConfig, path: str | None) -> dict:
+    d = config.data
+    return {
+        "path": str(path or d.path),
+        "layout": d.layout,
+        "on_bad": d.on_bad,
+        "split_seed": d.split_seed,
+        "val_fraction": d.val_fraction,
+        "test_fraction": d.test_fraction,
+        "external_paths": d.external_paths,
+    }
+
+
+def _auc(result: dict) -> float:
+    keep = result["label"] >= 0
+    return float(roc_auc_score(result["label"][keep], result["prob"][keep]))
+
+
+def _auc_interval(result: dict, resamples: int = 1000) -> dict:
+    """95% bootstrap interval of a validation AUC: how much a selection on it can mean."""
+    keep = result["label"] >= 0
+    labels, probs = result["label"][keep], result["prob"][keep]
+    rng = np.random.default_rng(0)
+    groups = [np.nonzero(labels == c)[0] for c in (0, 1)]
+    rows = np.array(
+        [np.concatenate([rng.choice(g, size=len(g)) for g in groups]) for _ in range(resamples)]
+    )
+    values = resampled_metrics(labels, probs, 0.5, rows)["auc"]
+    return {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
+
+
+def _score_pairs(segs, clss, input_size: int, bundle: DataBundle) -> list[dict]:
+    """Every segmenter with every classifier, end to end on validation."""
+    pairs = []
+    for s, c in itertools.product(segs, clss):
+        result = run_cascade(make_cascade([s], [c], input_size), bundle, "val")
+        auc, ci = _auc(result), _auc_interval(result)
+        pairs.append(
+            {"segmenter": s.origin, "classifier": c.origin, "val_auc": auc, "val_auc_ci": ci}
+            | {"_seg": s, "_cls": c}
+        )
+        print(
+            f"[cascade] {s.origin} + {c.origin}: validation AUC {auc:.4f} "
+            f"(95% CI {ci['low']:.3f}-{ci['high']:.3f})",
+            flush=True,
+        )
+    return pairs
+
+
+@torch.no_grad()
+def _select_ensemble(segs, clss, input_size: int, bundle: DataBundle, rounds: int):
+    """Greedy ensemble selection on validation: segmenters, then classifiers on their masks."""
+    val = bundle.dataset("val")
+    items = [val[i] for i in range(len(val))]
+    images = torch.stack([it["image"] for it in items])
+    true = torch.stack([it["mask"] for it in items])
+    has_mask = np.array([it["has_mask"] for it in items], dtype=bool)
+    labels = np.array([it["label"] for it in items])
+    seg_probs = [_batched(make_cascade([s], clss[:1], input_size).segment, images) for s in segs]
+    seg_w, jaccard = greedy_selection(seg_probs, mask_jaccard(true, has_mask), rounds)
+    mask = torch.from_numpy(weighted_mean(seg_probs, seg_w) > segs[0].config.threshold)
+    keep = labels >= 0
+    cls_probs = []
+    for c in clss:
+        model = make_cascade(segs[:1], [c], input_size)
+        cls_probs.append(
+            _batched(lambda x, m, model=model: model.classify(x, m.to(torch.uint8)), images, mask)
+        )
+    cls_w, auc = greedy_selection(
+        cls_probs, lambda p: float(roc_auc_score(labels[keep], p[keep])), rounds
+    )
+    print(
+        f"[cascade] ensemble: segmenters {_weights(segs, seg_w)} (validation Jaccard "
+        f"{jaccard:.4f}), classifiers {_weights(clss, cls_w)} (validation AUC {auc:.4f})",
+        flush=True,
+    )
+    return seg_w, cls_w
+
+
+def _batched(fn, images: torch.Tensor, *more: torch.Tensor, size: int = 16) -> np.ndarray:
+    parts = [
+        fn(images[i : i + size], *(m[i : i + size] for m in more))
+        for i in range(0, len(images), size)
+    ]
+    return torch.cat(parts).numpy()
+
+
+def _weights(members: list[Candidate], weights: dict[int, int]) -> str:
+    return ", ".join(f"{members[i].origin} x{w}" for i, w in weights.items())
+
+
+def _member(c: Candidate, weight: int) -> dict:
+    return {"config": c.config.to_dict(), "model": c.state, "origin": c.origin, "weight": weight}
+
+
+def _describe(payload: dict) -> str:
+    def names(ms: list[dict]) -> str:
+        return " + ".join(
+            m["origin"] + (f" x{m['weight']}" if m["weight"] != 1 else "") for m in ms
+        )
+
+    tta = ", with test-time augmentation" if payload["tta"] else ""
+    seg, cls = names(payload["segmenters"]), names(payload["classifiers"])
+    return f"segmenters [{seg}], classifiers [{cls}]{tta}"
 
 
 def load_cascade(directory: Path) -> tuple[Cascade, dict]:
@@ -291,18 +431,25 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with `melanoma cascade build`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT or payload.get("version") != VERSION:
+    if payload.get("format") != FORMAT or payload.get("version") not in (1, VERSION):
         raise ValueError(f"{path} is not a version-{VERSION} melanoma cascade")
-    seg = Candidate(
-        TrainConfig.from_dict(payload["segmenter"]["config"]),
-        payload["segmenter"]["model"],
-        payload["segmenter"]["origin"],
-        None,
+    if payload["version"] == 1:  # one segmenter, one classifier, no TTA
+        payload["segmenters"] = [{**payload.pop("segmenter"), "weight": 1}]
+        payload["classifiers"] = [{**payload.pop("classifier"), "weight": 1}]
+        payload["tta"] = False
+
+    def members(entries: list[dict]) -> list[Candidate]:
+        return [
+            Candidate(TrainConfig.from_dict(m["config"]), m["model"], m["origin"], None)
+            for m in entries
+        ]
+
+    cascade = make_cascade(
+        members(payload["segmenters"]),
+        members(payload["classifiers"]),
+        payload["input_size"],
+        seg_weights=[m["weight"] for m in payload["segmenters"]],
+        cls_weights=[m["weight"] for m in payload["classifiers"]],
+        tta=payload["tta"],
     )
-    cls = Candidate(
-        TrainConfig.from_dict(payload["classifier"]["config"]),
-        payload["classifier"]["model"],
-        payload["classifier"]["origin"],
-        None,
-    )
-    return make_cascade(seg, cls, payload["input_size"]), payload
+    return cascade, payload

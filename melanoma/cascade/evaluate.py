@@ -143,9 +143,12 @@ def evaluate_cascade(
         "threshold": threshold,
         "threshold_rule": meta["threshold_rule"],
         "val_auc": meta["val_auc"],
-        "segmenter": meta["segmenter"]["origin"],
-        "classifier": meta["classifier"]["origin"],
+        "segmenters": [{k: m[k] for k in ("origin", "weight")} for m in meta["segmenters"]],
+        "classifiers": [{k: m[k] for k in ("origin", "weight")} for m in meta["classifiers"]],
         "input_mode": cascade.input_mode,
+        "tta": meta["tta"],
+        "tta_check": meta.get("tta_check"),
+        "best_pair": meta.get("best_pair"),
         "bootstrap_resamples": resamples,
         "test_images": int(len(result["id"])),
         "dropped_test_images": bundle.splits.dropped_test,
@@ -171,7 +174,7 @@ def evaluate_cascade(
         seg["n_images"] = int(keep.sum())
         report["segmentation"] = seg
         assert abs(segmentation_metrics(pred, true)["jaccard"] - seg["jaccard"]["value"]) < 1e-9
-    if cascade.input_mode != "full":
+    if cascade.needs_mask:
         # The same classifier on whole images: does the segmentation stage help?
         unmasked = run_cascade(cascade, bundle, "test", mode="full")
         report["classifier_on_unmasked_images"] = _cls_report(
@@ -205,14 +208,41 @@ def _fmt(entry: dict) -> str:
     return f"{entry['value']:.3f}{ci}"
 
 
+def _members(members: list[dict]) -> str:
+    return ", ".join(
+        f"`{m['origin']}`" + (f" x{m['weight']}" if m["weight"] != 1 else "") for m in members
+    )
+
+
+def _selection_lines(report: dict) -> list[str]:
+    """How validation chose: the best single pair beside the chosen cascade, TTA or not."""
+    lines = []
+    pair, tta = report.get("best_pair"), report.get("tta_check")
+    if pair:
+        ci = pair.get("val_auc_ci") or {}
+        lines.append(
+            f"- best single pair on validation: `{pair['segmenter']}` + `{pair['classifier']}`, "
+            f"AUC {pair['val_auc']:.3f}"
+            + (f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})" if ci else "")
+        )
+    if tta and "val_auc_with" in tta:
+        lines.append(
+            f"- test-time augmentation ({tta['mode']}): validation AUC {tta['val_auc_with']:.3f} "
+            f"with, {tta['val_auc_without']:.3f} without; {'used' if tta['used'] else 'not used'}"
+        )
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Cascade evaluation on the held-out test split",
         "",
         f"- cascade: `{report['cascade']}`; data: `{report['data']}`; "
         f"{report['test_images']} test images evaluated",
-        f"- segmenter: `{report['segmenter']}`; classifier: `{report['classifier']}` "
-        f"(input mode `{report['input_mode']}`)",
+        f"- segmenters: {_members(report['segmenters'])}; classifiers: "
+        f"{_members(report['classifiers'])} (input mode `{report['input_mode']}`); "
+        f"test-time augmentation {'on' if report['tta'] else 'off'}",
+        *_selection_lines(report),
         f"- melanoma threshold {report['threshold']:.4f}, chosen on validation: "
         f"{report['threshold_rule']} "
         f"(validation AUC {report['val_auc']:.3f})",

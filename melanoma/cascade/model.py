@@ -4,9 +4,17 @@ Input: uint8 images (N, 3, S, S), squashed to S x S by ``melanoma.data.io.load_i
 resize every training image went through). Output: melanoma probability (N,) and the
 binary lesion mask (N, 1, S, S). Normalisation lives inside each model; masking/cropping
 is ``apply_input_mode``, the function training used.
+
+Either stage may be an ensemble: the mask probability is the weighted mean of the
+segmenters' probabilities, the melanoma probability the weighted mean of the classifiers'
+(each classifier with its own input size and mode). With ``tta`` both stages also average
+over the eight symmetries of the square (flips and 90-degree rotations), which dermoscopy
+images do not care about.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -15,28 +23,70 @@ from torch import nn
 from melanoma.data.transforms import apply_input_mode
 
 
+@dataclass(frozen=True)
+class SegmenterSpec:
+    """How one segmenter of the cascade is run: its input size and ensemble weight."""
+
+    size: int
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """How one classifier of the cascade is run: size, input mode, crop margin, weight."""
+
+    size: int
+    mode: str
+    crop_margin: float = 0.15
+    weight: float = 1.0
+
+
+def _symmetries(x: torch.Tensor) -> list[torch.Tensor]:
+    """The eight images of ``x`` under the symmetries of the square (dihedral group D4)."""
+    rotations = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
+    return rotations + [torch.flip(r, dims=(-1,)) for r in rotations]
+
+
+def _undo(x: torch.Tensor, index: int) -> torch.Tensor:
+    """The inverse of the ``index``-th transform of ``_symmetries``."""
+    if index >= 4:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, -(index % 4), dims=(-2, -1))
+
+
 class Cascade(nn.Module):
     def __init__(
         self,
-        segmenter: nn.Module,
-        classifier: nn.Module,
+        segmenters: list[nn.Module],
+        classifiers: list[nn.Module],
         *,
         input_size: int,
-        seg_size: int,
-        cls_size: int,
-        input_mode: str,
-        crop_margin: float = 0.15,
+        seg_specs: list[SegmenterSpec],
+        cls_specs: list[ClassifierSpec],
         mask_threshold: float = 0.5,
+        tta: bool = False,
     ):
         super().__init__()
-        self.segmenter = segmenter
-        self.classifier = classifier
-        self.input_size, self.seg_size, self.cls_size = input_size, seg_size, cls_size
-        self.input_mode, self.crop_margin, self.mask_threshold = (
-            input_mode,
-            crop_margin,
-            mask_threshold,
-        )
+        if not segmenters or len(segmenters) != len(seg_specs):
+            raise ValueError(f"need one spec per segmenter, got {len(seg_specs)} for {segmenters}")
+        if not classifiers or len(classifiers) != len(cls_specs):
+            raise ValueError(f"need one spec per classifier, got {len(cls_specs)}")
+        self.segmenters = nn.ModuleList(segmenters)
+        self.classifiers = nn.ModuleList(classifiers)
+        self.input_size = input_size
+        self.seg_specs, self.cls_specs = list(seg_specs), list(cls_specs)
+        self.mask_threshold = mask_threshold
+        self.tta = tta
+
+    @property
+    def input_mode(self) -> str:
+        """The classifiers' input mode, or ``mixed`` when members differ."""
+        modes = {s.mode for s in self.cls_specs}
+        return modes.pop() if len(modes) == 1 else "mixed"
+
+    @property
+    def needs_mask(self) -> bool:
+        return any(s.mode != "full" for s in self.cls_specs)
 
     @staticmethod
     def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -46,29 +96,55 @@ class Cascade(nn.Module):
             x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
 
+    def _segment_once(self, x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for model, spec in zip(self.segmenters, self.seg_specs, strict=True):
+            prob = torch.sigmoid(model(self._resize(x, spec.size)).float())
+            if spec.size != x.shape[-1]:
+                prob = F.interpolate(prob, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            total = prob * spec.weight if total is None else total + prob * spec.weight
+        return total / sum(s.weight for s in self.seg_specs)
+
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Lesion probability at the input resolution."""
-        x = self._resize(images.float() / 255.0, self.seg_size)
-        prob = torch.sigmoid(self.segmenter(x).float())
-        if self.seg_size != images.shape[-1]:
-            prob = F.interpolate(prob, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        return prob
+        x = images.float() / 255.0
+        if not self.tta:
+            return self._segment_once(x)
+        views = [_undo(self._segment_once(v), i) for i, v in enumerate(_symmetries(x))]
+        return torch.stack(views).mean(dim=0)
+
+    def _classify_once(
+        self, x: torch.Tensor, mask: torch.Tensor | None, mode: str | None
+    ) -> torch.Tensor:
+        total = None
+        for model, spec in zip(self.classifiers, self.cls_specs, strict=True):
+            m = mode or spec.mode
+            xi, mi = x, mask
+            if spec.size != x.shape[-1]:
+                xi = self._resize(x, spec.size)
+                if mi is not None:
+                    mi = F.interpolate(mi.float(), size=(spec.size, spec.size), mode="nearest")
+            inputs = apply_input_mode(
+                xi, mi if m != "full" else None, m, spec.crop_margin, spec.size
+            )
+            prob = torch.softmax(model(inputs).float(), dim=1)[:, 1]
+            total = prob * spec.weight if total is None else total + prob * spec.weight
+        return total / sum(s.weight for s in self.cls_specs)
 
     def classify(
         self, images: torch.Tensor, mask: torch.Tensor | None, mode: str | None = None
     ) -> torch.Tensor:
-        """Melanoma probability of the classifier given images and (binary) masks."""
+        """Melanoma probability given images and (binary) masks; ``mode`` runs every
+        classifier in that input mode instead of its own (``full``: no mask needed)."""
         x = images.float() / 255.0
-        if self.cls_size != images.shape[-1]:
-            x = self._resize(x, self.cls_size)
-            if mask is not None:
-                mask = F.interpolate(
-                    mask.float(), size=(self.cls_size, self.cls_size), mode="nearest"
-                )
-        x = apply_input_mode(x, mask, mode or self.input_mode, self.crop_margin, self.cls_size)
-        return torch.softmax(self.classifier(x).float(), dim=1)[:, 1]
+        if not self.tta:
+            return self._classify_once(x, mask, mode)
+        views = _symmetries(x)
+        masks = _symmetries(mask) if mask is not None else [None] * len(views)
+        probs = [self._classify_once(v, m, mode) for v, m in zip(views, masks, strict=True)]
+        return torch.stack(probs).mean(dim=0)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = (self.segment(images) > self.mask_threshold).to(torch.uint8)
-        prob = self.classify(images, mask if self.input_mode != "full" else None)
+        prob = self.classify(images, mask if self.needs_mask else None)
         return prob, mask

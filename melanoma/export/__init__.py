@@ -87,6 +87,22 @@ def compare(
     return {"max_probability_difference": prob_diff, "mask_pixels_flipped": flipped}
 
 
+def _card_member(member: dict) -> dict:
+    """One ensemble member as the model card lists it."""
+    cfg = member["config"]
+    out = {"origin": member["origin"], "weight": member["weight"], "arch": cfg["model"]["arch"]}
+    if cfg["task"] == "seg":
+        out["encoder"] = cfg["model"]["encoder"]
+    else:
+        mode = cfg["input"]["mode"]
+        out.update(input_mode=mode, input_mode_rule=INPUT_MODE_RULES[mode])
+        if mode == "crop":
+            out["crop_margin"] = cfg["input"]["crop_margin"]
+    out["image_size"] = cfg["data"]["image_size"]
+    out["hyperparameters"] = {k: cfg[k] for k in ("optimizer", "scheduler", "loss", "epochs")}
+    return out
+
+
 def write_programs(cascade: torch.nn.Module, example: torch.Tensor, out: Path) -> None:
     """``out/cascade.pt2`` (torch.export) and ``out/cascade.onnx``, batch size dynamic."""
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -135,7 +151,6 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
     report = {}
     if (directory / "report.json").is_file():
         report = json.loads((directory / "report.json").read_text())
-    seg_cfg, cls_cfg = meta["segmenter"]["config"], meta["classifier"]["config"]
     card = {
         "name": "melanoma-search cascade",
         "intended_use": "research on dermoscopy images; not a medical device",
@@ -156,25 +171,15 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
         },
         "threshold": meta["threshold"],
         "threshold_rule": meta["threshold_rule"],
-        "segmenter": {
-            "arch": seg_cfg["model"]["arch"],
-            "encoder": seg_cfg["model"]["encoder"],
-            "image_size": seg_cfg["data"]["image_size"],
-            "origin": meta["segmenter"]["origin"],
-            "hyperparameters": {
-                k: seg_cfg[k] for k in ("optimizer", "scheduler", "loss", "epochs")
-            },
-        },
-        "classifier": {
-            "arch": cls_cfg["model"]["arch"],
-            "image_size": cls_cfg["data"]["image_size"],
-            "input_mode": cls_cfg["input"]["mode"],
-            "input_mode_rule": INPUT_MODE_RULES[cls_cfg["input"]["mode"]],
-            "origin": meta["classifier"]["origin"],
-            "hyperparameters": {
-                k: cls_cfg[k] for k in ("optimizer", "scheduler", "loss", "epochs")
-            },
-        },
+        "segmenters": [_card_member(m) for m in meta["segmenters"]],
+        "classifiers": [_card_member(m) for m in meta["classifiers"]],
+        "ensemble": "mask probability and melanoma probability are the weighted means of the "
+        "members' (weight: times chosen on validation)",
+        "test_time_augmentation": (
+            "on: both stages average over the 8 flips and 90-degree rotations"
+            if meta["tta"]
+            else "off"
+        ),
         "validation_auc": meta["val_auc"],
         "test_metrics": {
             k: report[k]
