@@ -41,10 +41,20 @@ class ClassifierSpec:
     weight: float = 1.0
 
 
-def _symmetries(x: torch.Tensor) -> list[torch.Tensor]:
-    """The eight images of ``x`` under the symmetries of the square (dihedral group D4)."""
+SYMMETRIES = 8
+
+
+def _symmetries(x: torch.Tensor) -> torch.Tensor:
+    """The eight images of ``x`` under the symmetries of the square (dihedral group D4),
+    stacked along the batch: one forward pass of 8N images, one copy of each network in
+    the exported graph (eight unrolled copies took minutes to export)."""
     rotations = [torch.rot90(x, k, dims=(-2, -1)) for k in range(4)]
-    return rotations + [torch.flip(r, dims=(-1,)) for r in rotations]
+    return torch.cat(rotations + [torch.flip(r, dims=(-1,)) for r in rotations])
+
+
+def _views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8N outputs of a stacked batch, split back into the 8 views of N."""
+    return list(x.reshape(SYMMETRIES, -1, *x.shape[1:]).unbind(0))
 
 
 def _undo(x: torch.Tensor, index: int) -> torch.Tensor:
@@ -110,8 +120,8 @@ class Cascade(nn.Module):
         x = images.float() / 255.0
         if not self.tta:
             return self._segment_once(x)
-        views = [_undo(self._segment_once(v), i) for i, v in enumerate(_symmetries(x))]
-        return torch.stack(views).mean(dim=0)
+        views = _views(self._segment_once(_symmetries(x)))
+        return torch.stack([_undo(v, i) for i, v in enumerate(views)]).mean(dim=0)
 
     def _classify_once(
         self, x: torch.Tensor, mask: torch.Tensor | None, mode: str | None
@@ -139,10 +149,9 @@ class Cascade(nn.Module):
         x = images.float() / 255.0
         if not self.tta:
             return self._classify_once(x, mask, mode)
-        views = _symmetries(x)
-        masks = _symmetries(mask) if mask is not None else [None] * len(views)
-        probs = [self._classify_once(v, m, mode) for v, m in zip(views, masks, strict=True)]
-        return torch.stack(probs).mean(dim=0)
+        masks = _symmetries(mask) if mask is not None else None
+        probs = self._classify_once(_symmetries(x), masks, mode)
+        return probs.reshape(SYMMETRIES, -1).mean(dim=0)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = (self.segment(images) > self.mask_threshold).to(torch.uint8)
