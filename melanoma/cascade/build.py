@@ -19,7 +19,7 @@ from melanoma.data.splits import SplitConfig
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.tasks import rebuild_model
-from melanoma.metrics.classification import resampled_metrics
+from melanoma.metrics.classification import resampled_metrics, stratified_rows
 
 FORMAT = "melanoma-cascade"
 VERSION = 2  # 1: one segmenter and one classifier, no TTA (still read)
@@ -341,12 +341,7 @@ def _auc_interval(result: dict, resamples: int = 1000) -> dict:
     """95% bootstrap interval of a validation AUC: how much a selection on it can mean."""
     keep = result["label"] >= 0
     labels, probs = result["label"][keep], result["prob"][keep]
-    rng = np.random.default_rng(0)
-    groups = [np.nonzero(labels == c)[0] for c in (0, 1)]
-    rows = np.array(
-        [np.concatenate([rng.choice(g, size=len(g)) for g in groups]) for _ in range(resamples)]
-    )
-    values = resampled_metrics(labels, probs, 0.5, rows)["auc"]
+    values = resampled_metrics(labels, probs, 0.5, stratified_rows(labels, resamples))["auc"]
     return {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
 
 

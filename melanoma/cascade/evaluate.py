@@ -16,7 +16,11 @@ import numpy as np
 from melanoma.cascade.build import load_cascade, open_cascade_data, run_cascade
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics, segmentation_metrics
-from melanoma.metrics.classification import BOOTSTRAP_KEYS, resampled_metrics
+from melanoma.metrics.classification import (
+    BOOTSTRAP_KEYS,
+    resampled_metrics,
+    stratified_rows,
+)
 
 CLS_KEYS = BOOTSTRAP_KEYS
 SEG_KEYS = ("jaccard", "dice", "thresholded_jaccard")
@@ -46,15 +50,7 @@ def bootstrap_ci(
 def _cls_report(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
     point = classification_metrics(labels, probs, threshold=threshold)
     # Resamples stratified by class, every metric of every resample computed at once.
-    rng = np.random.default_rng(0)
-    groups = [np.nonzero(labels == c)[0] for c in np.unique(labels)]
-    rows = np.array(
-        [
-            np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-            for _ in range(resamples)
-        ]
-    ).reshape(resamples, len(labels))
-    samples = resampled_metrics(labels, probs, threshold, rows)
+    samples = resampled_metrics(labels, probs, threshold, stratified_rows(labels, resamples))
     out = {}
     for k in CLS_KEYS:
         values = samples[k][~np.isnan(samples[k])]

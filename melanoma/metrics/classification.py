@@ -82,6 +82,18 @@ def _average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def stratified_rows(labels: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n) bootstrap indices drawn within each class, so every resample keeps
+    the class counts of ``labels``."""
+    rng = np.random.default_rng(seed)
+    groups = [np.nonzero(labels == c)[0] for c in np.unique(labels)]
+    rows = [
+        np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
+        for _ in range(resamples)
+    ]
+    return np.array(rows).reshape(resamples, len(labels))
+
+
 def resampled_metrics(
     labels: np.ndarray, probs: np.ndarray, threshold: float, rows: np.ndarray
 ) -> dict[str, np.ndarray]:
