@@ -128,6 +128,7 @@ def _split_config(args: argparse.Namespace):
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
         keep_official=not args.ignore_official_splits,
+        val_from_train=args.val_from_train,
     )
 
 
@@ -502,6 +503,12 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
         "--ignore-official-splits",
         action="store_true",
         help="carve all splits anew even where the layout has official ones",
+    )
+    p.add_argument(
+        "--val-from-train",
+        action="store_true",
+        help="also carve --val-fraction from training into validation beside an official "
+        "validation split (config: data.val_from_train)",
     )
 
 

@@ -464,3 +464,37 @@ def test_build_refuses_models_from_different_splits(built, tmp_path):
         build_cascade(
             str(built["root"] / "seg"), str(tmp_path / "other" / "best.pt"), tmp_path / "x"
         )
+
+
+def test_validation_with_carved_images_also_reports_the_official_part(tmp_path):
+    """With data.val_from_train the cascade's validation AUC covers carved and official
+    images; the official validation images are scored on their own too."""
+    from types import SimpleNamespace
+
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.cascade.build import _official_part
+    from melanoma.data.check import check_dataset
+    from melanoma.data.splits import SplitConfig, build_splits
+    from tests.conftest import write_official_isic2017
+
+    data = write_official_isic2017(tmp_path / "isic", n=60, val=14, test=12, seed=11)
+    report = check_dataset(data)
+    for carve, expected in ((False, None), (True, 14)):
+        config = SplitConfig(val_fraction=0.2, val_from_train=carve)
+        bundle = SimpleNamespace(splits=build_splits(report, config))
+        val = bundle.splits.entries["val"]
+        rng = np.random.default_rng(0)
+        result = {
+            "id": np.array([e.sample.id for e in val]),
+            "label": np.array([e.sample.label for e in val]),
+            "prob": rng.random(len(val)),
+        }
+        part = _official_part(result, bundle)
+        if expected is None:
+            assert part is None and len(val) == 14
+            continue
+        assert len(val) > 14 and part["images"] == 14
+        official = np.array([e.sample.split == "val" for e in val])
+        assert part["auc"] == roc_auc_score(result["label"][official], result["prob"][official])
+        assert part["ci"]["low"] <= part["auc"] <= part["ci"]["high"]

@@ -71,6 +71,40 @@ def test_official_splits_kept_and_missing_test_carved_from_train():
     assert any(ignored[f"v{i}"] != "val" for i in range(40))
 
 
+def test_val_from_train_carves_validation_beside_the_official_one():
+    data = samples(300, split="train", groups=200) + [
+        Sample(f"v{i}", Path(f"v{i}.jpg"), label=i % 2, split="val") for i in range(40)
+    ]
+    config = SplitConfig(val_fraction=0.2, test_fraction=0.1, val_from_train=True)
+    assignment, leaks = assign_splits(data, config)
+    assert not leaks
+    assert all(assignment[f"v{i}"] == "val" for i in range(40))
+    carved = [s for s in data if s.id.startswith("id") and assignment[s.id] == "val"]
+    # About 0.2 of all 340 images, per label, on top of the official 40; groups kept whole.
+    assert len(carved) == pytest.approx(68, abs=3)
+    assert sum(s.label for s in carved) == pytest.approx(0.2 * sum(s.label for s in data), abs=2)
+    for group in {s.group for s in carved}:
+        assert {assignment[s.id] for s in data if s.group == group} == {"val"}
+    assert sum(a == "test" for a in assignment.values()) == pytest.approx(34, abs=3)
+    # Without the option the official validation is the whole validation split.
+    plain, _ = assign_splits(data, SplitConfig(val_fraction=0.2, test_fraction=0.1))
+    assert sorted(i for i, a in plain.items() if a == "val") == sorted(f"v{i}" for i in range(40))
+
+
+def test_val_from_train_is_recorded_and_reaches_the_data_config(synth_root, tmp_path: Path):
+    from melanoma.engine.config import DataConfig
+
+    config = DataConfig(val_fraction=0.2, val_from_train=True).split_config()
+    assert config == SplitConfig(val_fraction=0.2, val_from_train=True)
+    build_splits(check_dataset(synth_root), config).save(tmp_path / "splits.json")
+    assert Splits.load(tmp_path / "splits.json").config == config
+    # Files written before the option existed read as without it.
+    doc = json.loads((tmp_path / "splits.json").read_text())
+    del doc["config"]["val_from_train"]
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    assert Splits.load(tmp_path / "old.json").config.val_from_train is False
+
+
 def test_leak_across_official_splits_is_reported_not_moved():
     data = [
         Sample("a", Path("a.jpg"), label=0, group="lesion-1", split="train"),
@@ -110,6 +144,17 @@ def test_assert_test_isolated_refuses_a_leak(synth_root: Path):
     splits.entries["test"].append(leaked)
     with pytest.raises(LeakError, match=f"test image {leaked.sample.id} is also in train"):
         splits.assert_test_isolated()
+
+
+def test_real_isic2017_larger_validation(real_isic2017: Path):
+    splits = build_splits(check_dataset(real_isic2017), SplitConfig(seed=0, val_from_train=True))
+    counts = splits.counts()
+    official = [e for e in splits.entries["val"] if e.sample.split == "val"]
+    assert len(official) == 150
+    # 0.15 of the 404 melanomas carved beside the official 30.
+    assert counts["val"]["melanoma"] == 30 + round(0.15 * 404)
+    assert sum(c["images"] for c in counts.values()) == 2150
+    splits.assert_test_isolated()
 
 
 def test_bad_split_config_values():

@@ -102,13 +102,6 @@ def make_cascade(
     ).eval()
 
 
-def split_config(config: TrainConfig) -> SplitConfig:
-    d = config.data
-    return SplitConfig(
-        seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction
-    )
-
-
 def open_cascade_data(
     data: dict, size: int, *, path: str | None = None, on_bad: str | None = None
 ) -> DataBundle:
@@ -123,13 +116,14 @@ def open_cascade_data(
             seed=data["split_seed"],
             val_fraction=data["val_fraction"],
             test_fraction=data["test_fraction"],
+            val_from_train=data.get("val_from_train", False),
         ),
         external_paths=data.get("external_paths", False),
     )
 
 
 def check_same_data(seg: TrainConfig, cls: TrainConfig) -> None:
-    keys = ("path", "layout", "split_seed", "val_fraction", "test_fraction")
+    keys = ("path", "layout", "split_seed", "val_fraction", "test_fraction", "val_from_train")
     a = {k: getattr(seg.data, k) for k in keys}
     b = {k: getattr(cls.data, k) for k in keys}
     if a != b:
@@ -280,6 +274,7 @@ def build_cascade(
         "threshold_rule": rule,
         "val_auc": _auc(chosen),
         "val_auc_ci": _auc_interval(chosen),
+        "val_official": _official_part(chosen, bundle),
         "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
         "tta_check": tta_report,
         "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
@@ -301,6 +296,13 @@ def build_cascade(
         f"written to {out}",
         flush=True,
     )
+    if payload["val_official"]:
+        part = payload["val_official"]
+        print(
+            f"[cascade] of which the {part['images']} official validation images: AUC "
+            f"{part['auc']:.4f} (95% CI {part['ci']['low']:.3f}-{part['ci']['high']:.3f})",
+            flush=True,
+        )
     return summary
 
 
@@ -328,6 +330,7 @@ def _data_meta(config: TrainConfig, path: str | None) -> dict:
         "split_seed": d.split_seed,
         "val_fraction": d.val_fraction,
         "test_fraction": d.test_fraction,
+        "val_from_train": d.val_from_train,
         "external_paths": d.external_paths,
     }
 
@@ -343,6 +346,17 @@ def _auc_interval(result: dict, resamples: int = 1000) -> dict:
     labels, probs = result["label"][keep], result["prob"][keep]
     values = resampled_metrics(labels, probs, 0.5, stratified_rows(labels, resamples))["auc"]
     return {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
+
+
+def _official_part(result: dict, bundle: DataBundle) -> dict | None:
+    """The validation AUC on the official validation images alone, when validation also
+    holds images carved from training (``data.val_from_train``); else None."""
+    official = {e.sample.id for e in bundle.splits.entries["val"] if e.sample.split == "val"}
+    keep = np.isin(result["id"], sorted(official))
+    if not official or keep.all():
+        return None
+    part = {k: v[keep] for k, v in result.items() if k in ("id", "label", "prob")}
+    return {"images": int(keep.sum()), "auc": _auc(part), "ci": _auc_interval(part)}
 
 
 def _score_pairs(segs, clss, input_size: int, bundle: DataBundle) -> list[dict]:

@@ -28,6 +28,15 @@ CACHE_VERSION = 1
 INDEX = "index.json"
 
 
+def _split_key(config: SplitConfig) -> dict:
+    """The split settings in a cache key; an option left at its default is left out, so a
+    new option does not invalidate the caches made before it existed."""
+    key = asdict(config)
+    if not config.val_from_train:
+        del key["val_from_train"]
+    return key
+
+
 def is_cache(path: Path) -> bool:
     return (Path(path) / INDEX).is_file()
 
@@ -203,7 +212,7 @@ def node_cache(
         "size": size,
         "layout": layout,
         "on_bad": on_bad,
-        "split": asdict(split_config or SplitConfig()),
+        "split": _split_key(split_config or SplitConfig()),
         "external_paths": external_paths,
         "files": _fingerprint(root, exclude=base),
     }

@@ -192,7 +192,8 @@ class DataBundle:
 def _split_settings(config: SplitConfig) -> str:
     return (
         f"split_seed={config.seed}, val_fraction={config.val_fraction}, "
-        f"test_fraction={config.test_fraction}, keep_official={config.keep_official}"
+        f"test_fraction={config.test_fraction}, keep_official={config.keep_official}, "
+        f"val_from_train={config.val_from_train}"
     )
 
 

@@ -2,7 +2,9 @@
 
 Rules, in order:
 1. Official splits the layout provides (ISIC 2017 Training/Validation/Test, ...) are kept.
-2. Splits the layout lacks are carved from the training pool, stratified by melanoma label.
+2. Splits the layout lacks are carved from the training pool, stratified by melanoma label;
+   with ``val_from_train`` a validation share is carved beside an official validation split
+   too, and every entry keeps its official split so either part can be scored alone.
 3. Images of one lesion or patient (the layout's group id) and byte-identical images form
    one unit that always lands in one split. A unit that official splits already put on two
    sides is reported as a leak, never silently moved.
@@ -35,6 +37,10 @@ class SplitConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     keep_official: bool = True
+    # Beside an official validation split, also carve val_fraction of the images from the
+    # training pool into validation (lesion-grouped, stratified): ISIC 2017's official 150
+    # hold 30 melanomas, too few to choose trials, ensembles or thresholds on.
+    val_from_train: bool = False
 
     def __post_init__(self) -> None:
         for name in ("val_fraction", "test_fraction"):
@@ -298,7 +304,9 @@ def assign_splits(
     content = content or {}
     units = _units(samples, content)
     official = {s.split for s in samples if s.split} if config.keep_official else set()
-    to_carve = [s for s in ("val", "test") if s not in official]
+    to_carve = [
+        s for s in ("val", "test") if s not in official or (s == "val" and config.val_from_train)
+    ]
 
     assignment: dict[str, str] = {}
     leaks: list[dict] = []

@@ -34,6 +34,9 @@ class DataConfig:
     split_seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
+    # Also carve val_fraction from training into validation beside an official validation
+    # split (see melanoma.data.splits); the official images stay scorable on their own.
+    val_from_train: bool = False
     # A raw data set is decoded once per machine into $MELANOMA_CACHE/decoded/ and every
     # trial memory-maps that; false decodes the image files every epoch.
     cache: bool = True
@@ -49,6 +52,17 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if not 0.0 <= self.augment <= 1.0:
             raise ConfigError(f"data.augment must be in [0, 1], got {self.augment}")
+
+    def split_config(self):
+        """The :class:`~melanoma.data.splits.SplitConfig` these settings describe."""
+        from melanoma.data.splits import SplitConfig
+
+        return SplitConfig(
+            seed=self.split_seed,
+            val_fraction=self.val_fraction,
+            test_fraction=self.test_fraction,
+            val_from_train=self.val_from_train,
+        )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from melanoma.config import dump_yaml
 from melanoma.data.dataset import DataBundle, EpochSampler, open_data
-from melanoma.data.splits import SplitConfig, Splits
+from melanoma.data.splits import Splits
 from melanoma.data.transforms import build_augmentation
 from melanoma.engine.checkpoint import (
     BEST,
@@ -215,9 +215,7 @@ def open_training_data(config: TrainConfig) -> DataBundle:
         d.image_size,
         layout=d.layout,
         on_bad=d.on_bad,
-        split_config=SplitConfig(
-            seed=d.split_seed, val_fraction=d.val_fraction, test_fraction=d.test_fraction
-        ),
+        split_config=d.split_config(),
         decode_once=d.cache,
         external_paths=d.external_paths,
     )
