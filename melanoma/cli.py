@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -259,7 +260,6 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     import time
-    from dataclasses import replace
 
     from melanoma.engine.config import TrainConfig
     from melanoma.engine.loop import CHECKPOINTS, fit
@@ -310,6 +310,46 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"{args.task} metrics on the {args.split} split of {metrics['data']}:")
         _print_metrics({k: v for k, v in metrics.items() if k not in ("data",)})
+    return 0
+
+
+def _cv_label(source: str, origin: str) -> str:
+    """A search trial's id, or the name of a run directory (given as such or by a file)."""
+    path = Path(source)
+    if not path.exists():
+        return origin.rsplit("/", 1)[-1]
+    path = path.resolve()
+    return path.parent.parent.name if path.is_file() else path.name
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from melanoma.cascade.build import candidates
+    from melanoma.engine.cv import cross_validate
+
+    out = Path(args.out)
+    rows = []
+    for source in args.source:
+        for cand in candidates(source, args.task, args.top_k, args.storage):
+            config = cand.config
+            if args.data:
+                config = replace(config, data=replace(config.data, path=args.data))
+            if args.epochs:
+                config = replace(config, epochs=args.epochs)
+            label = _cv_label(source, cand.origin)
+            print(f"[cv] {cand.origin}: {args.folds} folds into {out / label}", flush=True)
+            summary = cross_validate(config, args.folds, out / label)
+            rows.append((label, cand, summary))
+    print(
+        f"\n{'candidate':24} | {'selected on':>11} | {'cross-validated (95% CI)':>26} | "
+        f"folds: mean +- sd (in {out})"
+    )
+    for label, cand, s in rows:
+        ci = f" ({s['ci']['low']:.3f}-{s['ci']['high']:.3f})" if s["ci"] else ""
+        chosen = f"{cand.val_metric:.4f}" if cand.val_metric is not None else "-"
+        print(
+            f"{label:24} | {chosen:>11} | {s['value']:.4f}{ci:>20} | "
+            f"{s['fold_mean']:.4f} +- {s['fold_sd']:.4f}"
+        )
     return 0
 
 
@@ -727,6 +767,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="another synthetic data set and search seed (default: the experiments' own, 0)",
     )
     p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser(
+        "cv", help="k-fold cross-validation of candidates on the training split (fold models)"
+    )
+    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument(
+        "source", nargs="+", help="search name(s) (their --top-k best trials), run directories"
+    )
+    p.add_argument("--folds", type=int, default=5, help="lesion-grouped, stratified folds")
+    p.add_argument("--top-k", type=int, default=1, help="trials of each search to validate")
+    p.add_argument("--epochs", type=int, help="epochs per fold (default: the candidate's own)")
+    p.add_argument("--storage", default="runs/search")
+    p.add_argument("--data", help="dataset (default: the one the candidates were trained on)")
+    p.add_argument("--out", required=True, help="one folder per candidate, one run per fold")
+    p.set_defaults(func=_cmd_cv)
 
     p = sub.add_parser("evaluate", help="metrics of a trained run on a split")
     p.add_argument("task", choices=["seg", "cls"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from melanoma.cascade.build import build_cascade, choose_threshold, load_cascade, run_cascade
 from melanoma.cascade.evaluate import evaluate_cascade
 from melanoma.cli import main
-from melanoma.data.splits import LeakError
+from melanoma.data.splits import LeakError, Splits
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.engine import Runtime, TrainConfig, fit
 
@@ -498,3 +499,35 @@ def test_validation_with_carved_images_also_reports_the_official_part(tmp_path):
         official = np.array([e.sample.split == "val" for e in val])
         assert part["auc"] == roc_auc_score(result["label"][official], result["prob"][official])
         assert part["ci"]["low"] <= part["auc"] <= part["ci"]["high"]
+
+
+def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
+    """`melanoma cv` trains a run's configuration on lesion-grouped folds of its training
+    split; the folder it writes is a source of fold models for `cascade build`."""
+    from melanoma.engine.cv import CV_FILE
+
+    cv = tmp_path / "cv"
+    cls_run = str(built["root"] / "cls")
+    args = ["cv", "cls", cls_run, "--folds", "2", "--epochs", "1", "--out", str(cv)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "cross-validated (95% CI)" in out and re.search(r"^cls +\| +0\.\d{4} \| 0\.", out, re.M)
+    summary = json.loads((cv / "cls" / CV_FILE).read_text())
+    train = {
+        e.sample.id for e in Splits.load(built["root"] / "cls" / "splits.json").entries["train"]
+    }
+    held = []
+    for run in summary["runs"]:
+        fold = Splits.load(Path(run) / "splits.json")
+        held += [e.sample.id for e in fold.entries["val"]]
+        assert load_checkpoint_config(Path(run))["epochs"] == 1
+    assert sorted(held) == sorted(train)  # each training image scored once, by one fold
+    assert summary["images"] == len(train) and len(summary["per_fold"]) == 2
+
+    ens = tmp_path / "ens"
+    build = ["cascade", "build", "--seg", str(built["root"] / "seg"), "--cls", str(cv / "cls")]
+    assert main([*build, "--ensemble-size", "2", "--tta", "off", "--out", str(ens)]) == 0
+    members = json.loads((ens / "cascade.json").read_text())["classifiers"]
+    assert all("/fold" in m["origin"] for m in members)
+    assert main(["cv", "cls", str(built["root"] / "seg"), "--folds", "2", "--out", str(cv)]) == 2
+    assert "holds a seg model" in capsys.readouterr().err

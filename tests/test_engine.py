@@ -277,11 +277,11 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path):
     assert not train0 & held0 and held0 == {e["id"] for e in fold1["splits"]["train"]}
 
     # The saved masks are reused only for the same segmenter checkpoint and fold count.
-    from melanoma.engine.loop import _labelled, open_training_data
+    from melanoma.engine.loop import labelled, open_training_data
     from melanoma.engine.oof import segmenter_masks
 
     bundle = open_training_data(cfg)
-    bundle = bundle.with_splits(_labelled(bundle.splits))
+    bundle = bundle.with_splits(labelled(bundle.splits))
     fold0_file = tmp_path / "cls" / "oof" / "fold0" / "checkpoints" / "last.pt"
     made = fold0_file.stat().st_mtime_ns
     segmenter_masks(cfg, bundle, QUIET)

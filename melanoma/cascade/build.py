@@ -18,6 +18,7 @@ from melanoma.data.dataset import DataBundle, open_data
 from melanoma.data.splits import SplitConfig
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
+from melanoma.engine.cv import fold_runs
 from melanoma.engine.tasks import rebuild_model
 from melanoma.metrics.classification import resampled_metrics, stratified_rows
 
@@ -36,8 +37,12 @@ class Candidate:
 
 
 def candidates(source: str, task: str, top_k: int, storage: str) -> list[Candidate]:
-    """The best ``top_k`` models of a search (by name), or the one model of a run/checkpoint."""
+    """The best ``top_k`` models of a search (by name), every fold model of a
+    cross-validation directory, or the one model of a run/checkpoint."""
     path = Path(source)
+    folds = fold_runs(path)
+    if folds is not None:
+        return [c for run in folds for c in candidates(str(run), task, 1, storage)]
     if path.exists():
         state = load_checkpoint(path)
         config = TrainConfig.from_dict(state["config"])

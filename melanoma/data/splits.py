@@ -271,8 +271,8 @@ class Splits:
         )
 
 
-def _units(samples: list[Sample], content: dict[str, str]) -> list[list[Sample]]:
-    """Union samples that share a group id or identical bytes."""
+def units(samples: list[Sample], content: dict[str, str]) -> list[list[Sample]]:
+    """Samples that must stay in one split: those sharing a group id or identical bytes."""
     parent = list(range(len(samples)))
 
     def find(i: int) -> int:
@@ -291,10 +291,10 @@ def _units(samples: list[Sample], content: dict[str, str]) -> list[list[Sample]]
                 parent[find(i)] = find(first[key])
             else:
                 first[key] = i
-    units: dict[int, list[Sample]] = defaultdict(list)
+    members: dict[int, list[Sample]] = defaultdict(list)
     for i, s in enumerate(samples):
-        units[find(i)].append(s)
-    return list(units.values())
+        members[find(i)].append(s)
+    return list(members.values())
 
 
 def assign_splits(
@@ -302,7 +302,7 @@ def assign_splits(
 ) -> tuple[dict[str, str], list[dict]]:
     """Map sample id to split; also return the leaks official splits already contain."""
     content = content or {}
-    units = _units(samples, content)
+    lesions = units(samples, content)
     official = {s.split for s in samples if s.split} if config.keep_official else set()
     to_carve = [
         s for s in ("val", "test") if s not in official or (s == "val" and config.val_from_train)
@@ -311,7 +311,7 @@ def assign_splits(
     assignment: dict[str, str] = {}
     leaks: list[dict] = []
     pool: list[list[Sample]] = []
-    for unit in units:
+    for unit in lesions:
         fixed = {s.split for s in unit if s.split and s.split in official}
         if len(fixed) > 1:
             leaks.append(

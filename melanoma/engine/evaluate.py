@@ -11,7 +11,7 @@ from melanoma.data.dataset import EpochSampler
 from melanoma.data.splits import Splits
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import _labelled, _loader, evaluate, open_training_data, resolve_device
+from melanoma.engine.loop import _loader, evaluate, labelled, open_training_data, resolve_device
 from melanoma.engine.tasks import make_task, rebuild_model
 
 
@@ -23,6 +23,31 @@ def _run_dir(path: Path) -> Path:
         if path.parent.name == "checkpoints"
         else path.parent
     )
+
+
+def score_split(
+    config: TrainConfig,
+    weights: dict,
+    bundle,
+    split: str,
+    device: str = "auto",
+    masks: dict[str, np.ndarray] | None = None,
+) -> tuple[dict, dict]:
+    """Metrics of the model ``config`` + ``weights`` on ``split`` of ``bundle``, and its
+    outputs (labels and probabilities, or per-image segmentation scores)."""
+    dataset = bundle.dataset(split, None, mask_override=masks)
+    dev = resolve_device(device)
+    config = replace(config, device=str(dev))
+    loader = _loader(
+        dataset,
+        EpochSampler(len(dataset), 0, False),
+        config.data.batch_size,
+        config.data.num_workers,
+        dev,
+        drop_last=False,
+    )
+    model = rebuild_model(config, weights).to(dev)
+    return evaluate(model, loader, make_task(config), None, dev, config)
 
 
 def evaluate_run(
@@ -54,7 +79,7 @@ def evaluate_run(
                 "with the same split settings"
             )
     if config.task == "cls":
-        bundle = bundle.with_splits(_labelled(bundle.splits))
+        bundle = bundle.with_splits(labelled(bundle.splits))
     masks = None
     if config.task == "cls" and config.input.mode != "full" and config.input.mask_source != "gt":
         oof = run_dir / "oof_masks.npz"
@@ -62,19 +87,7 @@ def evaluate_run(
             raise FileNotFoundError(f"{oof} is missing: the run's predicted masks are needed")
         with np.load(oof) as saved:
             masks = {k: saved[k] for k in saved.files}
-    dataset = bundle.dataset(split, None, mask_override=masks)
-    dev = resolve_device(device)
-    config = replace(config, device=str(dev))
-    loader = _loader(
-        dataset,
-        EpochSampler(len(dataset), 0, False),
-        config.data.batch_size,
-        config.data.num_workers,
-        dev,
-        drop_last=False,
-    )
-    model = rebuild_model(config, state["model"]).to(dev)
-    metrics, _ = evaluate(model, loader, make_task(config), None, dev, config)
+    metrics, _ = score_split(config, state["model"], bundle, split, device, masks)
     return {
         "data": str(config.data.path),
         "split": split,

@@ -196,10 +196,13 @@ def evaluate(model, loader, task, criterion, device, config, keep: int = 0) -> t
     out = {k: torch.cat(v) for k, v in examples.items() if v}
     if task.name == "cls":
         out["labels"], out["probs"] = meter.arrays()
+    else:
+        out["per_image"] = meter.per_image()
     return metrics, out
 
 
-def _labelled(splits: Splits) -> Splits:
+def labelled(splits: Splits) -> Splits:
+    """The same splits without unlabelled images (what a classifier trains and scores on)."""
     entries = {
         s: [e for e in items if e.sample.label is not None] for s, items in splits.entries.items()
     }
@@ -252,7 +255,7 @@ def fit(
 
     bundle = data or open_training_data(config)
     if config.task == "cls":
-        bundle = bundle.with_splits(_labelled(bundle.splits))
+        bundle = bundle.with_splits(labelled(bundle.splits))
         if (
             config.input.mode != "full"
             and config.input.mask_source != "gt"
