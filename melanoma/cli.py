@@ -372,6 +372,13 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
         )
     name = args.name or exp.name
     storage = args.storage or exp.storage
+    uses_masks = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
+    if uses_masks and exp.train.input.mask_source != "gt":
+        from melanoma.engine.oof import prepare_segmenter_masks
+
+        # Once here rather than in the first trials at once (they would wait on the lock).
+        print(f"[search] out-of-fold masks from {exp.train.input.mask_source}", flush=True)
+        prepare_segmenter_masks(exp.train)
     run_search(exp, name=name, storage=storage, address=args.address, verbose=args.verbose)
     return _print_results(name, storage, top=10)
 

@@ -249,7 +249,10 @@ def test_masked_mode_without_a_mask_keeps_the_whole_image(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_out_of_fold_masks(learn_root: Path, tmp_path: Path):
+def test_out_of_fold_masks(learn_root: Path, tmp_path: Path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "cache"))
     fit(config(learn_root, tmp_path / "seg", "seg", epochs=1), QUIET)
     cfg = config(
         learn_root,
@@ -265,16 +268,27 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path):
     fit(cfg, QUIET)
     masks = np.load(tmp_path / "cls" / "oof_masks.npz")
     assert len(masks.files) == 160
+    folds = Path(json.loads((tmp_path / "cls" / "oof_masks.json").read_text())["folds_dir"])
+    assert folds.parent == tmp_path / "cache" / "oof"
     for k in (0, 1):  # one segmenter per fold, each never shown its own fold
-        fold = load_checkpoint(tmp_path / "cls" / "oof" / f"fold{k}" / "checkpoints" / "last.pt")
+        fold = load_checkpoint(folds / f"fold{k}" / "checkpoints" / "last.pt")
         assert fold["config"]["task"] == "seg"
-    import json
 
-    fold0 = json.loads((tmp_path / "cls" / "oof" / "fold0" / "splits.json").read_text())
-    fold1 = json.loads((tmp_path / "cls" / "oof" / "fold1" / "splits.json").read_text())
+    fold0 = json.loads((folds / "fold0" / "splits.json").read_text())
+    fold1 = json.loads((folds / "fold1" / "splits.json").read_text())
     train0 = {e["id"] for e in fold0["splits"]["train"]}
     held0 = {e["id"] for e in fold0["splits"]["val"]}
     assert not train0 & held0 and held0 == {e["id"] for e in fold1["splits"]["train"]}
+
+    # Another classifier run with the same segmenter (a search's next trial) reuses the
+    # machine's masks: nothing is retrained, and it keeps its own copy for `evaluate`.
+    fold0_file = folds / "fold0" / "checkpoints" / "last.pt"
+    made = fold0_file.stat().st_mtime_ns
+    other = cfg.with_overrides({"out": str(tmp_path / "cls2"), "input.crop_margin": 0.3})
+    fit(other, QUIET)
+    assert fold0_file.stat().st_mtime_ns == made
+    again = np.load(tmp_path / "cls2" / "oof_masks.npz")
+    assert all(np.array_equal(masks[k], again[k]) for k in masks.files)
 
     # The saved masks are reused only for the same segmenter checkpoint and fold count.
     from melanoma.engine.loop import labelled, open_training_data
@@ -282,18 +296,17 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path):
 
     bundle = open_training_data(cfg)
     bundle = bundle.with_splits(labelled(bundle.splits))
-    fold0_file = tmp_path / "cls" / "oof" / "fold0" / "checkpoints" / "last.pt"
-    made = fold0_file.stat().st_mtime_ns
     segmenter_masks(cfg, bundle, QUIET)
     assert fold0_file.stat().st_mtime_ns == made  # same key: reused, nothing retrained
     three = cfg.with_overrides({"input.oof_folds": 3})
     segmenter_masks(three, bundle, QUIET)
-    assert (tmp_path / "cls" / "oof" / "fold2").is_dir()
+    three_dir = Path(json.loads((tmp_path / "cls" / "oof_masks.json").read_text())["folds_dir"])
+    assert three_dir != folds and (three_dir / "fold2").is_dir()
     assert json.loads((tmp_path / "cls" / "oof_masks.json").read_text())["folds"] == 3
-    made = fold0_file.stat().st_mtime_ns
     fit(config(learn_root, tmp_path / "seg", "seg", epochs=1, seed=1), QUIET)  # retrained
     segmenter_masks(three, bundle, QUIET)
-    assert fold0_file.stat().st_mtime_ns != made
+    retrained = json.loads((tmp_path / "cls" / "oof_masks.json").read_text())["folds_dir"]
+    assert Path(retrained) not in (folds, three_dir)
 
 
 def test_mask_source_must_be_a_segmenter(learn_root: Path, tmp_path: Path):

@@ -271,3 +271,38 @@ def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_pa
         assert not list((checkpoint.parent / "run" / "checkpoints").glob("staged-*"))
         state = load_checkpoint(checkpoint)
         assert state["epoch"] == r["best_epoch"]
+
+
+def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_path, capsys):
+    """`input.mask_source: SEGMENTER_RUN` in a search: the driver trains the fold
+    segmenters once, before the first trial; every trial reuses those masks."""
+    import json
+
+    from melanoma.cli import main
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.loop import Runtime, fit
+
+    local_ray["marker"].write_text("disarmed: no injected failure in this search")
+    exp_path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=2)
+    exp = yaml.safe_load(exp_path.read_text())
+    seg = {**exp["train"], "task": "seg", "epochs": 1, "out": str(tmp_path / "seg")}
+    fit(TrainConfig.from_dict(seg), Runtime(progress=False))
+    exp.update(name="oof_cls", task="cls")
+    exp["train"]["model"] = {"arch": "resnet18"}
+    exp["train"]["input"] = {"mode": "crop", "mask_source": str(tmp_path / "seg"), "oof_folds": 2}
+    exp["space"] = {"input.crop_margin": {"uniform": [0.05, 0.4]}}
+    exp["search"]["max_epochs"] = 1
+    exp["resources"]["launcher"] = "inline"
+    exp_path.write_text(yaml.safe_dump(exp, sort_keys=False))
+
+    assert main(["search", "cls", "--experiment", str(exp_path)]) == 0
+    assert "[search] out-of-fold masks from" in capsys.readouterr().out
+    copies = sorted((tmp_path / "search" / "oof_cls").glob("trial_*/run/oof_masks.json"))
+    assert len(copies) == 2
+    folds = {json.loads(c.read_text())["folds_dir"] for c in copies}
+    assert len(folds) == 1  # one set of fold segmenters for the whole search
+    folds_dir = Path(folds.pop())
+    assert folds_dir.parent == local_ray["cache"] / "oof"
+    made = max((folds_dir / f"fold{k}" / "checkpoints" / "last.pt").stat().st_mtime for k in (0, 1))
+    for copy in copies:  # trained before any trial began
+        assert (copy.parent / "config.yaml").stat().st_mtime > made

@@ -10,19 +10,24 @@ which was trained on the training split only (checked).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from sklearn.model_selection import GroupKFold
 
 from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
+
+OOF_FILE = "oof_masks.npz"
 
 
 @torch.no_grad()
@@ -68,26 +73,86 @@ class _Subset:
         return self.source.get(self.rows[i])
 
 
-def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[str, np.ndarray]:
-    """Predicted masks for every classifier image: out-of-fold on train, the run's on val/test."""
-    from melanoma.engine.loop import fit, open_training_data
-    from melanoma.engine.tasks import rebuild_model
+def segmenter_masks(
+    config: TrainConfig, bundle: DataBundle, runtime, *, keep_copy: bool = True
+) -> dict[str, np.ndarray]:
+    """Predicted masks for every classifier image: out-of-fold on train, the run's on val/test.
 
-    run = Path(config.input.mask_source)
-    cache = Path(config.out) / "oof_masks.npz"
-    state = load_checkpoint(run)
+    They are made once per machine for a segmenter checkpoint, fold count and image set, in
+    ``$MELANOMA_CACHE/oof/`` under a file lock, so the trials of a classifier search (and
+    the search's driver, which makes them before the first trial) share one set; each run
+    keeps its own copy (``oof_masks.npz``) for ``evaluate``."""
+    state = load_checkpoint(Path(config.input.mask_source))
     # Masks are reused only when the same segmenter checkpoint, fold count and images
     # made them: a retrained segmenter or another split makes them anew.
     key = {
         "segmenter": state["path"],
         "segmenter_sha256": file_sha256(Path(state["path"])),
         "folds": config.input.oof_folds,
+        "size": bundle.size,  # masks are made at the classifier's image size
         "images": sorted(e.sample.id for items in bundle.splits.entries.values() for e in items),
     }
-    key_file = cache.with_suffix(".json")
-    if cache.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key:
-        with np.load(cache) as saved:
-            return {k: saved[k] for k in saved.files}
+    own = Path(config.out) / OOF_FILE
+    masks = _load_masks(own, key)
+    if masks is None:
+        shared = oof_cache_dir() / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{shared}.lock"):
+            masks = _load_masks(shared / OOF_FILE, key)
+            if masks is None:
+                masks = _make_masks(config, bundle, runtime, state, shared)
+                _save_masks(shared / OOF_FILE, key, masks)
+        if runtime.is_main and keep_copy:
+            _save_masks(own, {**key, "folds_dir": str(shared)}, masks)
+    return masks
+
+
+def prepare_segmenter_masks(config: TrainConfig) -> bool:
+    """Make the out-of-fold masks a classifier config asks for (before a search's trials
+    need them); False when it asks for none."""
+    if config.task != "cls" or config.input.mask_source == "gt":
+        return False
+    from melanoma.engine.loop import Runtime, labelled, open_training_data
+
+    bundle = open_training_data(config)
+    segmenter_masks(config, bundle.with_splits(labelled(bundle.splits)), Runtime(), keep_copy=False)
+    return True
+
+
+def oof_cache_dir() -> Path:
+    """Where out-of-fold masks and their fold segmenters live on this machine."""
+    from melanoma.data.synth import synthetic_cache_dir
+
+    return synthetic_cache_dir() / "oof"
+
+
+def _load_masks(path: Path, key: dict) -> dict[str, np.ndarray] | None:
+    key_file = path.with_suffix(".json")
+    if not (path.is_file() and key_file.is_file()):
+        return None
+    saved_key = json.loads(key_file.read_text())
+    if {k: v for k, v in saved_key.items() if k != "folds_dir"} != key:
+        return None
+    with np.load(path) as saved:
+        return {k: saved[k] for k in saved.files}
+
+
+def _save_masks(path: Path, key: dict, masks: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **masks)
+    os.replace(tmp, path)  # whole or absent: a reader never sees half a file
+    path.with_suffix(".json").write_text(json.dumps(key) + "\n")
+
+
+def _make_masks(
+    config: TrainConfig, bundle: DataBundle, runtime, state: dict, folds_dir: Path
+) -> dict[str, np.ndarray]:
+    """Train the fold segmenters into ``folds_dir`` and predict every image's mask."""
+    from melanoma.engine.loop import fit, open_training_data
+    from melanoma.engine.tasks import rebuild_model
+
+    run = Path(config.input.mask_source)
     seg_config = TrainConfig.from_dict(state["config"])
     if seg_config.task != "seg":
         raise ValueError(
@@ -132,9 +197,7 @@ def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[st
                 "test": [],
             },
         )
-        fold_config = replace(
-            seg_config, out=str(Path(config.out) / "oof" / f"fold{k}"), early_stopping=0
-        )
+        fold_config = replace(seg_config, out=str(folds_dir / f"fold{k}"), early_stopping=0)
         if runtime.is_main and runtime.progress:
             print(
                 f"out-of-fold masks: training segmenter fold {k + 1}/{config.input.oof_folds}",
@@ -150,8 +213,4 @@ def segmenter_masks(config: TrainConfig, bundle: DataBundle, runtime) -> dict[st
 
         held = _Subset(cls_train_source, [index_of[entries[i].sample.id] for i in held_idx])
         masks.update(_predict_source(fold_model, held, seg_size, device))
-    if runtime.is_main:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(cache, **masks)
-        key_file.write_text(json.dumps(key) + "\n")
     return masks
