@@ -408,8 +408,11 @@ def _print_results(
         return 0
     metric = exp.metric
     keys = [p.key for p in exp.space]
-    header = ["trial_id", "state", "epochs", metric, *keys]
+    header = ["trial_id", "state", "epochs", metric, "95% CI", *keys]
     shown = rows[:top] if top else rows
+    for r in shown:
+        low, high = r.get("ci_low"), r.get("ci_high")
+        r["95% CI"] = f"{low:.3f}-{high:.3f}" if low is not None else "-"
     table = [[_fmt(r.get(k)) for k in header] for r in shown]
     widths = [
         max(len(h), *(len(row[i]) for row in table)) if table else len(h)
@@ -424,9 +427,22 @@ def _print_results(
     if best:
         print(
             f"best trial {best['trial_id']}: {metric} {best[metric]:.4f} "
-            f"at epoch {best['best_epoch']}"
+            f"(95% CI {best.get('95% CI', '-')}) at epoch {best['best_epoch']}"
         )
         print(f"best checkpoint: {best['checkpoint']}")
+        close = [
+            r["trial_id"]
+            for r in rows[1:]
+            if r.get(metric) is not None
+            and best.get("ci_low") is not None
+            and best["ci_low"] <= r[metric] <= best["ci_high"]
+        ]
+        if close:
+            print(
+                f"{len(close)} other trial(s) lie inside the best one's interval "
+                f"({', '.join(close[:5])}{', ...' if len(close) > 5 else ''}): validation does "
+                "not separate them; compare them with `melanoma cv` or a larger validation split"
+            )
     return 0
 
 

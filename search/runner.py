@@ -331,6 +331,7 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
     for trial in analysis.trials:
         df = frames.get(trial.trial_id)
         best_value, best_epoch, checkpoint, epochs, finished = None, None, None, 0, False
+        ci = None
         if df is not None and "checkpoint_path" not in df and "checkpoint_dir_name" in df:
             # Inline trials checkpoint through Tune, into the trial's own directory.
             trial_dir = Path(root) / trial_dirname(trial)
@@ -347,6 +348,7 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
             idx = col.idxmax() if mode == "max" else col.idxmin()
             best_value = float(col[idx])
             vm = f"val_{exp.train.metric}"
+            ci = _interval_at(df, idx, vm)
             # The checkpoint to use is the one of the epoch with the best validation value.
             scored = df[df["checkpoint_path"].notna()] if "checkpoint_path" in df else df.iloc[0:0]
             if len(scored) and not _is_uri(root):  # only checkpoints Train has kept
@@ -373,6 +375,8 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
                 "state": state,
                 "epochs": epochs,
                 metric: best_value,
+                "ci_low": ci and ci[0],
+                "ci_high": ci and ci[1],
                 "best_epoch": best_epoch,
                 "checkpoint": checkpoint,
                 **params,
@@ -382,6 +386,14 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
         key=lambda r: (r[metric] is None, -(r[metric] or 0) if mode == "max" else (r[metric] or 0))
     )
     return rows, exp
+
+
+def _interval_at(df, idx, column: str) -> tuple[float, float] | None:
+    """The 95% interval the engine reported beside the validation metric at row ``idx``."""
+    low, high = f"{column}_low", f"{column}_high"
+    if low not in df or high not in df or df[low].isna()[idx]:
+        return None
+    return float(df[low][idx]), float(df[high][idx])
 
 
 def _from_checkpoints(train_dir: Path, exp: Experiment):

@@ -53,6 +53,9 @@ def test_segmenter_learns(learn_root: Path, tmp_path: Path):
     assert losses[-1] < losses[0]
     # Chance level: an all-lesion mask scores the mean coverage (about 0.15) as Jaccard.
     assert result.best_metrics["jaccard"] > 0.45
+    # Every epoch reports the interval of the metric trials are selected on.
+    best = result.best_metrics
+    assert best["jaccard_low"] < best["jaccard"] < best["jaccard_high"]
     for name in (
         "config.yaml",
         "splits.json",
@@ -69,6 +72,7 @@ def test_masked_classifier_learns(learn_root: Path, tmp_path: Path):
     result = fit(cfg, QUIET)
     assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
     assert result.best_metrics["auc"] > 0.75  # chance is 0.5
+    assert result.best_metrics["auc_low"] < result.best_metrics["auc"] < 1.0
 
 
 @pytest.mark.slow

@@ -118,3 +118,26 @@ def test_resampled_metrics_equal_scikit_learn_on_every_resample():
                     assert np.isnan(fast[k][i]), k
                 else:
                     assert fast[k][i] == pytest.approx(slow[k], abs=1e-12), k
+
+
+def test_selection_intervals():
+    from melanoma.metrics.intervals import classification_interval, mean_interval
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 120 + [1] * 30)
+    probs = np.clip(labels * 0.3 + rng.random(150) * 0.7, 0, 1)
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(labels, probs)
+    ci = classification_interval(labels, probs, "auc")
+    assert ci["low"] < auc < ci["high"]
+    # 30 melanomas: the interval is wide, about +-0.08 as the ISIC 2017 validation shows.
+    assert 0.08 < ci["high"] - ci["low"] < 0.3
+    wider = classification_interval(labels[::3], probs[::3], "auc")
+    assert wider["high"] - wider["low"] > ci["high"] - ci["low"]
+    assert classification_interval(np.zeros(10), rng.random(10), "auc") is None  # one class
+    assert classification_interval(labels, probs, "loss") is None  # no bootstrap for it
+    scores = rng.random(200)
+    m = mean_interval(scores)
+    assert m["low"] < scores.mean() < m["high"]
+    assert mean_interval(np.array([])) is None

@@ -261,6 +261,7 @@ def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_pa
     assert len(rows) == 2
     for r in rows:
         assert r["state"] == "TERMINATED" and r["epochs"] == 2
+        assert r["ci_low"] <= r["best_val_jaccard"] <= r["ci_high"]  # shown by `results`
         assert [int(p["epoch"]) for p in progress(storage, "tiny", r["trial_id"])] == [1, 2]
         # The checkpoint of the best epoch, in the trial's own directory, loads as the
         # engine's checkpoint.

@@ -20,7 +20,7 @@ from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.cv import fold_runs
 from melanoma.engine.tasks import rebuild_model
-from melanoma.metrics.classification import resampled_metrics, stratified_rows
+from melanoma.metrics.intervals import classification_interval
 
 FORMAT = "melanoma-cascade"
 VERSION = 2  # 1: one segmenter and one classifier, no TTA (still read)
@@ -345,12 +345,10 @@ def _auc(result: dict) -> float:
     return float(roc_auc_score(result["label"][keep], result["prob"][keep]))
 
 
-def _auc_interval(result: dict, resamples: int = 1000) -> dict:
+def _auc_interval(result: dict) -> dict:
     """95% bootstrap interval of a validation AUC: how much a selection on it can mean."""
     keep = result["label"] >= 0
-    labels, probs = result["label"][keep], result["prob"][keep]
-    values = resampled_metrics(labels, probs, 0.5, stratified_rows(labels, resamples))["auc"]
-    return {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
+    return classification_interval(result["label"][keep], result["prob"][keep], "auc")
 
 
 def _official_part(result: dict, bundle: DataBundle) -> dict | None:

@@ -25,7 +25,8 @@ from melanoma.engine.checkpoint import LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.evaluate import score_split
 from melanoma.engine.loop import CHECKPOINTS, Runtime, fit, labelled, open_training_data
-from melanoma.metrics.classification import resampled_metrics, stratified_rows
+from melanoma.metrics.classification import resampled_metrics
+from melanoma.metrics.intervals import classification_interval, mean_interval
 
 CV_FILE = "cv.json"
 
@@ -117,20 +118,13 @@ def summarise_folds(config: TrainConfig, scores: list[FoldScores], resamples: in
             k: float(v[0])
             for k, v in resampled_metrics(labels, probs, config.threshold, everything).items()
         }
-        rows = stratified_rows(labels, resamples)
-        spread = resampled_metrics(labels, probs, config.threshold, rows).get(metric)
         value = pooled.get(metric, float(np.mean(per_fold)))
+        ci = classification_interval(labels, probs, metric, config.threshold, resamples)
     else:
         key = metric if metric in scores[0].outputs["per_image"] else "jaccard"  # not "loss"
         values = np.concatenate([s.outputs["per_image"][key] for s in scores])
         pooled = {key: float(values.mean())}
-        rows = np.random.default_rng(0).integers(0, len(values), (resamples, len(values)))
-        value, spread = pooled[key], values[rows].mean(axis=1)
-    ci = (
-        {"low": float(np.nanpercentile(spread, 2.5)), "high": float(np.nanpercentile(spread, 97.5))}
-        if spread is not None
-        else None
-    )
+        value, ci = pooled[key], mean_interval(values, resamples)
     return {
         "task": config.task,
         "metric": metric,

@@ -38,6 +38,7 @@ from melanoma.engine.config import TrainConfig
 from melanoma.engine.logging import RunLogger
 from melanoma.engine.optim import create_optimizer, create_scheduler
 from melanoma.engine.tasks import build_model, make_task
+from melanoma.metrics.intervals import classification_interval, mean_interval
 
 CHECKPOINTS = "checkpoints"
 
@@ -196,8 +197,12 @@ def evaluate(model, loader, task, criterion, device, config, keep: int = 0) -> t
     out = {k: torch.cat(v) for k, v in examples.items() if v}
     if task.name == "cls":
         out["labels"], out["probs"] = meter.arrays()
+        ci = classification_interval(out["labels"], out["probs"], config.metric, config.threshold)
     else:
         out["per_image"] = meter.per_image()
+        ci = mean_interval(out["per_image"].get(config.metric, []))
+    if ci:  # the interval of what trials are selected on, reported with it
+        metrics[f"{config.metric}_low"], metrics[f"{config.metric}_high"] = ci["low"], ci["high"]
     return metrics, out
 
 

@@ -1,0 +1,42 @@
+"""95% bootstrap intervals of the figures selections are made on (a trial's validation
+metric, a cascade's validation AUC, a cross-validated score), so a user sees when a
+choice between two candidates is a coin toss."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from melanoma.metrics.classification import BOOTSTRAP_KEYS, resampled_metrics, stratified_rows
+
+
+def classification_interval(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    metric: str = "auc",
+    threshold: float = 0.5,
+    resamples: int = 1000,
+) -> dict | None:
+    """{"low", "high"} of ``metric`` over class-stratified resamples; None when the metric
+    has no bootstrap or the labels hold one class."""
+    labels = np.asarray(labels)
+    if metric not in BOOTSTRAP_KEYS or len(np.unique(labels)) < 2:
+        return None
+    rows = stratified_rows(labels, resamples)
+    return _percentiles(resampled_metrics(labels, probs, threshold, rows)[metric])
+
+
+def mean_interval(values: np.ndarray, resamples: int = 1000) -> dict | None:
+    """{"low", "high"} of the mean of per-image scores (a segmenter's Jaccard) over
+    resamples of the images; None without images."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return None
+    rows = np.random.default_rng(0).integers(0, len(values), (resamples, len(values)))
+    return _percentiles(values[rows].mean(axis=1))
+
+
+def _percentiles(values: np.ndarray) -> dict:
+    return {
+        "low": float(np.nanpercentile(values, 2.5)),
+        "high": float(np.nanpercentile(values, 97.5)),
+    }
