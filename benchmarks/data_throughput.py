@@ -55,7 +55,7 @@ def loader_versus_step(cache: Path, size: int, n: int, device: str, batches: int
     from melanoma.data.dataset import EpochSampler
     from melanoma.engine.config import TrainConfig
     from melanoma.engine.loop import (
-        _loader,
+        make_loader,
         open_training_data,
         resolve_device,
         train_one_epoch,
@@ -87,7 +87,7 @@ def loader_versus_step(cache: Path, size: int, n: int, device: str, batches: int
         bundle = open_training_data(config)
         dataset = bundle.dataset("train", build_augmentation(config.data.augment), seed=0)
         sampler = EpochSampler(len(dataset), 0, True)
-        loader = _loader(dataset, sampler, 16, config.data.num_workers, dev, drop_last=True)
+        loader = make_loader(dataset, sampler, 16, config.data.num_workers, dev, drop_last=True)
         iterator = iter(loader)
         kept = [next(iterator)]  # the first batch pays for starting the workers
         start, seen = time.perf_counter(), 0

@@ -262,7 +262,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
     from melanoma.engine.config import TrainConfig
-    from melanoma.engine.loop import CHECKPOINTS, fit
+    from melanoma.engine.loop import CHECKPOINTS
+    from melanoma.engine.run import train
 
     overrides = _overrides(args)
     config = resolve_train_config(args.task, args.experiment, overrides)
@@ -277,7 +278,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "or choose another --out"
         )
     print(f"run directory: {config.out}")
-    result = fit(config, resume=args.resume)
+    result = train(config, resume=args.resume)
     best = result.best_metrics.get(config.metric)
     print(
         f"best val {config.metric}: {best:.4f} at epoch {result.best_epoch}"

@@ -13,7 +13,7 @@ from melanoma.cli import main
 from melanoma.config import ConfigError
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.data.transforms import apply_input_mode, lesion_boxes
-from melanoma.engine import NonFiniteLossError, Runtime, TrainConfig, fit, load_checkpoint
+from melanoma.engine import NonFiniteLossError, Runtime, TrainConfig, fit, load_checkpoint, train
 from melanoma.engine.losses import class_weights
 
 
@@ -269,7 +269,7 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path, monkeypatch):
             "input.oof_folds": 2,
         },
     )
-    fit(cfg, QUIET)
+    train(cfg, QUIET)
     masks = np.load(tmp_path / "cls" / "oof_masks.npz")
     assert len(masks.files) == 160
     folds = Path(json.loads((tmp_path / "cls" / "oof_masks.json").read_text())["folds_dir"])
@@ -289,7 +289,7 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path, monkeypatch):
     fold0_file = folds / "fold0" / "checkpoints" / "last.pt"
     made = fold0_file.stat().st_mtime_ns
     other = cfg.with_overrides({"out": str(tmp_path / "cls2"), "input.crop_margin": 0.3})
-    fit(other, QUIET)
+    train(other, QUIET)
     assert fold0_file.stat().st_mtime_ns == made
     again = np.load(tmp_path / "cls2" / "oof_masks.npz")
     assert all(np.array_equal(masks[k], again[k]) for k in masks.files)
@@ -322,6 +322,9 @@ def test_mask_source_must_be_a_segmenter(learn_root: Path, tmp_path: Path):
         **{"input.mode": "masked", "input.mask_source": str(tmp_path / "c1")},
     )
     with pytest.raises(ValueError, match="must be a segmenter run"):
+        train(cfg, QUIET)
+    # fit() itself takes the masks from its caller and says which function makes them.
+    with pytest.raises(ValueError, match="melanoma.engine.train makes them"):
         fit(cfg, QUIET)
 
 

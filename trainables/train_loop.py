@@ -46,8 +46,8 @@ def stage_checkpoint(checkpoint_dir: Path) -> Path:
 def fit_resuming(config, runtime, checkpoint) -> None:
     """``fit``, resumed from a reported checkpoint (restarted or restored trial) if any.
     The local copy of its last.pt lives as long as the fit, then goes."""
-    from melanoma.engine import fit
     from melanoma.engine.loop import CHECKPOINTS
+    from melanoma.engine.run import train
 
     if runtime.is_main:
         # Staged copies that a killed attempt of this trial left before Ray persisted them:
@@ -56,13 +56,13 @@ def fit_resuming(config, runtime, checkpoint) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
     if checkpoint is None:
-        fit(config, runtime)
+        train(config, runtime)
         return
     with tempfile.TemporaryDirectory(prefix="melanoma-resume-") as tmp:
         with checkpoint.as_directory() as restored:
             local = Path(tmp) / CHECKPOINT_FILE
             shutil.copy(Path(restored) / CHECKPOINT_FILE, local)
-        fit(config, runtime, resume=local)
+        train(config, runtime, resume=local)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

@@ -17,6 +17,7 @@ _EXPORTS = {
     "Runtime": "melanoma.engine.loop",
     "evaluate": "melanoma.engine.loop",
     "fit": "melanoma.engine.loop",
+    "train": "melanoma.engine.run",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -24,7 +24,15 @@ from melanoma.data.splits import Splits, units
 from melanoma.engine.checkpoint import LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.evaluate import score_split
-from melanoma.engine.loop import CHECKPOINTS, Runtime, fit, labelled, open_training_data
+from melanoma.engine.loop import (
+    CHECKPOINTS,
+    Runtime,
+    fit,
+    labelled,
+    needs_segmenter_masks,
+    open_training_data,
+)
+from melanoma.engine.oof import segmenter_masks
 from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
@@ -78,8 +86,13 @@ def cross_validate(
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     runtime = runtime or Runtime()
     bundle = open_training_data(config)
+    masks = None
     if config.task == "cls":
         bundle = bundle.with_splits(labelled(bundle.splits))
+        if needs_segmenter_masks(config):
+            # Out-of-fold over the whole training split: a held-out fold's masks come from
+            # segmenters that never saw those images either.
+            masks = segmenter_masks(config, bundle, runtime, keep_copy=False)
     scores = []
     for k, splits in enumerate(fold_splits(bundle.splits, folds, config.data.split_seed)):
         if runtime.progress:
@@ -88,7 +101,7 @@ def cross_validate(
                 f"{len(splits.entries['val'])} held-out images",
                 flush=True,
             )
-        scores.append(_run_fold(config, k, bundle.with_splits(splits), Path(out), runtime))
+        scores.append(_run_fold(config, k, bundle.with_splits(splits), Path(out), runtime, masks))
     summary = summarise_folds(config, scores)
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / CV_FILE).write_text(json.dumps(summary, indent=1) + "\n")
@@ -96,13 +109,13 @@ def cross_validate(
 
 
 def _run_fold(
-    config: TrainConfig, k: int, data: DataBundle, out: Path, runtime: Runtime
+    config: TrainConfig, k: int, data: DataBundle, out: Path, runtime: Runtime, masks
 ) -> FoldScores:
     # No early stopping: every fold trains the epochs the configuration asks for.
     fold_config = replace(config, out=str(out / f"fold{k}"), early_stopping=0)
-    result = fit(fold_config, runtime, resume=True, data=data)
+    result = fit(fold_config, runtime, resume=True, data=data, mask_override=masks)
     state = load_checkpoint(result.run_dir / CHECKPOINTS / LAST)
-    metrics, outputs = score_split(fold_config, state["model"], data, "val", config.device)
+    metrics, outputs = score_split(fold_config, state["model"], data, "val", config.device, masks)
     return FoldScores(k, result.run_dir, metrics, outputs)
 
 

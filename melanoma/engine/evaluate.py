@@ -11,7 +11,14 @@ from melanoma.data.dataset import EpochSampler
 from melanoma.data.splits import Splits
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import _loader, evaluate, labelled, open_training_data, resolve_device
+from melanoma.engine.loop import (
+    evaluate,
+    labelled,
+    make_loader,
+    needs_segmenter_masks,
+    open_training_data,
+    resolve_device,
+)
 from melanoma.engine.tasks import make_task, rebuild_model
 
 
@@ -38,7 +45,7 @@ def score_split(
     dataset = bundle.dataset(split, None, mask_override=masks)
     dev = resolve_device(device)
     config = replace(config, device=str(dev))
-    loader = _loader(
+    loader = make_loader(
         dataset,
         EpochSampler(len(dataset), 0, False),
         config.data.batch_size,
@@ -81,7 +88,7 @@ def evaluate_run(
     if config.task == "cls":
         bundle = bundle.with_splits(labelled(bundle.splits))
     masks = None
-    if config.task == "cls" and config.input.mode != "full" and config.input.mask_source != "gt":
+    if needs_segmenter_masks(config):
         oof = run_dir / "oof_masks.npz"
         if not oof.is_file():
             raise FileNotFoundError(f"{oof} is missing: the run's predicted masks are needed")

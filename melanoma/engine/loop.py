@@ -92,7 +92,9 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, drop_last: bool):
+def make_loader(
+    dataset, sampler, batch_size: int, workers: int, device: torch.device, drop_last: bool
+):
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -206,6 +208,11 @@ def evaluate(model, loader, task, criterion, device, config, keep: int = 0) -> t
     return metrics, out
 
 
+def needs_segmenter_masks(config: TrainConfig) -> bool:
+    """Whether a classifier trains on a segmenter's predicted masks."""
+    return config.task == "cls" and config.input.mode != "full" and config.input.mask_source != "gt"
+
+
 def labelled(splits: Splits) -> Splits:
     """The same splits without unlabelled images (what a classifier trains and scores on)."""
     entries = {
@@ -261,14 +268,11 @@ def fit(
     bundle = data or open_training_data(config)
     if config.task == "cls":
         bundle = bundle.with_splits(labelled(bundle.splits))
-        if (
-            config.input.mode != "full"
-            and config.input.mask_source != "gt"
-            and mask_override is None
-        ):
-            from melanoma.engine.oof import segmenter_masks
-
-            mask_override = segmenter_masks(config, bundle, runtime)
+        if needs_segmenter_masks(config) and mask_override is None:
+            raise ValueError(
+                f"input.mask_source is {config.input.mask_source}: fit() needs those masks as "
+                "mask_override; melanoma.engine.train makes them and calls fit"
+            )
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(config.to_dict(), run_dir / "config.yaml")
@@ -287,7 +291,7 @@ def fit(
         len(train_set), config.seed, True, runtime.rank, runtime.world_size
     )
     val_sampler = EpochSampler(len(val_set), 0, False)  # every rank evaluates all of val
-    train_loader = _loader(
+    train_loader = make_loader(
         train_set,
         train_sampler,
         bs,
@@ -295,7 +299,9 @@ def fit(
         device,
         drop_last=len(train_sampler) > bs,
     )
-    val_loader = _loader(val_set, val_sampler, bs, config.data.num_workers, device, drop_last=False)
+    val_loader = make_loader(
+        val_set, val_sampler, bs, config.data.num_workers, device, drop_last=False
+    )
 
     checkpoint_path = None
     if resume:

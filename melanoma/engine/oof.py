@@ -26,6 +26,8 @@ from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
+from melanoma.engine.loop import Runtime, fit, labelled, open_training_data
+from melanoma.engine.tasks import rebuild_model
 
 OOF_FILE = "oof_masks.npz"
 
@@ -112,8 +114,6 @@ def prepare_segmenter_masks(config: TrainConfig) -> bool:
     need them); False when it asks for none."""
     if config.task != "cls" or config.input.mask_source == "gt":
         return False
-    from melanoma.engine.loop import Runtime, labelled, open_training_data
-
     bundle = open_training_data(config)
     segmenter_masks(config, bundle.with_splits(labelled(bundle.splits)), Runtime(), keep_copy=False)
     return True
@@ -149,9 +149,6 @@ def _make_masks(
     config: TrainConfig, bundle: DataBundle, runtime, state: dict, folds_dir: Path
 ) -> dict[str, np.ndarray]:
     """Train the fold segmenters into ``folds_dir`` and predict every image's mask."""
-    from melanoma.engine.loop import fit, open_training_data
-    from melanoma.engine.tasks import rebuild_model
-
     run = Path(config.input.mask_source)
     seg_config = TrainConfig.from_dict(state["config"])
     if seg_config.task != "seg":
