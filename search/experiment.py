@@ -24,6 +24,8 @@ from melanoma.config import ConfigError, from_dict, load_yaml, to_dict
 from melanoma.engine.config import TrainConfig
 from search.space import ParamSpec, parse_space
 
+DEFAULT_STORAGE = "runs/search"  # where searches live unless the YAML or --storage says
+
 
 @dataclass(frozen=True)
 class SearcherConfig:
@@ -127,7 +129,7 @@ class Experiment:
     space: tuple[ParamSpec, ...]
     search: SearchConfig
     resources: ResourcesConfig
-    storage: str = "runs/search"
+    storage: str = DEFAULT_STORAGE
 
     @property
     def metric(self) -> str:
@@ -181,7 +183,7 @@ def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
         space=space,
         search=search,
         resources=from_dict(ResourcesConfig, data.get("resources") or {}, "resources"),
-        storage=str(data.get("storage") or "runs/search"),
+        storage=str(data.get("storage") or DEFAULT_STORAGE),
     )
 
 

@@ -12,7 +12,7 @@ import ray
 from ray import tune
 
 from melanoma.config import dump_yaml, load_yaml
-from search.experiment import Experiment, experiment_from_dict
+from search.experiment import DEFAULT_STORAGE, Experiment, experiment_from_dict
 from search.searcher import create_scheduler, create_searcher
 from trainables.driver import META, tune_driver
 
@@ -298,7 +298,7 @@ def load_search_experiment(name: str, storage: str) -> Experiment:
 
 
 def resume_search(
-    name: str, *, storage: str = "runs/search", address: str | None = None, verbose: int = 0
+    name: str, *, storage: str = DEFAULT_STORAGE, address: str | None = None, verbose: int = 0
 ):
     """Restore an interrupted search: unfinished trials resume from their checkpoints,
     errored ones are retried; finished trials are not run again."""
@@ -317,7 +317,7 @@ def resume_search(
     return tuner.fit()
 
 
-def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Experiment]:
+def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], Experiment]:
     """Every trial with its hyperparameters, state, epochs, best metric and best checkpoint."""
     from ray.tune import ExperimentAnalysis
 
@@ -386,6 +386,30 @@ def trial_table(name: str, storage: str = "runs/search") -> tuple[list[dict], Ex
         key=lambda r: (r[metric] is None, -(r[metric] or 0) if mode == "max" else (r[metric] or 0))
     )
     return rows, exp
+
+
+def best_checkpoints(
+    name: str, task: str, top_k: int, storage: str = DEFAULT_STORAGE
+) -> list[tuple[Path, str, float | None]]:
+    """(checkpoint file, "search/trial_id", validation figure) of the ``top_k`` best trials
+    of a finished or running search that trained ``task`` models."""
+    from trainables.train_loop import CHECKPOINT_FILE
+
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    rows, exp = trial_table(name, storage)
+    if exp.task != task:
+        raise ValueError(
+            f"search {name!r} searched {exp.task} models where {task} models were expected"
+        )
+    best = [
+        (Path(r["checkpoint"]) / CHECKPOINT_FILE, f"{name}/{r['trial_id']}", r.get(exp.metric))
+        for r in rows
+        if r.get("checkpoint")
+    ][:top_k]
+    if not best:
+        raise ValueError(f"search {name!r} has no trial with a checkpoint yet")
+    return best
 
 
 def _interval_at(df, idx, column: str) -> tuple[float, float] | None:

@@ -76,7 +76,7 @@ def test_search_takes_set_overrides_like_train(monkeypatch, capsys):
 
     ran = []
     monkeypatch.setattr(search.runner, "run_search", lambda exp, **kw: ran.append(exp))
-    monkeypatch.setattr("melanoma.cli._print_results", lambda *a, **kw: 0)
+    monkeypatch.setattr("melanoma.cli.search._print_results", lambda *a, **kw: 0)
     args = ["search", "seg", "--experiment", "quickstart"]
     sets = ["--set", "train.optimizer.lr=0.05", "--set", "search.max_epochs=7"]
     assert main([*args, *sets]) == 0

@@ -7,6 +7,8 @@ import csv
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,12 +119,11 @@ def test_masked_cascade_with_an_empty_mask_classifies_the_whole_image(built, tmp
 
 def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
     import melanoma.cascade.build as build
-    from melanoma.cascade.build import split_config
     from melanoma.data.dataset import open_data
 
     cascade, meta = load_cascade(built["dir"])
     cfg = TrainConfig.from_dict(meta["classifiers"][0]["config"])
-    bundle = open_data(cfg.data.path, 64, split_config=split_config(cfg))
+    bundle = open_data(cfg.data.path, 64, split_config=cfg.data.split_config())
     val = run_cascade(cascade, bundle, "val")
     threshold, rule = choose_threshold(val["label"], val["prob"], None)
     assert meta["threshold"] == pytest.approx(threshold) and "validation" in meta["threshold_rule"]
@@ -286,6 +287,53 @@ def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path,
             continue
         assert float(row["probability"]) == pytest.approx(expected[stem], abs=1e-4)
         assert Path(row["mask"]).is_file()
+
+    # The same command where torch, the model zoos and Ray cannot be imported: what the
+    # README promises for a machine with only onnxruntime, NumPy, Pillow and OpenCV.
+    blocked = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            NO_TORCH_PREDICT,
+            str(folder),
+            "--model",
+            str(export),
+            "--out",
+            str(tmp_path / "bare.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert blocked.returncode == 0, blocked.stderr
+    assert _same_probabilities(tmp_path / "bare.csv", out)
+
+
+NO_TORCH_PREDICT = """
+import sys
+
+BLOCKED = ("torch", "torchvision", "timm", "segmentation_models_pytorch", "albumentations", "ray")
+
+
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: melanoma predict must not need it")
+
+
+sys.meta_path.insert(0, Block())
+from melanoma.cli import main
+
+sys.exit(main(["predict", *sys.argv[1:]]))
+"""
+
+
+def _same_probabilities(a: Path, b: Path) -> bool:
+    with open(a) as fa, open(b) as fb:
+        rows_a, rows_b = list(csv.DictReader(fa)), list(csv.DictReader(fb))
+    return [(r["image"], r["probability"]) for r in rows_a] == [
+        (r["image"], r["probability"]) for r in rows_b
+    ]
 
 
 def test_trained_models_rebuild_without_their_imagenet_weight_files(tmp_path, capsys):

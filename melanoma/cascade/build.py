@@ -30,50 +30,39 @@ TTA_CHOICES = ("auto", "on", "off")
 
 @dataclass
 class Candidate:
+    """A trained model on offer: its config and weights, where it came from (a search
+    trial, a run), and the validation figure it was selected on."""
+
     config: TrainConfig
     state: dict
     origin: str
     val_metric: float | None
 
 
-def candidates(source: str, task: str, top_k: int, storage: str) -> list[Candidate]:
-    """The best ``top_k`` models of a search (by name), every fold model of a
-    cross-validation directory, or the one model of a run/checkpoint."""
+Source = Candidate | str | Path
+
+
+def load_candidates(
+    source: str | Path, task: str, origin: str | None = None, val_metric: float | None = None
+) -> list[Candidate]:
+    """The model of a checkpoint or run directory, or every fold model of a
+    cross-validation directory. (A search name is turned into its trials' checkpoints by
+    the command line: ``search.runner.best_checkpoints``.)"""
     path = Path(source)
     folds = fold_runs(path)
     if folds is not None:
-        return [c for run in folds for c in candidates(str(run), task, 1, storage)]
-    if path.exists():
-        state = load_checkpoint(path)
-        config = TrainConfig.from_dict(state["config"])
-        if config.task != task:
-            raise ValueError(
-                f"{source} holds a {config.task} model where a {task} model was expected"
-            )
-        return [Candidate(config, state["model"], state["path"], state.get("best_value"))]
-    from search.runner import trial_table
-    from trainables.train_loop import CHECKPOINT_FILE
-
-    rows, exp = trial_table(source, storage)
-    if exp.task != task:
-        raise ValueError(
-            f"search {source!r} searched {exp.task} models where {task} models were expected"
+        return [c for run in folds for c in load_candidates(run, task)]
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{source} is not a checkpoint, a run directory or a cross-validation folder; "
+            "`melanoma cascade build` and `melanoma cv` also take search names"
         )
-    out = []
-    for row in rows:
-        if row.get("checkpoint") and len(out) < top_k:
-            state = load_checkpoint(Path(row["checkpoint"]) / CHECKPOINT_FILE)
-            out.append(
-                Candidate(
-                    TrainConfig.from_dict(state["config"]),
-                    state["model"],
-                    f"{source}/{row['trial_id']}",
-                    row.get(exp.metric),
-                )
-            )
-    if not out:
-        raise ValueError(f"search {source!r} has no trial with a checkpoint yet")
-    return out
+    state = load_checkpoint(path)
+    config = TrainConfig.from_dict(state["config"])
+    if config.task != task:
+        raise ValueError(f"{source} holds a {config.task} model where a {task} model was expected")
+    value = val_metric if val_metric is not None else state.get("best_value")
+    return [Candidate(config, state["model"], origin or state["path"], value)]
 
 
 def make_cascade(
@@ -207,30 +196,28 @@ def _require_both_classes(bundle: DataBundle, split: str) -> None:
 
 
 def build_cascade(
-    seg_source: str | list[str],
-    cls_source: str | list[str],
+    seg_source: Source | list[Source],
+    cls_source: Source | list[Source],
     out: Path,
     *,
-    top_k: int = 1,
     ensemble_size: int = 1,
     tta: str = "auto",
-    storage: str = "runs/search",
     target_sensitivity: float | None = None,
     data: str | None = None,
     drop_test_duplicates: bool = False,
 ) -> dict:
     """Choose the cascade on validation and write ``out/cascade.pt`` with the splits.
 
-    Each source is a search name (its ``top_k`` best trials), a run directory or a
-    checkpoint; several sources pool their models. They are paired end to end (best validation AUC
-    wins); with ``ensemble_size`` > 1 the members are chosen greedily instead (segmenters
-    by validation Jaccard, then classifiers by validation AUC on those masks); ``tta``
+    Each source is a :class:`Candidate`, a run directory, a checkpoint or a
+    cross-validation folder; several sources pool their models. They are paired end to
+    end (best validation AUC wins); with ``ensemble_size`` > 1 the members are chosen
+    greedily instead (segmenters by validation Jaccard, then classifiers by validation AUC
+    on those masks); ``tta``
     (auto, on, off) averages over flips and rotations, ``auto`` only when it raises the
     validation AUC. The threshold comes from validation. ``drop_test_duplicates`` removes
     test images that share bytes, an id or a lesion with train/val (else refused)."""
-    _check_build_args(top_k, ensemble_size, tta, target_sensitivity)
-    segs = [c for src in _sources(seg_source) for c in candidates(src, "seg", top_k, storage)]
-    clss = [c for src in _sources(cls_source) for c in candidates(src, "cls", top_k, storage)]
+    _check_build_args(ensemble_size, tta, target_sensitivity)
+    segs, clss = _candidates(seg_source, "seg"), _candidates(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s.config, c.config)
     input_size = max(x.config.data.image_size for x in [*segs, *clss])
@@ -311,13 +298,16 @@ def build_cascade(
     return summary
 
 
-def _sources(source: str | list[str]) -> list[str]:
-    return [source] if isinstance(source, str) else list(source)
+def _candidates(source: Source | list[Source], task: str) -> list[Candidate]:
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    return [
+        c
+        for src in sources
+        for c in ([src] if isinstance(src, Candidate) else load_candidates(src, task))
+    ]
 
 
-def _check_build_args(top_k, ensemble_size, tta, target_sensitivity) -> None:
-    if top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+def _check_build_args(ensemble_size, tta, target_sensitivity) -> None:
     if ensemble_size < 1:
         raise ValueError(f"--ensemble-size must be at least 1, got {ensemble_size}")
     if tta not in TTA_CHOICES:

@@ -1,43 +1,50 @@
-"""Data layer: readers for ISIC layouts, validation, splits, cache, datasets, synthetic data."""
+"""Data layer: readers for ISIC layouts, validation, splits, cache, datasets, synthetic data.
 
-from melanoma.data.cache import Cache, is_cache, prepare_cache
-from melanoma.data.check import ON_BAD, CheckReport, DataError, check_dataset
-from melanoma.data.dataset import CacheSource, DataBundle, LesionDataset, RawSource, open_data
-from melanoma.data.layouts import LAYOUTS, detect_layout, read_layout
-from melanoma.data.records import SPLITS, Problem, ReadResult, Sample
-from melanoma.data.splits import LeakError, SplitConfig, Splits, assign_splits, build_splits
-from melanoma.data.synth import SynthConfig, write_synthetic
-from melanoma.data.transforms import IMAGENET, Normalization, Preprocess, build_augmentation
+Names load on first use, so that ``melanoma.data.io`` (image decoding, all that
+``melanoma predict`` needs) imports without torch.
+"""
 
-__all__ = [
-    "IMAGENET",
-    "LAYOUTS",
-    "ON_BAD",
-    "SPLITS",
-    "Cache",
-    "CacheSource",
-    "CheckReport",
-    "DataBundle",
-    "DataError",
-    "LeakError",
-    "LesionDataset",
-    "Normalization",
-    "Preprocess",
-    "Problem",
-    "RawSource",
-    "ReadResult",
-    "Sample",
-    "SplitConfig",
-    "Splits",
-    "SynthConfig",
-    "assign_splits",
-    "build_augmentation",
-    "build_splits",
-    "check_dataset",
-    "detect_layout",
-    "is_cache",
-    "open_data",
-    "prepare_cache",
-    "read_layout",
-    "write_synthetic",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Cache": "melanoma.data.cache",
+    "is_cache": "melanoma.data.cache",
+    "prepare_cache": "melanoma.data.cache",
+    "ON_BAD": "melanoma.data.check",
+    "CheckReport": "melanoma.data.check",
+    "DataError": "melanoma.data.check",
+    "check_dataset": "melanoma.data.check",
+    "CacheSource": "melanoma.data.dataset",
+    "DataBundle": "melanoma.data.dataset",
+    "LesionDataset": "melanoma.data.dataset",
+    "RawSource": "melanoma.data.dataset",
+    "open_data": "melanoma.data.dataset",
+    "LAYOUTS": "melanoma.data.layouts",
+    "detect_layout": "melanoma.data.layouts",
+    "read_layout": "melanoma.data.layouts",
+    "SPLITS": "melanoma.data.records",
+    "Problem": "melanoma.data.records",
+    "ReadResult": "melanoma.data.records",
+    "Sample": "melanoma.data.records",
+    "LeakError": "melanoma.data.splits",
+    "SplitConfig": "melanoma.data.splits",
+    "Splits": "melanoma.data.splits",
+    "assign_splits": "melanoma.data.splits",
+    "build_splits": "melanoma.data.splits",
+    "SynthConfig": "melanoma.data.synth",
+    "write_synthetic": "melanoma.data.synth",
+    "IMAGENET": "melanoma.data.transforms",
+    "Normalization": "melanoma.data.transforms",
+    "Preprocess": "melanoma.data.transforms",
+    "build_augmentation": "melanoma.data.transforms",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'melanoma.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -1,9 +1,12 @@
-"""The main job on built-in synthetic data: search, assemble, evaluate, export, predict."""
+"""melanoma quickstart: synthetic data to an exported cascade, end to end."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
+
+from melanoma.cli.cascade import resolve_candidates
 
 
 def _seeded(path: Path, seed: int | None):
@@ -58,7 +61,12 @@ def run_quickstart(out: Path, experiments: Path | None = None, seed: int | None 
     cascade_dir = out / "cascade"
     # No test-time augmentation here: eight passes per image cost the quickstart ~35 s
     # (measured) for a gain inside the validation interval. Real builds default to auto.
-    build_cascade(seg.name, cls.name, cascade_dir, top_k=2, storage=storage, tta="off")
+    build_cascade(
+        resolve_candidates([seg.name], "seg", 2, storage),
+        resolve_candidates([cls.name], "cls", 2, storage),
+        cascade_dir,
+        tta="off",
+    )
     print("== 4/5 evaluation on the held-out test split", flush=True)
     report = evaluate_cascade(cascade_dir)
     print("== 5/5 export and predict", flush=True)
@@ -87,3 +95,28 @@ def run_quickstart(out: Path, experiments: Path | None = None, seed: int | None 
     )
     print(f"predictions:  {out / 'predictions.csv'} (test images), masks in {out / 'masks'}")
     return report
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    run_quickstart(
+        Path(args.out),
+        experiments=Path(args.experiments) if args.experiments else None,
+        seed=args.seed,
+    )
+    return 0
+
+
+def register(sub) -> None:
+    """Add this stage's subcommands."""
+    p = sub.add_parser("quickstart", help="synthetic data to exported cascade, end to end")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument(
+        "--experiments",
+        help="folder with quickstart.yaml and quickstart_cls.yaml (default: the shipped ones)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="another synthetic data set and search seed (default: the experiments' own, 0)",
+    )
+    p.set_defaults(func=_cmd_quickstart)

@@ -1,0 +1,120 @@
+"""melanoma cascade build | evaluate."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from melanoma.cli.common import SEARCH_STORAGE, _add_drop_test_duplicates
+
+
+def resolve_candidates(sources: list[str], task: str, top_k: int, storage: str) -> list:
+    """Candidates from paths (checkpoints, runs, cross-validation folders) and search names
+    (their ``top_k`` best trials): the one place where a search name becomes checkpoints."""
+    from melanoma.cascade.build import load_candidates
+
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    out = []
+    for source in sources:
+        if Path(source).exists():
+            out += load_candidates(source, task)
+            continue
+        from search.runner import best_checkpoints, load_search_experiment, search_path
+
+        try:
+            load_search_experiment(source, storage)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{source} is neither a checkpoint, run directory or cross-validation folder "
+                f"nor a search in {search_path(storage, source)}; check the name or --storage"
+            ) from None
+        for path, origin, value in best_checkpoints(source, task, top_k, storage):
+            out += load_candidates(path, task, origin, value)
+    return out
+
+
+def _cmd_cascade_build(args: argparse.Namespace) -> int:
+    from melanoma.cascade.build import build_cascade
+
+    build_cascade(
+        resolve_candidates(args.seg, "seg", args.top_k, args.storage),
+        resolve_candidates(args.cls, "cls", args.top_k, args.storage),
+        Path(args.out),
+        target_sensitivity=args.target_sensitivity,
+        data=args.data,
+        drop_test_duplicates=args.drop_test_duplicates,
+        ensemble_size=args.ensemble_size,
+        tta=args.tta,
+    )
+    return 0
+
+
+def _cmd_cascade_evaluate(args: argparse.Namespace) -> int:
+    from melanoma.cascade.evaluate import evaluate_cascade
+
+    report = evaluate_cascade(
+        Path(args.dir),
+        data=args.data,
+        resamples=args.bootstrap,
+        drop_test_duplicates=args.drop_test_duplicates,
+    )
+    print((Path(args.dir) / "report.md").read_text())
+    print(
+        f"report: {Path(args.dir) / 'report.md'} and report.json; "
+        f"curves: {Path(args.dir) / 'curves.png'}"
+    )
+    return 0 if report else 1
+
+
+def register(sub) -> None:
+    """Add this stage's subcommands."""
+    cascade = sub.add_parser(
+        "cascade", help="assemble and evaluate the segmenter + classifier cascade"
+    )
+    cascade_sub = cascade.add_subparsers(dest="cascade_command", required=True)
+    p = cascade_sub.add_parser(
+        "build", help="pick the best pair on validation, choose the threshold"
+    )
+    p.add_argument(
+        "--seg",
+        required=True,
+        nargs="+",
+        help="segmenter search name(s), run director(ies) or checkpoint(s)",
+    )
+    p.add_argument(
+        "--cls",
+        required=True,
+        nargs="+",
+        help="classifier search name(s), run director(ies) or checkpoint(s)",
+    )
+    p.add_argument("--top-k", type=int, default=1, help="evaluate the K x K best pairs end to end")
+    p.add_argument(
+        "--ensemble-size",
+        type=int,
+        default=1,
+        help="rounds of greedy ensemble selection over the top-k models of each search "
+        "(members chosen with replacement on validation; 1: the best single pair)",
+    )
+    p.add_argument(
+        "--tta",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="test-time flips and rotations in both stages (auto: when validation AUC gains)",
+    )
+    p.add_argument(
+        "--target-sensitivity",
+        type=float,
+        help="threshold for this validation sensitivity (default: max balanced accuracy)",
+    )
+    p.add_argument("--storage", default=SEARCH_STORAGE, help="the searches' root folder or URI")
+    p.add_argument("--data", help="dataset (default: the one the models were trained on)")
+    p.add_argument("--out", required=True)
+    _add_drop_test_duplicates(p)
+    p.set_defaults(func=_cmd_cascade_build)
+    p = cascade_sub.add_parser("evaluate", help="test-split report with 95%% intervals")
+    p.add_argument("dir")
+    p.add_argument("--data")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    _add_drop_test_duplicates(p)
+    p.set_defaults(func=_cmd_cascade_evaluate)

@@ -1,0 +1,55 @@
+"""melanoma export | predict."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from melanoma.export import export_cascade
+
+    card = export_cascade(Path(args.dir), Path(args.out))
+    check = card["export_check"]
+    print(f"exported to {args.out}: cascade.onnx, cascade.pt2, model_card.json, checksums.sha256")
+    print(
+        f"checked on {check['images']} images: "
+        f"ONNX max |dp| {check['onnxruntime']['max_probability_difference']:.1e}, "
+        f"torch.export max |dp| {check['torch_export']['max_probability_difference']:.1e} "
+        f"(tolerance {check['probability_tolerance']:.0e})"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from melanoma.predict import predict
+
+    rows = predict(
+        Path(args.model),
+        args.inputs,
+        Path(args.out),
+        masks_out=args.masks_out,
+        batch_size=args.batch_size,
+    )
+    bad = sum(1 for r in rows if r["error"])
+    print(
+        f"wrote {len(rows) - bad} predictions to {args.out}"
+        + (f"; {bad} unreadable image(s) skipped" if bad else "")
+    )
+    return 0 if len(rows) > bad else 1
+
+
+def register(sub) -> None:
+    """Add this stage's subcommands."""
+    p = sub.add_parser("export", help="write the cascade as ONNX + torch.export, checked")
+    p.add_argument("dir", help="a `cascade build` directory")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="melanoma probability and lesion mask per image")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--model", required=True, help="an exported cascade directory")
+    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--masks-out", help="folder for the lesion masks (PNG, original size)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=_cmd_predict)

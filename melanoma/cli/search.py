@@ -1,0 +1,153 @@
+"""melanoma search seg | cls | resume | results."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from melanoma.cli.common import SEARCH_STORAGE
+from melanoma.cli.train import _set_overrides
+
+
+def _cmd_search_run(args: argparse.Namespace) -> int:
+    from experiments import resolve
+    from search.experiment import load_experiment
+    from search.runner import run_search
+
+    overrides = {}
+    if args.num_samples is not None:
+        overrides["search.num_samples"] = args.num_samples
+    if args.data is not None:
+        overrides["train.data.path"] = args.data
+    overrides.update(_set_overrides(args.set, "train.optimizer.lr=0.01"))
+    exp = load_experiment(resolve(args.experiment), overrides)
+    if exp.task != args.task:
+        raise ValueError(
+            f"{args.experiment} is a {exp.task!r} experiment but `search {args.task}` was asked for"
+        )
+    name = args.name or exp.name
+    storage = args.storage or exp.storage
+    uses_masks = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
+    if uses_masks and exp.train.input.mask_source != "gt":
+        from melanoma.engine.oof import prepare_segmenter_masks
+
+        # Once here rather than in the first trials at once (they would wait on the lock).
+        print(f"[search] out-of-fold masks from {exp.train.input.mask_source}", flush=True)
+        prepare_segmenter_masks(exp.train)
+    run_search(exp, name=name, storage=storage, address=args.address, verbose=args.verbose)
+    return _print_results(name, storage, top=10)
+
+
+def _cmd_search_resume(args: argparse.Namespace) -> int:
+    from search.runner import resume_search
+
+    resume_search(args.name, storage=args.storage, address=args.address, verbose=args.verbose)
+    return _print_results(args.name, args.storage, top=10)
+
+
+def _print_results(
+    name: str,
+    storage: str,
+    top: int | None = None,
+    csv_path: str | None = None,
+    as_json: bool = False,
+) -> int:
+    from search.runner import to_json, trial_table, write_csv
+
+    rows, exp = trial_table(name, storage)
+    if csv_path:
+        write_csv(rows, Path(csv_path))
+        print(f"wrote {len(rows)} trials to {csv_path}")
+    if as_json:
+        print(to_json(rows))
+        return 0
+    metric = exp.metric
+    keys = [p.key for p in exp.space]
+    header = ["trial_id", "state", "epochs", metric, "95% CI", *keys]
+    shown = rows[:top] if top else rows
+    for r in shown:
+        low, high = r.get("ci_low"), r.get("ci_high")
+        r["95% CI"] = f"{low:.3f}-{high:.3f}" if low is not None else "-"
+    table = [[_fmt(r.get(k)) for k in header] for r in shown]
+    widths = [
+        max(len(h), *(len(row[i]) for row in table)) if table else len(h)
+        for i, h in enumerate(header)
+    ]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in table:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    if top and len(rows) > top:
+        print(f"... {len(rows) - top} more (melanoma search results {name})")
+    best = next((r for r in rows if r.get(metric) is not None), None)
+    if best:
+        print(
+            f"best trial {best['trial_id']}: {metric} {best[metric]:.4f} "
+            f"(95% CI {best.get('95% CI', '-')}) at epoch {best['best_epoch']}"
+        )
+        print(f"best checkpoint: {best['checkpoint']}")
+        close = [
+            r["trial_id"]
+            for r in rows[1:]
+            if r.get(metric) is not None
+            and best.get("ci_low") is not None
+            and best["ci_low"] <= r[metric] <= best["ci_high"]
+        ]
+        if close:
+            print(
+                f"{len(close)} other trial(s) lie inside the best one's interval "
+                f"({', '.join(close[:5])}{', ...' if len(close) > 5 else ''}): validation does "
+                "not separate them; compare them with `melanoma cv` or a larger validation split"
+            )
+    return 0
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def _cmd_search_results(args: argparse.Namespace) -> int:
+    return _print_results(args.name, args.storage, csv_path=args.csv, as_json=args.json)
+
+
+def register(sub) -> None:
+    """Add this stage's subcommands."""
+    search = sub.add_parser("search", help="hyperparameter search with Ray Tune + Optuna + ASHA")
+    search_sub = search.add_subparsers(dest="search_command", required=True)
+    for task in ("seg", "cls"):
+        p = search_sub.add_parser(
+            task, help=f"search {'segmenters' if task == 'seg' else 'classifiers'}"
+        )
+        p.add_argument(
+            "--experiment",
+            required=True,
+            help="experiment YAML, or the name of a shipped one (quickstart, seg_search, ...)",
+        )
+        p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray)")
+        p.add_argument("--num-samples", type=int, help="number of trials (overrides the YAML)")
+        p.add_argument("--name", help="search name (default: the experiment's name)")
+        p.add_argument("--storage", help="results root, a local path or s3://... (default: YAML)")
+        p.add_argument("--data", help="dataset path (overrides train.data.path)")
+        p.add_argument("--verbose", type=int, default=0, help="Tune's own console output (0-3)")
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="any experiment key, e.g. --set train.data.image_size=128 or "
+            "--set search.max_epochs=10 (repeatable); the resolved experiment is written "
+            "to the search's experiment.yaml",
+        )
+        p.set_defaults(func=_cmd_search_run, task=task)
+    p = search_sub.add_parser("resume", help="finish an interrupted search")
+    p.add_argument("name")
+    p.add_argument("--storage", default=SEARCH_STORAGE, help="the searches' root folder or URI")
+    p.add_argument("--address")
+    p.add_argument("--verbose", type=int, default=0)
+    p.set_defaults(func=_cmd_search_resume)
+    p = search_sub.add_parser("results", help="trials sorted by the metric, best checkpoint")
+    p.add_argument("name")
+    p.add_argument("--storage", default=SEARCH_STORAGE, help="the searches' root folder or URI")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_search_results)

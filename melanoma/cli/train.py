@@ -1,0 +1,262 @@
+"""melanoma train | evaluate | cv: one model, its metrics, its cross-validation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from melanoma.cli.cascade import resolve_candidates
+from melanoma.cli.common import SEARCH_STORAGE
+
+# Old research-repo flag names keep working; each maps to one config key.
+TRAIN_FLAGS = {
+    "data": "data.path",
+    "layout": "data.layout",
+    "epochs": "epochs",
+    "encoder": "model.encoder",
+    "arch": "model.arch",
+    "optimizer": "optimizer.name",
+    "learning_rate": "optimizer.lr",
+    "momentum": "optimizer.momentum",
+    "weight_decay": "optimizer.weight_decay",
+    "class_weight": "loss.class_weight",
+    "loss": "loss.name",
+    "device": "device",
+    "input_mode": "input.mode",
+    "mask_source": "input.mask_source",
+    "image_size": "data.image_size",
+    "batch_size": "data.batch_size",
+    "num_workers": "data.num_workers",
+    "augment": "data.augment",
+    "on_bad": "data.on_bad",
+    "pretrained": "model.pretrained",
+    "weights_path": "model.weights_path",
+    "seed": "seed",
+    "out": "out",
+}
+
+
+def resolve_train_config(task: str, experiment: str | None, overrides: dict):
+    """YAML (a train config, or the ``train`` section of a search experiment), then
+    overrides; returns the validated TrainConfig."""
+    from experiments import resolve
+    from melanoma.config import ConfigError, apply_overrides, load_yaml
+    from melanoma.engine.config import TrainConfig
+
+    base: dict = {}
+    if experiment:
+        base = load_yaml(resolve(experiment))
+        if "train" in base:
+            base = base["train"]
+    if base.get("task", task) != task:
+        raise ConfigError(
+            f"{experiment} is a {base['task']!r} experiment but `train {task}` was asked for"
+        )
+    base["task"] = task
+    return TrainConfig.from_dict(apply_overrides(base, overrides))
+
+
+def _set_overrides(items: list[str] | None, example: str) -> dict:
+    """``--set KEY=VALUE`` items as dotted-key overrides (values parsed as YAML)."""
+    from melanoma.config import ConfigError, parse_value
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE (for example {example}), got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    out = {
+        key: getattr(args, flag)
+        for flag, key in TRAIN_FLAGS.items()
+        if getattr(args, flag, None) is not None
+    }
+    return {**out, **_set_overrides(args.set, "optimizer.lr=0.01")}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import time
+
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.loop import CHECKPOINTS
+    from melanoma.engine.run import train
+
+    overrides = _overrides(args)
+    config = resolve_train_config(args.task, args.experiment, overrides)
+    if config.out == TrainConfig().out and "out" not in overrides:
+        # Neither the experiment nor the command line named a run directory: make a new one.
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        config = replace(config, out=f"runs/{args.task}-{config.model.arch}-{stamp}")
+    last = Path(config.out) / CHECKPOINTS / "last.pt"
+    if last.is_file() and not args.resume:
+        raise FileExistsError(
+            f"{config.out} already holds a run; pass --resume to continue it "
+            "or choose another --out"
+        )
+    print(f"run directory: {config.out}")
+    result = train(config, resume=args.resume)
+    best = result.best_metrics.get(config.metric)
+    print(
+        f"best val {config.metric}: {best:.4f} at epoch {result.best_epoch}"
+        if isinstance(best, float)
+        else f"best val {config.metric}: {best} at epoch {result.best_epoch}"
+    )
+    print(
+        f"checkpoints, metrics.json and TensorBoard logs in {result.run_dir} "
+        f"(tensorboard --logdir {result.run_dir})"
+    )
+    return 0
+
+
+def _print_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f"{k:32s} {v:.4f}")
+        else:
+            print(f"{k:32s} {v}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from melanoma.engine.evaluate import evaluate_run
+
+    metrics = evaluate_run(
+        Path(args.checkpoint), task=args.task, data=args.data, split=args.split, device=args.device
+    )
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(f"{args.task} metrics on the {args.split} split of {metrics['data']}:")
+        _print_metrics({k: v for k, v in metrics.items() if k not in ("data",)})
+    return 0
+
+
+def _cv_label(source: str, origin: str) -> str:
+    """A search trial's id, or the name of a run directory (given as such or by a file)."""
+    path = Path(source)
+    if not path.exists():
+        return origin.rsplit("/", 1)[-1]
+    path = path.resolve()
+    return path.parent.parent.name if path.is_file() else path.name
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from melanoma.engine.cv import cross_validate
+
+    out = Path(args.out)
+    rows = []
+    for source in args.source:
+        for cand in resolve_candidates([source], args.task, args.top_k, args.storage):
+            config = cand.config
+            if args.data:
+                config = replace(config, data=replace(config.data, path=args.data))
+            if args.epochs:
+                config = replace(config, epochs=args.epochs)
+            label = _cv_label(source, cand.origin)
+            print(f"[cv] {cand.origin}: {args.folds} folds into {out / label}", flush=True)
+            summary = cross_validate(config, args.folds, out / label)
+            rows.append((label, cand, summary))
+    print(
+        f"\n{'candidate':24} | {'selected on':>11} | {'cross-validated (95% CI)':>26} | "
+        f"folds: mean +- sd (in {out})"
+    )
+    for label, cand, s in rows:
+        ci = f" ({s['ci']['low']:.3f}-{s['ci']['high']:.3f})" if s["ci"] else ""
+        chosen = f"{cand.val_metric:.4f}" if cand.val_metric is not None else "-"
+        print(
+            f"{label:24} | {chosen:>11} | {s['value']:.4f}{ci:>20} | "
+            f"{s['fold_mean']:.4f} +- {s['fold_sd']:.4f}"
+        )
+    return 0
+
+
+def register(sub) -> None:
+    """Add this stage's subcommands."""
+    p = sub.add_parser("train", help="train one segmenter or classifier locally (no Ray)")
+    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument(
+        "--experiment", help="YAML train config (or search experiment: its train section)"
+    )
+    p.add_argument("--data", help="dataset directory, manifest CSV or prepared cache")
+    p.add_argument("--layout", help="dataset layout (default: detect)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument(
+        "--arch",
+        "--architecture",
+        dest="arch",
+        help="segmenter architecture (seg) or classifier name (cls)",
+    )
+    p.add_argument("--encoder", help="segmenter encoder (any SMP encoder, or tu-<timm model>)")
+    p.add_argument("--optimizer", help="sgd, adam or adamw")
+    p.add_argument("--learning-rate", "--learning_rate", "--lr", dest="learning_rate", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float)
+    p.add_argument(
+        "--class-weight",
+        "--class_weight",
+        dest="class_weight",
+        type=float,
+        help="multiplies the minority class's weight",
+    )
+    p.add_argument("--loss")
+    p.add_argument(
+        "--input-mode", "--input_mode", dest="input_mode", choices=["full", "masked", "crop"]
+    )
+    p.add_argument(
+        "--mask-source",
+        "--mask_source",
+        dest="mask_source",
+        help="'gt' or a segmenter run directory (out-of-fold masks)",
+    )
+    p.add_argument("--image-size", "--image_size", dest="image_size", type=int)
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int)
+    p.add_argument("--augment", type=float, help="augmentation strength in [0, 1]")
+    p.add_argument("--on-bad", "--on_bad", dest="on_bad", choices=["fail", "skip"])
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        default=None,
+        help="ImageNet weights from local files (see README)",
+    )
+    p.add_argument("--weights-path", "--weights_path", dest="weights_path")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--out", help="run directory (default runs/<task>-<arch>-<time>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set scheduler.name=step (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "cv", help="k-fold cross-validation of candidates on the training split (fold models)"
+    )
+    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument(
+        "source", nargs="+", help="search name(s) (their --top-k best trials), run directories"
+    )
+    p.add_argument("--folds", type=int, default=5, help="lesion-grouped, stratified folds")
+    p.add_argument("--top-k", type=int, default=1, help="trials of each search to validate")
+    p.add_argument("--epochs", type=int, help="epochs per fold (default: the candidate's own)")
+    p.add_argument("--storage", default=SEARCH_STORAGE, help="the searches' root folder or URI")
+    p.add_argument("--data", help="dataset (default: the one the candidates were trained on)")
+    p.add_argument("--out", required=True, help="one folder per candidate, one run per fold")
+    p.set_defaults(func=_cmd_cv)
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run on a split")
+    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p.add_argument("--data", help="dataset (default: the run's data.path)")
+    p.add_argument("--split", choices=["val", "test", "train"], default="val")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
