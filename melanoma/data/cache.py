@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock
 
 from melanoma.data.check import check_dataset
 from melanoma.data.io import load_image, load_mask
@@ -197,7 +198,6 @@ def node_cache(
     file lock makes concurrent trials wait for the one that decodes instead of decoding
     too; the cache appears by rename, so nobody reads half of one.
     """
-    import fcntl
     import shutil
     import sys
     import tempfile
@@ -222,8 +222,7 @@ def node_cache(
     if is_cache(target):
         return target
     base.mkdir(parents=True, exist_ok=True)
-    with open(base / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(base / f"{target.name}.lock"):  # one decoder per machine, any OS
         if is_cache(target):  # another process made it while we waited
             return target
         print(

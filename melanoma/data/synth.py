@@ -188,12 +188,15 @@ def parse_synthetic(spec: str) -> SynthConfig:
 def materialize_synthetic(spec: str) -> Path:
     """Generate the data set ``spec`` names under the cache dir, once per machine.
 
-    Concurrent trials may ask at the same moment: each writes into its own temporary
-    directory and the first rename wins, so nobody reads a half-written data set.
+    Concurrent trials may ask at the same moment: one writes (under a file lock, into a
+    temporary directory renamed when complete) while the others wait, so nobody reads a
+    half-written data set and nobody writes it twice.
     """
     import os
     import shutil
     import tempfile
+
+    from filelock import FileLock
 
     config = parse_synthetic(spec)
     root = synthetic_cache_dir()
@@ -201,15 +204,14 @@ def materialize_synthetic(spec: str) -> Path:
     if (target / "synthetic.json").is_file():
         return target
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-synth-"))
-    try:
-        write_synthetic(tmp, config)
+    with FileLock(root / f"{target.name}.lock"):
+        if (target / "synthetic.json").is_file():  # made while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-synth-"))
         try:
+            write_synthetic(tmp, config)
             os.rename(tmp, target)
-        except OSError:  # another process got there first
-            if not (target / "synthetic.json").is_file():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
