@@ -176,6 +176,7 @@ def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
     except ConfigError as err:
         raise ConfigError(f"{source}: train: {err}") from None
     space = parse_space(data.get("space") or {}, train)
+    _check_timm_encoders(train, space, source)
     return Experiment(
         name=str(data.get("name") or Path(source).stem),
         task=task,
@@ -185,6 +186,27 @@ def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
         resources=from_dict(ResourcesConfig, data.get("resources") or {}, "resources"),
         storage=str(data.get("storage") or DEFAULT_STORAGE),
     )
+
+
+def _check_timm_encoders(train: TrainConfig, space, source: str) -> None:
+    """A 'tu-<name>' encoder is checked against timm here, where a search loads, not in
+    every trial (config validation reads plain tables and cannot list timm's models)."""
+    if train.task != "seg":
+        return
+    names = {train.model.encoder}
+    for p in space:
+        if p.key == "model.encoder" and p.kind == "choice":
+            names.update(p.values)
+    timm_names = sorted(n for n in names if isinstance(n, str) and n.startswith("tu-"))
+    if not timm_names:
+        return
+    from melanoma.models.segmenter import validate_encoder
+
+    for name in timm_names:
+        try:
+            validate_encoder(name)
+        except ValueError as err:
+            raise ConfigError(f"{source}: model.encoder: {err}") from None
 
 
 def load_experiment(path: Path, overrides: dict[str, Any] | None = None) -> Experiment:

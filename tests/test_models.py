@@ -66,6 +66,24 @@ def test_unknown_names_list_the_valid_ones():
         create_segmenter("fpn", "tu-not_a_model")
 
 
+def test_plain_name_tables_agree_with_the_model_factories():
+    """Config validation reads melanoma.names; the factories key their tables by the same
+    names, and the encoder list is the installed segmentation-models-pytorch's."""
+    import segmentation_models_pytorch as smp
+
+    from melanoma import names
+    from melanoma.engine.losses import CLS_LOSSES, SEG_LOSSES
+    from melanoma.models.classifier import CLASSIFIERS
+    from melanoma.models.segmenter import SEGMENTER_ARCHS
+
+    assert tuple(sorted(smp.encoders.get_encoder_names())) == names.SMP_ENCODERS
+    assert set(names.SEGMENTER_MIN_SIZE) == set(SEGMENTER_ARCHS)
+    assert set(names.CLASSIFIER_SIZES) == set(CLASSIFIERS)
+    assert {"seg": tuple(SEG_LOSSES), "cls": tuple(CLS_LOSSES)} == names.LOSSES
+    for name, spec in CLASSIFIERS.items():
+        assert spec.input_size == names.CLASSIFIER_SIZES[name].input_size
+
+
 def test_old_architecture_spellings_work():
     assert isinstance(create_segmenter("FPN", "resnet18"), torch.nn.Module)
     assert isinstance(create_segmenter("DeepLabV3Plus", "resnet18"), torch.nn.Module)

@@ -207,6 +207,11 @@ def test_ray_processes_that_only_need_configs_skip_the_model_zoos():
 
     code = (
         "import sys, trainables.train_loop, trainables.driver, melanoma.engine.config; "
+        "from melanoma.engine.config import TrainConfig; "
+        # Building and validating configs, as a trial's driver does, stays light too.
+        "TrainConfig.from_dict({'task': 'seg', 'out': 'x', 'model': {'arch': 'fpn', "
+        "'encoder': 'tu-tf_efficientnet_lite0'}, 'loss': {'name': 'lovasz'}}); "
+        "TrainConfig.from_dict({'task': 'cls', 'out': 'x', 'model': {'arch': 'inception_v3'}}); "
         "heavy = [m for m in ('segmentation_models_pytorch', 'albumentations', 'timm', "
         "'torchvision', 'melanoma.engine.loop') if m in sys.modules]; print(heavy)"
     )
@@ -233,3 +238,20 @@ def test_fractional_gpus_pack_several_trials_on_one_gpu(monkeypatch, gpus, gpw, 
     plan = plan_resources(exp)
     assert plan["gpus_per_worker"] == gpw
     assert plan["max_concurrent"] == expected
+
+
+def test_a_timm_encoder_that_does_not_exist_fails_when_the_search_loads(tmp_path):
+    from melanoma.config import ConfigError
+    from search.experiment import experiment_from_dict
+
+    exp = {
+        "name": "x",
+        "task": "seg",
+        "train": {"data": {"path": "synthetic:20:64:0"}, "model": {"arch": "fpn"}},
+        "space": {"model.encoder": {"choice": ["resnet18", "tu-not_a_timm_model"]}},
+        "search": {"num_samples": 2, "max_epochs": 1},
+    }
+    with pytest.raises(ConfigError, match="model.encoder: unknown timm encoder 'tu-not_a_timm"):
+        experiment_from_dict(exp)
+    exp["space"]["model.encoder"]["choice"] = ["resnet18", "tu-resnet10t"]
+    assert experiment_from_dict(exp).train.model.arch == "fpn"

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from melanoma.config import ConfigError, apply_overrides, from_dict, to_dict
+from melanoma.names import OPTIMIZERS, check_classifier, check_loss, check_segmenter
 
 TASKS = ("seg", "cls")
 DEFAULT_METRIC = {"seg": "jaccard", "cls": "auc"}
@@ -185,33 +186,28 @@ class TrainConfig:
                 self, "model", replace(self.model, transform_input=uses and imagenet)
             )
         if self.data.image_size is None:
-            from melanoma.models import classifier_spec
-
-            size = 256 if self.task == "seg" else classifier_spec(self.model.arch).input_size
+            try:
+                size = 256 if self.task == "seg" else check_classifier(self.model.arch).input_size
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
             object.__setattr__(self, "data", replace(self.data, image_size=size))
         self._validate_names()
 
     def _validate_names(self) -> None:
-        from melanoma.engine.losses import validate_loss
-        from melanoma.engine.optim import OPTIMIZERS
-        from melanoma.models.classifier import classifier_spec
-        from melanoma.models.segmenter import SEGMENTER_ARCHS, validate_arch, validate_encoder
-
+        # Plain tables (melanoma.names): building a config imports no model zoo.
         try:
             if self.task == "seg":
-                validate_arch(self.model.arch)
-                validate_encoder(self.model.encoder)
-                min_size = SEGMENTER_ARCHS[self.model.arch.lower()].min_size
+                min_size = check_segmenter(self.model.arch, self.model.encoder)
                 if self.data.image_size % 32:
                     raise ConfigError(
                         "data.image_size must be a multiple of 32 for segmenters, "
                         f"got {self.data.image_size}"
                     )
             else:
-                spec = classifier_spec(self.model.arch)
+                spec = check_classifier(self.model.arch)
                 aux = spec.has_aux and self.model.aux_weight > 0
                 min_size = spec.min_size_aux if aux else spec.min_size
-            validate_loss(self.task, self.loss.name)
+            check_loss(self.task, self.loss.name)
         except ConfigError:
             raise
         except ValueError as err:

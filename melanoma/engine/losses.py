@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from melanoma.names import check_loss
+
 
 class DiceBCELoss(nn.Module):
     """BCE on logits plus a weighted soft Dice, the default segmentation loss."""
@@ -56,9 +58,7 @@ CLS_LOSSES: dict[str, Callable[..., nn.Module]] = {
 
 
 def validate_loss(task: str, name: str) -> None:
-    table = SEG_LOSSES if task == "seg" else CLS_LOSSES
-    if name not in table:
-        raise ValueError(f"unknown {task} loss {name!r}; valid: {list(table)}")
+    check_loss(task, name)
 
 
 def class_weights(labels: Sequence[int], class_weight: float = 1.0) -> torch.Tensor:

@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+from melanoma.names import OPTIMIZERS
+
+__all__ = ["OPTIMIZERS", "create_optimizer", "create_scheduler"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

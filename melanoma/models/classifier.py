@@ -12,6 +12,7 @@ from torch import nn
 
 from melanoma.data.transforms import HALF, IMAGENET, Normalization, Preprocess
 from melanoma.models.weights import from_hub_cache, lite_imagenet_state_dict, load_state_dict
+from melanoma.names import CLASSIFIER_SIZES, check_classifier
 
 
 @dataclass(frozen=True)
@@ -47,31 +48,35 @@ def _lite(variant: int) -> Callable[[bool], nn.Module]:
     return build
 
 
+_BUILDERS: dict[str, tuple[Callable[[bool], nn.Module], Normalization]] = {
+    **{
+        name: (_tv(name), IMAGENET)
+        for name in (
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "googlenet",
+            "inception_v3",
+            "efficientnet_b0",
+            "efficientnet_b1",
+            "efficientnet_b2",
+            "efficientnet_b3",
+            "mobilenet_v3_large",
+            "convnext_tiny",
+        )
+    },
+    **{f"efficientnet_lite{v}": (_lite(v), HALF) for v in (0, 1, 2)},
+}
+# Sizes from the plain table that config validation reads (melanoma.names).
 CLASSIFIERS: dict[str, ClassifierSpec] = {
-    "resnet18": ClassifierSpec(_tv("resnet18"), 224),
-    "resnet34": ClassifierSpec(_tv("resnet34"), 224),
-    "resnet50": ClassifierSpec(_tv("resnet50"), 224),
-    "googlenet": ClassifierSpec(_tv("googlenet"), 224, has_aux=True),
-    "inception_v3": ClassifierSpec(
-        _tv("inception_v3"), 299, min_size=75, has_aux=True, min_size_aux=299
-    ),
-    "efficientnet_b0": ClassifierSpec(_tv("efficientnet_b0"), 224),
-    "efficientnet_b1": ClassifierSpec(_tv("efficientnet_b1"), 240),
-    "efficientnet_b2": ClassifierSpec(_tv("efficientnet_b2"), 260),
-    "efficientnet_b3": ClassifierSpec(_tv("efficientnet_b3"), 300),
-    "mobilenet_v3_large": ClassifierSpec(_tv("mobilenet_v3_large"), 224),
-    "convnext_tiny": ClassifierSpec(_tv("convnext_tiny"), 224),
-    "efficientnet_lite0": ClassifierSpec(_lite(0), 224, HALF),
-    "efficientnet_lite1": ClassifierSpec(_lite(1), 240, HALF),
-    "efficientnet_lite2": ClassifierSpec(_lite(2), 260, HALF),
+    name: ClassifierSpec(build, s.input_size, normalization, s.min_size, s.has_aux, s.min_size_aux)
+    for name, (build, normalization) in _BUILDERS.items()
+    for s in [CLASSIFIER_SIZES[name]]
 }
 
 
 def classifier_spec(name: str) -> ClassifierSpec:
-    if name not in CLASSIFIERS:
-        raise ValueError(
-            f"unknown classifier {name!r}; valid classifiers: {', '.join(CLASSIFIERS)}"
-        )
+    check_classifier(name)  # raises, naming the valid classifiers
     return CLASSIFIERS[name]
 
 

@@ -16,6 +16,7 @@ from melanoma.models.weights import (
     lite_imagenet_state_dict,
     load_state_dict,
 )
+from melanoma.names import SEGMENTER_MIN_SIZE, check_segmenter
 
 
 @dataclass(frozen=True)
@@ -28,20 +29,27 @@ class SegmenterArch:
 
 
 # Our names (lower case, as smp.create_model spells them) to SMP classes.
+_CLASSES = {
+    "unet": smp.Unet,
+    "unetplusplus": smp.UnetPlusPlus,
+    "fpn": smp.FPN,
+    "deeplabv3": smp.DeepLabV3,
+    "deeplabv3plus": smp.DeepLabV3Plus,
+    "pspnet": smp.PSPNet,
+    "linknet": smp.Linknet,
+    "manet": smp.MAnet,
+    "pan": smp.PAN,
+    "upernet": smp.UPerNet,
+    "segformer": smp.Segformer,
+    "dpt": smp.DPT,  # timm ViT encoders only
+}
 SEGMENTER_ARCHS: dict[str, SegmenterArch] = {
-    "unet": SegmenterArch(smp.Unet),
-    "unetplusplus": SegmenterArch(smp.UnetPlusPlus),
-    "fpn": SegmenterArch(smp.FPN),
-    "deeplabv3": SegmenterArch(smp.DeepLabV3),
-    "deeplabv3plus": SegmenterArch(smp.DeepLabV3Plus),
-    "pspnet": SegmenterArch(smp.PSPNet),
-    "linknet": SegmenterArch(smp.Linknet),
-    "manet": SegmenterArch(smp.MAnet),
-    "pan": SegmenterArch(smp.PAN, min_size=128),
-    "upernet": SegmenterArch(smp.UPerNet),
-    "segformer": SegmenterArch(smp.Segformer),
-    # DPT takes only timm ViT encoders, at their pretraining resolution.
-    "dpt": SegmenterArch(smp.DPT, min_size=224, example_encoder="tu-vit_tiny_patch16_224"),
+    name: SegmenterArch(
+        cls,
+        SEGMENTER_MIN_SIZE[name],
+        "tu-vit_tiny_patch16_224" if name == "dpt" else "resnet18",
+    )
+    for name, cls in _CLASSES.items()
 }
 _LITE = {f"tu-tf_efficientnet_lite{v}": v for v in (0, 1, 2)}
 
@@ -72,9 +80,7 @@ def validate_encoder(encoder: str) -> None:
 def validate_arch(arch: str) -> str:
     key = arch.lower()
     if key not in SEGMENTER_ARCHS:
-        raise ValueError(
-            f"unknown segmenter architecture {arch!r}; valid: {', '.join(SEGMENTER_ARCHS)}"
-        )
+        check_segmenter(arch, "resnet18")  # raises, naming the valid architectures
     return key
 
 
