@@ -14,7 +14,8 @@ from ray import tune
 from melanoma.config import dump_yaml, load_yaml
 from search.experiment import DEFAULT_STORAGE, Experiment, experiment_from_dict
 from search.searcher import create_scheduler, create_searcher
-from trainables.driver import META, tune_driver
+from trainables.driver import tune_driver
+from trainables.meta import META, TrialMeta, train_run_name, train_storage
 
 EXPERIMENT_FILE = "experiment.yaml"
 
@@ -210,18 +211,20 @@ def run_root(storage: str, name: str) -> str:
     return search_path(storage, name)
 
 
-def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> dict:
-    return {
-        "train": exp.train.to_dict(),
-        "run_root": run_root(storage, name),
-        "resources": {k: plan[k] for k in ("workers", "cpus_per_worker", "gpus_per_worker")},
-        "train_storage": f"{search_path(storage, name)}/_train",
-        "max_failures": exp.search.max_failures,
-        "keep_checkpoints": exp.search.keep_checkpoints,
-        "metric": exp.metric,
-        "checkpoint_metric": f"val_{exp.train.metric}",
-        "mode": exp.mode,
-    }
+def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> TrialMeta:
+    return TrialMeta(
+        train=exp.train.to_dict(),
+        run_root=run_root(storage, name),
+        train_storage=train_storage(search_path(storage, name)),
+        workers=plan["workers"],
+        cpus_per_worker=plan["cpus_per_worker"],
+        gpus_per_worker=plan["gpus_per_worker"],
+        max_failures=exp.search.max_failures,
+        keep_checkpoints=exp.search.keep_checkpoints,
+        metric=exp.metric,
+        checkpoint_metric=f"val_{exp.train.metric}",
+        mode=exp.mode,
+    )
 
 
 def run_search(
@@ -262,7 +265,7 @@ def run_search(
         print(f"[search] budget: {budget} trial-epochs in all", flush=True)
     tuner = tune.Tuner(
         _trainable(plan),
-        param_space={META: _meta(exp, name, storage, plan)},
+        param_space={META: _meta(exp, name, storage, plan).to_dict()},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=create_scheduler(exp),
@@ -361,7 +364,7 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
             # Tune's own progress files can lose their last lines when the driver is killed;
             # the Train checkpoints (written straight to storage) still hold the history.
             recovered = _from_checkpoints(
-                Path(root) / "_train" / f"train-{trial.trial_id}", exp
+                Path(train_storage(root)) / train_run_name(trial.trial_id), exp
             ) or _from_checkpoints(Path(root) / trial_dirname(trial), exp)
             if recovered:
                 best_value, best_epoch, checkpoint, epochs, finished = recovered

@@ -255,3 +255,29 @@ def test_a_timm_encoder_that_does_not_exist_fails_when_the_search_loads(tmp_path
         experiment_from_dict(exp)
     exp["space"]["model.encoder"]["choice"] = ["resnet18", "tu-resnet10t"]
     assert experiment_from_dict(exp).train.model.arch == "fpn"
+
+
+def test_trial_metadata_round_trips_and_reads_older_searches():
+    from trainables.meta import TrialMeta, train_run_name, train_storage
+
+    meta = TrialMeta(
+        train={"task": "seg"},
+        run_root="/s/x",
+        train_storage=train_storage("/s/x"),
+        workers=2,
+        cpus_per_worker=0.9,
+        gpus_per_worker=0.0,
+        max_failures=1,
+        keep_checkpoints=2,
+        metric="best_val_jaccard",
+        checkpoint_metric="val_jaccard",
+        mode="max",
+    )
+    assert TrialMeta.from_dict(meta.to_dict()) == meta
+    assert meta.train_storage == "/s/x/_train" and train_run_name("ab12") == "train-ab12"
+    # The nested form searches wrote before, restored by `search resume`.
+    old = {k: v for k, v in meta.to_dict().items() if k not in ("workers", "run_root")}
+    old["resources"] = {"workers": 2, "cpus_per_worker": 0.9, "gpus_per_worker": 0.0}
+    for key in ("cpus_per_worker", "gpus_per_worker"):
+        del old[key]
+    assert TrialMeta.from_dict(old) == TrialMeta(**{**meta.to_dict(), "run_root": None})

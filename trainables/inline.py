@@ -26,7 +26,7 @@ def inline_trial(params: dict) -> None:
     from trainables.driver import trial_config
 
     config, meta = trial_config(params)
-    torch.set_num_threads(max(1, round(meta["resources"]["cpus_per_worker"])))
+    torch.set_num_threads(max(1, round(meta.cpus_per_worker)))
     node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
