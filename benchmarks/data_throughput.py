@@ -55,13 +55,12 @@ def loader_versus_step(cache: Path, size: int, n: int, device: str, batches: int
     from melanoma.data.dataset import EpochSampler
     from melanoma.engine.config import TrainConfig
     from melanoma.engine.loop import (
+        build_training,
         make_loader,
         open_training_data,
         resolve_device,
         train_one_epoch,
     )
-    from melanoma.engine.optim import create_optimizer, create_scheduler
-    from melanoma.engine.tasks import build_model, make_task
 
     rows = []
     models = {
@@ -100,24 +99,12 @@ def loader_versus_step(cache: Path, size: int, n: int, device: str, batches: int
         loader_ips = seen / (time.perf_counter() - start)
         del iterator, loader
 
-        task = make_task(config)
-        net = build_model(config).to(dev)
-        if dev.type == "cuda" and config.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        criterion = task.build_loss(dataset.labels()).to(dev)
-        optimizer = create_optimizer(config.optimizer, net)
-        schedule = create_scheduler(config.scheduler, optimizer, 1, len(kept), config.mode)
-        scaler = (
-            torch.amp.GradScaler("cuda")
-            if dev.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
-            else None
-        )
-        step = (task, criterion, optimizer, schedule, scaler, dev, config, 0, False)
-        train_one_epoch(net, kept[:1], *step)  # warm-up: allocator, cudnn autotuning
+        t = build_training(config, dev, dataset.labels(), len(kept), pretrained=True)
+        train_one_epoch(t, kept[:1], 0, False)  # warm-up: allocator, cudnn autotuning
         if dev.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        train_one_epoch(net, kept[1:], *step)
+        train_one_epoch(t, kept[1:], 0, False)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         step_ips = 16 * len(kept[1:]) / (time.perf_counter() - start)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from melanoma.engine.checkpoint import (
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.logging import RunLogger
 from melanoma.engine.optim import create_optimizer, create_scheduler
-from melanoma.engine.tasks import build_model, make_task
+from melanoma.engine.tasks import ClassificationTask, SegmentationTask, build_model, make_task
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
 CHECKPOINTS = "checkpoints"
@@ -107,20 +108,9 @@ def make_loader(
     )
 
 
-def train_one_epoch(
-    model,
-    loader,
-    task,
-    criterion,
-    optimizer,
-    schedule,
-    scaler,
-    device,
-    config,
-    epoch: int,
-    progress: bool,
-) -> dict:
+def train_one_epoch(t: Training, loader, epoch: int, progress: bool) -> dict:
     """One pass over the training loader; returns the mean loss and the final learning rate."""
+    model, task, device, config, schedule = t.model, t.task, t.device, t.config, t.schedule
     model.train()
     total, count = 0.0, 0
     bar = tqdm(
@@ -137,32 +127,37 @@ def train_one_epoch(
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with _autocast(device, config.amp):
             outputs = model(inputs)
-            loss = task.loss(criterion, outputs, batch, device)
+            loss = task.loss(t.criterion, outputs, batch, device)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteLossError(
                 f"loss became {value} at epoch {epoch + 1}, step {step + 1} "
                 f"(lr {schedule.lr:.3g}); lower optimizer.lr, set grad_clip, or check the data"
             )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        _step(t, loss)
         schedule.step_batch()
         n = batch["image"].shape[0]
         total += value * n
         count += n
         bar.set_postfix(loss=f"{total / count:.4f}")
     return {"loss": total / max(count, 1), "lr": schedule.lr}
+
+
+def _step(t: Training, loss: torch.Tensor) -> None:
+    """Backward and optimizer step, through the gradient scaler and clipping if any."""
+    t.optimizer.zero_grad(set_to_none=True)
+    if t.scaler is not None:
+        t.scaler.scale(loss).backward()
+        t.scaler.unscale_(t.optimizer)
+    else:
+        loss.backward()
+    if t.config.grad_clip > 0:
+        nn.utils.clip_grad_norm_(t.model.parameters(), t.config.grad_clip)
+    if t.scaler is not None:
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+    else:
+        t.optimizer.step()
 
 
 @torch.no_grad()
@@ -244,6 +239,74 @@ def _improved(value: float | None, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+@dataclass
+class Training:
+    """What a run trains with: the model and its loss, optimizer, schedule and scaler."""
+
+    config: TrainConfig
+    device: torch.device
+    task: SegmentationTask | ClassificationTask
+    model: nn.Module
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    scaler: torch.amp.GradScaler | None
+
+
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint restores and every epoch updates."""
+
+    epoch: int = 0  # epochs done
+    history: list[dict] = field(default_factory=list)
+    best_value: float | None = None
+    best_epoch: int = -1
+    stale: int = 0  # epochs since the best
+
+    def update(self, value, mode: str) -> bool:
+        """Count one more epoch with validation ``value``; True when it is the best yet."""
+        self.epoch += 1
+        if _improved(value, self.best_value, mode):
+            self.best_value, self.best_epoch, self.stale = value, self.epoch, 0
+            return True
+        self.stale += 1
+        return False
+
+    def checkpoint_fields(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "stale": self.stale,
+        }
+
+
+def build_training(
+    config: TrainConfig, device: torch.device, train_labels, steps_per_epoch: int, pretrained: bool
+) -> Training:
+    """Model, loss (class weights from ``train_labels``), optimizer, schedule and scaler."""
+    task = make_task(config)
+    model = build_model(config, pretrained=pretrained).to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(config.optimizer, model)
+    schedule = create_scheduler(
+        config.scheduler, optimizer, config.epochs, steps_per_epoch, config.mode
+    )
+    use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
+    return Training(
+        config,
+        device,
+        task,
+        model,
+        task.build_loss(train_labels).to(device),
+        optimizer,
+        schedule,
+        torch.amp.GradScaler("cuda") if use_scaler else None,
+    )
+
+
 def fit(
     config: TrainConfig,
     runtime: Runtime | None = None,
@@ -257,14 +320,69 @@ def fit(
     exists; a path resumes from that checkpoint file or directory."""
     runtime = runtime or Runtime()
     device = runtime.device or resolve_device(config.device)
-    run_dir = Path(config.out)
-    task = make_task(config)
+    _seed(config, device)
+    bundle = _open_run(config, runtime, data, mask_override)
+    train_loader, val_loader = _loaders(config, runtime, device, bundle, mask_override)
+    checkpoint = _resume_from(config, resume)
+    # A resumed run takes every weight from its checkpoint: no ImageNet file needed.
+    t = build_training(
+        config, device, train_loader.dataset.labels(), len(train_loader), checkpoint is None
+    )
+    state = _restore(t, checkpoint) if checkpoint else RunState()
+    if runtime.wrap_model is not None:
+        t.model = runtime.wrap_model(t.model)
+    if config.compile and device.type == "cuda":
+        t.model = torch.compile(t.model)
 
+    logger = RunLogger(Path(config.out), enabled=runtime.is_main)
+    stopped_early = False
+    try:
+        for epoch in range(state.epoch, config.epochs):
+            started = time.perf_counter()
+            train_loader.sampler.set_epoch(epoch)
+            train = train_one_epoch(t, train_loader, epoch, runtime.progress and runtime.is_main)
+            keep = config.log_images if runtime.is_main else 0
+            val, examples = evaluate(
+                t.model, val_loader, t.task, t.criterion, device, config, keep=keep
+            )
+            value = val.get(config.metric)
+            t.schedule.step_epoch(value)
+            improved = state.update(value, config.mode)
+            record = {
+                "epoch": state.epoch,
+                "train_loss": train["loss"],
+                "lr": train["lr"],
+                "time_s": time.perf_counter() - started,
+                "val": val,
+            }
+            state.history.append(record)
+            checkpoint_dir = None
+            if runtime.is_main:
+                _log_epoch(logger, t.task.name, state.epoch, train, val, examples)
+                checkpoint_dir = _save_epoch(t, state, improved)
+                _print_epoch(config, runtime, record, value, improved)
+            stopped_early = bool(config.early_stopping and state.stale >= config.early_stopping)
+            _report(runtime, config, state, record, checkpoint_dir, stopped_early)
+            if stopped_early:
+                break
+    finally:
+        _close_log(logger, runtime, config, state)
+    best = next((h["val"] for h in state.history if h["epoch"] == state.best_epoch), {})
+    return FitResult(
+        Path(config.out), state.history, state.best_epoch, best, stopped_early, config.metric
+    )
+
+
+def _seed(config: TrainConfig, device: torch.device) -> None:
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+
+def _open_run(config: TrainConfig, runtime: Runtime, data, mask_override) -> DataBundle:
+    """The run's data (labelled images only for a classifier), its config and splits
+    written to the run directory."""
     bundle = data or open_training_data(config)
     if config.task == "cls":
         bundle = bundle.with_splits(labelled(bundle.splits))
@@ -274,177 +392,116 @@ def fit(
                 "mask_override; melanoma.engine.train makes them and calls fit"
             )
     if runtime.is_main:
+        run_dir = Path(config.out)
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(config.to_dict(), run_dir / "config.yaml")
         bundle.splits.save(run_dir / "splits.json")
+    return bundle
 
+
+def _loaders(config: TrainConfig, runtime: Runtime, device, bundle: DataBundle, masks):
+    """Training loader (this rank's share, reshuffled each epoch) and validation loader
+    (all of it on every rank)."""
     augment = build_augmentation(config.data.augment)
-    train_set = bundle.dataset("train", augment, seed=config.seed, mask_override=mask_override)
-    val_set = bundle.dataset("val", None, seed=config.seed, mask_override=mask_override)
+    train_set = bundle.dataset("train", augment, seed=config.seed, mask_override=masks)
+    val_set = bundle.dataset("val", None, seed=config.seed, mask_override=masks)
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(
             f"need training and validation images, got {len(train_set)} and {len(val_set)}; "
             "add data or change data.val_fraction"
         )
-    bs = config.data.batch_size
+    bs, workers = config.data.batch_size, config.data.num_workers
     train_sampler = EpochSampler(
         len(train_set), config.seed, True, runtime.rank, runtime.world_size
     )
-    val_sampler = EpochSampler(len(val_set), 0, False)  # every rank evaluates all of val
-    train_loader = make_loader(
-        train_set,
-        train_sampler,
-        bs,
-        config.data.num_workers,
-        device,
-        drop_last=len(train_sampler) > bs,
-    )
-    val_loader = make_loader(
-        val_set, val_sampler, bs, config.data.num_workers, device, drop_last=False
+    return (
+        make_loader(
+            train_set, train_sampler, bs, workers, device, drop_last=len(train_sampler) > bs
+        ),
+        make_loader(
+            val_set, EpochSampler(len(val_set), 0, False), bs, workers, device, drop_last=False
+        ),
     )
 
-    checkpoint_path = None
-    if resume:
-        checkpoint_path = (
-            Path(resume) if not isinstance(resume, bool) else run_dir / CHECKPOINTS / LAST
+
+def _resume_from(config: TrainConfig, resume: bool | Path) -> Path | None:
+    if not resume:
+        return None
+    if not isinstance(resume, bool):
+        return Path(resume)
+    last = Path(config.out) / CHECKPOINTS / LAST
+    return last if last.is_file() else None  # nothing to resume yet: a fresh start
+
+
+def _restore(t: Training, path: Path) -> RunState:
+    """Weights, optimizer, schedule, scaler and RNG from a checkpoint; where the run stood."""
+    state = load_checkpoint(path, map_location=t.device)
+    if state["config"].get("task") != t.config.task:
+        raise ValueError(
+            f"checkpoint {path} is a {state['config'].get('task')} run, not {t.config.task}"
         )
-        if isinstance(resume, bool) and not checkpoint_path.is_file():
-            checkpoint_path = None  # nothing to resume yet: a fresh start
-    # A resumed run takes every weight from its checkpoint: no ImageNet file needed.
-    model = build_model(config, pretrained=checkpoint_path is None).to(device)
-    if device.type == "cuda" and config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    criterion = task.build_loss(train_set.labels()).to(device)
-    optimizer = create_optimizer(config.optimizer, model)
-    schedule = create_scheduler(
-        config.scheduler, optimizer, config.epochs, len(train_loader), config.mode
+    unwrap(t.model).load_state_dict(state["model"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.schedule.load_state_dict(state["scheduler"])
+    if t.scaler is not None and state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    return RunState(
+        state["epoch"], state["history"], state["best_value"], state["best_epoch"], state["stale"]
     )
-    use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
-    start_epoch, history, best_value, best_epoch, stale = 0, [], None, -1, 0
-    if checkpoint_path is not None:
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        if state["config"].get("task") != config.task:
-            raise ValueError(
-                f"checkpoint {checkpoint_path} is a {state['config'].get('task')} run, "
-                f"not {config.task}"
-            )
-        unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, history = state["epoch"], state["history"]
-        best_value, best_epoch, stale = state["best_value"], state["best_epoch"], state["stale"]
-        set_rng_state(state["rng"])
 
-    if runtime.wrap_model is not None:
-        model = runtime.wrap_model(model)
-    if config.compile and device.type == "cuda":
-        model = torch.compile(model)
+def _save_epoch(t: Training, state: RunState, improved: bool) -> Path:
+    """best.pt when the epoch improved, last.pt (everything a resume needs), metrics.json."""
+    checkpoint_dir = Path(t.config.out) / CHECKPOINTS
+    config, fields = t.config.to_dict(), state.checkpoint_fields()
+    if improved:
+        save_checkpoint(checkpoint_dir / BEST, config=config, model=t.model, **fields)
+    save_checkpoint(
+        checkpoint_dir / LAST,
+        config=config,
+        model=t.model,
+        optimizer=t.optimizer.state_dict(),
+        scheduler=t.schedule.state_dict(),
+        scaler=t.scaler.state_dict() if t.scaler is not None else None,
+        rng=rng_state(),
+        **fields,
+    )
+    _write_metrics(Path(t.config.out), t.config, state.history, state.best_epoch)
+    return checkpoint_dir
 
-    logger = RunLogger(run_dir, enabled=runtime.is_main)
-    stopped_early = False
-    try:
-        for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            train_sampler.set_epoch(epoch)
-            train = train_one_epoch(
-                model,
-                train_loader,
-                task,
-                criterion,
-                optimizer,
-                schedule,
-                scaler,
-                device,
-                config,
-                epoch,
-                runtime.progress and runtime.is_main,
-            )
-            val, examples = evaluate(
-                model,
-                val_loader,
-                task,
-                criterion,
-                device,
-                config,
-                keep=config.log_images if runtime.is_main else 0,
-            )
-            value = val.get(config.metric)
-            schedule.step_epoch(value)
-            improved = _improved(value, best_value, config.mode)
-            if improved:
-                best_value, best_epoch, stale = value, epoch + 1, 0
-            else:
-                stale += 1
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": train["loss"],
-                "lr": train["lr"],
-                "time_s": time.perf_counter() - started,
-                "val": val,
-            }
-            history.append(record)
 
-            checkpoint_dir = None
-            if runtime.is_main:
-                _log_epoch(logger, task.name, epoch + 1, train, val, examples)
-                checkpoint_dir = run_dir / CHECKPOINTS
-                extra = {
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "best_value": best_value,
-                    "best_epoch": best_epoch,
-                    "stale": stale,
-                }
-                if improved:
-                    save_checkpoint(
-                        checkpoint_dir / BEST, config=config.to_dict(), model=model, **extra
-                    )
-                save_checkpoint(
-                    checkpoint_dir / LAST,
-                    config=config.to_dict(),
-                    model=model,
-                    optimizer=optimizer.state_dict(),
-                    scheduler=schedule.state_dict(),
-                    scaler=scaler.state_dict() if scaler is not None else None,
-                    rng=rng_state(),
-                    **extra,
-                )
-                _write_metrics(run_dir, config, history, best_epoch)
-                if runtime.progress:
-                    shown = f"{value:.4f}" if isinstance(value, float) else value
-                    print(
-                        f"epoch {epoch + 1}/{config.epochs}  train loss {train['loss']:.4f}  "
-                        f"val loss {val.get('loss', float('nan')):.4f}  val {config.metric} {shown}"
-                        f"{'  *best*' if improved else ''}  ({record['time_s']:.1f} s)",
-                        flush=True,
-                    )
-            stop = bool(config.early_stopping and stale >= config.early_stopping)
-            if runtime.report is not None:
-                flat = _flat(record, best_value, config.metric)
-                # "finished": the run ends here by its own rules (last epoch or early
-                # stopping), so a search can tell it from a trial a scheduler cut short.
-                flat["finished"] = stop or epoch + 1 == config.epochs
-                runtime.report(flat, checkpoint_dir)
-            if stop:
-                stopped_early = True
-                if runtime.is_main and runtime.progress:
-                    print(
-                        f"early stopping: no {config.metric} improvement for {stale} epochs",
-                        flush=True,
-                    )
-                break
-    finally:
-        if runtime.is_main and history:
-            best = next((h for h in history if h["epoch"] == best_epoch), history[-1])
-            logger.hparams(_hparams(config), {f"best_{k}": v for k, v in best["val"].items()})
-        logger.close()
+def _print_epoch(config: TrainConfig, runtime: Runtime, record: dict, value, improved) -> None:
+    if not runtime.progress:
+        return
+    shown = f"{value:.4f}" if isinstance(value, float) else value
+    print(
+        f"epoch {record['epoch']}/{config.epochs}  train loss {record['train_loss']:.4f}  "
+        f"val loss {record['val'].get('loss', float('nan')):.4f}  val {config.metric} {shown}"
+        f"{'  *best*' if improved else ''}  ({record['time_s']:.1f} s)",
+        flush=True,
+    )
 
-    best = next((h["val"] for h in history if h["epoch"] == best_epoch), {})
-    return FitResult(run_dir, history, best_epoch, best, stopped_early, config.metric)
+
+def _report(runtime: Runtime, config: TrainConfig, state: RunState, record, where, stop) -> None:
+    if runtime.report is not None:
+        flat = _flat(record, state.best_value, config.metric)
+        # "finished": the run ends here by its own rules (last epoch or early stopping),
+        # so a search can tell it from a trial a scheduler cut short.
+        flat["finished"] = stop or state.epoch == config.epochs
+        runtime.report(flat, where)
+    if stop and runtime.is_main and runtime.progress:
+        print(
+            f"early stopping: no {config.metric} improvement for {state.stale} epochs",
+            flush=True,
+        )
+
+
+def _close_log(logger: RunLogger, runtime: Runtime, config: TrainConfig, state: RunState):
+    if runtime.is_main and state.history:
+        best = next((h for h in state.history if h["epoch"] == state.best_epoch), state.history[-1])
+        logger.hparams(_hparams(config), {f"best_{k}": v for k, v in best["val"].items()})
+    logger.close()
 
 
 def _flat(record: dict, best_value, metric: str) -> dict:
