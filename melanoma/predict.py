@@ -34,6 +34,9 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
     return out
 
 
+FIELDS = ["image", "probability", "melanoma", "threshold", "mask", "error"]
+
+
 def predict(
     model_dir: Path,
     inputs: Iterable[str],
@@ -43,21 +46,7 @@ def predict(
     batch_size: int = 16,
 ) -> list[dict]:
     """Probability, decision and mask per image; unreadable images are reported and skipped."""
-    import onnxruntime as ort
-
-    model_dir = Path(model_dir)
-    card_path = model_dir / "model_card.json"
-    if not card_path.is_file() or not (model_dir / "cascade.onnx").is_file():
-        raise FileNotFoundError(
-            f"{model_dir} is not an exported cascade (no model_card.json / cascade.onnx); "
-            "create one with `melanoma export`"
-        )
-    card = json.loads(card_path.read_text())
-    size = card["input"]["shape"][-1]
-    threshold = card["threshold"]
-    session = ort.InferenceSession(
-        str(model_dir / "cascade.onnx"), providers=["CPUExecutionProvider"]
-    )
+    session, size, threshold = open_exported(Path(model_dir))
     paths = expand_inputs(inputs)
     if not paths:
         raise ValueError("no images to predict: give image files or folders that contain images")
@@ -67,55 +56,68 @@ def predict(
     pending: list[tuple[Path, np.ndarray]] = []
 
     def flush() -> None:
-        if not pending:
-            return
-        batch = np.stack([img.transpose(2, 0, 1) for _, img in pending])
-        probs, masks = session.run(None, {"images": batch})
-        for (path, _), p, m in zip(pending, probs, masks, strict=True):
-            row = {
-                "image": str(path),
-                "probability": f"{float(p):.6f}",
-                "melanoma": int(p >= threshold),
-                "threshold": threshold,
-                "mask": "",
-                "error": "",
-            }
-            if masks_out:
-                import cv2
-                from PIL import Image
-
-                w, h = image_size(path)
-                full = cv2.resize(m[0] * 255, (w, h), interpolation=cv2.INTER_NEAREST)
-                mask_path = Path(masks_out) / f"{path.stem}_mask.png"
-                Image.fromarray(full.astype(np.uint8)).save(mask_path)
-                row["mask"] = str(mask_path)
-            rows.append(row)
-        pending.clear()
+        if pending:
+            batch = np.stack([img.transpose(2, 0, 1) for _, img in pending])
+            probs, masks = session.run(None, {"images": batch})
+            for (path, _), p, m in zip(pending, probs, masks, strict=True):
+                rows.append(
+                    _row(path, threshold, probability=float(p), mask=m, masks_out=masks_out)
+                )
+            pending.clear()
 
     for path in paths:
         try:
             pending.append((path, load_image(path, size)))
         except (ImageDecodeError, OSError) as err:
             print(f"warning: skipped {path}: {err}", file=sys.stderr)
-            rows.append(
-                {
-                    "image": str(path),
-                    "probability": "",
-                    "melanoma": "",
-                    "threshold": threshold,
-                    "mask": "",
-                    "error": str(err),
-                }
-            )
+            rows.append(_row(path, threshold, error=str(err)))
         if len(pending) >= batch_size:
             flush()
     flush()
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="") as fh:
-        writer = csv.DictWriter(
-            fh, fieldnames=["image", "probability", "melanoma", "threshold", "mask", "error"]
-        )
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
     return rows
+
+
+def open_exported(model_dir: Path):
+    """(ONNX Runtime session, input size, threshold) of an exported cascade."""
+    import onnxruntime as ort
+
+    card_path = model_dir / "model_card.json"
+    if not card_path.is_file() or not (model_dir / "cascade.onnx").is_file():
+        raise FileNotFoundError(
+            f"{model_dir} is not an exported cascade (no model_card.json / cascade.onnx); "
+            "create one with `melanoma export`"
+        )
+    card = json.loads(card_path.read_text())
+    session = ort.InferenceSession(
+        str(model_dir / "cascade.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return session, card["input"]["shape"][-1], card["threshold"]
+
+
+def _row(path: Path, threshold: float, *, probability=None, mask=None, masks_out=None, error=""):
+    """One CSV row: the prediction (and the mask written at the image's own size), or the
+    error that kept the image out."""
+    row = {
+        "image": str(path),
+        "probability": "" if probability is None else f"{probability:.6f}",
+        "melanoma": "" if probability is None else int(probability >= threshold),
+        "threshold": threshold,
+        "mask": "",
+        "error": error,
+    }
+    if masks_out and mask is not None:
+        import cv2
+        from PIL import Image
+
+        w, h = image_size(path)
+        full = cv2.resize(mask[0] * 255, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask_path = Path(masks_out) / f"{path.stem}_mask.png"
+        Image.fromarray(full.astype(np.uint8)).save(mask_path)
+        row["mask"] = str(mask_path)
+    return row

@@ -72,3 +72,18 @@ def test_import_contracts_hold(monkeypatch):
     monkeypatch.chdir(ROOT)
     monkeypatch.syspath_prepend(str(ROOT))
     assert lint_imports(config_filename=str(ROOT / "pyproject.toml")) == 0
+
+
+def test_no_function_exceeds_80_lines():
+    """Functions tell a short story; state that travels together is a dataclass."""
+    import ast
+
+    long = []
+    for package in ("melanoma", "search", "trainables"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > 80:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {lines}")
+    assert long == []

@@ -222,14 +222,7 @@ def build_cascade(
         check_same_data(s.config, c.config)
     input_size = max(x.config.data.image_size for x in [*segs, *clss])
     data_meta = _data_meta(clss[0].config, data)
-    bundle = open_cascade_data(data_meta, input_size)
-    bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
-    for leak in bundle.splits.dropped_test:
-        print(
-            f"[cascade] test image {leak['id']} dropped ({leak['reason']} as {leak['twin']})",
-            flush=True,
-        )
-    _require_both_classes(bundle, "val")
+    bundle = _validation_data(data_meta, input_size, drop_test_duplicates)
 
     pairs = _score_pairs(segs, clss, input_size, bundle)
     best_pair = max(pairs, key=lambda t: t["val_auc"])
@@ -239,17 +232,7 @@ def build_cascade(
         seg_w, cls_w = {segs.index(best_pair["_seg"]): 1}, {clss.index(best_pair["_cls"]): 1}
     members = ([segs[i] for i in seg_w], [clss[i] for i in cls_w])
     weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
-    chosen = run_cascade(make_cascade(*members, input_size, **weights), bundle, "val")
-    tta_report = {"mode": tta, "val_auc_without": _auc(chosen)}
-    use_tta = tta == "on"
-    if tta != "off":
-        with_tta = run_cascade(
-            make_cascade(*members, input_size, **weights, tta=True), bundle, "val"
-        )
-        tta_report["val_auc_with"] = _auc(with_tta)
-        use_tta = use_tta or tta_report["val_auc_with"] > tta_report["val_auc_without"]
-        chosen = with_tta if use_tta else chosen
-    tta_report["used"] = use_tta
+    chosen, tta_report = _choose_tta(members, weights, input_size, bundle, tta)
     threshold, rule = choose_threshold(chosen["label"], chosen["prob"], target_sensitivity)
 
     out = Path(out)
@@ -260,7 +243,7 @@ def build_cascade(
         "version": VERSION,
         "segmenters": [_member(segs[i], w) for i, w in seg_w.items()],
         "classifiers": [_member(clss[i], w) for i, w in cls_w.items()],
-        "tta": use_tta,
+        "tta": tta_report["used"],
         "input_size": input_size,
         "threshold": threshold,
         "threshold_rule": rule,
@@ -275,17 +258,52 @@ def build_cascade(
         "dropped_test": bundle.splits.dropped_test,
     }
     torch.save(payload, out / CASCADE_FILE)
+    return _write_summary(payload, out)
+
+
+def _validation_data(data_meta: dict, input_size: int, drop_test_duplicates: bool) -> DataBundle:
+    """The candidates' data with an isolated test split (duplicates dropped if asked) and
+    a validation split that holds both classes."""
+    bundle = open_cascade_data(data_meta, input_size)
+    bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
+    for leak in bundle.splits.dropped_test:
+        print(
+            f"[cascade] test image {leak['id']} dropped ({leak['reason']} as {leak['twin']})",
+            flush=True,
+        )
+    _require_both_classes(bundle, "val")
+    return bundle
+
+
+def _choose_tta(members, weights: dict, input_size: int, bundle, tta: str) -> tuple[dict, dict]:
+    """Validation outputs of the chosen members with or without test-time augmentation
+    (``auto``: with it only when it raises the validation AUC), and what was compared."""
+    chosen = run_cascade(make_cascade(*members, input_size, **weights), bundle, "val")
+    report = {"mode": tta, "val_auc_without": _auc(chosen)}
+    use_tta = tta == "on"
+    if tta != "off":
+        with_tta = run_cascade(
+            make_cascade(*members, input_size, **weights, tta=True), bundle, "val"
+        )
+        report["val_auc_with"] = _auc(with_tta)
+        use_tta = use_tta or report["val_auc_with"] > report["val_auc_without"]
+        chosen = with_tta if use_tta else chosen
+    report["used"] = use_tta
+    return chosen, report
+
+
+def _write_summary(payload: dict, out: Path) -> dict:
+    """cascade.json (the payload without weights) and the lines that say what was chosen."""
     summary = {k: v for k, v in payload.items() if k not in ("segmenters", "classifiers", "format")}
-    summary["segmenters"] = [{k: m[k] for k in ("origin", "weight")} for m in payload["segmenters"]]
-    summary["classifiers"] = [
-        {k: m[k] for k in ("origin", "weight")} for m in payload["classifiers"]
-    ]
+    for kind in ("segmenters", "classifiers"):
+        summary[kind] = [{k: m[k] for k in ("origin", "weight")} for m in payload[kind]]
     (out / "cascade.json").write_text(json.dumps(summary, indent=1) + "\n")
+    ci = payload["val_auc_ci"]
     print(
         f"[cascade] chose {_describe(payload)}: validation AUC {payload['val_auc']:.4f} "
-        f"(95% CI {payload['val_auc_ci']['low']:.3f}-{payload['val_auc_ci']['high']:.3f}); "
-        f"best single pair {best_pair['val_auc']:.4f}; threshold {threshold:.4f} ({rule}); "
-        f"written to {out}",
+        f"(95% CI {ci['low']:.3f}-{ci['high']:.3f}); best single pair "
+        f"{payload['best_pair']['val_auc']:.4f}; threshold {payload['threshold']:.4f} "
+        f"({payload['threshold_rule']}); written to {out}",
         flush=True,
     )
     if payload["val_official"]:

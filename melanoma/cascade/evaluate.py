@@ -102,14 +102,47 @@ def evaluate_cascade(
     test images that share bytes, an id or a lesion with train/val (listed in the report)."""
     directory = Path(directory)
     cascade, meta = load_cascade(directory)
+    bundle = _test_data(directory, meta, data, drop_test_duplicates)
+    result = run_cascade(cascade, bundle, "test")
+    labelled = result["label"] >= 0
+    labels, probs = result["label"][labelled], result["prob"][labelled]
+    threshold = meta["threshold"]
+    report = {
+        "cascade": str(directory),
+        "data": str(data or meta["data"]["path"]),
+        "threshold": threshold,
+        "threshold_rule": meta["threshold_rule"],
+        "val_auc": meta["val_auc"],
+        "segmenters": [{k: m[k] for k in ("origin", "weight")} for m in meta["segmenters"]],
+        "classifiers": [{k: m[k] for k in ("origin", "weight")} for m in meta["classifiers"]],
+        "input_mode": cascade.input_mode,
+        "tta": meta["tta"],
+        "tta_check": meta.get("tta_check"),
+        "best_pair": meta.get("best_pair"),
+        "bootstrap_resamples": resamples,
+        "test_images": int(len(result["id"])),
+        "dropped_test_images": bundle.splits.dropped_test,
+        "classification": _cls_report(labels, probs, threshold, resamples),
+    }
+    if result["has_mask"].any():
+        report["segmentation"] = _seg_report(result, resamples)
+    curves = {f"cascade ({cascade.input_mode})": (labels, probs)}
+    if cascade.needs_mask:
+        report.update(_mask_ablations(cascade, bundle, result, threshold, resamples, curves))
+    _curves(directory / "curves.png", curves)
+    _write_predictions(directory / "test_predictions.csv", result, threshold)
+    (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (directory / "report.md").write_text(markdown(report))
+    return report
+
+
+def _test_data(directory: Path, meta: dict, data: str | None, drop_test_duplicates: bool):
+    """The data the cascade was built on, refused unless its test split is isolated from
+    train/val and every split still holds the images the build recorded."""
     recorded = Splits.load(directory / "splits.json")
     try:
         recorded.assert_test_isolated()
-    except LeakError as err:
-        raise LeakError(f"refusing to evaluate {directory}: {err}") from None
-    d = meta["data"]
-    bundle = open_cascade_data(d, meta["input_size"], path=data)
-    try:
+        bundle = open_cascade_data(meta["data"], meta["input_size"], path=data)
         bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
     except LeakError as err:
         raise LeakError(f"refusing to evaluate {directory}: {err}") from None
@@ -128,73 +161,58 @@ def evaluate_cascade(
                 f"cascade was built on ({len(ours ^ theirs)} images){hint}; the test split would "
                 "no longer be one the search never saw"
             )
+    return bundle
 
-    result = run_cascade(cascade, bundle, "test")
-    labelled = result["label"] >= 0
-    labels, probs = result["label"][labelled], result["prob"][labelled]
-    threshold = meta["threshold"]
-    report = {
-        "cascade": str(directory),
-        "data": str(data or d["path"]),
-        "threshold": threshold,
-        "threshold_rule": meta["threshold_rule"],
-        "val_auc": meta["val_auc"],
-        "segmenters": [{k: m[k] for k in ("origin", "weight")} for m in meta["segmenters"]],
-        "classifiers": [{k: m[k] for k in ("origin", "weight")} for m in meta["classifiers"]],
-        "input_mode": cascade.input_mode,
-        "tta": meta["tta"],
-        "tta_check": meta.get("tta_check"),
-        "best_pair": meta.get("best_pair"),
-        "bootstrap_resamples": resamples,
-        "test_images": int(len(result["id"])),
-        "dropped_test_images": bundle.splits.dropped_test,
+
+def _seg_report(result: dict, resamples: int) -> dict:
+    """Per-image Jaccard, Dice and thresholded Jaccard of the predicted masks, with intervals."""
+    from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
+
+    keep = result["has_mask"]
+    pred, true = result["pred_mask"][keep], result["true_mask"][keep]
+    per_image = scores_from_counts(per_image_counts(pred, true))
+    seg = {
+        k: {
+            "value": float(per_image[k].mean()),
+            **bootstrap_ci(
+                lambda idx, k=k: float(per_image[k][idx].mean()),
+                len(per_image[k]),
+                resamples=resamples,
+            ),
+        }
+        for k in SEG_KEYS
     }
-    report["classification"] = _cls_report(labels, probs, threshold, resamples)
-    curves = {f"cascade ({cascade.input_mode})": (labels, probs)}
-    if result["has_mask"].any():
-        keep = result["has_mask"]
-        pred, true = result["pred_mask"][keep], result["true_mask"][keep]
-        from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
+    seg["n_images"] = int(keep.sum())
+    assert abs(segmentation_metrics(pred, true)["jaccard"] - seg["jaccard"]["value"]) < 1e-9
+    return seg
 
-        per_image = scores_from_counts(per_image_counts(pred, true))
-        seg = {}
-        for k in SEG_KEYS:
-            seg[k] = {
-                "value": float(per_image[k].mean()),
-                **bootstrap_ci(
-                    lambda idx, k=k: float(per_image[k][idx].mean()),
-                    len(per_image[k]),
-                    resamples=resamples,
-                ),
-            }
-        seg["n_images"] = int(keep.sum())
-        report["segmentation"] = seg
-        assert abs(segmentation_metrics(pred, true)["jaccard"] - seg["jaccard"]["value"]) < 1e-9
-    if cascade.needs_mask:
-        # The same classifier on whole images: does the segmentation stage help?
-        unmasked = run_cascade(cascade, bundle, "test", mode="full")
-        report["classifier_on_unmasked_images"] = _cls_report(
+
+def _mask_ablations(cascade, bundle, result: dict, threshold, resamples, curves) -> dict:
+    """The same classifier on whole images, and with ground-truth masks where every test
+    image has one: does the segmentation stage help?"""
+    labelled = result["label"] >= 0
+    unmasked = run_cascade(cascade, bundle, "test", mode="full")
+    out = {
+        "classifier_on_unmasked_images": _cls_report(
             unmasked["label"][labelled], unmasked["prob"][labelled], threshold, resamples
         )
-        curves["same classifier, unmasked"] = (
-            unmasked["label"][labelled],
-            unmasked["prob"][labelled],
+    }
+    curves["same classifier, unmasked"] = (unmasked["label"][labelled], unmasked["prob"][labelled])
+    if result["has_mask"].all():
+        oracle = run_cascade(cascade, bundle, "test", gt_masks=True)
+        out["classifier_with_ground_truth_masks"] = _cls_report(
+            oracle["label"][labelled], oracle["prob"][labelled], threshold, resamples
         )
-        if result["has_mask"].all():
-            oracle = run_cascade(cascade, bundle, "test", gt_masks=True)
-            report["classifier_with_ground_truth_masks"] = _cls_report(
-                oracle["label"][labelled], oracle["prob"][labelled], threshold, resamples
-            )
-            curves["ground-truth masks"] = (oracle["label"][labelled], oracle["prob"][labelled])
-    _curves(directory / "curves.png", curves)
-    with open(directory / "test_predictions.csv", "w", newline="") as fh:
+        curves["ground-truth masks"] = (oracle["label"][labelled], oracle["prob"][labelled])
+    return out
+
+
+def _write_predictions(path: Path, result: dict, threshold: float) -> None:
+    with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "label", "probability", "melanoma"])
         for i, lab, p in zip(result["id"], result["label"], result["prob"], strict=True):
             writer.writerow([i, int(lab), f"{p:.6f}", int(p >= threshold)])
-    (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (directory / "report.md").write_text(markdown(report))
-    return report
 
 
 def _fmt(entry: dict) -> str:

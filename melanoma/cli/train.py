@@ -176,7 +176,13 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    """Add this stage's subcommands."""
+    """Add `train`, `cv` and `evaluate`."""
+    _register_train(sub)
+    _register_cv(sub)
+    _register_evaluate(sub)
+
+
+def _register_train(sub) -> None:
     p = sub.add_parser("train", help="train one segmenter or classifier locally (no Ray)")
     p.add_argument("task", choices=["seg", "cls"])
     p.add_argument(
@@ -237,6 +243,8 @@ def register(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.set_defaults(func=_cmd_train)
 
+
+def _register_cv(sub) -> None:
     p = sub.add_parser(
         "cv", help="k-fold cross-validation of candidates on the training split (fold models)"
     )
@@ -252,6 +260,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="one folder per candidate, one run per fold")
     p.set_defaults(func=_cmd_cv)
 
+
+def _register_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="metrics of a trained run on a split")
     p.add_argument("task", choices=["seg", "cls"])
     p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")

@@ -205,6 +205,23 @@ def check_dataset(
     result = read_layout(Path(root), layout)
     problems = list(result.problems)
 
+    samples = _readable_candidates(result, problems, external_paths)
+    info, bad_ids = _inspect_all(samples, problems, workers, progress)
+    problems += _duplicate_content(samples, info)
+
+    usable = [s for s in samples if s.id not in bad_ids and s.id in info]
+    excluded = [s for s in samples if s.id in bad_ids or s.id not in info]
+    report = CheckReport(
+        result.layout, result.root, usable, info, problems, result.has_masks, excluded
+    )
+    failing = report.problems if strict else report.errors
+    if failing and on_bad == "fail":
+        raise DataError(failing, result.root)
+    return report
+
+
+def _readable_candidates(result, problems: list, external_paths: bool) -> list[Sample]:
+    """Samples with a unique id and files inside the data set (others become problems)."""
     ids = Counter(s.id for s in result.samples)
     samples = []
     for s in result.samples:
@@ -219,7 +236,11 @@ def check_dataset(
             )
         else:
             samples.append(s)
+    return samples
 
+
+def _inspect_all(samples, problems: list, workers: int | None, progress):
+    """Decode and hash every sample's files in threads; (info by id, ids with problems)."""
     info: dict[str, SampleInfo] = {}
     bad_ids: set[str] = set()
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
@@ -234,17 +255,23 @@ def check_dataset(
                 bad_ids.add(sample.id)
             if progress:
                 progress(n, len(samples))
+    return info, bad_ids
 
+
+def _duplicate_content(samples, info: dict) -> list[Problem]:
+    """A warning for each image whose bytes an earlier image already has.
+
+    Not an error: both files are valid images. The splitter keeps identical content on one
+    side of every split it makes, and reports pairs that official splits put on two sides,
+    because that is a leak the user must hear about."""
     first_with_hash: dict[str, str] = {}
+    found = []
     for s in samples:
         if s.id not in info:
             continue
         digest = info[s.id].image_sha256
         if digest in first_with_hash:
-            # Not an error: both files are valid images. The splitter keeps identical
-            # content on one side of every split it makes, and reports pairs that official
-            # splits put on two sides, because that is a leak the user must hear about.
-            problems.append(
+            found.append(
                 Problem(
                     s.image_path,
                     "duplicate image content",
@@ -255,13 +282,4 @@ def check_dataset(
             )
         else:
             first_with_hash[digest] = s.id
-
-    usable = [s for s in samples if s.id not in bad_ids and s.id in info]
-    excluded = [s for s in samples if s.id in bad_ids or s.id not in info]
-    report = CheckReport(
-        result.layout, result.root, usable, info, problems, result.has_masks, excluded
-    )
-    failing = report.problems if strict else report.errors
-    if failing and on_bad == "fail":
-        raise DataError(failing, result.root)
-    return report
+    return found

@@ -51,22 +51,40 @@ def _smooth_noise(rng: np.random.Generator, size: int, cells: int, channels: int
 def generate_sample(
     rng: np.random.Generator, size: int, melanoma: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One (RGB uint8 image, 0/255 uint8 mask) pair."""
+    """One (RGB uint8 image, 0/255 uint8 mask) pair: skin, a lesion outline, its colours,
+    the dermoscope's vignette and hairs (the random draws in this order, so a seed keeps
+    its data set)."""
     s = size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    image = _skin(rng, s)
+    mask, (cx, cy, radius) = _outline(rng, s, melanoma, xx, yy)
+    lesion = _lesion_colours(rng, s, melanoma, xx, yy, cx, cy, radius)
+    edge = max(1.0, s * (0.012 if melanoma else 0.006))
+    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), edge)[..., None]
+    image = image * (1 - 0.92 * alpha) + lesion * 0.92 * alpha
+    image = _vignette(rng, image, s, xx, yy)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    _hairs(rng, image, s)
+    return image, mask.astype(np.uint8) * 255
 
+
+def _skin(rng: np.random.Generator, s: int) -> np.ndarray:
     skin = _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 8, 3)
     # Mostly brightness texture: independent per-channel noise looks like rainbow skin.
-    image = (
+    return (
         skin
         + 10.0 * _smooth_noise(rng, s, 6, 1)
         + 3.0 * _smooth_noise(rng, s, 4, 3)
         + rng.normal(0, 3, (s, s, 3))
     )
 
-    # Lesion outline: a radius that varies with angle. Melanoma-like lesions get larger
-    # radii, more and stronger harmonics (irregular border) and more elongation/offset
-    # (asymmetry); the ranges overlap so the task is learnable but not trivial.
+
+def _outline(rng: np.random.Generator, s: int, melanoma: bool, xx, yy):
+    """The lesion mask, and its centre and radius.
+
+    A radius that varies with angle. Melanoma-like lesions get larger radii, more and
+    stronger harmonics (irregular border) and more elongation/offset (asymmetry); the
+    ranges overlap so the task is learnable but not trivial."""
     if melanoma:
         radius = rng.uniform(0.17, 0.33) * s
         harmonics = int(rng.integers(5, 13))
@@ -90,9 +108,11 @@ def generate_sample(
     r_theta = np.ones_like(theta) + skew * np.cos(theta + rng.uniform(0, 2 * np.pi))
     for k in range(2, harmonics + 1):
         r_theta += roughness / np.sqrt(k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    mask = rho < radius * r_theta
+    return rho < radius * r_theta, (cx, cy, radius)
 
-    # Lesion colour: benign mostly one brown; melanoma several colours in blobs.
+
+def _lesion_colours(rng, s: int, melanoma: bool, xx, yy, cx, cy, radius) -> np.ndarray:
+    """Benign lesions mostly one brown; melanomas several colours in blobs."""
     lesion = np.broadcast_to(
         _BROWNS[rng.integers(len(_BROWNS))] + rng.normal(0, 10, 3), (s, s, 3)
     ).copy()
@@ -103,21 +123,22 @@ def generate_sample(
         spread = radius * rng.uniform(0.2, 0.5)
         weight = np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * spread**2))[..., None]
         lesion = lesion * (1 - weight) + colour * weight
-    lesion += 12.0 * _smooth_noise(rng, s, 16, 1) + rng.normal(0, 4, (s, s, 1))
+    return lesion + 12.0 * _smooth_noise(rng, s, 16, 1) + rng.normal(0, 4, (s, s, 1))
 
-    edge = max(1.0, s * (0.012 if melanoma else 0.006))
-    alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), edge)[..., None]
-    image = image * (1 - 0.92 * alpha) + lesion * 0.92 * alpha
 
-    # Vignette, sometimes the dark rim of the dermoscope's field of view.
+def _vignette(rng: np.random.Generator, image: np.ndarray, s: int, xx, yy) -> np.ndarray:
+    """Darker corners, sometimes the dark rim of the dermoscope's field of view."""
     r_norm = np.hypot(xx - s / 2, yy - s / 2) / (s / np.sqrt(2))
-    image *= (1.0 - rng.uniform(0.1, 0.45) * r_norm**2)[..., None]
+    image = image * (1.0 - rng.uniform(0.1, 0.45) * r_norm**2)[..., None]
     if rng.random() < 0.25:
         rim = (r_norm > rng.uniform(0.62, 0.72)).astype(np.float32)
         rim = cv2.GaussianBlur(rim, (0, 0), s * 0.01)[..., None]
         image = image * (1 - rim) + 12.0 * rim
+    return image
 
-    image = np.clip(image, 0, 255).astype(np.uint8)
+
+def _hairs(rng: np.random.Generator, image: np.ndarray, s: int) -> None:
+    """A few dark curved hairs drawn over the uint8 image, in place."""
     for _ in range(int(rng.poisson(2.0))):
         pts = rng.uniform(-0.1 * s, 1.1 * s, (3, 2))
         t = np.linspace(0, 1, 24)[:, None]
@@ -131,7 +152,6 @@ def generate_sample(
             thickness=int(rng.integers(1, 3)),
             lineType=cv2.LINE_AA,
         )
-    return image, mask.astype(np.uint8) * 255
 
 
 def write_synthetic(out: Path, config: SynthConfig) -> dict:

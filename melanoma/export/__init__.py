@@ -123,21 +123,30 @@ def write_programs(cascade: torch.nn.Module, example: torch.Tensor, out: Path) -
 
 def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict:
     """Write ONNX + torch.export programs, verify both against eager outputs, write the card."""
-    import onnxruntime as ort
-
     directory, out = Path(directory), Path(out)
     cascade, meta = load_cascade(directory)
     cascade.eval()
     out.mkdir(parents=True, exist_ok=True)
     images = _sample_images(meta, check_images)
+    write_programs(cascade, images, out)
+    checks = check_programs(cascade, images, out)
+    report = {}
+    if (directory / "report.json").is_file():
+        report = json.loads((directory / "report.json").read_text())
+    card = model_card(meta, report, checks)
+    (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    files = ["cascade.onnx", "cascade.pt2", "model_card.json"]
+    (out / "checksums.sha256").write_text("".join(f"{file_sha256(out / f)}  {f}\n" for f in files))
+    return card
+
+
+def check_programs(cascade, images: torch.Tensor, out: Path) -> dict:
+    """Both exported programs against eager PyTorch on ``images``; raises beyond tolerance."""
+    import onnxruntime as ort
+
     with torch.no_grad():
         eager = cascade(images)
-
-    write_programs(cascade, images, out)
-
-    loaded = torch.export.load(out / "cascade.pt2")
-    with torch.no_grad():
-        from_program = loaded.module()(images)
+        from_program = torch.export.load(out / "cascade.pt2").module()(images)
     checks = {
         "torch_export": compare(
             eager, (from_program[0].numpy(), from_program[1].numpy()), "torch.export program"
@@ -147,17 +156,28 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
     onnx_out = session.run(None, {"images": images.numpy()})
     checks["onnxruntime"] = compare(eager, (onnx_out[0], onnx_out[1]), "ONNX model (onnxruntime)")
     checks["images"] = int(len(images))
+    return checks
 
-    report = {}
-    if (directory / "report.json").is_file():
-        report = json.loads((directory / "report.json").read_text())
-    card = {
+
+CARD_TEST_KEYS = (
+    "test_images",
+    "dropped_test_images",
+    "classification",
+    "segmentation",
+    "classifier_on_unmasked_images",
+)
+
+
+def model_card(meta: dict, report: dict, checks: dict) -> dict:
+    """What the exported cascade is, expects, decides and scored, and how it was checked."""
+    size = meta["input_size"]
+    return {
         "name": "melanoma-search cascade",
         "intended_use": "research on dermoscopy images; not a medical device",
         "input": {
             "name": "images",
             "dtype": "uint8",
-            "shape": ["N", 3, meta["input_size"], meta["input_size"]],
+            "shape": ["N", 3, size, size],
             "layout": "RGB, channels first",
             "preprocessing": (
                 "decode, then squash (no crop) to the square size with area filtering when "
@@ -181,17 +201,7 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
             else "off"
         ),
         "validation_auc": meta["val_auc"],
-        "test_metrics": {
-            k: report[k]
-            for k in (
-                "test_images",
-                "dropped_test_images",
-                "classification",
-                "segmentation",
-                "classifier_on_unmasked_images",
-            )
-            if k in report
-        },
+        "test_metrics": {k: report[k] for k in CARD_TEST_KEYS if k in report},
         "data": meta["data"],
         "splits_sha256": meta["splits_sha256"],
         "export_check": {
@@ -201,7 +211,3 @@ def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict
         },
         "versions": _versions(),
     }
-    (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
-    files = ["cascade.onnx", "cascade.pt2", "model_card.json"]
-    (out / "checksums.sha256").write_text("".join(f"{file_sha256(out / f)}  {f}\n" for f in files))
-    return card
