@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from melanoma.cli.common import SEARCH_STORAGE
@@ -29,11 +30,14 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
     storage = args.storage or exp.storage
     uses_masks = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
     if uses_masks and exp.train.input.mask_source != "gt":
-        from melanoma.engine.oof import prepare_segmenter_masks
+        from melanoma.engine.loop import Runtime
+        from melanoma.engine.run import training_data
 
         # Once here rather than in the first trials at once (they would wait on the lock).
         print(f"[search] out-of-fold masks from {exp.train.input.mask_source}", flush=True)
-        prepare_segmenter_masks(exp.train)
+        # The masks do not depend on the mode: ask as a lesion-crop classifier would.
+        config = replace(exp.train, input=replace(exp.train.input, mode="crop"))
+        training_data(config, Runtime(), keep_copy=False)
     run_search(exp, name=name, storage=storage, address=args.address, verbose=args.verbose)
     return _print_results(name, storage, top=10)
 

@@ -28,11 +28,8 @@ from melanoma.engine.loop import (
     CHECKPOINTS,
     Runtime,
     fit,
-    labelled,
-    needs_segmenter_masks,
-    open_training_data,
 )
-from melanoma.engine.oof import segmenter_masks
+from melanoma.engine.run import training_data
 from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
@@ -85,14 +82,9 @@ def cross_validate(
     if folds < 2:
         raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
     runtime = runtime or Runtime()
-    bundle = open_training_data(config)
-    masks = None
-    if config.task == "cls":
-        bundle = bundle.with_splits(labelled(bundle.splits))
-        if needs_segmenter_masks(config):
-            # Out-of-fold over the whole training split: a held-out fold's masks come from
-            # segmenters that never saw those images either.
-            masks = segmenter_masks(config, bundle, runtime, keep_copy=False)
+    # Out-of-fold masks over the whole training split, when the classifier asks for them:
+    # a held-out fold's masks come from segmenters that never saw those images either.
+    bundle, masks = training_data(config, runtime, keep_copy=False)
     scores = []
     for k, splits in enumerate(fold_splits(bundle.splits, folds, config.data.split_seed)):
         if runtime.progress:

@@ -26,7 +26,7 @@ from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import Runtime, fit, labelled, open_training_data
+from melanoma.engine.loop import fit, open_training_data
 from melanoma.engine.tasks import rebuild_model
 
 OOF_FILE = "oof_masks.npz"
@@ -107,16 +107,6 @@ def segmenter_masks(
         if runtime.is_main and keep_copy:
             _save_masks(own, {**key, "folds_dir": str(shared)}, masks)
     return masks
-
-
-def prepare_segmenter_masks(config: TrainConfig) -> bool:
-    """Make the out-of-fold masks a classifier config asks for (before a search's trials
-    need them); False when it asks for none."""
-    if config.task != "cls" or config.input.mask_source == "gt":
-        return False
-    bundle = open_training_data(config)
-    segmenter_masks(config, bundle.with_splits(labelled(bundle.splits)), Runtime(), keep_copy=False)
-    return True
 
 
 def oof_cache_dir() -> Path:

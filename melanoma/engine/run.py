@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
+from melanoma.data.dataset import DataBundle
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import (
     FitResult,
@@ -22,10 +25,19 @@ def train(
     """Open the data, make a classifier's out-of-fold segmenter masks when it asks for
     them (``input.mask_source``), then ``fit``."""
     runtime = runtime or Runtime()
-    bundle = open_training_data(config)
-    masks = None
-    if config.task == "cls":
-        bundle = bundle.with_splits(labelled(bundle.splits))
-        if needs_segmenter_masks(config):
-            masks = segmenter_masks(config, bundle, runtime)
+    bundle, masks = training_data(config, runtime)
     return fit(config, runtime, resume=resume, data=bundle, mask_override=masks)
+
+
+def training_data(
+    config: TrainConfig, runtime: Runtime, *, keep_copy: bool = True
+) -> tuple[DataBundle, dict[str, np.ndarray] | None]:
+    """The run's data (labelled images only, for a classifier) and the out-of-fold
+    segmenter masks it asks for (made once per machine; ``keep_copy``: also in the run)."""
+    bundle = open_training_data(config)
+    if config.task != "cls":
+        return bundle, None
+    bundle = bundle.with_splits(labelled(bundle.splits))
+    if not needs_segmenter_masks(config):
+        return bundle, None
+    return bundle, segmenter_masks(config, bundle, runtime, keep_copy=keep_copy)
