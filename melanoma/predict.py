@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.data.io import IMAGE_EXTENSIONS_LOWER, ImageDecodeError, image_size, load_image
+from melanoma.data.io import IMAGE_EXTENSIONS, ImageDecodeError, image_size, load_image
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -26,7 +26,7 @@ def expand_inputs(inputs: Iterable[str]) -> list[Path]:
             out += sorted(
                 p
                 for p in path.iterdir()
-                if p.suffix.lower() in IMAGE_EXTENSIONS_LOWER
+                if p.suffix.lower() in IMAGE_EXTENSIONS
                 and not p.stem.endswith(("_segmentation", "_Segmentation", "_superpixels"))
             )
         else:

@@ -70,19 +70,15 @@ def _curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Non
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+    from melanoma.metrics.curves import draw_pr, draw_roc
 
     fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9, 4))
     for name, (labels, probs) in curves.items():
-        fpr, tpr, _ = roc_curve(labels, probs)
-        roc_ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
-        precision, recall, _ = precision_recall_curve(labels, probs)
-        pr_ax.plot(recall, precision, label=name)
-    roc_ax.plot([0, 1], [0, 1], "--", color="grey")
-    roc_ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, test split")
-    pr_ax.set(
-        xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall, test split"
-    )
+        draw_roc(roc_ax, labels, probs, name)
+        draw_pr(pr_ax, labels, probs, name)
+    roc_ax.set(title="ROC, test split")
+    pr_ax.set(title="Precision-recall, test split")
     roc_ax.legend(loc="lower right", fontsize=8)
     pr_ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from melanoma.data.transforms import apply_input_mode
+from melanoma.models.segmenter import segment_at
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,7 @@ class Cascade(nn.Module):
     def _segment_once(self, x: torch.Tensor) -> torch.Tensor:
         total = None
         for model, spec in zip(self.segmenters, self.seg_specs, strict=True):
-            prob = torch.sigmoid(model(self._resize(x, spec.size)).float())
-            if spec.size != x.shape[-1]:
-                prob = F.interpolate(prob, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            prob = segment_at(model, x, spec.size)
             total = prob * spec.weight if total is None else total + prob * spec.weight
         return total / sum(s.weight for s in self.seg_specs)
 

@@ -83,6 +83,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
+    from melanoma.engine.checkpoint import LAST
     from melanoma.engine.config import TrainConfig
     from melanoma.engine.loop import CHECKPOINTS
     from melanoma.engine.run import train
@@ -93,7 +94,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         # Neither the experiment nor the command line named a run directory: make a new one.
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config = replace(config, out=f"runs/{args.task}-{config.model.arch}-{stamp}")
-    last = Path(config.out) / CHECKPOINTS / "last.pt"
+    last = Path(config.out) / CHECKPOINTS / LAST
     if last.is_file() and not args.resume:
         raise FileExistsError(
             f"{config.out} already holds a run; pass --resume to continue it "

@@ -19,7 +19,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 cv2.setNumThreads(1)
 
 
-IMAGE_EXTENSIONS_LOWER = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")  # lower case
 
 
 class ImageDecodeError(ValueError):

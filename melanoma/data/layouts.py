@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from melanoma.data.io import IMAGE_EXTENSIONS
 from melanoma.data.labels import parse_binary_label
 from melanoma.data.records import Problem, ReadResult, Sample
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # Files that sit beside the images in official downloads but are not dermoscopy images.
 _NOT_IMAGES = ("_superpixels", "_segmentation", "_Segmentation", "_mask")
 

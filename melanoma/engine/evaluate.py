@@ -12,6 +12,7 @@ from melanoma.data.splits import Splits
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import (
+    CHECKPOINTS,
     evaluate,
     labelled,
     make_loader,
@@ -27,7 +28,7 @@ def _run_dir(path: Path) -> Path:
         path
         if path.is_dir()
         else path.parent.parent
-        if path.parent.name == "checkpoints"
+        if path.parent.name == CHECKPOINTS
         else path.parent
     )
 

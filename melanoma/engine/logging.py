@@ -66,21 +66,14 @@ def curve_figures(labels: np.ndarray, probs: np.ndarray):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-    fpr, tpr, _ = roc_curve(labels, probs)
+    from melanoma.metrics.curves import draw_pr, draw_roc
+
     roc, ax = plt.subplots(figsize=(3.2, 3))
-    ax.plot(fpr, tpr, label=f"AUC {auc(fpr, tpr):.3f}")
-    ax.plot([0, 1], [0, 1], "--", color="grey")
-    ax.set_xlabel("1 - specificity")
-    ax.set_ylabel("sensitivity")
+    draw_roc(ax, labels, probs)
     ax.legend(loc="lower right")
-    precision, recall, _ = precision_recall_curve(labels, probs)
     pr, ax = plt.subplots(figsize=(3.2, 3))
-    ax.plot(recall, precision)
-    ax.axhline(labels.mean(), ls="--", color="grey")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
+    draw_pr(ax, labels, probs)
     return roc, pr
 
 

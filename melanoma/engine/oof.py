@@ -18,16 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from filelock import FileLock
 from sklearn.model_selection import GroupKFold
 
 from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
-from melanoma.engine.checkpoint import load_checkpoint
+from melanoma.engine.checkpoint import LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import fit, open_training_data
+from melanoma.engine.loop import CHECKPOINTS, fit, open_training_data
 from melanoma.engine.tasks import rebuild_model
+from melanoma.models.segmenter import segment_at
 
 OOF_FILE = "oof_masks.npz"
 
@@ -36,16 +36,7 @@ OOF_FILE = "oof_masks.npz"
 def predict_masks(model, images: torch.Tensor, size: int, threshold: float = 0.5) -> torch.Tensor:
     """Binary uint8 (N, 1, H, W) masks for uint8 images (N, 3, H, W), the segmenter run at
     ``size`` x ``size`` and its probabilities resized back to H x W before thresholding."""
-    h, w = images.shape[-2:]
-    x = images.float() / 255.0
-    if (h, w) != (size, size):
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
-    prob = torch.sigmoid(model(x).float())
-    if (h, w) != (size, size):
-        prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
-    return (prob > threshold).to(torch.uint8)
+    return (segment_at(model, images.float() / 255.0, size) > threshold).to(torch.uint8)
 
 
 def _predict_source(model, source, size: int, device, batch: int = 16) -> dict[str, np.ndarray]:
@@ -195,7 +186,7 @@ def _make_masks(
             replace(runtime, report=None, wrap_model=None),
             data=seg_bundle.with_splits(fold_splits),
         )
-        fold_state = load_checkpoint(Path(fold_config.out) / "checkpoints" / "last.pt")
+        fold_state = load_checkpoint(Path(fold_config.out) / CHECKPOINTS / LAST)
         fold_model = rebuild_model(seg_config, fold_state["model"])
 
         held = _Subset(cls_train_source, [index_of[entries[i].sample.id] for i in held_idx])

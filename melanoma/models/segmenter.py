@@ -170,3 +170,21 @@ def _smp_cached_weights(encoder: str) -> dict[str, torch.Tensor]:
             "pretrained: false. Offline weights ship for tu-tf_efficientnet_lite0/1/2."
         ) from err
     return load_file(path, device="cpu")
+
+
+def segment_at(model: nn.Module, x: torch.Tensor, size: int) -> torch.Tensor:
+    """Lesion probability at the resolution of ``x`` (float images in [0, 1]), the
+    segmenter run at ``size`` x ``size``: the one resize-sigmoid-resize of training-time
+    masks, out-of-fold masks and the exported cascade."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    same = (h, w) == (size, size)
+    if not same:
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    prob = torch.sigmoid(model(x).float())
+    if not same:
+        prob = F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)
+    return prob
