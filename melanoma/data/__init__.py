@@ -6,7 +6,7 @@ Names load on first use, so that ``melanoma.data.io`` (image decoding, all that
 
 from __future__ import annotations
 
-import importlib
+from melanoma.lazy import lazy_exports
 
 _EXPORTS = {
     "Cache": "melanoma.data.cache",
@@ -43,8 +43,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'melanoma.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ Train's controller) then skip importing torch, torchvision and the model zoos.
 
 from __future__ import annotations
 
-import importlib
+from melanoma.lazy import lazy_exports
 
 _EXPORTS = {
     "load_checkpoint": "melanoma.engine.checkpoint",
@@ -22,8 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'melanoma.engine' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
