@@ -32,7 +32,9 @@ class SearcherConfig:
     name: Literal["optuna", "random"] = "optuna"
     seed: int = 0
     n_startup_trials: int = 5  # TPE samples randomly this many trials first
-    optuna_storage: str | None = None  # e.g. sqlite:///runs/search/study.db for optuna-dashboard
+    # Where Optuna keeps the study: None is a journal file in the search's folder
+    # (optuna.jsonl, for optuna-dashboard), or a path ending .log/.jsonl, or a database URL.
+    optuna_storage: str | None = None
 
 
 @dataclass(frozen=True)

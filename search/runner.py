@@ -20,6 +20,9 @@ from trainables.meta import META, TrialMeta, train_run_name, train_storage
 EXPERIMENT_FILE = "experiment.yaml"
 
 
+OPTUNA_JOURNAL = "optuna.jsonl"  # the study, beside the search, for optuna-dashboard
+
+
 def _is_uri(path: str) -> bool:
     return "://" in path
 
@@ -251,7 +254,8 @@ def run_search(
         Path(root).mkdir(parents=True, exist_ok=True)
         dump_yaml({**exp.to_dict(), "name": name, "storage": storage}, Path(root) / EXPERIMENT_FILE)
     searcher = tune.search.ConcurrencyLimiter(
-        create_searcher(exp, name), max_concurrent=plan["max_concurrent"]
+        create_searcher(exp, name, None if _is_uri(root) else str(Path(root) / OPTUNA_JOURNAL)),
+        max_concurrent=plan["max_concurrent"],
     )
     print(
         f"[search] {name}: {exp.search.num_samples} trials x up to {exp.search.max_epochs} epochs, "

@@ -71,9 +71,14 @@ def optuna_storage(uri: str | None):
     return optuna.storages.RDBStorage(uri)
 
 
-def create_searcher(exp: Experiment, name: str) -> FidelityAwareOptunaSearch:
+def create_searcher(
+    exp: Experiment, name: str, journal: str | None = None
+) -> FidelityAwareOptunaSearch:
     """TPE (seeded, ``n_startup_trials`` random first) or Optuna's random sampler; both
-    handle the conditional space and the pruned-trial rule above."""
+    handle the conditional space and the pruned-trial rule above. The study goes to
+    ``search.searcher.optuna_storage``, else to the ``journal`` file (a journal, not
+    SQLite: parallel trials report at once, and SQLite locks under that, as Optuna's FAQ
+    warns), else stays in memory."""
     s = exp.search.searcher
     if s.name == "optuna":
         sampler = optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
@@ -85,7 +90,7 @@ def create_searcher(exp: Experiment, name: str) -> FidelityAwareOptunaSearch:
         mode=exp.mode,
         sampler=sampler,
         study_name=name,
-        storage=optuna_storage(s.optuna_storage),
+        storage=optuna_storage(s.optuna_storage or journal),
         max_epochs=exp.search.max_epochs,
     )
 

@@ -307,3 +307,108 @@ def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_p
     made = max((folds_dir / f"fold{k}" / "checkpoints" / "last.pt").stat().st_mtime for k in (0, 1))
     for copy in copies:  # trained before any trial began
         assert (copy.parent / "config.yaml").stat().st_mtime > made
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(argv: list[str], url: str, timeout: float = 90.0):
+    """Start a server process; return (process, first JSON answer of ``url``), waiting at
+    most ``timeout`` seconds for it to answer."""
+    import json
+    import urllib.request
+
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return proc, json.loads(r.read())
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"{argv[0]} exited: {proc.stderr.read()[-2000:]}") from None
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"{argv} did not answer {url} in {timeout} s") from None
+            time.sleep(0.5)
+
+
+def get_json(url: str, body: dict | None = None):
+    import json
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def test_the_dashboards_users_open_read_a_finished_search(local_ray, tmp_path: Path):
+    """optuna-dashboard on the search's journal (COMPLETE and PRUNED trials with their
+    per-epoch values) and TensorBoard on its folder (one run per trial, val scalars,
+    mask overlays, hparams), both as real servers on loopback ports."""
+    import shutil
+
+    from melanoma.cli import main
+
+    local_ray["marker"].write_text("disarmed: no injected failure in this search")
+    storage = tmp_path / "search"
+    exp = write_experiment(tmp_path / "exp.yaml", storage, samples=4, scheduler="asha")
+    data = yaml.safe_load(exp.read_text())
+    data["name"] = "dash"
+    data["search"]["max_epochs"] = 3
+    data["search"]["max_concurrent"] = 2
+    data["resources"]["launcher"] = "inline"
+    exp.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["search", "seg", "--experiment", str(exp)]) == 0
+    journal = storage / "dash" / "optuna.jsonl"
+    assert journal.is_file()
+
+    port = free_port()
+    dashboard = shutil.which("optuna-dashboard")
+    assert dashboard, "optuna-dashboard is a dev dependency: pip install -e '.[dev]'"
+    argv = [dashboard, str(journal), "--host", "127.0.0.1", "--port", str(port)]
+    proc, studies = serve(argv, f"http://127.0.0.1:{port}/api/studies")
+    try:
+        study = next(s for s in studies["study_summaries"] if s["study_name"] == "dash")
+        detail = get_json(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}")
+        states = [t["state"] for t in detail["trials"]]
+        assert len(states) == 4 and "Complete" in states and "Pruned" in states
+        for trial in detail["trials"]:
+            steps = [v["step"] for v in trial["intermediate_values"]]
+            assert steps == list(range(1, len(steps) + 1)) and steps  # one value per epoch
+            assert len(steps) == (3 if trial["state"] == "Complete" else len(steps))
+    finally:
+        proc.kill()
+        proc.wait()
+
+    port = free_port()
+    argv = [
+        sys.executable, "-m", "tensorboard.main", "--logdir", str(storage / "dash"),
+        "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "1",
+    ]  # fmt: skip
+    base = f"http://127.0.0.1:{port}/data"
+    proc, runs = serve(argv, f"{base}/runs")
+    try:
+        deadline = time.monotonic() + 60
+        while len(runs) < 4 and time.monotonic() < deadline:  # the first load may be partial
+            time.sleep(1)
+            runs = get_json(f"{base}/runs")
+        trial_runs = sorted(r for r in runs if r.endswith("run/tensorboard"))
+        assert len(trial_runs) == 4, runs  # one run per trial
+        scalars = get_json(f"{base}/plugin/scalars/tags")
+        images = get_json(f"{base}/plugin/images/tags")
+        for run in trial_runs:
+            assert {"val/jaccard", "val/loss", "train/loss"} <= set(scalars[run])
+            assert "val/overlays" in images[run]
+        hparams = get_json(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
+        names = {h["name"] for h in hparams["hparamInfos"]}
+        assert {"optimizer.name", "optimizer.lr"} <= names
+    finally:
+        proc.kill()
+        proc.wait()
