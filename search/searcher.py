@@ -44,6 +44,10 @@ class FidelityAwareOptunaSearch(OptunaSearch):
     ) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if result is not None and not error:
+            # Tune hands the last epoch's result to on_trial_complete only: record it as
+            # that epoch's intermediate value too, so the study holds every epoch.
+            self.on_trial_result(trial_id, result)
         cut_short = (
             not error
             and result is not None
