@@ -15,6 +15,7 @@ from torch import nn
 FORMAT = "melanoma-checkpoint"
 VERSION = 1
 LAST = "last.pt"
+CHECKPOINTS = "checkpoints"  # the folder of a run that holds them
 BEST = "best.pt"
 
 
@@ -71,7 +72,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     """Read a checkpoint file, or ``best.pt`` / ``last.pt`` inside a run directory."""
     path = Path(path)
     if path.is_dir():
-        for name in (BEST, LAST, f"checkpoints/{BEST}", f"checkpoints/{LAST}"):
+        for name in (BEST, LAST, f"{CHECKPOINTS}/{BEST}", f"{CHECKPOINTS}/{LAST}"):
             if (path / name).is_file():
                 path = path / name
                 break

@@ -28,6 +28,7 @@ from melanoma.data.splits import Splits
 from melanoma.data.transforms import build_augmentation
 from melanoma.engine.checkpoint import (
     BEST,
+    CHECKPOINTS,
     LAST,
     load_checkpoint,
     rng_state,
@@ -40,8 +41,6 @@ from melanoma.engine.logging import RunLogger
 from melanoma.engine.optim import create_optimizer, create_scheduler
 from melanoma.engine.tasks import ClassificationTask, SegmentationTask, build_model, make_task
 from melanoma.metrics.intervals import classification_interval, mean_interval
-
-CHECKPOINTS = "checkpoints"
 
 
 class NonFiniteLossError(RuntimeError):
