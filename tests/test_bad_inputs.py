@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from melanoma.cli import main
+from melanoma_cli import main
 from search.experiment import experiment_from_dict
 
 
@@ -76,7 +76,7 @@ def test_search_takes_set_overrides_like_train(monkeypatch, capsys):
 
     ran = []
     monkeypatch.setattr(search.runner, "run_search", lambda exp, **kw: ran.append(exp))
-    monkeypatch.setattr("melanoma.cli.search._print_results", lambda *a, **kw: 0)
+    monkeypatch.setattr("melanoma_cli.search._print_results", lambda *a, **kw: 0)
     args = ["search", "seg", "--experiment", "quickstart"]
     sets = ["--set", "train.optimizer.lr=0.05", "--set", "search.max_epochs=7"]
     assert main([*args, *sets]) == 0

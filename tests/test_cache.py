@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.cli import main
 from melanoma.data.cache import Cache, prepare_cache
 from melanoma.data.dataset import open_data
 from melanoma.data.io import load_image, load_mask
 from melanoma.data.transforms import IMAGENET, Preprocess, build_augmentation
+from melanoma_cli import main
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import torch
 
 from melanoma.cascade.build import build_cascade, choose_threshold, load_cascade, run_cascade
 from melanoma.cascade.evaluate import evaluate_cascade
-from melanoma.cli import main
 from melanoma.data.splits import LeakError, Splits
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.engine import Runtime, TrainConfig, fit
+from melanoma_cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -322,7 +322,7 @@ class Block:
 
 
 sys.meta_path.insert(0, Block())
-from melanoma.cli import main
+from melanoma_cli import main
 
 sys.exit(main(["predict", *sys.argv[1:]]))
 """

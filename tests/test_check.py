@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from melanoma.cli import main
 from melanoma.data.check import DataError, check_dataset
+from melanoma_cli import main
 
 TRAIN = "ISIC-2017_Training_Data"
 MASKS = "ISIC-2017_Training_Part1_GroundTruth"

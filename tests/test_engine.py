@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.cli import main
 from melanoma.config import ConfigError
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.data.transforms import apply_input_mode, lesion_boxes
 from melanoma.engine import NonFiniteLossError, Runtime, TrainConfig, fit, load_checkpoint, train
 from melanoma.engine.losses import class_weights
+from melanoma_cli import main
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def test_workers_are_gpu_nodes_and_the_head_trains_nothing():
 
 
 def test_rayjob_runs_a_search_and_deletes_its_cluster():
-    from melanoma.cli import build_parser
+    from melanoma_cli import build_parser
 
     job = load("rayjob.yaml")["spec"]
     assert job["shutdownAfterJobFinishes"] is True and job["ttlSecondsAfterFinished"] > 0

@@ -181,8 +181,8 @@ def test_manifest_bad_rows_are_named(tmp_path: Path):
 
 
 def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path: Path, capsys):
-    from melanoma.cli import main
     from melanoma.data.check import DataError, check_dataset
+    from melanoma_cli import main
 
     data, other = tmp_path / "data", tmp_path / "other"
     write_image(data / "a.png", seed=1)

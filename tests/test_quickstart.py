@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def test_quickstart_end_to_end_learns_the_task(tmp_path: Path, monkeypatch, capfd):
     import ray
 
-    from melanoma.cli import main
+    from melanoma_cli import main
 
     if ray.is_initialized():
         ray.shutdown()

@@ -97,7 +97,7 @@ def tune_staging_trials(name: str) -> list[Path]:
 
 
 def test_search_with_a_worker_failure_completes(local_ray, tmp_path: Path, capfd):
-    from melanoma.cli import main
+    from melanoma_cli import main
     from search.runner import trial_table
 
     storage = tmp_path / "search"
@@ -149,7 +149,7 @@ def test_search_with_a_worker_failure_completes(local_ray, tmp_path: Path, capfd
 def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, capsys):
     import ray
 
-    from melanoma.cli import main
+    from melanoma_cli import main
     from search.runner import trial_table
 
     storage = tmp_path / "search"
@@ -162,7 +162,7 @@ def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, cap
         [
             sys.executable,
             "-m",
-            "melanoma.cli",
+            "melanoma_cli",
             "search",
             "seg",
             "--experiment",
@@ -241,8 +241,8 @@ def test_budget_ends_the_search_after_that_many_trial_epochs(local_ray, tmp_path
 def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_path: Path, capsys):
     """One process per trial, no Ray Train: Tune keeps the checkpoints and restarts the
     trial that fails once from its epoch-1 checkpoint."""
-    from melanoma.cli import main
     from melanoma.engine.checkpoint import load_checkpoint
+    from melanoma_cli import main
     from search.runner import trial_table
 
     marker = local_ray["marker"]
@@ -279,9 +279,9 @@ def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_p
     segmenters once, before the first trial; every trial reuses those masks."""
     import json
 
-    from melanoma.cli import main
     from melanoma.engine.config import TrainConfig
     from melanoma.engine.loop import Runtime, fit
+    from melanoma_cli import main
 
     local_ray["marker"].write_text("disarmed: no injected failure in this search")
     exp_path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=2)
@@ -354,7 +354,7 @@ def test_the_dashboards_users_open_read_a_finished_search(local_ray, tmp_path: P
     mask overlays, hparams), both as real servers on loopback ports."""
     import shutil
 
-    from melanoma.cli import main
+    from melanoma_cli import main
 
     local_ray["marker"].write_text("disarmed: no injected failure in this search")
     storage = tmp_path / "search"

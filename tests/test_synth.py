@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from melanoma.cli import main
 from melanoma.data.layouts import read_layout
 from melanoma.data.synth import SynthConfig, generate_sample, write_synthetic
+from melanoma_cli import main
 
 
 def test_deterministic_and_prefix_stable(tmp_path: Path):

@@ -7,8 +7,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from melanoma.cli.cascade import resolve_candidates
-from melanoma.cli.common import SEARCH_STORAGE
+from melanoma_cli.cascade import resolve_candidates
+from melanoma_cli.common import SEARCH_STORAGE
 
 # Old research-repo flag names keep working; each maps to one config key.
 TRAIN_FLAGS = {

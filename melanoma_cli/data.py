@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from melanoma.cli.common import _progress
+from melanoma_cli.common import _progress
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from melanoma.cli.common import SEARCH_STORAGE, _add_drop_test_duplicates
+from melanoma_cli.common import SEARCH_STORAGE, _add_drop_test_duplicates
 
 
 def resolve_candidates(sources: list[str], task: str, top_k: int, storage: str) -> list:

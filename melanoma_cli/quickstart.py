@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from melanoma.cli.cascade import resolve_candidates
+from melanoma_cli.cascade import resolve_candidates
 
 
 def _seeded(path: Path, seed: int | None):

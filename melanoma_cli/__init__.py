@@ -1,5 +1,5 @@
 """The `melanoma` command: the composition root, the only place that parses arguments
-and the only part of the package that composes the library with `search/`."""
+and the only package that composes the library (`melanoma`) with `search`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from melanoma.cli import cascade, data, export, quickstart, search, train
+from melanoma_cli import cascade, data, export, quickstart, search, train
 
 STAGES = (data, train, search, cascade, export, quickstart)
 
@@ -15,7 +15,7 @@ STAGES = (data, train, search, cascade, export, quickstart)
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand, one module per pipeline stage."""
     from melanoma import __version__
-    from melanoma.cli.common import Parser
+    from melanoma_cli.common import Parser
 
     parser = Parser(prog="melanoma", description=__doc__)
     parser.add_argument("--version", action="version", version=f"melanoma-search {__version__}")

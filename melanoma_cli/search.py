@@ -6,8 +6,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from melanoma.cli.common import SEARCH_STORAGE
-from melanoma.cli.train import _set_overrides
+from melanoma_cli.common import SEARCH_STORAGE
+from melanoma_cli.train import _set_overrides
 
 
 def _cmd_search_run(args: argparse.Namespace) -> int:

@@ -1,0 +1,7 @@
+"""`python -m melanoma_cli`: the same as the `melanoma` command."""
+
+import sys
+
+from melanoma_cli import main
+
+sys.exit(main())
