@@ -67,7 +67,7 @@ def _print_results(
         return 0
     metric = exp.metric
     keys = [p.key for p in exp.space]
-    header = ["trial_id", "state", "epochs", metric, "95% CI", *keys]
+    header = ["trial_id", "state", "epochs", metric, "95% CI", "world_size", "nodes", *keys]
     shown = rows[:top] if top else rows
     for r in shown:
         low, high = r.get("ci_low"), r.get("ci_high")

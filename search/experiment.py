@@ -10,8 +10,10 @@ An experiment YAML has these sections (see experiments/*.yaml):
     optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}
     optimizer.momentum: {uniform: [0.8, 0.99], when: {optimizer.name: sgd}}
   search: {num_samples, max_epochs, metric, mode, searcher, scheduler, ...}
-  resources: {workers, cpus_per_worker, gpus_per_worker, driver_cpus}
+  resources: {workers, cpus_per_worker, gpus_per_worker, driver_cpus, launcher,
+              placement_strategy}
   storage: runs/search          # where Tune writes (local path or s3://bucket/prefix)
+  tracking: {mlflow: URI}       # optional: trials as MLflow runs (pip install -e ".[mlflow]")
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ class ResourcesConfig:
     # Tune trial's own process (no DDP; Tune restarts a failed trial from its checkpoint),
     # starting in a few seconds: for many short trials of small models.
     launcher: Literal["train", "inline"] = "train"
+    # Where one trial's Train workers go (Ray's placement-group strategies): PACK fills a
+    # node first; SPREAD puts them on different nodes where it can, STRICT_SPREAD must.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -124,6 +129,13 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    # An MLflow tracking URI (sqlite:///runs/mlflow.db, http://host:5000, ...): each trial
+    # becomes a run nested under the search's run. Needs pip install -e ".[mlflow]".
+    mlflow: str | None = None
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     task: Literal["seg", "cls"]
@@ -132,6 +144,7 @@ class Experiment:
     search: SearchConfig
     resources: ResourcesConfig
     storage: str = DEFAULT_STORAGE
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def metric(self) -> str:
@@ -150,10 +163,11 @@ class Experiment:
             "search": to_dict(self.search),
             "resources": to_dict(self.resources),
             "storage": self.storage,
+            "tracking": to_dict(self.tracking),
         }
 
 
-_SECTIONS = ("name", "task", "train", "space", "search", "resources", "storage")
+_SECTIONS = ("name", "task", "train", "space", "search", "resources", "storage", "tracking")
 
 
 def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
@@ -187,6 +201,7 @@ def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
         search=search,
         resources=from_dict(ResourcesConfig, data.get("resources") or {}, "resources"),
         storage=str(data.get("storage") or DEFAULT_STORAGE),
+        tracking=from_dict(TrackingConfig, data.get("tracking") or {}, "tracking"),
     )
 
 

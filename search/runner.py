@@ -86,6 +86,7 @@ def plan_resources(exp: Experiment) -> dict:
         "gpus_per_worker": gpw,
         "driver_cpus": r.driver_cpus,
         "launcher": r.launcher,
+        "placement_strategy": r.placement_strategy,
         "max_concurrent": max(1, min(concurrent, exp.search.num_samples)),
     }
 
@@ -227,6 +228,7 @@ def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> TrialMeta:
         metric=exp.metric,
         checkpoint_metric=f"val_{exp.train.metric}",
         mode=exp.mode,
+        placement_strategy=plan["placement_strategy"],
     )
 
 
@@ -248,6 +250,7 @@ def run_search(
             f"a search named {name!r} already exists in {storage}; continue it with "
             f"`melanoma search resume {name}` or choose another --name"
         )
+    tracking = _tracking(exp, name)  # before Ray starts: a missing MLflow fails at once
     connect(address)
     plan = plan_resources(exp)
     if not _is_uri(root):
@@ -282,7 +285,11 @@ def run_search(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage if _is_uri(storage) else str(Path(storage).resolve()),
-            callbacks=[Progress(exp.metric, exp.mode, exp.search.max_epochs), *(callbacks or [])],
+            callbacks=[
+                Progress(exp.metric, exp.mode, exp.search.max_epochs),
+                *tracking,
+                *(callbacks or []),
+            ],
             stop=EpochBudget(budget) if budget else None,
             verbose=verbose,
             **_tune_fault_and_checkpoints(exp),
@@ -292,6 +299,15 @@ def run_search(
     grid = tuner.fit()
     print(f"[search] {name} finished in {time.perf_counter() - started:.0f} s", flush=True)
     return grid
+
+
+def _tracking(exp: Experiment, name: str) -> list:
+    """The experiment-tracking callbacks the experiment asks for."""
+    if not exp.tracking.mlflow:
+        return []
+    from search.tracking import MLflowTracking
+
+    return [MLflowTracking(exp.tracking.mlflow, name, exp.to_dict(), exp.metric, exp.mode)]
 
 
 def load_search_experiment(name: str, storage: str) -> Experiment:
@@ -338,7 +354,7 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
     for trial in analysis.trials:
         df = frames.get(trial.trial_id)
         best_value, best_epoch, checkpoint, epochs, finished = None, None, None, 0, False
-        ci = None
+        ci, world, nodes = None, None, None
         if df is not None and "checkpoint_path" not in df and "checkpoint_dir_name" in df:
             # Inline trials checkpoint through Tune, into the trial's own directory.
             trial_dir = Path(root) / trial_dirname(trial)
@@ -351,6 +367,7 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
         if df is not None and len(df) and metric in df:
             epochs = int(df["epoch"].max()) if "epoch" in df else len(df)
             finished = bool(df["finished"].iloc[-1]) if "finished" in df else False
+            world, nodes = _last_int(df, "world_size"), _last_int(df, "worker_nodes")
             col = df[metric].astype(float)
             idx = col.idxmax() if mode == "max" else col.idxmin()
             best_value = float(col[idx])
@@ -385,6 +402,8 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
                 "ci_low": ci and ci[0],
                 "ci_high": ci and ci[1],
                 "best_epoch": best_epoch,
+                "world_size": world,  # Train workers (DDP processes) of the trial
+                "nodes": nodes,  # distinct nodes its workers ran on
                 "checkpoint": checkpoint,
                 **params,
             }
@@ -417,6 +436,13 @@ def best_checkpoints(
     if not best:
         raise ValueError(f"search {name!r} has no trial with a checkpoint yet")
     return best
+
+
+def _last_int(df, column: str) -> int | None:
+    """The last reported value of an integer column (None for searches that lack it)."""
+    if column not in df or df[column].isna().iloc[-1]:
+        return None
+    return int(df[column].iloc[-1])
 
 
 def _interval_at(df, idx, column: str) -> tuple[float, float] | None:

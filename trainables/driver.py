@@ -42,7 +42,10 @@ def tune_driver(params: dict) -> None:
         train_loop_per_worker,
         train_loop_config={"train": config.to_dict(), "cpus_per_worker": meta.cpus_per_worker},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=meta.workers, use_gpu=use_gpu, resources_per_worker=per_worker
+            num_workers=meta.workers,
+            use_gpu=use_gpu,
+            resources_per_worker=per_worker,
+            placement_strategy=meta.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             # Stable name: a restored trial finds its Train run and resumes from its checkpoint.

@@ -15,7 +15,7 @@ from pathlib import Path
 import ray
 import ray.tune
 
-from trainables.train_loop import fit_resuming, inject_failure_once, stage_checkpoint
+from trainables.train_loop import batch_hook, fit_resuming, inject_failure_once, stage_checkpoint
 
 
 def inline_trial(params: dict) -> None:
@@ -30,7 +30,7 @@ def inline_trial(params: dict) -> None:
     node = ray.get_runtime_context().get_node_id()
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        metrics = {**metrics, "node_id": node, "world_size": 1}
+        metrics = {**metrics, "node_id": node, "world_size": 1, "worker_nodes": 1}
         inject_failure_once(metrics["epoch"])
         # Tune copies the staged last.pt into the trial's storage before report returns.
         staged = stage_checkpoint(checkpoint_dir)
@@ -39,7 +39,8 @@ def inline_trial(params: dict) -> None:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
-    fit_resuming(config, Runtime(progress=False, report=report), ray.tune.get_checkpoint())
+    runtime = Runtime(progress=False, report=report, on_batch=batch_hook(0))
+    fit_resuming(config, runtime, ray.tune.get_checkpoint())
 
 
 def inline_trainable(plan: dict):

@@ -22,6 +22,7 @@ class TrialMeta:
     metric: str
     checkpoint_metric: str
     mode: str
+    placement_strategy: str = "PACK"  # of the trial's Train workers
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,6 +34,7 @@ class TrialMeta:
         data = dict(data)
         data.update(data.pop("resources", {}))
         data.setdefault("run_root", None)
+        data.setdefault("placement_strategy", "PACK")
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -15,17 +16,49 @@ import ray.train.torch
 from melanoma.engine.checkpoint import LAST as CHECKPOINT_FILE
 
 # Fault injection for the failure-recovery tests: when this names a file that does not
-# exist yet, the trial creates it and raises instead of reporting its second epoch.
+# exist yet, the trial creates it and raises, once.
 FAIL_ONCE_ENV = "MELANOMA_FAIL_ONCE_MARKER"
+# With this set to a rank, that rank fails in the middle of epoch 2 (at its second batch)
+# instead of rank 0 just before epoch 2's report: a DDP worker lost mid-epoch.
+FAIL_RANK_ENV = "MELANOMA_FAIL_ONCE_RANK"
+# A directory: every rank appends the image ids of each training batch to
+# rank<r>-<pid>.jsonl there (which samples each rank saw, epoch by epoch).
+TRACE_ENV = "MELANOMA_TRACE_SAMPLES"
+
+
+def _fail_once(where: str) -> None:
+    marker = Path(os.environ[FAIL_ONCE_ENV])
+    if not marker.exists():
+        marker.write_text(f"failed {where}\n")
+        raise RuntimeError(f"injected trial failure ({FAIL_ONCE_ENV}): {where}")
 
 
 def inject_failure_once(epoch: int) -> None:
     """A crash in the middle of the run: epoch 1's checkpoint is persisted, this epoch's
-    report never happens. Only when MELANOMA_FAIL_ONCE_MARKER asks for it, once."""
-    marker = os.environ.get(FAIL_ONCE_ENV)
-    if marker and epoch > 1 and not Path(marker).exists():
-        Path(marker).write_text(f"failed after epoch {epoch - 1}\n")
-        raise RuntimeError("injected trial failure (MELANOMA_FAIL_ONCE_MARKER)")
+    report never happens. Only when MELANOMA_FAIL_ONCE_MARKER asks for it, once, and no
+    rank is named for a mid-epoch failure instead."""
+    if os.environ.get(FAIL_ONCE_ENV) and FAIL_RANK_ENV not in os.environ and epoch > 1:
+        _fail_once(f"after epoch {epoch - 1}")
+
+
+def batch_hook(rank: int):
+    """The engine's per-batch callback for the test hooks above, or None when none is set."""
+    trace = os.environ.get(TRACE_ENV)
+    fail_rank = os.environ.get(FAIL_RANK_ENV) if os.environ.get(FAIL_ONCE_ENV) else None
+    if not trace and (fail_rank is None or int(fail_rank) != rank):
+        return None
+    seen: dict[int, int] = {}
+    path = Path(trace) / f"rank{rank}-{os.getpid()}.jsonl" if trace else None
+
+    def on_batch(epoch: int, batch: dict) -> None:
+        seen[epoch] = seen.get(epoch, 0) + 1
+        if fail_rank is not None and int(fail_rank) == rank and epoch == 1 and seen[epoch] == 2:
+            _fail_once(f"on rank {rank} in the middle of epoch 2")
+        if path is not None:
+            with open(path, "a") as fh:
+                fh.write(json.dumps({"epoch": epoch + 1, "ids": list(batch["id"])}) + "\n")
+
+    return on_batch
 
 
 def stage_checkpoint(checkpoint_dir: Path) -> Path:
@@ -65,6 +98,18 @@ def fit_resuming(config, runtime, checkpoint) -> None:
         train(config, runtime, resume=local)
 
 
+def worker_nodes(node: str, world: int) -> int:
+    """How many distinct nodes the trial's workers run on (Ray Train has set up the process
+    group before the loop starts)."""
+    if world == 1:
+        return 1
+    import torch.distributed as dist
+
+    everyone: list[str | None] = [None] * world
+    dist.all_gather_object(everyone, node)
+    return len(set(everyone))
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Run one training on this worker. ``loop_config["train"]`` is a TrainConfig dict."""
     import torch
@@ -85,9 +130,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return ray.train.torch.prepare_model(model, move_to_device=False) if world > 1 else model
 
     node = ray.get_runtime_context().get_node_id()
+    nodes = worker_nodes(node, world)
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
-        metrics = {**metrics, "node_id": node, "world_size": world}
+        metrics = {**metrics, "node_id": node, "world_size": world, "worker_nodes": nodes}
         if rank == 0:
             inject_failure_once(metrics["epoch"])
         if checkpoint_dir is None:  # every rank reports; only rank 0 brings a checkpoint
@@ -102,6 +148,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         )
 
     runtime = Runtime(
-        device=device, rank=rank, world_size=world, wrap_model=wrap, report=report, progress=False
+        device=device,
+        rank=rank,
+        world_size=world,
+        wrap_model=wrap,
+        report=report,
+        progress=False,
+        on_batch=batch_hook(rank),
     )
     fit_resuming(config, runtime, ray.train.get_checkpoint())

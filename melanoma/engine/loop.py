@@ -57,6 +57,8 @@ class Runtime:
     wrap_model: Callable[[nn.Module], nn.Module] | None = None
     report: Callable[[dict, Path | None], None] | None = None
     progress: bool = True
+    # Called with (epoch, batch) before each training step: tracing, fault injection.
+    on_batch: Callable[[int, dict], None] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -107,8 +109,15 @@ def make_loader(
     )
 
 
-def train_one_epoch(t: Training, loader, epoch: int, progress: bool) -> dict:
-    """One pass over the training loader; returns the mean loss and the final learning rate."""
+def train_one_epoch(
+    t: Training,
+    loader,
+    epoch: int,
+    progress: bool,
+    on_batch: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """One pass over the training loader; returns the mean loss (over every rank's samples
+    under DDP) and the final learning rate."""
     model, task, device, config, schedule = t.model, t.task, t.device, t.config, t.schedule
     model.train()
     total, count = 0.0, 0
@@ -121,6 +130,8 @@ def train_one_epoch(t: Training, loader, epoch: int, progress: bool) -> dict:
         disable=None if progress else True,
     )
     for step, batch in enumerate(bar):
+        if on_batch is not None:
+            on_batch(epoch, batch)
         inputs = task.inputs(batch, device)
         if device.type == "cuda" and config.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -139,7 +150,22 @@ def train_one_epoch(t: Training, loader, epoch: int, progress: bool) -> dict:
         total += value * n
         count += n
         bar.set_postfix(loss=f"{total / count:.4f}")
+    total, count = _sum_over_ranks(total, count)
     return {"loss": total / max(count, 1), "lr": schedule.lr}
+
+
+def _sum_over_ranks(*values: float) -> tuple[float, ...]:
+    """Sums over every DDP rank (each rank trains on its own share of the epoch); the
+    values themselves in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    if torch.distributed.get_world_size() == 1:
+        return values
+    # NCCL reduces GPU tensors only; gloo, CPU ones.
+    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(tensor)
+    return tuple(float(v) for v in tensor.cpu())
 
 
 def _step(t: Training, loss: torch.Tensor) -> None:
@@ -339,7 +365,9 @@ def fit(
         for epoch in range(state.epoch, config.epochs):
             started = time.perf_counter()
             train_loader.sampler.set_epoch(epoch)
-            train = train_one_epoch(t, train_loader, epoch, runtime.progress and runtime.is_main)
+            train = train_one_epoch(
+                t, train_loader, epoch, runtime.progress and runtime.is_main, runtime.on_batch
+            )
             keep = config.log_images if runtime.is_main else 0
             val, examples = evaluate(
                 t.model, val_loader, t.task, t.criterion, device, config, keep=keep
