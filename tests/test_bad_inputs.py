@@ -88,3 +88,24 @@ def test_search_takes_set_overrides_like_train(monkeypatch, capsys):
         "--set expects KEY=VALUE (for example train.optimizer.lr=0.01)" in capsys.readouterr().err
     )
     assert len(ran) == 1
+
+
+def test_mlflow_tracking_without_mlflow_names_the_install(monkeypatch, tmp_path: Path):
+    import sys
+
+    from melanoma.config import ConfigError
+    from search.runner import run_search
+
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['tracking.wandb'\]; allowed under tracking: \['mlflow'\]"):
+        experiment_from_dict(
+            {**experiment().to_dict(), "tracking": {"mlflow": "sqlite:///x.db", "wandb": 1}}
+        )
+    exp = experiment_from_dict(
+        {**experiment().to_dict(), "tracking": {"mlflow": f"sqlite:///{tmp_path}/m.db"}}
+    )
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if it were not installed
+    with pytest.raises(
+        ImportError, match=r'MLflow is not installed; pip install -e "\.\[mlflow\]"'
+    ):
+        run_search(exp, storage=str(tmp_path / "search"))
+    assert not (tmp_path / "search").exists()  # refused before anything started

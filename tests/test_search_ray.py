@@ -364,10 +364,13 @@ def test_the_dashboards_users_open_read_a_finished_search(local_ray, tmp_path: P
     data["search"]["max_epochs"] = 3
     data["search"]["max_concurrent"] = 2
     data["resources"]["launcher"] = "inline"
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data["tracking"] = {"mlflow": mlflow_uri}
     exp.write_text(yaml.safe_dump(data, sort_keys=False))
     assert main(["search", "seg", "--experiment", str(exp)]) == 0
     journal = storage / "dash" / "optuna.jsonl"
     assert journal.is_file()
+    check_mlflow_runs(mlflow_uri, "dash", storage)
 
     port = free_port()
     dashboard = shutil.which("optuna-dashboard")
@@ -412,3 +415,40 @@ def test_the_dashboards_users_open_read_a_finished_search(local_ray, tmp_path: P
     finally:
         proc.kill()
         proc.wait()
+
+
+def check_mlflow_runs(uri: str, name: str, storage: Path) -> None:
+    """MLflow holds the search as one run and every trial as a run nested under it, with
+    its sampled parameters, one value per epoch and its best checkpoint as an artifact."""
+    from mlflow import MlflowClient
+
+    from search.runner import trial_table
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.melanoma_role = 'search'"
+    )
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["search.num_samples"] == "4"
+    children = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
+    rows, _ = trial_table(name, str(storage))
+    assert sorted(c.data.tags["trial_id"] for c in children) == sorted(r["trial_id"] for r in rows)
+    for child, row in zip(
+        sorted(children, key=lambda c: c.data.tags["trial_id"]),
+        sorted(rows, key=lambda r: r["trial_id"]),
+        strict=True,
+    ):
+        assert child.info.status == "FINISHED"
+        assert child.data.params["optimizer.name"] == row["optimizer.name"]
+        assert float(child.data.params["optimizer.lr"]) == pytest.approx(row["optimizer.lr"])
+        history = client.get_metric_history(child.info.run_id, "val_jaccard")
+        assert [m.step for m in history] == list(range(1, row["epochs"] + 1))
+        best = max(m.value for m in history)
+        assert best == pytest.approx(row["best_val_jaccard"])
+        artifacts = [a.path for a in client.list_artifacts(child.info.run_id, "best_checkpoint")]
+        assert artifacts == ["best_checkpoint/last.pt"]
