@@ -69,7 +69,7 @@ def plan_resources(exp: Experiment) -> dict:
         )
     cpus = float(total.get("CPU", 1))
     # An inline trial trains in its own process: no separate driver to reserve CPUs for.
-    driver = r.driver_cpus if r.launcher == "train" else 0.0
+    driver = r.driver_cpus if r.launcher_used == "train" else 0.0
     per_trial_cpu = r.workers * r.cpus_per_worker + driver
     if per_trial_cpu > cpus:
         raise ValueError(
@@ -85,7 +85,7 @@ def plan_resources(exp: Experiment) -> dict:
         "cpus_per_worker": r.cpus_per_worker,
         "gpus_per_worker": gpw,
         "driver_cpus": r.driver_cpus,
-        "launcher": r.launcher,
+        "launcher": r.launcher_used,
         "placement_strategy": r.placement_strategy,
         "max_concurrent": max(1, min(concurrent, exp.search.num_samples)),
     }
@@ -193,7 +193,7 @@ def _trainable(plan: dict):
 def _tune_fault_and_checkpoints(exp: Experiment) -> dict:
     """Inline trials checkpoint through Tune itself: Tune keeps the best k and restarts a
     failed trial from its last one. (Train-launched trials do both inside Ray Train.)"""
-    if exp.resources.launcher != "inline":
+    if exp.resources.launcher_used != "inline":
         return {}
     return {
         "failure_config": tune.FailureConfig(max_failures=exp.search.max_failures),

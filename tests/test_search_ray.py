@@ -55,7 +55,13 @@ def write_experiment(
             "searcher": {"seed": 1, "n_startup_trials": 1},
             "scheduler": {"name": scheduler, "grace_period": 1, "reduction_factor": 2},
         },
-        "resources": {"workers": 1, "cpus_per_worker": cpus_per_worker, "gpus_per_worker": 0},
+        # The Ray Train path: these tests are about it (the inline ones say so).
+        "resources": {
+            "workers": 1,
+            "cpus_per_worker": cpus_per_worker,
+            "gpus_per_worker": 0,
+            "launcher": "train",
+        },
     }
     path.write_text(yaml.safe_dump(exp, sort_keys=False))
     return path

@@ -113,7 +113,7 @@ def test_sampled_params_build_valid_train_configs(path: Path):
             {"resources": {"launcher": "inline", "workers": 2}},
             "launcher 'inline' trains each trial in one process, but workers is 2",
         ),
-        ({"resources": {"launcher": "local"}}, "choose one of \\['train', 'inline'\\]"),
+        ({"resources": {"launcher": "local"}}, "choose one of \\['auto', 'train', 'inline'\\]"),
         ({"resources": {"driver_cpus": 1.5}}, "driver_cpus must be in \\(0, 1\\]"),
         ({"search": {"budget_epochs": 0}}, "budget_epochs must be >= 1 or null"),
         ({"search": {"budget_epochs": "lots"}}, "budget_epochs"),
