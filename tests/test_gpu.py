@@ -58,3 +58,45 @@ def test_cuda_training_with_amp_channels_last(data, tmp_path, task, compile_mode
     cpu = cpu if isinstance(cpu, torch.Tensor) else cpu[0]
     gpu = gpu if isinstance(gpu, torch.Tensor) else gpu[0]
     assert torch.allclose(cpu, gpu, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_ddp_trial_on_two_gpus(tmp_path, monkeypatch):
+    """The two-worker trial of tests/test_search_ddp.py on two GPUs (NCCL, AMP): each
+    rank trains on its own half of every epoch, and Tune hears each epoch once."""
+    import csv
+
+    import ray
+    import yaml
+
+    from melanoma.data.splits import Splits
+    from melanoma_cli import main
+    from tests.test_search_ddp import EPOCHS, ddp_experiment, read_trace
+
+    monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MELANOMA_TRACE_SAMPLES", str(tmp_path / "trace"))
+    monkeypatch.delenv("MELANOMA_FAIL_ONCE_MARKER", raising=False)
+    (tmp_path / "trace").mkdir()
+    path = ddp_experiment(tmp_path / "exp.yaml", tmp_path / "search")
+    exp = yaml.safe_load(path.read_text())
+    exp["resources"].update(cpus_per_worker=1, gpus_per_worker=1)
+    exp["train"]["amp"] = True
+    path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    ray.init(address="local", num_gpus=2, log_to_driver=False)
+    try:
+        assert main(["search", "cls", "--experiment", str(path)]) == 0
+    finally:
+        ray.shutdown()
+    (trial,) = (tmp_path / "search" / "ddp").glob("trial_*")
+    with open(trial / "progress.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    assert {r["world_size"] for r in rows} == {"2"}
+    train = sorted(e.sample.id for e in Splits.load(trial / "run" / "splits.json").entries["train"])
+    attempts = read_trace(tmp_path / "trace")
+    assert sorted(a["rank"] for a in attempts) == [0, 1]
+    for epoch in range(1, EPOCHS + 1):
+        halves = [a["epochs"][epoch] for a in attempts]
+        assert sorted(halves[0] + halves[1]) == train and not set(halves[0]) & set(halves[1])
