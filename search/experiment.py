@@ -92,9 +92,9 @@ class ResourcesConfig:
     # let two trials' drivers starve their own workers on a small machine (deadlock).
     driver_cpus: float = 0.05
     # "train": each trial is a Ray Train run (DDP over `workers`, worker restarts), which
-    # costs 17-25 s of start-up per trial here. "inline": a single-worker trial trains in
+    # costs 17-34 s of start-up per trial here. "inline": a single-worker trial trains in
     # the Tune trial's own process (no DDP; Tune restarts a failed trial from its last
-    # checkpoint), starting in 5-6 s, at the bare loop's speed. "auto": inline for one
+    # checkpoint), starting in 5-8 s, at the bare loop's speed. "auto": inline for one
     # worker, where the two are equivalent, train for several.
     launcher: Literal["auto", "train", "inline"] = "auto"
     # Where one trial's Train workers go (Ray's placement-group strategies): PACK fills a
