@@ -35,12 +35,17 @@ def tune_driver(params: dict) -> None:
     config, meta = trial_config(params)
     context = ray.tune.get_context()
     use_gpu = bool(meta.gpus_per_worker)
+    run_name = train_run_name(context.get_trial_id())
     per_worker = {"CPU": meta.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = meta.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"train": config.to_dict(), "cpus_per_worker": meta.cpus_per_worker},
+        train_loop_config={
+            "train": config.to_dict(),
+            "cpus_per_worker": meta.cpus_per_worker,
+            "run_dir": f"{meta.train_storage}/{run_name}",
+        },
         scaling_config=ray.train.ScalingConfig(
             num_workers=meta.workers,
             use_gpu=use_gpu,
@@ -49,7 +54,7 @@ def tune_driver(params: dict) -> None:
         ),
         run_config=ray.train.RunConfig(
             # Stable name: a restored trial finds its Train run and resumes from its checkpoint.
-            name=train_run_name(context.get_trial_id()),
+            name=run_name,
             storage_path=meta.train_storage,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=meta.max_failures),

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import ray.train
@@ -41,8 +42,23 @@ def inject_failure_once(epoch: int) -> None:
         _fail_once(f"after epoch {epoch - 1}")
 
 
-def batch_hook(rank: int):
-    """The engine's per-batch callback for the test hooks above, or None when none is set."""
+def _wait_for_a_persisted_checkpoint(run_dir: str | None, timeout_s: float = 60) -> None:
+    """Until Ray Train has a checkpoint of this run in storage: rank 0 uploads it in the
+    background, and a group lost before that would start over instead of resuming."""
+    if not run_dir or "://" in run_dir:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not list(Path(run_dir).glob(f"checkpoint_*/{CHECKPOINT_FILE}")):
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
+    time.sleep(1.0)  # the upload thread hands the report on just after the file is written
+
+
+def batch_hook(rank: int, run_dir: str | None = None):
+    """The engine's per-batch callback for the test hooks above, or None when none is set.
+    ``run_dir``: the trial's Ray Train run in storage (a mid-epoch failure waits for its
+    first checkpoint there, so that the test of resuming is not a race)."""
     trace = os.environ.get(TRACE_ENV)
     fail_rank = os.environ.get(FAIL_RANK_ENV) if os.environ.get(FAIL_ONCE_ENV) else None
     if not trace and (fail_rank is None or int(fail_rank) != rank):
@@ -53,6 +69,7 @@ def batch_hook(rank: int):
     def on_batch(epoch: int, batch: dict) -> None:
         seen[epoch] = seen.get(epoch, 0) + 1
         if fail_rank is not None and int(fail_rank) == rank and epoch == 1 and seen[epoch] == 2:
+            _wait_for_a_persisted_checkpoint(run_dir)
             _fail_once(f"on rank {rank} in the middle of epoch 2")
         if path is not None:
             with open(path, "a") as fh:
@@ -154,6 +171,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         wrap_model=wrap,
         report=report,
         progress=False,
-        on_batch=batch_hook(rank),
+        on_batch=batch_hook(rank, loop_config.get("run_dir")),
     )
     fit_resuming(config, runtime, ray.train.get_checkpoint())
