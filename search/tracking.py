@@ -63,7 +63,13 @@ class MLflowTracking(tune.Callback):
     def setup(self, **info) -> None:
         self.client = require_mlflow().MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(self.search)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(self.search)
+        experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(
+                self.search, artifact_location=artifact_location(self.uri)
+            )
+        )
         # A resumed search continues its parent run rather than starting a second one.
         parents = self.client.search_runs(
             [experiment_id], filter_string="tags.melanoma_role = 'search'", max_results=1
@@ -134,6 +140,16 @@ class MLflowTracking(tune.Callback):
             self.client.log_artifacts(run, path, "best_checkpoint")
             self.client.set_tag(run, "best_checkpoint", path)
         self.client.set_terminated(run, status)
+
+
+def artifact_location(uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside its database file (MLflow's default is
+    ./mlruns in whatever directory the search started from). A server (http://,
+    databricks) keeps its own artifact root: None."""
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    return (Path(uri[len(prefix) :]).resolve().parent / "mlartifacts").as_uri()
 
 
 def _tune_best_checkpoint(trial) -> str | None:

@@ -458,3 +458,6 @@ def check_mlflow_runs(uri: str, name: str, storage: Path) -> None:
         assert best == pytest.approx(row["best_val_jaccard"])
         artifacts = [a.path for a in client.list_artifacts(child.info.run_id, "best_checkpoint")]
         assert artifacts == ["best_checkpoint/last.pt"]
+        # Beside the SQLite file, not in ./mlruns of whatever directory the test ran from.
+        store = Path(uri[len("sqlite:///") :]).parent
+        assert child.info.artifact_uri.startswith((store / "mlartifacts").as_uri())
