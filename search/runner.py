@@ -14,6 +14,7 @@ from ray import tune
 from melanoma.config import dump_yaml, load_yaml
 from search.experiment import DEFAULT_STORAGE, Experiment, experiment_from_dict
 from search.searcher import create_scheduler, create_searcher
+from search.tracking import stopped_early
 from trainables.driver import tune_driver
 from trainables.meta import META, TrialMeta, train_run_name, train_storage
 
@@ -130,7 +131,7 @@ class Progress(tune.Callback):
 
     def _ended(self, trial) -> None:
         result = self.last.get(trial.trial_id, {})
-        if not result.get("finished", False) and result.get("epoch", 0) < self.max_epochs:
+        if stopped_early(result, self.max_epochs):
             self.stopped.add(trial.trial_id)
         self.done.add(trial.trial_id)
 

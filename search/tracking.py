@@ -32,6 +32,11 @@ _NOT_METRICS = {
 }
 
 
+def stopped_early(last_result: dict, max_epochs: int) -> bool:
+    """A trial that ended before its last epoch without saying it finished: ASHA stopped it."""
+    return not last_result.get("finished", False) and last_result.get("epoch", 0) < max_epochs
+
+
 def require_mlflow():
     """The mlflow module, or an error that names the install command."""
     try:
@@ -46,7 +51,11 @@ def require_mlflow():
 
 class MLflowTracking(tune.Callback):
     """One MLflow run for the search (its settings), one nested run per trial: sampled
-    parameters, every epoch's metrics (step = epoch), state, best checkpoint artifact."""
+    parameters, every epoch's metrics (step = epoch), state, best checkpoint artifact.
+
+    MLflow's run status has no word for a trial the scheduler stopped (it is FINISHED
+    there): the tag ``melanoma_state`` holds the state ``search results`` shows
+    (TERMINATED, STOPPED or ERROR)."""
 
     def __init__(self, uri: str, search: str, experiment: dict, metric: str, mode: str):
         require_mlflow()
@@ -56,6 +65,8 @@ class MLflowTracking(tune.Callback):
         self.parent: str | None = None
         self.runs: dict[str, str] = {}  # trial id -> MLflow run id
         self.best: dict[str, tuple[float, str]] = {}  # trial id -> (value, checkpoint dir)
+        self.last: dict[str, dict] = {}  # trial id -> its latest result
+        self.max_epochs = int(experiment["search"]["max_epochs"])
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks with the search's state (resume): not the client.
@@ -109,6 +120,7 @@ class MLflowTracking(tune.Callback):
             return
         from mlflow.entities import Metric
 
+        self.last[trial.trial_id] = result
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         now = int(time.time() * 1000)
         metrics = [
@@ -130,19 +142,21 @@ class MLflowTracking(tune.Callback):
                 self.best[trial.trial_id] = (float(value), path)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._end(trial, "FINISHED")
+        stopped = stopped_early(self.last.get(trial.trial_id, {}), self.max_epochs)
+        self._end(trial, "FINISHED", "STOPPED" if stopped else "TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._end(trial, "FAILED")
+        self._end(trial, "FAILED", "ERROR")
 
     def on_experiment_end(self, trials, **info) -> None:
         if self.parent:
             self.client.set_terminated(self.parent, "FINISHED")
 
-    def _end(self, trial, status: str) -> None:
+    def _end(self, trial, status: str, state: str) -> None:
         run = self.runs.get(trial.trial_id)
         if run is None:
             return
+        self.client.set_tag(run, "melanoma_state", state)
         best = self.best.get(trial.trial_id)
         path = best[1] if best else _tune_best_checkpoint(trial)
         if path and Path(path).is_dir():

@@ -450,6 +450,8 @@ def check_mlflow_runs(uri: str, name: str, storage: Path) -> None:
         strict=True,
     ):
         assert child.info.status == "FINISHED"
+        # ASHA-stopped trials are FINISHED to MLflow: the tag says what `search results` says.
+        assert child.data.tags["melanoma_state"] == row["state"]
         assert child.data.params["optimizer.name"] == row["optimizer.name"]
         assert float(child.data.params["optimizer.lr"]) == pytest.approx(row["optimizer.lr"])
         history = client.get_metric_history(child.info.run_id, "val_jaccard")
