@@ -459,6 +459,80 @@ def test_test_time_augmentation_averages_the_eight_symmetries(built):
         assert torch.allclose(cascade.classify(images, mask), by_hand_cls, atol=1e-6)
 
 
+def test_tta_auto_decides_each_stage_on_validation(built, tmp_path, capsys):
+    """``--tta auto`` keeps the segmenters' TTA only when it raises the validation Jaccard
+    and the classifiers' only when it raises the validation AUC on the masks chosen; each
+    stage's flag touches that stage alone; the report gives the chosen Jaccard."""
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.cascade.build import open_cascade_data
+    from melanoma.metrics.segmentation import segmentation_metrics
+
+    out = tmp_path / "auto"
+    args = ["cascade", "build", "--seg", str(built["root"] / "seg")]
+    assert (
+        main([*args, "--cls", str(built["root"] / "cls"), "--tta", "auto", "--out", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    cascade, meta = load_cascade(out)
+    bundle = open_cascade_data(meta["data"], meta["input_size"])
+
+    def val(seg_tta: bool, cls_tta: bool) -> dict:
+        cascade.seg_tta, cascade.cls_tta = seg_tta, cls_tta
+        return run_cascade(cascade, bundle, "val")
+
+    def jaccard(r: dict) -> float:
+        keep = r["has_mask"]
+        return segmentation_metrics(r["pred_mask"][keep], r["true_mask"][keep])["jaccard"]
+
+    def auc(r: dict) -> float:
+        return float(roc_auc_score(r["label"], r["prob"]))
+
+    plain, seg_on = val(False, False), val(True, False)
+    use_seg = jaccard(seg_on) > jaccard(plain)
+    masks_chosen = seg_on if use_seg else plain
+    with_cls = val(use_seg, True)
+    use_cls = auc(with_cls) > auc(masks_chosen)
+    assert meta["tta"] == {"segmenter": use_seg, "classifier": use_cls}
+    chosen = with_cls if use_cls else masks_chosen
+    assert meta["val_jaccard"]["value"] == pytest.approx(jaccard(chosen))
+    assert meta["val_jaccard"]["low"] <= meta["val_jaccard"]["value"] <= meta["val_jaccard"]["high"]
+    assert meta["val_auc"] == pytest.approx(auc(chosen))
+    check = meta["tta_check"]
+    assert check["val_jaccard_with"] == pytest.approx(jaccard(seg_on))
+    assert check["val_jaccard_without"] == pytest.approx(jaccard(plain))
+    assert check["val_auc_before"] == pytest.approx(auc(masks_chosen))
+    assert "test-time augmentation (auto): segmenters " in printed
+    assert "validation Jaccard" in printed and "(95% CI" in printed
+    # One stage's flag leaves the other stage's output alone.
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    mask = (torch.rand(2, 1, 64, 64) > 0.5).to(torch.uint8)
+    with torch.no_grad():
+        cascade.seg_tta, cascade.cls_tta = False, False
+        seg_plain, cls_plain = cascade.segment(images), cascade.classify(images, mask)
+        cascade.seg_tta = True
+        assert torch.equal(cascade.classify(images, mask), cls_plain)
+        assert not torch.allclose(cascade.segment(images), seg_plain)
+        cascade.seg_tta, cascade.cls_tta = False, True
+        assert torch.equal(cascade.segment(images), seg_plain)
+        assert not torch.allclose(cascade.classify(images, mask), cls_plain)
+
+
+def test_a_version_2_cascade_with_one_tta_flag_loads_with_both_stages(built, tmp_path):
+    from melanoma.cascade.build import CASCADE_FILE
+
+    payload = torch.load(built["dir"] / CASCADE_FILE, map_location="cpu", weights_only=True)
+    old = tmp_path / "v2"
+    old.mkdir()
+    torch.save(payload | {"version": 2, "tta": True}, old / CASCADE_FILE)
+    cascade, meta = load_cascade(old)
+    assert meta["tta"] == {"segmenter": True, "classifier": True}
+    assert cascade.seg_tta and cascade.cls_tta
+    torch.save(payload | {"version": 4}, old / CASCADE_FILE)
+    with pytest.raises(ValueError, match="not a version 1-3 melanoma cascade"):
+        load_cascade(old)
+
+
 def test_ensemble_with_tta_builds_evaluates_and_exports(built, tmp_path, capsys):
     """Two segmenters and two classifiers pooled from runs, chosen greedily on
     validation, test-time augmentation on: one graph, reports that say what was chosen."""
@@ -476,7 +550,7 @@ def test_ensemble_with_tta_builds_evaluates_and_exports(built, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "[cascade] ensemble: segmenters" in printed and "(95% CI" in printed
     cascade, meta = load_cascade(out)
-    assert meta["tta"] and cascade.tta and meta["tta_check"]["used"]
+    assert meta["tta"] == {"segmenter": True, "classifier": True} and cascade.tta
     assert 1 <= sum(m["weight"] for m in meta["segmenters"]) <= 3
     assert 1 <= sum(m["weight"] for m in meta["classifiers"]) <= 3
     assert len(meta["pairs"]) == 4 and meta["best_pair"]["val_auc"] == max(
@@ -491,11 +565,13 @@ def test_ensemble_with_tta_builds_evaluates_and_exports(built, tmp_path, capsys)
     assert meta["val_auc"] == pytest.approx(roc_auc_score(val["label"], val["prob"]))
     assert main(["cascade", "evaluate", str(out), "--bootstrap", "20"]) == 0
     md = (out / "report.md").read_text()
-    assert "best single pair on validation" in md and "test-time augmentation on" in md
+    assert "best single pair on validation" in md
+    assert "test-time augmentation on (segmenters and classifiers)" in md
+    assert "lesion masks on validation: Jaccard" in md
     assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
     card = json.loads((tmp_path / "export" / "model_card.json").read_text())
     assert [m["origin"] for m in card["classifiers"]] == [m["origin"] for m in meta["classifiers"]]
-    assert card["test_time_augmentation"].startswith("on")
+    assert all(v.startswith("on") for v in card["test_time_augmentation"].values())
 
 
 def load_checkpoint_config(run: Path) -> dict:

@@ -20,12 +20,14 @@ from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.cv import fold_runs
 from melanoma.engine.tasks import rebuild_model
-from melanoma.metrics.intervals import classification_interval
+from melanoma.metrics.intervals import classification_interval, mean_interval
+from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
 
 FORMAT = "melanoma-cascade"
-VERSION = 2  # 1: one segmenter and one classifier, no TTA (still read)
+VERSION = 3  # read too: 1 (one segmenter and classifier, no TTA), 2 (one TTA flag for both)
 CASCADE_FILE = "cascade.pt"
 TTA_CHOICES = ("auto", "on", "off")
+TTA_STAGES = ("segmenter", "classifier")
 
 
 @dataclass
@@ -72,7 +74,8 @@ def make_cascade(
     *,
     seg_weights: list[float] | None = None,
     cls_weights: list[float] | None = None,
-    tta: bool = False,
+    seg_tta: bool = False,
+    cls_tta: bool = False,
 ) -> Cascade:
     """A cascade of the given members (an ensemble when there are several of a kind)."""
     seg_weights = seg_weights or [1.0] * len(segs)
@@ -92,7 +95,8 @@ def make_cascade(
             for c, w in zip(clss, cls_weights, strict=True)
         ],
         mask_threshold=segs[0].config.threshold,
-        tta=tta,
+        seg_tta=seg_tta,
+        cls_tta=cls_tta,
     ).eval()
 
 
@@ -212,10 +216,10 @@ def build_cascade(
     cross-validation folder; several sources pool their models. They are paired end to
     end (best validation AUC wins); with ``ensemble_size`` > 1 the members are chosen
     greedily instead (segmenters by validation Jaccard, then classifiers by validation AUC
-    on those masks); ``tta``
-    (auto, on, off) averages over flips and rotations, ``auto`` only when it raises the
-    validation AUC. The threshold comes from validation. ``drop_test_duplicates`` removes
-    test images that share bytes, an id or a lesion with train/val (else refused)."""
+    on those masks); ``tta`` (auto, on, off) averages over flips and rotations, ``auto``
+    per stage: the segmenters' when it raises the validation Jaccard, the classifiers'
+    when it raises the AUC. The threshold comes from validation. ``drop_test_duplicates``
+    removes test images that share bytes, an id or a lesion with train/val (else refused)."""
     _check_build_args(ensemble_size, tta, target_sensitivity)
     segs, clss = _candidates(seg_source, "seg"), _candidates(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
@@ -243,12 +247,13 @@ def build_cascade(
         "version": VERSION,
         "segmenters": [_member(segs[i], w) for i, w in seg_w.items()],
         "classifiers": [_member(clss[i], w) for i, w in cls_w.items()],
-        "tta": tta_report["used"],
+        "tta": {k: tta_report[k] for k in TTA_STAGES},
         "input_size": input_size,
         "threshold": threshold,
         "threshold_rule": rule,
         "val_auc": _auc(chosen),
         "val_auc_ci": _auc_interval(chosen),
+        "val_jaccard": _jaccard_report(chosen),
         "val_official": _official_part(chosen, bundle),
         "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
         "tta_check": tta_report,
@@ -276,20 +281,59 @@ def _validation_data(data_meta: dict, input_size: int, drop_test_duplicates: boo
 
 
 def _choose_tta(members, weights: dict, input_size: int, bundle, tta: str) -> tuple[dict, dict]:
-    """Validation outputs of the chosen members with or without test-time augmentation
-    (``auto``: with it only when it raises the validation AUC), and what was compared."""
-    chosen = run_cascade(make_cascade(*members, input_size, **weights), bundle, "val")
-    report = {"mode": tta, "val_auc_without": _auc(chosen)}
-    use_tta = tta == "on"
-    if tta != "off":
-        with_tta = run_cascade(
-            make_cascade(*members, input_size, **weights, tta=True), bundle, "val"
+    """Validation outputs of the chosen members with or without test-time augmentation,
+    and what was compared. ``auto`` decides per stage, in the cascade's order: the
+    segmenters' TTA when it raises the validation Jaccard, then the classifiers' when it
+    raises the validation AUC on the masks chosen."""
+
+    def run(seg_tta: bool, cls_tta: bool) -> dict:
+        cascade = make_cascade(*members, input_size, **weights, seg_tta=seg_tta, cls_tta=cls_tta)
+        return run_cascade(cascade, bundle, "val")
+
+    plain = run(False, False)
+    report = {"mode": tta, "val_auc_without": _auc(plain)}
+    report["val_jaccard_without"] = _jaccard(plain)
+    if tta == "off":
+        return plain, report | {"segmenter": False, "classifier": False}
+    seg_on = run(True, False)
+    report["val_jaccard_with"] = _jaccard(seg_on)
+    use_seg = tta == "on" or (
+        report["val_jaccard_with"] is not None
+        and report["val_jaccard_with"] > report["val_jaccard_without"]
+    )
+    base = seg_on if use_seg else plain
+    both = run(use_seg, True)
+    report["val_auc_with"] = _auc(both)
+    report["val_auc_before"] = _auc(base)  # classifier TTA compared on the masks chosen
+    use_cls = tta == "on" or report["val_auc_with"] > report["val_auc_before"]
+    report |= {"segmenter": use_seg, "classifier": use_cls}
+    print(f"[cascade] {tta_line(report)}", flush=True)
+    return (both if use_cls else base), report
+
+
+def tta_line(report: dict) -> str:
+    """What the test-time augmentation check compared on validation, and what it chose."""
+    if "segmenter" not in report:  # a version-2 cascade: one choice for both stages
+        used = "used" if report["used"] else "not used"
+        return (
+            f"test-time augmentation ({report['mode']}): validation AUC "
+            f"{report['val_auc_with']:.3f} with, {report['val_auc_without']:.3f} without; {used}"
         )
-        report["val_auc_with"] = _auc(with_tta)
-        use_tta = use_tta or report["val_auc_with"] > report["val_auc_without"]
-        chosen = with_tta if use_tta else chosen
-    report["used"] = use_tta
-    return chosen, report
+
+    def word(on: bool) -> str:
+        return "on" if on else "off"
+
+    seg = f"segmenters {word(report['segmenter'])}"
+    if report.get("val_jaccard_with") is not None:
+        seg += (
+            f" (validation Jaccard {report['val_jaccard_with']:.3f} with, "
+            f"{report['val_jaccard_without']:.3f} without)"
+        )
+    return (
+        f"test-time augmentation ({report['mode']}): {seg}; classifiers "
+        f"{word(report['classifier'])} (validation AUC {report['val_auc_with']:.3f} with, "
+        f"{report['val_auc_before']:.3f} without)"
+    )
 
 
 def _write_summary(payload: dict, out: Path) -> dict:
@@ -306,6 +350,14 @@ def _write_summary(payload: dict, out: Path) -> dict:
         f"({payload['threshold_rule']}); written to {out}",
         flush=True,
     )
+    if payload["val_jaccard"]:
+        jac = payload["val_jaccard"]
+        print(
+            f"[cascade] its lesion masks at {payload['input_size']} px: validation Jaccard "
+            f"{jac['value']:.4f} (95% CI {jac['low']:.3f}-{jac['high']:.3f}, "
+            f"{jac['images']} images)",
+            flush=True,
+        )
     if payload["val_official"]:
         part = payload["val_official"]
         print(
@@ -351,6 +403,27 @@ def _data_meta(config: TrainConfig, path: str | None) -> dict:
 def _auc(result: dict) -> float:
     keep = result["label"] >= 0
     return float(roc_auc_score(result["label"][keep], result["prob"][keep]))
+
+
+def _per_image_jaccard(result: dict) -> np.ndarray:
+    keep = torch.from_numpy(result["has_mask"])
+    counts = per_image_counts(result["pred_mask"][keep], result["true_mask"][keep])
+    return scores_from_counts(counts)["jaccard"]
+
+
+def _jaccard(result: dict) -> float | None:
+    """Mean per-image validation Jaccard of the cascade's masks (None without masks)."""
+    scores = _per_image_jaccard(result)
+    return float(scores.mean()) if len(scores) else None
+
+
+def _jaccard_report(result: dict) -> dict | None:
+    """The cascade's validation Jaccard at its input size, with a 95% bootstrap interval
+    over the images that have a ground-truth mask."""
+    scores = _per_image_jaccard(result)
+    if not len(scores):
+        return None
+    return {"value": float(scores.mean()), "images": int(len(scores))} | mean_interval(scores)
 
 
 def _auc_interval(result: dict) -> dict:
@@ -440,9 +513,17 @@ def _describe(payload: dict) -> str:
             m["origin"] + (f" x{m['weight']}" if m["weight"] != 1 else "") for m in ms
         )
 
-    tta = ", with test-time augmentation" if payload["tta"] else ""
+    tta = f", with {tta_summary(payload['tta'])}" if any(payload["tta"].values()) else ""
     seg, cls = names(payload["segmenters"]), names(payload["classifiers"])
     return f"segmenters [{seg}], classifiers [{cls}]{tta}"
+
+
+def tta_summary(stages: dict[str, bool]) -> str:
+    """``test-time augmentation on (segmenters and classifiers)``, ``... off`` and so on."""
+    on = [f"{stage}s" for stage in TTA_STAGES if stages[stage]]
+    if not on:
+        return "test-time augmentation off"
+    return f"test-time augmentation on ({' and '.join(on)})"
 
 
 def load_cascade(directory: Path) -> tuple[Cascade, dict]:
@@ -451,12 +532,14 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with `melanoma cascade build`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT or payload.get("version") not in (1, VERSION):
-        raise ValueError(f"{path} is not a version-{VERSION} melanoma cascade")
+    if payload.get("format") != FORMAT or payload.get("version") not in (1, 2, VERSION):
+        raise ValueError(f"{path} is not a version 1-{VERSION} melanoma cascade")
     if payload["version"] == 1:  # one segmenter, one classifier, no TTA
         payload["segmenters"] = [{**payload.pop("segmenter"), "weight": 1}]
         payload["classifiers"] = [{**payload.pop("classifier"), "weight": 1}]
         payload["tta"] = False
+    if isinstance(payload["tta"], bool):  # versions 1 and 2: one flag for both stages
+        payload["tta"] = dict.fromkeys(TTA_STAGES, payload["tta"])
 
     def members(entries: list[dict]) -> list[Candidate]:
         return [
@@ -470,6 +553,7 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
         payload["input_size"],
         seg_weights=[m["weight"] for m in payload["segmenters"]],
         cls_weights=[m["weight"] for m in payload["classifiers"]],
-        tta=payload["tta"],
+        seg_tta=payload["tta"]["segmenter"],
+        cls_tta=payload["tta"]["classifier"],
     )
     return cascade, payload

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.cascade.build import load_cascade, open_cascade_data, run_cascade
+from melanoma.cascade.build import (
+    load_cascade,
+    open_cascade_data,
+    run_cascade,
+    tta_line,
+    tta_summary,
+)
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics, segmentation_metrics
 from melanoma.metrics.classification import (
@@ -114,6 +120,7 @@ def evaluate_cascade(
         "input_mode": cascade.input_mode,
         "tta": meta["tta"],
         "tta_check": meta.get("tta_check"),
+        "val_jaccard": meta.get("val_jaccard"),
         "best_pair": meta.get("best_pair"),
         "bootstrap_resamples": resamples,
         "test_images": int(len(result["id"])),
@@ -236,9 +243,12 @@ def _selection_lines(report: dict) -> list[str]:
             + (f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})" if ci else "")
         )
     if tta and "val_auc_with" in tta:
+        lines.append(f"- {tta_line(tta)}")
+    jac = report.get("val_jaccard")
+    if jac:
         lines.append(
-            f"- test-time augmentation ({tta['mode']}): validation AUC {tta['val_auc_with']:.3f} "
-            f"with, {tta['val_auc_without']:.3f} without; {'used' if tta['used'] else 'not used'}"
+            f"- lesion masks on validation: Jaccard {jac['value']:.3f} "
+            f"(95% CI {jac['low']:.3f}-{jac['high']:.3f}, {jac['images']} images)"
         )
     return lines
 
@@ -251,7 +261,7 @@ def markdown(report: dict) -> str:
         f"{report['test_images']} test images evaluated",
         f"- segmenters: {_members(report['segmenters'])}; classifiers: "
         f"{_members(report['classifiers'])} (input mode `{report['input_mode']}`); "
-        f"test-time augmentation {'on' if report['tta'] else 'off'}",
+        f"{tta_summary(report['tta'])}",
         *_selection_lines(report),
         f"- melanoma threshold {report['threshold']:.4f}, chosen on validation: "
         f"{report['threshold_rule']} "

@@ -7,9 +7,9 @@ is ``apply_input_mode``, the function training used.
 
 Either stage may be an ensemble: the mask probability is the weighted mean of the
 segmenters' probabilities, the melanoma probability the weighted mean of the classifiers'
-(each classifier with its own input size and mode). With ``tta`` both stages also average
-over the eight symmetries of the square (flips and 90-degree rotations), which dermoscopy
-images do not care about.
+(each classifier with its own input size and mode). With ``seg_tta`` / ``cls_tta`` a stage
+also averages over the eight symmetries of the square (flips and 90-degree rotations),
+which dermoscopy images do not care about.
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ class Cascade(nn.Module):
         seg_specs: list[SegmenterSpec],
         cls_specs: list[ClassifierSpec],
         mask_threshold: float = 0.5,
-        tta: bool = False,
+        seg_tta: bool = False,
+        cls_tta: bool = False,
     ):
         super().__init__()
         if not segmenters or len(segmenters) != len(seg_specs):
@@ -87,7 +88,16 @@ class Cascade(nn.Module):
         self.input_size = input_size
         self.seg_specs, self.cls_specs = list(seg_specs), list(cls_specs)
         self.mask_threshold = mask_threshold
-        self.tta = tta
+        self.seg_tta, self.cls_tta = seg_tta, cls_tta
+
+    @property
+    def tta(self) -> bool:
+        """Whether either stage averages over the symmetries (setting it sets both)."""
+        return self.seg_tta or self.cls_tta
+
+    @tta.setter
+    def tta(self, on: bool) -> None:
+        self.seg_tta = self.cls_tta = on
 
     @property
     def input_mode(self) -> str:
@@ -117,7 +127,7 @@ class Cascade(nn.Module):
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """Lesion probability at the input resolution."""
         x = images.float() / 255.0
-        if not self.tta:
+        if not self.seg_tta:
             return self._segment_once(x)
         views = _views(self._segment_once(_symmetries(x)))
         return torch.stack([_undo(v, i) for i, v in enumerate(views)]).mean(dim=0)
@@ -146,7 +156,7 @@ class Cascade(nn.Module):
         """Melanoma probability given images and (binary) masks; ``mode`` runs every
         classifier in that input mode instead of its own (``full``: no mask needed)."""
         x = images.float() / 255.0
-        if not self.tta:
+        if not self.cls_tta:
             return self._classify_once(x, mask, mode)
         masks = _symmetries(mask) if mask is not None else None
         probs = self._classify_once(_symmetries(x), masks, mode)

@@ -195,11 +195,10 @@ def model_card(meta: dict, report: dict, checks: dict) -> dict:
         "classifiers": [_card_member(m) for m in meta["classifiers"]],
         "ensemble": "mask probability and melanoma probability are the weighted means of the "
         "members' (weight: times chosen on validation)",
-        "test_time_augmentation": (
-            "on: both stages average over the 8 flips and 90-degree rotations"
-            if meta["tta"]
-            else "off"
-        ),
+        "test_time_augmentation": {
+            f"{stage}s": "on: averaged over the 8 flips and 90-degree rotations" if on else "off"
+            for stage, on in meta["tta"].items()
+        },
         "validation_auc": meta["val_auc"],
         "test_metrics": {k: report[k] for k in CARD_TEST_KEYS if k in report},
         "data": meta["data"],
