@@ -528,6 +528,14 @@ def test_a_version_2_cascade_with_one_tta_flag_loads_with_both_stages(built, tmp
     cascade, meta = load_cascade(old)
     assert meta["tta"] == {"segmenter": True, "classifier": True}
     assert cascade.seg_tta and cascade.cls_tta
+    # Its report still reads the one-flag TTA check it was built with.
+    check = {"mode": "auto", "val_auc_without": 0.7, "val_auc_with": 0.8, "used": True}
+    torch.save(payload | {"version": 2, "tta": True, "tta_check": check}, old / CASCADE_FILE)
+    shutil.copy(built["dir"] / "splits.json", old / "splits.json")
+    evaluate_cascade(old, resamples=20)
+    md = (old / "report.md").read_text()
+    assert "test-time augmentation on (segmenters and classifiers)" in md
+    assert "test-time augmentation (auto): validation AUC 0.800 with, 0.700 without; used" in md
     torch.save(payload | {"version": 4}, old / CASCADE_FILE)
     with pytest.raises(ValueError, match="not a version 1-3 melanoma cascade"):
         load_cascade(old)

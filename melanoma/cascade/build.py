@@ -405,22 +405,25 @@ def _auc(result: dict) -> float:
     return float(roc_auc_score(result["label"][keep], result["prob"][keep]))
 
 
-def _per_image_jaccard(result: dict) -> np.ndarray:
+def mask_scores(result: dict) -> dict[str, np.ndarray]:
+    """Per-image Jaccard, Dice, thresholded Jaccard and pixel accuracy of a
+    :func:`run_cascade` result's masks, over the images that have a ground-truth mask."""
     keep = torch.from_numpy(result["has_mask"])
-    counts = per_image_counts(result["pred_mask"][keep], result["true_mask"][keep])
-    return scores_from_counts(counts)["jaccard"]
+    return scores_from_counts(
+        per_image_counts(result["pred_mask"][keep], result["true_mask"][keep])
+    )
 
 
 def _jaccard(result: dict) -> float | None:
     """Mean per-image validation Jaccard of the cascade's masks (None without masks)."""
-    scores = _per_image_jaccard(result)
+    scores = mask_scores(result)["jaccard"]
     return float(scores.mean()) if len(scores) else None
 
 
 def _jaccard_report(result: dict) -> dict | None:
     """The cascade's validation Jaccard at its input size, with a 95% bootstrap interval
     over the images that have a ground-truth mask."""
-    scores = _per_image_jaccard(result)
+    scores = mask_scores(result)["jaccard"]
     if not len(scores):
         return None
     return {"value": float(scores.mean()), "images": int(len(scores))} | mean_interval(scores)

@@ -15,6 +15,7 @@ import numpy as np
 
 from melanoma.cascade.build import (
     load_cascade,
+    mask_scores,
     open_cascade_data,
     run_cascade,
     tta_line,
@@ -169,11 +170,9 @@ def _test_data(directory: Path, meta: dict, data: str | None, drop_test_duplicat
 
 def _seg_report(result: dict, resamples: int) -> dict:
     """Per-image Jaccard, Dice and thresholded Jaccard of the predicted masks, with intervals."""
-    from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
-
     keep = result["has_mask"]
     pred, true = result["pred_mask"][keep], result["true_mask"][keep]
-    per_image = scores_from_counts(per_image_counts(pred, true))
+    per_image = mask_scores(result)
     seg = {
         k: {
             "value": float(per_image[k].mean()),
