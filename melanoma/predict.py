@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma.data.io import IMAGE_EXTENSIONS, ImageDecodeError, image_size, load_image
+from melanoma.postprocess import clean_masks
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -45,8 +46,12 @@ def predict(
     masks_out: Path | None = None,
     batch_size: int = 16,
 ) -> list[dict]:
-    """Probability, decision and mask per image; unreadable images are reported and skipped."""
-    session, size, threshold = open_exported(Path(model_dir))
+    """Probability, decision and mask per image (cleaned up where the model card says so);
+    unreadable images are reported and skipped."""
+    session, card = open_exported(Path(model_dir))
+    size, threshold = card["input"]["shape"][-1], card["threshold"]
+    # Cards written before the clean-up existed hand out the mask as thresholded.
+    cleanup = card.get("mask_cleanup", {}).get("on", False)
     paths = expand_inputs(inputs)
     if not paths:
         raise ValueError("no images to predict: give image files or folders that contain images")
@@ -59,6 +64,8 @@ def predict(
         if pending:
             batch = np.stack([img.transpose(2, 0, 1) for _, img in pending])
             probs, masks = session.run(None, {"images": batch})
+            if cleanup:
+                masks = clean_masks(masks)
             for (path, _), p, m in zip(pending, probs, masks, strict=True):
                 rows.append(
                     _row(path, threshold, probability=float(p), mask=m, masks_out=masks_out)
@@ -84,7 +91,7 @@ def predict(
 
 
 def open_exported(model_dir: Path):
-    """(ONNX Runtime session, input size, threshold) of an exported cascade."""
+    """(ONNX Runtime session, model card) of an exported cascade."""
     import onnxruntime as ort
 
     card_path = model_dir / "model_card.json"
@@ -97,7 +104,7 @@ def open_exported(model_dir: Path):
     session = ort.InferenceSession(
         str(model_dir / "cascade.onnx"), providers=["CPUExecutionProvider"]
     )
-    return session, card["input"]["shape"][-1], card["threshold"]
+    return session, card
 
 
 def _row(path: Path, threshold: float, *, probability=None, mask=None, masks_out=None, error=""):

@@ -46,6 +46,7 @@ def _cmd_cascade_build(args: argparse.Namespace) -> int:
         drop_test_duplicates=args.drop_test_duplicates,
         ensemble_size=args.ensemble_size,
         tta=args.tta,
+        mask_cleanup=args.mask_cleanup,
     )
     return 0
 
@@ -100,7 +101,15 @@ def register(sub) -> None:
         "--tta",
         choices=["auto", "on", "off"],
         default="auto",
-        help="test-time flips and rotations in both stages (auto: when validation AUC gains)",
+        help="test-time flips and rotations (auto: per stage, the segmenters' when the "
+        "validation Jaccard gains, then the classifiers' when the validation AUC gains)",
+    )
+    p.add_argument(
+        "--mask-cleanup",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="keep each output mask's largest region, holes filled (auto: when the "
+        "validation Jaccard gains)",
     )
     p.add_argument(
         "--target-sensitivity",

@@ -536,8 +536,13 @@ def test_a_version_2_cascade_with_one_tta_flag_loads_with_both_stages(built, tmp
     md = (old / "report.md").read_text()
     assert "test-time augmentation on (segmenters and classifiers)" in md
     assert "test-time augmentation (auto): validation AUC 0.800 with, 0.700 without; used" in md
-    torch.save(payload | {"version": 4}, old / CASCADE_FILE)
-    with pytest.raises(ValueError, match="not a version 1-3 melanoma cascade"):
+    # Version 3 had no mask clean-up: its masks are handed out as thresholded.
+    v3 = {k: v for k, v in payload.items() if not k.startswith("mask_cleanup")}
+    torch.save(v3 | {"version": 3}, old / CASCADE_FILE)
+    cascade, meta = load_cascade(old)
+    assert meta["mask_cleanup"] is False and cascade.mask_cleanup is False
+    torch.save(payload | {"version": 5}, old / CASCADE_FILE)
+    with pytest.raises(ValueError, match="not a version 1-4 melanoma cascade"):
         load_cascade(old)
 
 
@@ -663,3 +668,146 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     assert all("/fold" in m["origin"] for m in members)
     assert main(["cv", "cls", str(built["root"] / "seg"), "--folds", "2", "--out", str(cv)]) == 2
     assert "holds a seg model" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def two_lesions(tmp_path_factory) -> dict:
+    """A segmenter and a classifier on synthetic images that each show two lesions side by
+    side (two images of the generator, squashed into one): a segmenter that finds both
+    hands out masks of several regions, and the clean-up keeps one of them."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("two_lesions")
+    data = root / "data"
+    write_synthetic(data, SynthConfig(n=60, size=64, seed=3, prevalence=0.35))
+    paths = sorted((data / "ISIC-2017_Training_Data").glob("*.jpg"))
+    masks = [
+        data / "ISIC-2017_Training_Part1_GroundTruth" / f"{p.stem}_segmentation.png" for p in paths
+    ]
+    images = [cv2.imread(str(p)) for p in paths]
+    truth = [cv2.imread(str(m), cv2.IMREAD_GRAYSCALE) for m in masks]
+    for i in range(len(paths)):
+        j = (i + 1) % len(paths)
+        pair = cv2.resize(np.hstack([images[i], images[j]]), (64, 64), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(paths[i]), pair, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        both = np.hstack([truth[i], truth[j]])
+        cv2.imwrite(str(masks[i]), cv2.resize(both, (64, 64), interpolation=cv2.INTER_NEAREST))
+    common = {
+        "epochs": 4,
+        "log_images": 0,
+        "data": {
+            "path": str(data),
+            "image_size": 64,
+            "batch_size": 8,
+            "num_workers": 0,
+            "val_fraction": 0.25,
+            "test_fraction": 0.25,
+        },
+    }
+    seg = {"arch": "fpn", "encoder": "tu-tf_efficientnet_lite0", "pretrained": True}
+    fit(
+        TrainConfig.from_dict(
+            {**common, "task": "seg", "out": str(root / "seg"), "model": seg}
+            | {"optimizer": {"lr": 3e-3}}
+        ),
+        Runtime(progress=False),
+    )
+    fit(
+        TrainConfig.from_dict(
+            {**common, "epochs": 1, "task": "cls", "out": str(root / "cls")}
+            | {"model": {"arch": "resnet18"}}
+        ),
+        Runtime(progress=False),
+    )
+    return {"root": root, "data": data}
+
+
+def test_mask_cleanup_is_decided_on_validation_and_predict_applies_it(
+    two_lesions, tmp_path, capsys
+):
+    """``--mask-cleanup auto`` keeps the clean-up (largest region, holes filled) only when
+    it raises the validation Jaccard: not here, where every image shows two lesions;
+    ``on`` hands out cleaned masks in evaluation and in ``melanoma predict`` alike, while
+    the classifiers still see the thresholded mask."""
+    from melanoma.cascade.build import open_cascade_data
+    from melanoma.metrics.segmentation import segmentation_metrics
+    from melanoma.postprocess import clean_masks
+
+    root = two_lesions["root"]
+    args = ["cascade", "build", "--seg", str(root / "seg"), "--cls", str(root / "cls")]
+    args += ["--tta", "off"]
+    assert main([*args, "--out", str(tmp_path / "auto")]) == 0  # auto is the default
+    assert "mask clean-up, largest region with holes filled (auto): " in capsys.readouterr().out
+    cascade, meta = load_cascade(tmp_path / "auto")
+    bundle = open_cascade_data(meta["data"], meta["input_size"])
+    raw = run_cascade(cascade, bundle, "val")
+
+    def jaccard(result: dict, masks: torch.Tensor) -> float:
+        keep = result["has_mask"]
+        return segmentation_metrics(masks[keep], result["true_mask"][keep])["jaccard"]
+
+    def clean(masks: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(clean_masks(masks.numpy()))
+
+    without, with_ = jaccard(raw, raw["pred_mask"]), jaccard(raw, clean(raw["pred_mask"]))
+    check = meta["mask_cleanup_check"]
+    assert check["val_jaccard_without"] == pytest.approx(without)
+    assert check["val_jaccard_with"] == pytest.approx(with_)
+    assert with_ < without  # keeping one of two lesions loses the other
+    assert not meta["mask_cleanup"] and not check["used"] and not cascade.mask_cleanup
+    assert meta["val_jaccard"]["value"] == pytest.approx(without)
+
+    assert main([*args, "--mask-cleanup", "off", "--out", str(tmp_path / "off")]) == 0
+    off = load_cascade(tmp_path / "off")[1]
+    assert not off["mask_cleanup"] and "val_jaccard_with" not in off["mask_cleanup_check"]
+
+    on_dir = tmp_path / "on"
+    assert main([*args, "--mask-cleanup", "on", "--out", str(on_dir)]) == 0
+    cascade, meta = load_cascade(on_dir)
+    assert meta["mask_cleanup"] and cascade.mask_cleanup
+    assert meta["val_jaccard"]["value"] == pytest.approx(with_)
+    cleaned_test = run_cascade(cascade, bundle, "test")
+    cascade.mask_cleanup = False
+    raw_test = run_cascade(cascade, bundle, "test")
+    assert np.array_equal(cleaned_test["prob"], raw_test["prob"])  # classifiers: same masks
+    assert torch.equal(cleaned_test["pred_mask"], clean(raw_test["pred_mask"]))
+    assert not torch.equal(cleaned_test["pred_mask"], raw_test["pred_mask"])
+
+    assert main(["cascade", "evaluate", str(on_dir), "--bootstrap", "20"]) == 0
+    report = json.loads((on_dir / "report.json").read_text())
+    assert report["segmentation"]["jaccard"]["value"] == pytest.approx(
+        jaccard(cleaned_test, cleaned_test["pred_mask"])
+    )
+    md = (on_dir / "report.md").read_text()
+    assert "lesion masks cleaned up (largest region, holes filled)" in md
+    assert "mask clean-up, largest region with holes filled (on): used" in md
+
+    export = tmp_path / "export"
+    assert main(["export", str(on_dir), "--out", str(export)]) == 0
+    card = json.loads((export / "model_card.json").read_text())
+    assert card["mask_cleanup"]["on"]
+    assert "largest 8-connected region" in card["mask_cleanup"]["rule"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image_id in cleaned_test["id"]:
+        shutil.copy(two_lesions["data"] / "ISIC-2017_Training_Data" / f"{image_id}.jpg", folder)
+    masks_out = tmp_path / "masks"
+    args = ["predict", str(folder), "--model", str(export), "--out", str(tmp_path / "p.csv")]
+    assert main([*args, "--masks-out", str(masks_out)]) == 0
+    from PIL import Image
+
+    for image_id, expected in zip(cleaned_test["id"], cleaned_test["pred_mask"], strict=True):
+        written = np.array(Image.open(masks_out / f"{image_id}_mask.png")) > 0
+        # ONNX Runtime may flip a pixel at the threshold (the export check allows 0.1%).
+        assert (written == expected[0].numpy().astype(bool)).mean() >= 0.999
+
+
+def test_mask_cleanup_refuses_an_unknown_mode(built, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"--mask-cleanup must be one of \['auto', 'on', 'off'\]"):
+        build_cascade(
+            str(built["root"] / "seg"), str(built["root"] / "cls"), tmp_path, mask_cleanup="yes"
+        )
+    args = ["cascade", "build", "--seg", "a", "--cls", "b", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*args, "--mask-cleanup", "sometimes"])
+    assert "invalid choice: 'sometimes'" in capsys.readouterr().err

@@ -22,9 +22,12 @@ from melanoma.engine.cv import fold_runs
 from melanoma.engine.tasks import rebuild_model
 from melanoma.metrics.intervals import classification_interval, mean_interval
 from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
+from melanoma.postprocess import CLEANUP_CHOICES, clean_masks
 
 FORMAT = "melanoma-cascade"
-VERSION = 3  # read too: 1 (one segmenter and classifier, no TTA), 2 (one TTA flag for both)
+# Read too: 1 (one segmenter and classifier, no TTA), 2 (one TTA flag for both), 3 (no mask
+# clean-up). An older reader refuses a newer cascade rather than ignore its clean-up.
+VERSION = 4
 CASCADE_FILE = "cascade.pt"
 TTA_CHOICES = ("auto", "on", "off")
 TTA_STAGES = ("segmenter", "classifier")
@@ -76,6 +79,7 @@ def make_cascade(
     cls_weights: list[float] | None = None,
     seg_tta: bool = False,
     cls_tta: bool = False,
+    mask_cleanup: bool = False,
 ) -> Cascade:
     """A cascade of the given members (an ensemble when there are several of a kind)."""
     seg_weights = seg_weights or [1.0] * len(segs)
@@ -97,6 +101,7 @@ def make_cascade(
         mask_threshold=segs[0].config.threshold,
         seg_tta=seg_tta,
         cls_tta=cls_tta,
+        mask_cleanup=mask_cleanup,
     ).eval()
 
 
@@ -141,7 +146,9 @@ def run_cascade(
     mode: str | None = None,
     gt_masks: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Probabilities, labels and masks over a split (labelled images only for the labels)."""
+    """Probabilities, labels and masks over a split (labelled images only for the labels);
+    the masks handed out are cleaned up when the cascade says so, the classifiers see them
+    as thresholded."""
     dataset = bundle.dataset(split)
     probs, labels, ids, pred_masks, true_masks, has_mask = [], [], [], [], [], []
     for start in range(0, len(dataset), batch_size):
@@ -153,7 +160,7 @@ def run_cascade(
         probs.append(cascade.classify(images, None if mode == "full" else use, mode).numpy())
         labels += [it["label"] for it in items]
         ids += [it["id"] for it in items]
-        pred_masks.append(mask)
+        pred_masks.append(cleaned(mask) if cascade.mask_cleanup else mask)
         true_masks.append(true)
         has_mask += [it["has_mask"] for it in items]
     return {
@@ -164,6 +171,11 @@ def run_cascade(
         "true_mask": torch.cat(true_masks),
         "has_mask": np.array(has_mask, dtype=bool),
     }
+
+
+def cleaned(masks: torch.Tensor) -> torch.Tensor:
+    """:func:`melanoma.postprocess.clean_masks` of a (N, 1, H, W) tensor."""
+    return torch.from_numpy(clean_masks(masks.numpy()))
 
 
 def choose_threshold(
@@ -209,6 +221,7 @@ def build_cascade(
     target_sensitivity: float | None = None,
     data: str | None = None,
     drop_test_duplicates: bool = False,
+    mask_cleanup: str = "auto",
 ) -> dict:
     """Choose the cascade on validation and write ``out/cascade.pt`` with the splits.
 
@@ -218,9 +231,11 @@ def build_cascade(
     greedily instead (segmenters by validation Jaccard, then classifiers by validation AUC
     on those masks); ``tta`` (auto, on, off) averages over flips and rotations, ``auto``
     per stage: the segmenters' when it raises the validation Jaccard, the classifiers'
-    when it raises the AUC. The threshold comes from validation. ``drop_test_duplicates``
-    removes test images that share bytes, an id or a lesion with train/val (else refused)."""
-    _check_build_args(ensemble_size, tta, target_sensitivity)
+    when it raises the AUC; ``mask_cleanup`` (auto, on, off) keeps the largest region of
+    each mask, holes filled, ``auto`` when it raises the validation Jaccard. The threshold
+    comes from validation. ``drop_test_duplicates`` removes test images that share bytes,
+    an id or a lesion with train/val (else refused)."""
+    _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup)
     segs, clss = _candidates(seg_source, "seg"), _candidates(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s.config, c.config)
@@ -237,6 +252,7 @@ def build_cascade(
     members = ([segs[i] for i in seg_w], [clss[i] for i in cls_w])
     weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
     chosen, tta_report = _choose_tta(members, weights, input_size, bundle, tta)
+    chosen, cleanup_report = _choose_cleanup(chosen, mask_cleanup)
     threshold, rule = choose_threshold(chosen["label"], chosen["prob"], target_sensitivity)
 
     out = Path(out)
@@ -248,6 +264,7 @@ def build_cascade(
         "segmenters": [_member(segs[i], w) for i, w in seg_w.items()],
         "classifiers": [_member(clss[i], w) for i, w in cls_w.items()],
         "tta": {k: tta_report[k] for k in TTA_STAGES},
+        "mask_cleanup": cleanup_report["used"],
         "input_size": input_size,
         "threshold": threshold,
         "threshold_rule": rule,
@@ -257,6 +274,7 @@ def build_cascade(
         "val_official": _official_part(chosen, bundle),
         "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
         "tta_check": tta_report,
+        "mask_cleanup_check": cleanup_report,
         "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
         "data": data_meta,
         "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
@@ -309,6 +327,36 @@ def _choose_tta(members, weights: dict, input_size: int, bundle, tta: str) -> tu
     report |= {"segmenter": use_seg, "classifier": use_cls}
     print(f"[cascade] {tta_line(report)}", flush=True)
     return (both if use_cls else base), report
+
+
+def _choose_cleanup(result: dict, mode: str) -> tuple[dict, dict]:
+    """The validation result with or without the mask clean-up, and what was compared:
+    ``auto`` keeps it when it raises the validation Jaccard (off without ground-truth
+    masks to tell)."""
+    report = {"mode": mode, "val_jaccard_without": _jaccard(result)}
+    if mode == "off":
+        return result, report | {"used": False}
+    clean = result | {"pred_mask": cleaned(result["pred_mask"])}
+    report["val_jaccard_with"] = _jaccard(clean)
+    used = mode == "on" or (
+        report["val_jaccard_with"] is not None
+        and report["val_jaccard_with"] > report["val_jaccard_without"]
+    )
+    report["used"] = used
+    print(f"[cascade] {cleanup_line(report)}", flush=True)
+    return (clean if used else result), report
+
+
+def cleanup_line(report: dict) -> str:
+    """What the mask clean-up check compared on validation, and what it chose."""
+    line = f"mask clean-up, largest region with holes filled ({report['mode']}): "
+    line += "used" if report["used"] else "not used"
+    if report.get("val_jaccard_with") is not None:
+        line += (
+            f" (validation Jaccard {report['val_jaccard_with']:.4f} with, "
+            f"{report['val_jaccard_without']:.4f} without)"
+        )
+    return line
 
 
 def tta_line(report: dict) -> str:
@@ -377,11 +425,15 @@ def _candidates(source: Source | list[Source], task: str) -> list[Candidate]:
     ]
 
 
-def _check_build_args(ensemble_size, tta, target_sensitivity) -> None:
+def _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup) -> None:
     if ensemble_size < 1:
         raise ValueError(f"--ensemble-size must be at least 1, got {ensemble_size}")
     if tta not in TTA_CHOICES:
         raise ValueError(f"--tta must be one of {list(TTA_CHOICES)}, got {tta!r}")
+    if mask_cleanup not in CLEANUP_CHOICES:
+        raise ValueError(
+            f"--mask-cleanup must be one of {list(CLEANUP_CHOICES)}, got {mask_cleanup!r}"
+        )
     if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
         raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
 
@@ -517,8 +569,9 @@ def _describe(payload: dict) -> str:
         )
 
     tta = f", with {tta_summary(payload['tta'])}" if any(payload["tta"].values()) else ""
+    cleanup = ", masks cleaned up" if payload["mask_cleanup"] else ""
     seg, cls = names(payload["segmenters"]), names(payload["classifiers"])
-    return f"segmenters [{seg}], classifiers [{cls}]{tta}"
+    return f"segmenters [{seg}], classifiers [{cls}]{tta}{cleanup}"
 
 
 def tta_summary(stages: dict[str, bool]) -> str:
@@ -535,7 +588,7 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with `melanoma cascade build`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT or payload.get("version") not in (1, 2, VERSION):
+    if payload.get("format") != FORMAT or payload.get("version") not in (1, 2, 3, VERSION):
         raise ValueError(f"{path} is not a version 1-{VERSION} melanoma cascade")
     if payload["version"] == 1:  # one segmenter, one classifier, no TTA
         payload["segmenters"] = [{**payload.pop("segmenter"), "weight": 1}]
@@ -543,6 +596,7 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
         payload["tta"] = False
     if isinstance(payload["tta"], bool):  # versions 1 and 2: one flag for both stages
         payload["tta"] = dict.fromkeys(TTA_STAGES, payload["tta"])
+    payload.setdefault("mask_cleanup", False)  # versions 1-3 hand out the thresholded mask
 
     def members(entries: list[dict]) -> list[Candidate]:
         return [
@@ -558,5 +612,6 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
         cls_weights=[m["weight"] for m in payload["classifiers"]],
         seg_tta=payload["tta"]["segmenter"],
         cls_tta=payload["tta"]["classifier"],
+        mask_cleanup=payload["mask_cleanup"],
     )
     return cascade, payload

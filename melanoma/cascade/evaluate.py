@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma.cascade.build import (
+    cleanup_line,
     load_cascade,
     mask_scores,
     open_cascade_data,
@@ -121,6 +122,8 @@ def evaluate_cascade(
         "input_mode": cascade.input_mode,
         "tta": meta["tta"],
         "tta_check": meta.get("tta_check"),
+        "mask_cleanup": meta["mask_cleanup"],
+        "mask_cleanup_check": meta.get("mask_cleanup_check"),
         "val_jaccard": meta.get("val_jaccard"),
         "best_pair": meta.get("best_pair"),
         "bootstrap_resamples": resamples,
@@ -243,6 +246,8 @@ def _selection_lines(report: dict) -> list[str]:
         )
     if tta and "val_auc_with" in tta:
         lines.append(f"- {tta_line(tta)}")
+    if report.get("mask_cleanup_check"):
+        lines.append(f"- {cleanup_line(report['mask_cleanup_check'])}")
     jac = report.get("val_jaccard")
     if jac:
         lines.append(
@@ -260,7 +265,12 @@ def markdown(report: dict) -> str:
         f"{report['test_images']} test images evaluated",
         f"- segmenters: {_members(report['segmenters'])}; classifiers: "
         f"{_members(report['classifiers'])} (input mode `{report['input_mode']}`); "
-        f"{tta_summary(report['tta'])}",
+        f"{tta_summary(report['tta'])}; lesion masks "
+        + (
+            "cleaned up (largest region, holes filled)"
+            if report.get("mask_cleanup")
+            else "as thresholded"
+        ),
         *_selection_lines(report),
         f"- melanoma threshold {report['threshold']:.4f}, chosen on validation: "
         f"{report['threshold_rule']} "

@@ -9,7 +9,9 @@ Either stage may be an ensemble: the mask probability is the weighted mean of th
 segmenters' probabilities, the melanoma probability the weighted mean of the classifiers'
 (each classifier with its own input size and mode). With ``seg_tta`` / ``cls_tta`` a stage
 also averages over the eight symmetries of the square (flips and 90-degree rotations),
-which dermoscopy images do not care about.
+which dermoscopy images do not care about. ``mask_cleanup`` keeps the largest region of
+the output mask with its holes filled (``melanoma.postprocess``); it is applied outside the
+graph, to the mask handed out, by evaluation and ``melanoma predict`` alike.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class Cascade(nn.Module):
         mask_threshold: float = 0.5,
         seg_tta: bool = False,
         cls_tta: bool = False,
+        mask_cleanup: bool = False,
     ):
         super().__init__()
         if not segmenters or len(segmenters) != len(seg_specs):
@@ -89,6 +92,9 @@ class Cascade(nn.Module):
         self.seg_specs, self.cls_specs = list(seg_specs), list(cls_specs)
         self.mask_threshold = mask_threshold
         self.seg_tta, self.cls_tta = seg_tta, cls_tta
+        # Connected components have no ONNX operator: the clean-up runs on the output mask
+        # after the graph, and the classifiers see the thresholded mask, as in training.
+        self.mask_cleanup = mask_cleanup
 
     @property
     def tta(self) -> bool:

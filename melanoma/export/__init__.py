@@ -2,6 +2,7 @@
 
 EXPORT_DIR/
   cascade.onnx       the whole cascade: uint8 (N, 3, S, S) -> probability (N,), mask (N, 1, S, S)
+                     (the mask as thresholded: the card says whether to clean it up after)
   cascade.pt2        the same as a torch.export program (torch.export.load)
   model_card.json    architectures, hyperparameters, threshold, input spec, test metrics with
                      intervals, data and split hashes, library versions, tolerances
@@ -20,6 +21,7 @@ import torch
 
 from melanoma.cascade.build import load_cascade
 from melanoma.data.io import file_sha256
+from melanoma.postprocess import CLEANUP_RULE
 
 PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
 MASK_TOLERANCE = 1e-3  # max fraction of mask pixels allowed to flip (ties at the threshold)
@@ -187,7 +189,13 @@ def model_card(meta: dict, report: dict, checks: dict) -> dict:
         },
         "outputs": {
             "probability": "melanoma probability (N,)",
-            "mask": "binary lesion mask (N, 1, S, S), uint8",
+            "mask": "binary lesion mask (N, 1, S, S), uint8, as thresholded; see mask_cleanup",
+        },
+        # Connected components have no ONNX operator: `melanoma predict` applies the
+        # clean-up to the graph's mask (melanoma.postprocess), as evaluation did.
+        "mask_cleanup": {
+            "on": bool(meta["mask_cleanup"]),
+            "rule": CLEANUP_RULE if meta["mask_cleanup"] else "none: the mask as thresholded",
         },
         "threshold": meta["threshold"],
         "threshold_rule": meta["threshold_rule"],
