@@ -315,10 +315,7 @@ def _choose_tta(members, weights: dict, input_size: int, bundle, tta: str) -> tu
         return plain, report | {"segmenter": False, "classifier": False}
     seg_on = run(True, False)
     report["val_jaccard_with"] = _jaccard(seg_on)
-    use_seg = tta == "on" or (
-        report["val_jaccard_with"] is not None
-        and report["val_jaccard_with"] > report["val_jaccard_without"]
-    )
+    use_seg = _keep(tta, report)
     base = seg_on if use_seg else plain
     both = run(use_seg, True)
     report["val_auc_with"] = _auc(both)
@@ -327,6 +324,13 @@ def _choose_tta(members, weights: dict, input_size: int, bundle, tta: str) -> tu
     report |= {"segmenter": use_seg, "classifier": use_cls}
     print(f"[cascade] {tta_line(report)}", flush=True)
     return (both if use_cls else base), report
+
+
+def _keep(mode: str, report: dict) -> bool:
+    """``on``, or ``auto`` where the validation Jaccard with the step beats the one
+    without (never without ground-truth masks to tell)."""
+    with_, without = report["val_jaccard_with"], report["val_jaccard_without"]
+    return mode == "on" or (with_ is not None and with_ > without)
 
 
 def _choose_cleanup(result: dict, mode: str) -> tuple[dict, dict]:
@@ -338,11 +342,7 @@ def _choose_cleanup(result: dict, mode: str) -> tuple[dict, dict]:
         return result, report | {"used": False}
     clean = result | {"pred_mask": cleaned(result["pred_mask"])}
     report["val_jaccard_with"] = _jaccard(clean)
-    used = mode == "on" or (
-        report["val_jaccard_with"] is not None
-        and report["val_jaccard_with"] > report["val_jaccard_without"]
-    )
-    report["used"] = used
+    used = report["used"] = _keep(mode, report)
     print(f"[cascade] {cleanup_line(report)}", flush=True)
     return (clean if used else result), report
 
