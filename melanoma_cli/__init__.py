@@ -19,6 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = Parser(prog="melanoma", description=__doc__)
     parser.add_argument("--version", action="version", version=f"melanoma-search {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of every error, not one line"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for stage in STAGES:
         stage.register(sub)
@@ -26,19 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from melanoma.data.check import DataError
+    from melanoma.errors import MelanomaError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except DataError as err:
+    # The project's own refusals (bad data, config, paths, a diverged loss) say what to
+    # fix in one line; DataError is a ValueError. Anything else is a bug: its traceback
+    # stays. --debug keeps the traceback of every error.
+    except (ValueError, FileNotFoundError, FileExistsError, MelanomaError) as err:
+        if args.debug:
+            raise
+        from melanoma.data.check import DataError
+
         print(f"error: {err}", file=sys.stderr)
-        return 1
-    # RuntimeError covers the engine's NonFiniteLossError (not imported here: `predict`
-    # must run without torch).
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        print("(run `melanoma --debug ...` for the traceback)", file=sys.stderr)
+        return 1 if isinstance(err, DataError) else 2
 
 
 if __name__ == "__main__":

@@ -90,7 +90,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     config = resolve_train_config(args.task, args.experiment, overrides)
-    if config.out == TrainConfig().out and "out" not in overrides:
+    named_out = "out" in overrides or config.out != TrainConfig().out
+    if args.resume and not named_out:
+        raise ValueError(
+            "--resume continues the run in --out, but no --out was given (nor out: in the "
+            "experiment); pass the run directory to continue, e.g. --out runs/cls-resnet18-<time>"
+        )
+    last = Path(config.out) / CHECKPOINTS / LAST
+    if args.resume and not last.is_file():
+        raise FileNotFoundError(
+            f"--resume: {config.out} holds no run to continue (no {CHECKPOINTS}/{LAST}); "
+            "drop --resume to start a new run there, or name the run directory with --out"
+        )
+    if not named_out:
         # Neither the experiment nor the command line named a run directory: make a new one.
         stamp = time.strftime("%Y%m%d-%H%M%S")
         config = replace(config, out=f"runs/{args.task}-{config.model.arch}-{stamp}")

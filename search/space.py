@@ -15,6 +15,17 @@ from typing import Any
 from melanoma.config import ConfigError
 
 KINDS = ("choice", "uniform", "loguniform", "int")
+# What decides the images and their split: the same for every trial of a search.
+FIXED_KEYS = (
+    "data.path",
+    "data.layout",
+    "data.on_bad",
+    "data.split_seed",
+    "data.val_fraction",
+    "data.test_fraction",
+    "data.val_from_train",
+    "data.external_paths",
+)
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,13 @@ def parse_space(raw: dict, base) -> tuple[ParamSpec, ...]:
             node = node[part]
         if key in ("task", "epochs", "out"):
             raise ConfigError(f"{where}: {key} is set by the search itself and cannot be searched")
+        if key in FIXED_KEYS:
+            raise ConfigError(
+                f"{where}: {key} cannot be searched: every trial of a search must see the same "
+                "data and the same train/validation/test split, or their validation figures "
+                "compare different images and a trial's test split can hold another's training "
+                f"images; set it once in the train section (train.{key}) or with --set"
+            )
         if not isinstance(spec, dict):
             raise ConfigError(
                 f"{where}: expected a mapping such as {{choice: [a, b]}}, got {spec!r}"

@@ -148,6 +148,13 @@ def test_target_sensitivity_threshold():
     assert threshold == pytest.approx(0.3)
     threshold, _ = choose_threshold(labels, probs, 0.75)
     assert threshold == pytest.approx(0.7)
+    # Targets whose thresholds lie on straight stretches of the ROC curve (between its
+    # corners): the highest threshold reaching each, counted by hand from the four
+    # melanoma scores 0.9, 0.8, 0.7, 0.3.
+    for target, expected in [(0.25, 0.9), (0.5, 0.8), (0.6, 0.7), (0.76, 0.3)]:
+        threshold, _ = choose_threshold(labels, probs, target)
+        assert threshold == pytest.approx(expected), target
+        assert (probs[labels == 1] >= threshold).mean() >= target
     with pytest.raises(ValueError, match="needs melanoma and benign"):
         choose_threshold(np.array([0, 0]), np.array([0.1, 0.2]), None)
 

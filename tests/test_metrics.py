@@ -141,3 +141,42 @@ def test_selection_intervals():
     m = mean_interval(scores)
     assert m["low"] < scores.mean() < m["high"]
     assert mean_interval(np.array([])) is None
+
+
+def test_prevalence_dependent_intervals_resample_images_as_drawn():
+    """Precision, F1, accuracy and average precision change with prevalence: their
+    intervals come from plain resamples (prevalence varying), computed here directly with
+    scikit-learn; AUC, sensitivity and specificity keep class-stratified resamples."""
+    from sklearn import metrics as skm
+
+    from melanoma.metrics.classification import bootstrap_metrics
+    from melanoma.metrics.intervals import classification_interval
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0] * 60 + [1] * 20)
+    probs = np.clip(labels * 0.35 + rng.random(80) * 0.65, 0, 1)
+    resamples, threshold = 300, 0.5
+    rows = np.random.default_rng(0).integers(0, len(labels), (resamples, len(labels)))
+    pred = (probs >= threshold).astype(int)
+    direct = {
+        "precision": [skm.precision_score(labels[r], pred[r], zero_division=0) for r in rows],
+        "f1": [skm.f1_score(labels[r], pred[r], zero_division=0) for r in rows],
+        "accuracy": [skm.accuracy_score(labels[r], pred[r]) for r in rows],
+    }
+    # The resampled prevalence varies: that is what makes these intervals honest.
+    assert np.ptp(labels[rows].mean(axis=1)) > 0.1
+    samples = bootstrap_metrics(labels, probs, threshold, resamples)
+    for key, values in direct.items():
+        assert np.allclose(samples[key], values), key
+        ci = classification_interval(labels, probs, key, threshold, resamples)
+        assert ci["low"] == pytest.approx(np.percentile(values, 2.5)), key
+        assert ci["high"] == pytest.approx(np.percentile(values, 97.5)), key
+    # Sensitivity stays within the melanomas: every stratified resample keeps 20 of them.
+    strata = [np.nonzero(labels == c)[0] for c in (0, 1)]
+    gen = np.random.default_rng(0)
+    stratified = [
+        np.concatenate([gen.choice(g, size=len(g), replace=True) for g in strata])
+        for _ in range(resamples)
+    ]
+    sens = [skm.recall_score(labels[r], pred[r]) for r in stratified]
+    assert np.allclose(samples["sensitivity"], sens)

@@ -99,6 +99,15 @@ def test_sampled_params_build_valid_train_configs(path: Path):
             "must be a space entry written above",
         ),
         ({"space": {"epochs": {"choice": [1, 2]}}}, "set by the search itself"),
+        # The images and their split are the same for every trial of a search.
+        (
+            {"space": {"data.split_seed": {"int": [0, 3]}}},
+            "space.data.split_seed: data.split_seed cannot be searched: every trial",
+        ),
+        ({"space": {"data.val_fraction": {"uniform": [0.1, 0.3]}}}, "data.val_fraction cannot"),
+        ({"space": {"data.test_fraction": {"choice": [0.1, 0.2]}}}, "data.test_fraction cannot"),
+        ({"space": {"data.val_from_train": {"choice": [True, False]}}}, "val_from_train cannot"),
+        ({"space": {"data.path": {"choice": ["a", "b"]}}}, "data.path cannot be searched"),
         ({"searchh": {}}, "unknown section\\(s\\) \\['searchh'\\]"),
         (
             {"search": {"scheduler": {"name": "hyperband"}}},

@@ -189,7 +189,10 @@ def choose_threshold(
         raise ValueError(
             "the validation split needs melanoma and benign images to choose a threshold"
         )
-    fpr, tpr, thresholds = roc_curve(labels, probs)
+    # Every distinct score is a candidate threshold: the default drops the points that lie
+    # on a straight stretch of the ROC curve, and the threshold of a target sensitivity
+    # can be one of them.
+    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
     thresholds = np.clip(thresholds, 0.0, 1.0)
     if target_sensitivity is not None:
         ok = np.nonzero(tpr >= target_sensitivity)[0]
@@ -526,8 +529,10 @@ def _select_ensemble(segs, clss, input_size: int, bundle: DataBundle, rounds: in
     has_mask = np.array([it["has_mask"] for it in items], dtype=bool)
     labels = np.array([it["label"] for it in items])
     seg_probs = [_batched(make_cascade([s], clss[:1], input_size).segment, images) for s in segs]
-    seg_w, jaccard = greedy_selection(seg_probs, mask_jaccard(true, has_mask), rounds)
-    mask = torch.from_numpy(weighted_mean(seg_probs, seg_w) > segs[0].config.threshold)
+    # The members' masks are scored as the cascade will threshold them (make_cascade).
+    threshold = segs[0].config.threshold
+    seg_w, jaccard = greedy_selection(seg_probs, mask_jaccard(true, has_mask, threshold), rounds)
+    mask = torch.from_numpy(weighted_mean(seg_probs, seg_w) > threshold)
     keep = labels >= 0
     cls_probs = []
     for c in clss:

@@ -38,7 +38,7 @@ def greedy_selection(
     return dict(Counter(best[1])), float(best[0])
 
 
-def mask_jaccard(true: torch.Tensor, has_mask: np.ndarray, threshold: float = 0.5):
+def mask_jaccard(true: torch.Tensor, has_mask: np.ndarray, threshold: float):
     """A score function: mean per-image Jaccard of thresholded probabilities against
     ``true`` over the images that have a ground-truth mask."""
     keep = torch.from_numpy(has_mask)

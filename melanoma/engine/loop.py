@@ -40,10 +40,11 @@ from melanoma.engine.config import TrainConfig
 from melanoma.engine.logging import RunLogger
 from melanoma.engine.optim import create_optimizer, create_scheduler
 from melanoma.engine.tasks import ClassificationTask, SegmentationTask, build_model, make_task
+from melanoma.errors import MelanomaError
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(MelanomaError):
     """The loss became NaN or infinite: the run cannot go on."""
 
 
@@ -437,6 +438,7 @@ def _loaders(config: TrainConfig, runtime: Runtime, device, bundle: DataBundle, 
             f"need training and validation images, got {len(train_set)} and {len(val_set)}; "
             "add data or change data.val_fraction"
         )
+    _require_scorable_validation(config, val_set.labels())
     bs, workers = config.data.batch_size, config.data.num_workers
     train_sampler = EpochSampler(
         len(train_set), config.seed, True, runtime.rank, runtime.world_size
@@ -449,6 +451,35 @@ def _loaders(config: TrainConfig, runtime: Runtime, device, bundle: DataBundle, 
             val_set, EpochSampler(len(val_set), 0, False), bs, workers, device, drop_last=False
         ),
     )
+
+
+# Classifier metrics that need melanoma and benign validation images to be defined.
+BOTH_CLASS_METRICS = ("auc", "average_precision", "balanced_accuracy")
+
+
+def _require_scorable_validation(config: TrainConfig, labels: list[int | None]) -> None:
+    """A classifier selected on a figure that one class cannot give would never have a
+    best epoch (no best.pt): refuse before training."""
+    if config.task != "cls":
+        return
+    have = sorted({x for x in labels if x is not None})
+    needs = (
+        {0, 1}
+        if config.metric in BOTH_CLASS_METRICS
+        else {1}
+        if config.metric == "sensitivity"
+        else {0}
+        if config.metric == "specificity"
+        else set()
+    )
+    if not needs <= set(have):
+        kinds = {0: "benign", 1: "melanoma"}
+        holds = " and ".join(kinds[x] for x in have) or "no labelled"
+        raise ValueError(
+            f"the validation split holds {holds} images only ({len(labels)} images), so "
+            f"validation {config.metric} is undefined and no epoch could be chosen as the best; "
+            "add data, raise data.val_fraction, or select on metric: loss"
+        )
 
 
 def _resume_from(config: TrainConfig, resume: bool | Path) -> Path | None:

@@ -39,7 +39,9 @@ def predict_masks(model, images: torch.Tensor, size: int, threshold: float = 0.5
     return (segment_at(model, images.float() / 255.0, size) > threshold).to(torch.uint8)
 
 
-def _predict_source(model, source, size: int, device, batch: int = 16) -> dict[str, np.ndarray]:
+def _predict_source(
+    model, source, size: int, device, threshold: float, batch: int = 16
+) -> dict[str, np.ndarray]:
     model.eval().to(device)
     out: dict[str, np.ndarray] = {}
     for start in range(0, len(source), batch):
@@ -47,7 +49,7 @@ def _predict_source(model, source, size: int, device, batch: int = 16) -> dict[s
         images = torch.stack(
             [torch.from_numpy(np.ascontiguousarray(it.image.transpose(2, 0, 1))) for it in items]
         )
-        masks = predict_masks(model, images.to(device), size)
+        masks = predict_masks(model, images.to(device), size, threshold)
         for it, m in zip(items, masks.cpu().numpy(), strict=True):
             out[it.id] = m[0]
     return out
@@ -82,6 +84,7 @@ def segmenter_masks(
         "segmenter": state["path"],
         "segmenter_sha256": file_sha256(Path(state["path"])),
         "folds": config.input.oof_folds,
+        "threshold": TrainConfig.from_dict(state["config"]).threshold,
         "size": bundle.size,  # masks are made at the classifier's image size
         "images": sorted(e.sample.id for items in bundle.splits.entries.values() for e in items),
     }
@@ -147,11 +150,12 @@ def _make_masks(
                 "train both on the same data with the same data.split_seed and fractions"
             )
     device = runtime.device or torch.device("cpu")
-    seg_size = seg_config.data.image_size
+    # The segmenter's own decision threshold, as the cascade applies it at test time.
+    seg_size, threshold = seg_config.data.image_size, seg_config.threshold
     model = rebuild_model(seg_config, state["model"])
     masks: dict[str, np.ndarray] = {}
     for split in ("val", "test"):
-        masks.update(_predict_source(model, bundle.source(split), seg_size, device))
+        masks.update(_predict_source(model, bundle.source(split), seg_size, device, threshold))
 
     train_ids = [e.sample.id for e in bundle.splits.entries["train"]]
     seg_train = {e.sample.id: e for e in seg_bundle.splits.entries["train"]}
@@ -190,5 +194,5 @@ def _make_masks(
         fold_model = rebuild_model(seg_config, fold_state["model"])
 
         held = _Subset(cls_train_source, [index_of[entries[i].sample.id] for i in held_idx])
-        masks.update(_predict_source(fold_model, held, seg_size, device))
+        masks.update(_predict_source(fold_model, held, seg_size, device, threshold))
     return masks

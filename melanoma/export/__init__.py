@@ -21,6 +21,7 @@ import torch
 
 from melanoma.cascade.build import load_cascade
 from melanoma.data.io import file_sha256
+from melanoma.errors import MelanomaError
 from melanoma.postprocess import CLEANUP_RULE
 
 PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
@@ -36,7 +37,7 @@ INPUT_MODE_RULES = {
 }
 
 
-class ExportMismatchError(RuntimeError):
+class ExportMismatchError(MelanomaError):
     """The exported model's outputs differ from eager PyTorch beyond the stated tolerance."""
 
 
@@ -166,7 +167,7 @@ CARD_TEST_KEYS = (
     "dropped_test_images",
     "classification",
     "segmentation",
-    "classifier_on_unmasked_images",
+    "classifier_with_ground_truth_masks",
 )
 
 

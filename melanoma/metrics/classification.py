@@ -82,6 +82,33 @@ def _average_precision(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+# Figures defined within one class (the fraction of melanomas found, of benign lesions
+# cleared, and their ranking) are resampled within each class: prevalence does not move
+# them, and every resample keeps both classes. Precision, F1, accuracy and average
+# precision change with prevalence, so their intervals resample the images as drawn, the
+# prevalence varying from resample to resample as it would in another sample of patients.
+STRATIFIED_KEYS = ("auc", "balanced_accuracy", "sensitivity", "specificity", "recall")
+PREVALENCE_KEYS = ("average_precision", "precision", "f1", "accuracy")
+
+
+def plain_rows(n: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """(resamples, n) bootstrap indices drawn from all ``n`` items alike."""
+    return np.random.default_rng(seed).integers(0, n, (resamples, n))
+
+
+def bootstrap_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int = 1000, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Every metric of BOOTSTRAP_KEYS over ``resamples`` bootstrap resamples: stratified by
+    class for STRATIFIED_KEYS, plain for PREVALENCE_KEYS (NaN where undefined)."""
+    labels = np.asarray(labels)
+    stratified = resampled_metrics(
+        labels, probs, threshold, stratified_rows(labels, resamples, seed)
+    )
+    plain = resampled_metrics(labels, probs, threshold, plain_rows(len(labels), resamples, seed))
+    return {k: (stratified if k in STRATIFIED_KEYS else plain)[k] for k in BOOTSTRAP_KEYS}
+
+
 def stratified_rows(labels: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:
     """(resamples, n) bootstrap indices drawn within each class, so every resample keeps
     the class counts of ``labels``."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from melanoma.metrics.classification import BOOTSTRAP_KEYS, resampled_metrics, stratified_rows
+from melanoma.metrics.classification import BOOTSTRAP_KEYS, bootstrap_metrics
 
 
 def classification_interval(
@@ -16,13 +16,14 @@ def classification_interval(
     threshold: float = 0.5,
     resamples: int = 1000,
 ) -> dict | None:
-    """{"low", "high"} of ``metric`` over class-stratified resamples; None when the metric
-    has no bootstrap or the labels hold one class."""
+    """{"low", "high"} of ``metric`` over bootstrap resamples (class-stratified where the
+    metric is defined within a class, plain where it depends on prevalence; see
+    :func:`~melanoma.metrics.classification.bootstrap_metrics`); None when the metric has
+    no bootstrap or the labels hold one class."""
     labels = np.asarray(labels)
     if metric not in BOOTSTRAP_KEYS or len(np.unique(labels)) < 2:
         return None
-    rows = stratified_rows(labels, resamples)
-    return _percentiles(resampled_metrics(labels, probs, threshold, rows)[metric])
+    return _percentiles(bootstrap_metrics(labels, probs, threshold, resamples)[metric])
 
 
 def mean_interval(values: np.ndarray, resamples: int = 1000) -> dict | None:
