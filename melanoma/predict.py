@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,6 +18,23 @@ import numpy as np
 
 from melanoma.data.io import IMAGE_EXTENSIONS, ImageDecodeError, image_size, load_image
 from melanoma.postprocess import clean_masks
+
+
+def mask_names(paths: list[Path]) -> dict[Path, str]:
+    """The mask file name of each input: ``<stem>_mask.png``; where several inputs share a
+    stem (two folders holding the same file name), each takes its path relative to their
+    common folder instead, ``/`` written ``__`` (``a/ISIC_1.jpg`` -> ``a__ISIC_1.jpg_mask.png``),
+    so no mask overwrites another."""
+    stems = Counter(p.stem for p in paths)
+    clashing = [p.resolve() for p in paths if stems[p.stem] > 1]
+    common = Path(os.path.commonpath([p.parent for p in clashing])) if clashing else None
+    out = {}
+    for p in paths:
+        if stems[p.stem] == 1:
+            out[p] = f"{p.stem}_mask.png"
+        else:
+            out[p] = "__".join(p.resolve().relative_to(common).parts) + "_mask.png"
+    return out
 
 
 def expand_inputs(inputs: Iterable[str]) -> list[Path]:
@@ -52,9 +71,10 @@ def predict(
     size, threshold = card["input"]["shape"][-1], card["threshold"]
     # Cards written before the clean-up existed hand out the mask as thresholded.
     cleanup = card.get("mask_cleanup", {}).get("on", False)
-    paths = expand_inputs(inputs)
+    paths = list(dict.fromkeys(expand_inputs(inputs)))  # an image named twice: once
     if not paths:
         raise ValueError("no images to predict: give image files or folders that contain images")
+    names = mask_names(paths)
     if masks_out:
         Path(masks_out).mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
@@ -67,9 +87,8 @@ def predict(
             if cleanup:
                 masks = clean_masks(masks)
             for (path, _), p, m in zip(pending, probs, masks, strict=True):
-                rows.append(
-                    _row(path, threshold, probability=float(p), mask=m, masks_out=masks_out)
-                )
+                where = Path(masks_out) / names[path] if masks_out else None
+                rows.append(_row(path, threshold, probability=float(p), mask=m, mask_path=where))
             pending.clear()
 
     for path in paths:
@@ -107,7 +126,7 @@ def open_exported(model_dir: Path):
     return session, card
 
 
-def _row(path: Path, threshold: float, *, probability=None, mask=None, masks_out=None, error=""):
+def _row(path: Path, threshold: float, *, probability=None, mask=None, mask_path=None, error=""):
     """One CSV row: the prediction (and the mask written at the image's own size), or the
     error that kept the image out."""
     row = {
@@ -118,13 +137,12 @@ def _row(path: Path, threshold: float, *, probability=None, mask=None, masks_out
         "mask": "",
         "error": error,
     }
-    if masks_out and mask is not None:
+    if mask_path is not None and mask is not None:
         import cv2
         from PIL import Image
 
         w, h = image_size(path)
         full = cv2.resize(mask[0] * 255, (w, h), interpolation=cv2.INTER_NEAREST)
-        mask_path = Path(masks_out) / f"{path.stem}_mask.png"
         Image.fromarray(full.astype(np.uint8)).save(mask_path)
         row["mask"] = str(mask_path)
     return row

@@ -9,11 +9,11 @@ from pathlib import Path
 def _cmd_export(args: argparse.Namespace) -> int:
     from melanoma.export import export_cascade
 
-    card = export_cascade(Path(args.dir), Path(args.out))
+    card = export_cascade(Path(args.dir), Path(args.out), data=args.data)
     check = card["export_check"]
     print(f"exported to {args.out}: cascade.onnx, cascade.pt2, model_card.json, checksums.sha256")
     print(
-        f"checked on {check['images']} images: "
+        f"checked on {check['images_used']}: "
         f"ONNX max |dp| {check['onnxruntime']['max_probability_difference']:.1e}, "
         f"torch.export max |dp| {check['torch_export']['max_probability_difference']:.1e} "
         f"(tolerance {check['probability_tolerance']:.0e})"
@@ -44,12 +44,22 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="write the cascade as ONNX + torch.export, checked")
     p.add_argument("dir", help="a `cascade build` directory")
     p.add_argument("--out", required=True)
+    p.add_argument(
+        "--data",
+        help="the cascade's data set, where it has moved since the build: the export is "
+        "checked on its test images (default: the recorded path)",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="melanoma probability and lesion mask per image")
     p.add_argument("inputs", nargs="+", help="image files or folders")
     p.add_argument("--model", required=True, help="an exported cascade directory")
     p.add_argument("--out", default="predictions.csv")
-    p.add_argument("--masks-out", help="folder for the lesion masks (PNG, original size)")
+    p.add_argument(
+        "--masks-out",
+        help="folder for the lesion masks (PNG, original size): <stem>_mask.png, or, where "
+        "inputs share a stem, their path below the common folder with / as __ "
+        "(a__ISIC_1.jpg_mask.png); the CSV's mask column names each",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=_cmd_predict)

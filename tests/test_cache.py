@@ -207,3 +207,35 @@ def test_training_reads_raw_files_when_the_cache_is_off(synth_root: Path, tmp_pa
     off = open_training_data(TrainConfig.from_dict(base))
     assert off.cache is None
     assert off.splits.counts() == on.splits.counts()
+
+
+def test_node_cache_follows_files_outside_the_data_set(tmp_path: Path, monkeypatch):
+    """With data.external_paths a manifest names images elsewhere: changing one of them
+    makes another cache, as changing a file inside the data set's folder does."""
+    import os
+
+    from tests.conftest import write_image, write_mask
+
+    monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "machine"))
+    data, other = tmp_path / "data", tmp_path / "elsewhere"
+    rows = ["image,mask,label"]
+    for i in range(12):
+        where = data if i % 2 else other
+        write_image(where / f"i{i}.png", size=(40, 40), seed=i)
+        write_mask(where / f"i{i}_m.png", size=(40, 40))
+        prefix = "" if i % 2 else f"{other}/"
+        rows.append(f"{prefix}i{i}.png,{prefix}i{i}_m.png,{i % 3 == 0:d}")
+    (data / "manifest.csv").write_text("\n".join(rows) + "\n")
+    first = open_data(data, 32, decode_once=True, external_paths=True)
+    again = open_data(data, 32, decode_once=True, external_paths=True)
+    assert again.cache.path == first.cache.path  # nothing changed: the same cache
+    write_image(other / "i0.png", size=(40, 40), seed=99)  # new pixels outside the folder
+    os.utime(other / "i0.png", ns=(5, 5))
+    changed = open_data(data, 32, decode_once=True, external_paths=True)
+    assert changed.cache.path != first.cache.path
+
+    def pixels(cache):
+        row = next(r["row"] for r in cache.index["samples"] if r["id"] == "i0")
+        return np.load(cache.path / "images.npy", mmap_mode="r")[row]
+
+    assert not np.array_equal(pixels(changed.cache), pixels(first.cache))

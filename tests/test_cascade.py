@@ -160,14 +160,33 @@ def test_target_sensitivity_threshold():
 
 
 def test_evaluation_report(built):
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from melanoma.data.io import file_sha256
+
     report = evaluate_cascade(built["dir"], resamples=200)
     c = report["classification"]
-    assert 0 <= c["auc"]["low"] <= c["auc"]["value"] <= c["auc"]["high"] <= 1
-    assert c["n"] == report["test_images"] > 0
-    assert "classifier_on_unmasked_images" in report and "segmentation" in report
     for name in ("report.json", "report.md", "curves.png", "test_predictions.csv"):
         assert (built["dir"] / name).is_file()
-    assert "| auc |" in (built["dir"] / "report.md").read_text()
+    with open(built["dir"] / "test_predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["probability"]) for r in rows])
+    # The figures, recomputed from the written predictions with scikit-learn.
+    assert c["n"] == report["test_images"] == len(rows) > 0
+    assert c["auc"]["value"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-5)
+    decided = (probs >= report["threshold"]).astype(int)
+    assert c["f1"]["value"] == pytest.approx(f1_score(labels, decided, zero_division=0))
+    # A percentile interval need not contain the point value; it is ordered and in range.
+    for key in ("auc", "sensitivity", "specificity", "precision", "f1"):
+        assert 0 <= c[key]["low"] <= c[key]["high"] <= 1, key
+    assert c["auc"]["high"] - c["auc"]["low"] > 0.01  # a resampled figure, not a constant
+    assert "segmentation" in report and "classifier_with_ground_truth_masks" in report
+    # Whole images are out of distribution for a crop classifier: no such column.
+    assert "classifier_on_unmasked_images" not in report
+    assert report["cascade_sha256"] == file_sha256(built["dir"] / "cascade.pt")
+    md = (built["dir"] / "report.md").read_text()
+    assert "| auc |" in md and "unmasked" not in md and "plain for precision" in md
 
 
 def test_evaluation_refuses_a_leaking_split(built, tmp_path):
@@ -238,6 +257,46 @@ def test_official_test_split_with_duplicates_needs_the_drop_option(built, tmp_pa
     assert [d["id"] for d in card["test_metrics"]["dropped_test_images"]] == list(dropped)
 
 
+def test_export_takes_only_its_own_report_and_says_what_it_checked_on(built, tmp_path, capsys):
+    """A report.json of an earlier cascade built into the same folder is refused; an export
+    whose data cannot be read is checked on random images, said on stderr and in the card;
+    predict keeps the masks of two inputs with one file name apart."""
+    seg, cls, c = str(built["root"] / "seg"), str(built["root"] / "cls"), tmp_path / "c"
+    build_cascade(seg, cls, c, tta="off")
+    evaluate_cascade(c, resamples=20)
+    build_cascade(seg, cls, c, tta="off", target_sensitivity=1.0)  # rebuilt: another cascade
+    assert main(["export", str(c), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "report.json does not belong to" in err and "cascade evaluate" in err
+    evaluate_cascade(c, resamples=20)
+    missing = tmp_path / "moved"
+    assert main(["export", str(c), "--out", str(tmp_path / "e"), "--data", str(missing)]) == 0
+    err = capsys.readouterr().err
+    assert "checked on random images only" in err and str(missing) in err
+    card = json.loads((tmp_path / "e" / "model_card.json").read_text())
+    assert card["export_check"]["images_used"].startswith("8 seeded random images")
+    assert (
+        card["test_metrics"]["test_images"]
+        == json.loads((c / "report.json").read_text())["test_images"]
+    )
+
+    ids = sorted(json.loads((c / "splits.json").read_text())["splits"]["test"], key=str)[:2]
+    for folder, entry in zip(("a", "b"), ids, strict=True):
+        (tmp_path / folder).mkdir()
+        shutil.copy(built["data"] / entry["image"], tmp_path / folder / "same.jpg")
+    out = tmp_path / "p.csv"
+    args = ["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(tmp_path / "e")]
+    assert main([*args, "--out", str(out), "--masks-out", str(tmp_path / "m")]) == 0
+    with open(out) as fh:
+        rows = {Path(r["image"]).parent.name: r for r in csv.DictReader(fh)}
+    assert Path(rows["a"]["mask"]).name == "a__same.jpg_mask.png"
+    assert Path(rows["b"]["mask"]).name == "b__same.jpg_mask.png"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "a__same.jpg_mask.png",
+        "b__same.jpg_mask.png",
+    ]
+
+
 def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path, capsys):
     import onnxruntime as ort
 
@@ -246,6 +305,7 @@ def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path,
     assert main(["export", str(built["dir"]), "--out", str(export)]) == 0
     card = json.loads((export / "model_card.json").read_text())
     assert card["threshold"] == load_cascade(built["dir"])[1]["threshold"]
+    assert card["export_check"]["images_used"] == f"8 test images of {built['data']}"
     lines = (export / "checksums.sha256").read_text().splitlines()
     assert {line.split()[1] for line in lines} == {"cascade.onnx", "cascade.pt2", "model_card.json"}
     # Fresh images through ONNX Runtime vs eager PyTorch.
@@ -672,9 +732,21 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     build = ["cascade", "build", "--seg", str(built["root"] / "seg"), "--cls", str(cv / "cls")]
     assert main([*build, "--ensemble-size", "2", "--tta", "off", "--out", str(ens)]) == 0
     members = json.loads((ens / "cascade.json").read_text())["classifiers"]
-    assert all("/fold" in m["origin"] for m in members)
+    # The fold models enter as cv.json scored them: each fold run's last epoch.
+    runs = {str(Path(r) / "checkpoints" / "last.pt") for r in summary["runs"]}
+    assert members and {m["origin"] for m in members} <= runs
     assert main(["cv", "cls", str(built["root"] / "seg"), "--folds", "2", "--out", str(cv)]) == 2
     assert "holds a seg model" in capsys.readouterr().err
+    # A rerun into the same folder reuses its folds only under the same plan.
+    modified = {f: f.stat().st_mtime_ns for f in cv.glob("cls/fold*/checkpoints/last.pt")}
+    assert main(args) == 0
+    assert {f: f.stat().st_mtime_ns for f in cv.glob("cls/fold*/checkpoints/last.pt")} == modified
+    capsys.readouterr()
+    assert main([*args[:4], "3", *args[5:]]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration, fold count or data" in err and "folds: 2 before, 3 now" in err
+    assert main([*args[:6], "2", *args[7:]]) == 2
+    assert "config.epochs: 1 before, 2 now" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

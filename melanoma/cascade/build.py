@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from melanoma.cascade.ensemble import greedy_selection, mask_jaccard, weighted_mean
 from melanoma.cascade.model import Cascade, ClassifierSpec, SegmenterSpec
 from melanoma.data.dataset import DataBundle, open_data
-from melanoma.data.splits import SplitConfig
+from melanoma.data.splits import LeakError, SplitConfig, Splits
 from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.cv import fold_runs
@@ -42,6 +42,9 @@ class Candidate:
     state: dict
     origin: str
     val_metric: float | None
+    # split -> {image id: SHA-256} the model was trained, validated and tested on, as its
+    # checkpoint recorded them (None: not recorded, so its test split cannot be proven).
+    splits: dict[str, dict[str, str]] | None = None
 
 
 Source = Candidate | str | Path
@@ -67,7 +70,45 @@ def load_candidates(
     if config.task != task:
         raise ValueError(f"{source} holds a {config.task} model where a {task} model was expected")
     value = val_metric if val_metric is not None else state.get("best_value")
-    return [Candidate(config, state["model"], origin or state["path"], value)]
+    splits = state.get("splits") or _run_splits(Path(state["path"]))
+    return [Candidate(config, state["model"], origin or state["path"], value, splits)]
+
+
+def _run_splits(checkpoint: Path) -> dict[str, dict[str, str]] | None:
+    """The splits.json of the run a checkpoint lies in (checkpoints written before they
+    recorded their splits themselves), or None."""
+    for run_dir in (checkpoint.parent, checkpoint.parent.parent):
+        if (run_dir / "splits.json").is_file():
+            return Splits.load(run_dir / "splits.json").hashes()
+    return None
+
+
+def check_member_splits(members: list[Candidate], splits: Splits) -> None:
+    """Refuse a cascade whose test split holds an image any member trained or was
+    validated on, or whose validation split holds one a member trained on (its selection
+    would score the member on its own training images). Compared by image bytes, so the
+    same picture under another id counts too."""
+    test = {e.image_sha256: e.sample.id for e in splits.entries["test"]}
+    val = {e.image_sha256: e.sample.id for e in splits.entries["val"]}
+    for m in members:
+        if m.splits is None:
+            raise LeakError(
+                f"{m.origin} records no splits, so the cascade cannot prove that its test "
+                "images are ones this model never saw; retrain it with this version of "
+                "melanoma-search (checkpoints now record their splits)"
+            )
+        seen = {**m.splits.get("val", {}), **m.splits.get("train", {})}
+        for split, ours, theirs in (("test", test, seen), ("val", val, m.splits.get("train", {}))):
+            hit = sorted(ours[h] for h in set(ours) & set(theirs.values()))
+            if hit:
+                used = "trained or validated" if split == "test" else "trained"
+                raise LeakError(
+                    f"refusing to build: {len(hit)} image(s) of the cascade's {split} split were "
+                    f"{used} on by {m.origin}: {', '.join(hit[:10])}"
+                    f"{', ...' if len(hit) > 10 else ''}. The data or split settings differ from "
+                    "the ones the model was trained with (another --data, or a data set that "
+                    "changed since, re-carves every split); build from the same data"
+                )
 
 
 def make_cascade(
@@ -245,6 +286,7 @@ def build_cascade(
     input_size = max(x.config.data.image_size for x in [*segs, *clss])
     data_meta = _data_meta(clss[0].config, data)
     bundle = _validation_data(data_meta, input_size, drop_test_duplicates)
+    check_member_splits([*segs, *clss], bundle.splits)
 
     pairs = _score_pairs(segs, clss, input_size, bundle)
     best_pair = max(pairs, key=lambda t: t["val_auc"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma.cascade.build import (
+    CASCADE_FILE,
     cleanup_line,
     load_cascade,
     mask_scores,
@@ -22,6 +23,7 @@ from melanoma.cascade.build import (
     tta_line,
     tta_summary,
 )
+from melanoma.data.io import file_sha256
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics
 from melanoma.metrics.classification import BOOTSTRAP_KEYS, bootstrap_metrics
@@ -110,6 +112,8 @@ def evaluate_cascade(
     threshold = meta["threshold"]
     report = {
         "cascade": str(directory),
+        # Binds the report to the cascade it scored: export refuses a report of another.
+        "cascade_sha256": file_sha256(directory / CASCADE_FILE),
         "data": str(data or meta["data"]["path"]),
         "threshold": threshold,
         "threshold_rule": meta["threshold_rule"],

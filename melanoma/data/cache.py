@@ -180,6 +180,28 @@ def _fingerprint(root: Path, exclude: Path) -> list:
     return rows
 
 
+def _external_fingerprint(root: Path, layout: str | None) -> list:
+    """Path, size and modification time of every image and mask the data set's index names
+    outside ``root`` (``external_paths``): the folder walk cannot see them change."""
+    from melanoma.data.layouts import read_layout
+
+    rows = []
+    for sample in read_layout(root, layout).samples:
+        for path in (sample.image_path, sample.mask_path):
+            if path is None:
+                continue
+            path = Path(path).resolve()
+            if path.is_relative_to(root):
+                continue
+            try:
+                stat = path.stat()
+            except OSError:  # missing: the check that follows names it
+                rows.append([str(path), None, None])
+                continue
+            rows.append([str(path), stat.st_size, stat.st_mtime_ns])
+    return sorted(rows)
+
+
 def node_cache(
     root: Path,
     size: int,
@@ -216,6 +238,8 @@ def node_cache(
         "external_paths": external_paths,
         "files": _fingerprint(root, exclude=base),
     }
+    if external_paths:
+        key["external_files"] = _external_fingerprint(root, layout)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     base = base / "decoded"
     target = base / f"{root.name}-{size}px-{digest}"

@@ -226,6 +226,14 @@ class Splits:
             },
         }
 
+    def hashes(self) -> dict[str, dict[str, str]]:
+        """Split to {image id: image SHA-256}: what a checkpoint records of the images its
+        model was trained, validated and tested on."""
+        return {
+            split: {e.sample.id: e.image_sha256 for e in items}
+            for split, items in self.entries.items()
+        }
+
     def save(self, path: Path) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ validation as any other candidates.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
 CV_FILE = "cv.json"
+PLAN_FILE = "cv_plan.json"  # what defines the fold runs: a rerun must match it
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def cross_validate(
     # Out-of-fold masks over the whole training split, when the classifier asks for them:
     # a held-out fold's masks come from segmenters that never saw those images either.
     bundle, masks = training_data(config, runtime, keep_copy=False)
+    claim_cv_dir(Path(out), cv_plan(config, folds, bundle))
     scores = []
     for k, splits in enumerate(fold_splits(bundle.splits, folds, config.data.split_seed)):
         if runtime.progress:
@@ -98,6 +101,56 @@ def cross_validate(
     Path(out).mkdir(parents=True, exist_ok=True)
     (Path(out) / CV_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def cv_plan(config: TrainConfig, folds: int, bundle: DataBundle) -> dict:
+    """Everything that defines the fold runs of a cross-validation: the configuration
+    (but where it writes), the fold count and the training images by content. A finished
+    fold is reused only under the same plan."""
+    train = sorted((e.sample.id, e.image_sha256) for e in bundle.splits.entries["train"])
+    return {
+        "config": {k: v for k, v in config.to_dict().items() if k != "out"},
+        "folds": folds,
+        "training_images": len(train),
+        "training_images_sha256": hashlib.sha256(json.dumps(train).encode()).hexdigest(),
+    }
+
+
+def claim_cv_dir(out: Path, plan: dict) -> None:
+    """Write ``out/cv_plan.json``, or refuse when ``out`` holds fold runs of another plan
+    (their models would be scored on images they were trained on), naming what differs."""
+    file = out / PLAN_FILE
+    if file.is_file():
+        recorded = json.loads(file.read_text())
+        changed = _differences(recorded, plan)
+        if changed:
+            raise FileExistsError(
+                f"{out} holds a cross-validation of another configuration, fold count or data "
+                f"({'; '.join(changed[:6])}{'; ...' if len(changed) > 6 else ''}); its fold "
+                "models would be reused for folds they were not trained on. Choose another "
+                "--out, or delete the folder to start over"
+            )
+        return
+    if out.is_dir() and any(out.glob("fold*")):
+        raise FileExistsError(
+            f"{out} holds fold runs with no {PLAN_FILE} to tell what made them; choose another "
+            "--out, or delete the folder to start over"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(plan, indent=1) + "\n")
+
+
+def _differences(recorded, now, prefix: str = "") -> list[str]:
+    """'key: recorded -> now' for every leaf that differs between two plans."""
+    if isinstance(recorded, dict) and isinstance(now, dict):
+        return [
+            line
+            for k in sorted(set(recorded) | set(now))
+            for line in _differences(recorded.get(k), now.get(k), f"{prefix}{k}.")
+        ]
+    if recorded != now:
+        return [f"{prefix.rstrip('.')}: {recorded!r} before, {now!r} now"]
+    return []
 
 
 def _run_fold(
@@ -153,9 +206,10 @@ def _count(s: FoldScores) -> int:
 
 
 def fold_runs(path: Path) -> list[Path] | None:
-    """The fold run directories of a cross-validation directory, or None if ``path`` is not
-    one."""
+    """The fold models of a cross-validation directory, as scored: each fold run's
+    ``last.pt`` (its best.pt was chosen on the fold that scores it); None if ``path`` is
+    not one."""
     file = Path(path) / CV_FILE
     if not file.is_file():
         return None
-    return [Path(p) for p in json.loads(file.read_text())["runs"]]
+    return [Path(p) / CHECKPOINTS / LAST for p in json.loads(file.read_text())["runs"]]

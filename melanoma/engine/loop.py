@@ -116,6 +116,7 @@ def train_one_epoch(
     epoch: int,
     progress: bool,
     on_batch: Callable[[int, dict], None] | None = None,
+    world_size: int = 1,
 ) -> dict:
     """One pass over the training loader; returns the mean loss (over every rank's samples
     under DDP) and the final learning rate."""
@@ -151,22 +152,38 @@ def train_one_epoch(
         total += value * n
         count += n
         bar.set_postfix(loss=f"{total / count:.4f}")
-    total, count = _sum_over_ranks(total, count)
+    total, count = _sum_over_ranks(world_size, total, count)
     return {"loss": total / max(count, 1), "lr": schedule.lr}
 
 
-def _sum_over_ranks(*values: float) -> tuple[float, ...]:
+def _distributed(world_size: int) -> bool:
+    """Whether this run trains across ``world_size`` > 1 ranks of a process group. A run
+    inside one rank of a group (the out-of-fold segmenters) has world size 1: it must not
+    join the group's collectives, which the other ranks are not running."""
+    return (
+        world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
+    )
+
+
+def _sum_over_ranks(world_size: int, *values: float) -> tuple[float, ...]:
     """Sums over every DDP rank (each rank trains on its own share of the epoch); the
     values themselves in a single process."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return values
-    if torch.distributed.get_world_size() == 1:
+    if not _distributed(world_size):
         return values
     # NCCL reduces GPU tensors only; gloo, CPU ones.
     device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(tensor)
     return tuple(float(v) for v in tensor.cpu())
+
+
+def _from_rank0(value: float | None, world_size: int) -> float | None:
+    """Rank 0's ``value`` on every rank of a DDP run; the value itself in one process."""
+    if not _distributed(world_size):
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _step(t: Training, loss: torch.Tensor) -> None:
@@ -288,6 +305,7 @@ class RunState:
     best_value: float | None = None
     best_epoch: int = -1
     stale: int = 0  # epochs since the best
+    splits: dict = field(default_factory=dict)  # split -> {image id: SHA-256} of the run
 
     def update(self, value, mode: str) -> bool:
         """Count one more epoch with validation ``value``; True when it is the best yet."""
@@ -305,6 +323,7 @@ class RunState:
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
             "stale": self.stale,
+            "splits": self.splits,
         }
 
 
@@ -355,6 +374,8 @@ def fit(
         config, device, train_loader.dataset.labels(), len(train_loader), checkpoint is None
     )
     state = _restore(t, checkpoint) if checkpoint else RunState()
+    # Every checkpoint records its images: a cascade proves its test split against them.
+    state.splits = bundle.splits.hashes()
     if runtime.wrap_model is not None:
         t.model = runtime.wrap_model(t.model)
     if config.compile and device.type == "cuda":
@@ -367,13 +388,21 @@ def fit(
             started = time.perf_counter()
             train_loader.sampler.set_epoch(epoch)
             train = train_one_epoch(
-                t, train_loader, epoch, runtime.progress and runtime.is_main, runtime.on_batch
+                t,
+                train_loader,
+                epoch,
+                runtime.progress and runtime.is_main,
+                runtime.on_batch,
+                runtime.world_size,
             )
             keep = config.log_images if runtime.is_main else 0
             val, examples = evaluate(
                 t.model, val_loader, t.task, t.criterion, device, config, keep=keep
             )
-            value = val.get(config.metric)
+            # Every rank follows rank 0's figure: best epoch, plateau schedule and early
+            # stopping are then decided alike (a tie that flips between ranks would leave
+            # one rank stopped and another waiting in the next epoch's all-reduce).
+            value = _from_rank0(val.get(config.metric), runtime.world_size)
             t.schedule.step_epoch(value)
             improved = state.update(value, config.mode)
             record = {

@@ -185,11 +185,11 @@ def _make_masks(
                 f"out-of-fold masks: training segmenter fold {k + 1}/{config.input.oof_folds}",
                 flush=True,
             )
-        fit(
-            fold_config,
-            replace(runtime, report=None, wrap_model=None),
-            data=seg_bundle.with_splits(fold_splits),
-        )
+        # One process trains the fold segmenters, whatever rank it is in a DDP group: the
+        # other ranks wait on the file lock (or make their node's masks) meanwhile, so
+        # none of them would join a collective of this training.
+        alone = replace(runtime, rank=0, world_size=1, report=None, wrap_model=None)
+        fit(fold_config, alone, data=seg_bundle.with_splits(fold_splits))
         fold_state = load_checkpoint(Path(fold_config.out) / CHECKPOINTS / LAST)
         fold_model = rebuild_model(seg_config, fold_state["model"])
 

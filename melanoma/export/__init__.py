@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import platform
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from melanoma.cascade.build import load_cascade
+from melanoma.cascade.build import CASCADE_FILE, load_cascade
 from melanoma.data.io import file_sha256
 from melanoma.errors import MelanomaError
 from melanoma.postprocess import CLEANUP_RULE
@@ -60,20 +61,34 @@ def _versions() -> dict:
     return out
 
 
-def _sample_images(meta: dict, n: int) -> torch.Tensor:
-    """Real test images when the data are reachable, else seeded random images."""
+def _sample_images(meta: dict, n: int, data: str | None) -> tuple[torch.Tensor, str]:
+    """Images for the parity check and what they are: the cascade's test images when its
+    data are reachable (``data`` replaces the recorded path), else seeded random images,
+    said loudly."""
     from melanoma.cascade.build import open_cascade_data
 
+    path = data or meta["data"]["path"]
     try:
-        bundle = open_cascade_data(meta["data"], meta["input_size"], on_bad="skip")
+        bundle = open_cascade_data(meta["data"], meta["input_size"], path=data, on_bad="skip")
         dataset = bundle.dataset("test")
         if len(dataset):
-            return torch.stack([dataset[i]["image"] for i in range(min(n, len(dataset)))])
-    except (FileNotFoundError, ValueError):
-        pass
+            k = min(n, len(dataset))
+            images = torch.stack([dataset[i]["image"] for i in range(k)])
+            return images, f"{k} test images of {path}"
+        reason = "its test split is empty"
+    except (FileNotFoundError, ValueError) as err:
+        reason = str(err)
+    print(
+        f"warning: the cascade's data ({path}) cannot be read ({reason}); the export is "
+        "checked on random images only, which says little about real ones. Pass --data DIR "
+        "to check it on the test images; the model card records which were used.",
+        file=sys.stderr,
+        flush=True,
+    )
     g = torch.Generator().manual_seed(0)
     s = meta["input_size"]
-    return torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
+    images = torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
+    return images, f"{n} seeded random images (the data were unreachable: {reason})"
 
 
 def compare(
@@ -124,23 +139,41 @@ def write_programs(cascade: torch.nn.Module, example: torch.Tensor, out: Path) -
     onnx_program.save(str(Path(out) / "cascade.onnx"))
 
 
-def export_cascade(directory: Path, out: Path, *, check_images: int = 8) -> dict:
-    """Write ONNX + torch.export programs, verify both against eager outputs, write the card."""
+def export_cascade(
+    directory: Path, out: Path, *, check_images: int = 8, data: str | None = None
+) -> dict:
+    """Write ONNX + torch.export programs, verify both against eager outputs on test images
+    (``data`` replaces the recorded data path), write the card with the test report that
+    ``cascade evaluate`` wrote for this very cascade."""
     directory, out = Path(directory), Path(out)
     cascade, meta = load_cascade(directory)
     cascade.eval()
+    report = _own_report(directory)
     out.mkdir(parents=True, exist_ok=True)
-    images = _sample_images(meta, check_images)
+    images, source = _sample_images(meta, check_images, data)
     write_programs(cascade, images, out)
-    checks = check_programs(cascade, images, out)
-    report = {}
-    if (directory / "report.json").is_file():
-        report = json.loads((directory / "report.json").read_text())
+    checks = check_programs(cascade, images, out) | {"images_used": source}
     card = model_card(meta, report, checks)
     (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
     files = ["cascade.onnx", "cascade.pt2", "model_card.json"]
     (out / "checksums.sha256").write_text("".join(f"{file_sha256(out / f)}  {f}\n" for f in files))
     return card
+
+
+def _own_report(directory: Path) -> dict:
+    """The directory's report.json when it scored this cascade.pt ({} when there is none);
+    a report of an earlier cascade built into the same folder is refused."""
+    path = directory / "report.json"
+    if not path.is_file():
+        return {}
+    report = json.loads(path.read_text())
+    if report.get("cascade_sha256") != file_sha256(directory / CASCADE_FILE):
+        raise ValueError(
+            f"{path} does not belong to {directory / CASCADE_FILE}: the cascade was rebuilt "
+            "after it was evaluated, and the card would carry another cascade's test metrics; "
+            f"run `melanoma cascade evaluate {directory}` again, then export"
+        )
+    return report
 
 
 def check_programs(cascade, images: torch.Tensor, out: Path) -> dict:
@@ -209,7 +242,8 @@ def model_card(meta: dict, report: dict, checks: dict) -> dict:
             for stage, on in meta["tta"].items()
         },
         "validation_auc": meta["val_auc"],
-        "test_metrics": {k: report[k] for k in CARD_TEST_KEYS if k in report},
+        "test_metrics": {k: report[k] for k in CARD_TEST_KEYS if k in report}
+        or "not evaluated: run `melanoma cascade evaluate` before export",
         "data": meta["data"],
         "splits_sha256": meta["splits_sha256"],
         "export_check": {
