@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,10 +23,14 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
         overrides["train.data.path"] = args.data
     overrides.update(_set_overrides(args.set, "train.optimizer.lr=0.01"))
     exp = load_experiment(resolve(args.experiment), overrides)
+    # Paths in the YAML or on the command line are the user's, relative to where they ran
+    # it; trials run elsewhere.
     if exp.task != args.task:
         raise ValueError(
             f"{args.experiment} is a {exp.task!r} experiment but `search {args.task}` was asked for"
         )
+    exp = replace(exp, train=exp.train.with_absolute_paths(Path.cwd()))
+    exp.train.check_paths()
     name = args.name or exp.name
     storage = args.storage or exp.storage
     uses_masks = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
@@ -39,14 +44,14 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
         config = replace(exp.train, input=replace(exp.train.input, mode="crop"))
         training_data(config, Runtime(), keep_copy=False)
     run_search(exp, name=name, storage=storage, address=args.address, verbose=args.verbose)
-    return _print_results(name, storage, top=10)
+    return _print_results(name, storage, top=10, require_finished=True)
 
 
 def _cmd_search_resume(args: argparse.Namespace) -> int:
     from search.runner import resume_search
 
     resume_search(args.name, storage=args.storage, address=args.address, verbose=args.verbose)
-    return _print_results(args.name, args.storage, top=10)
+    return _print_results(args.name, args.storage, top=10, require_finished=True)
 
 
 def _print_results(
@@ -55,10 +60,21 @@ def _print_results(
     top: int | None = None,
     csv_path: str | None = None,
     as_json: bool = False,
+    require_finished: bool = False,
 ) -> int:
+    """Print the trial table; with ``require_finished``, exit status 1 when no trial
+    finished (all errored), so a script or CI that runs the search sees the failure."""
     from search.runner import to_json, trial_table, write_csv
 
     rows, exp = trial_table(name, storage)
+    if require_finished and not any(r["state"] in ("TERMINATED", "STOPPED") for r in rows):
+        states = ", ".join(f"{r['trial_id']} {r['state']}" for r in rows) or "no trials"
+        print(
+            f"error: no trial of search {name!r} finished ({states}); the trials' errors are "
+            f"in their error.txt files under {storage}/{name}",
+            file=sys.stderr,
+        )
+        return 1
     if csv_path:
         write_csv(rows, Path(csv_path))
         print(f"wrote {len(rows)} trials to {csv_path}")

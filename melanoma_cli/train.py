@@ -55,7 +55,10 @@ def resolve_train_config(task: str, experiment: str | None, overrides: dict):
             f"{experiment} is a {base['task']!r} experiment but `train {task}` was asked for"
         )
     base["task"] = task
-    return TrainConfig.from_dict(apply_overrides(base, overrides))
+    config = TrainConfig.from_dict(apply_overrides(base, overrides))
+    # Recorded absolute in the run's config.yaml: the run can be resumed, evaluated and
+    # assembled from any directory.
+    return config.with_absolute_paths(Path.cwd())
 
 
 def _set_overrides(items: list[str] | None, example: str) -> dict:

@@ -6,6 +6,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ray
@@ -245,6 +246,8 @@ def run_search(
     """Start a new search; returns Tune's ResultGrid. ``callbacks``: more Tune callbacks."""
     name = name or exp.name
     storage = storage or exp.storage
+    # Trials run in directories of their own: relative paths mean the caller's directory.
+    exp = replace(exp, train=exp.train.with_absolute_paths(Path.cwd()))
     root = search_path(storage, name)
     if not _is_uri(root) and (Path(root) / EXPERIMENT_FILE).exists():
         raise FileExistsError(
@@ -252,6 +255,7 @@ def run_search(
             f"`melanoma search resume {name}` or choose another --name"
         )
     tracking = _tracking(exp, name)  # before Ray starts: a missing MLflow fails at once
+    exp.train.check_paths()  # and a missing data set, not in every trial
     connect(address)
     plan = plan_resources(exp)
     if not _is_uri(root):

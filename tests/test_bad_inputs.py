@@ -117,3 +117,48 @@ def test_mlflow_tracking_without_mlflow_names_the_install(monkeypatch, tmp_path:
     ):
         run_search(exp, storage=str(tmp_path / "search"))
     assert not (tmp_path / "search").exists()  # refused before anything started
+
+
+def test_a_search_refuses_a_missing_data_path_before_ray_starts(tmp_path: Path, capsys):
+    import ray
+
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    args = ["search", "cls", "--experiment", str(experiments / "isic2017_cpu_cls.yaml")]
+    missing = tmp_path / "nowhere"
+    assert main([*args, "--data", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert f"data.path {missing} does not exist" in err and "--data" in err
+    assert not ray.is_initialized()
+    mask_source = ["--set", f"train.input.mask_source={tmp_path / 'no-run'}"]
+    assert main([*args, "--data", str(tmp_path), *mask_source]) == 2
+    assert f"input.mask_source {tmp_path / 'no-run'} does not exist" in capsys.readouterr().err
+
+
+def test_train_resume_needs_the_run_to_continue(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "cls", "--data", "synthetic:24:64:0", "--epochs", "1", "--resume"]
+    assert main(args) == 2
+    assert "--resume continues the run in --out, but no --out was given" in capsys.readouterr().err
+    assert main([*args, "--out", "runs/empty"]) == 2
+    assert "runs/empty holds no run to continue" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_unexpected_errors_keep_their_traceback(monkeypatch, capsys):
+    import melanoma_cli.data as data_stage
+
+    def broken(args):
+        raise RuntimeError("a bug, not a user's mistake")
+
+    def refused(args):
+        raise ValueError("bad input: what to fix")
+
+    monkeypatch.setattr(data_stage, "_cmd_synth", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["data", "synth", "--out", "x"])
+    monkeypatch.setattr(data_stage, "_cmd_synth", refused)
+    assert main(["data", "synth", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "error: bad input: what to fix" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="what to fix"):
+        main(["--debug", "data", "synth", "--out", "x"])

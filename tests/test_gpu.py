@@ -74,9 +74,12 @@ def test_ddp_trial_on_two_gpus(tmp_path, monkeypatch):
     from melanoma.data.splits import Splits
     from melanoma_cli import main
     from tests.test_search_ddp import EPOCHS, ddp_experiment, read_trace
+    from tests.trial_faults import plugin_env
 
     monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MELANOMA_TRACE_SAMPLES", str(tmp_path / "trace"))
+    for key, value in plugin_env().items():
+        monkeypatch.setenv(key, value)
     monkeypatch.delenv("MELANOMA_FAIL_ONCE_MARKER", raising=False)
     (tmp_path / "trace").mkdir()
     path = ddp_experiment(tmp_path / "exp.yaml", tmp_path / "search")

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.trial_faults import plugin_env
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 DATA = "synthetic:64:64:0"  # 44 training images (checked below), 10 validation
@@ -70,6 +72,7 @@ def ddp_search(tmp_path_factory):
         "MELANOMA_FAIL_ONCE_MARKER": str(root / "failed-once"),
         "MELANOMA_FAIL_ONCE_RANK": "1",
         "MELANOMA_TRACE_SAMPLES": str(trace),
+        **plugin_env(),  # the fault and the trace are a test plug-in of the trials
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the Ray workers inherit the driver's environment

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.trial_faults import plugin_env
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
@@ -80,9 +82,9 @@ def local_ray(tmp_path_factory):
     marker = tmp_path_factory.mktemp("fault") / "failed-once"
     # Workers inherit the driver's environment: the synthetic data cache and the one-off
     # fault injection reach them this way.
-    saved = {k: os.environ.get(k) for k in ("MELANOMA_CACHE", "MELANOMA_FAIL_ONCE_MARKER")}
-    os.environ["MELANOMA_CACHE"] = str(cache)
-    os.environ["MELANOMA_FAIL_ONCE_MARKER"] = str(marker)
+    env = {"MELANOMA_CACHE": str(cache), "MELANOMA_FAIL_ONCE_MARKER": str(marker), **plugin_env()}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     # address="local": always a fresh instance of our own, never a stale or foreign one.
     ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
     yield {"cache": cache, "marker": marker}
@@ -278,6 +280,42 @@ def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_pa
         assert not list((checkpoint.parent / "run" / "checkpoints").glob("staged-*"))
         state = load_checkpoint(checkpoint)
         assert state["epoch"] == r["best_epoch"]
+
+
+def test_relative_paths_are_the_callers_and_a_search_with_no_finished_trial_fails(
+    local_ray, tmp_path: Path, monkeypatch, capsys
+):
+    """A relative data path means the directory the command ran from, for an inline and a
+    Ray Train trial (each runs in a directory of its own); a search whose every trial
+    errored exits non-zero."""
+    from melanoma.data.synth import SynthConfig, write_synthetic
+    from melanoma_cli import main
+
+    local_ray["marker"].write_text("disarmed: no injected failure in the first two searches")
+    work = tmp_path / "work"
+    write_synthetic(work / "data", SynthConfig(n=40, size=64, seed=0))
+    monkeypatch.chdir(work)
+    exp = write_experiment(work / "exp.yaml", Path("search"), samples=1)
+    data = yaml.safe_load(exp.read_text())
+    data["train"]["data"]["path"] = "data"  # relative, as in the shipped YAMLs
+    data["search"].update(max_epochs=1, max_failures=0)
+    for launcher in ("inline", "train"):
+        data.update(name=f"relative_{launcher}")
+        data["resources"]["launcher"] = launcher
+        exp.write_text(yaml.safe_dump(data, sort_keys=False))
+        assert main(["search", "seg", "--experiment", "exp.yaml"]) == 0, launcher
+        out = capsys.readouterr().out
+        assert "best checkpoint:" in out, out
+        (config,) = (work / "search" / f"relative_{launcher}").glob("trial_*/run/config.yaml")
+        assert yaml.safe_load(config.read_text())["data"]["path"] == str(work / "data")
+
+    local_ray["marker"].unlink()  # armed: the one trial fails at epoch 2 and may not retry
+    data.update(name="all_errored")
+    data["search"]["max_epochs"] = 2
+    data["resources"]["launcher"] = "inline"
+    exp.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert main(["search", "seg", "--experiment", "exp.yaml"]) == 1
+    assert "no trial of search 'all_errored' finished" in capsys.readouterr().err
 
 
 def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_path, capsys):

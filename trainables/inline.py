@@ -3,8 +3,8 @@
 No Ray Train around it: no DDP and no worker restarts, but also no Train controller and
 worker group to start, which cost about 15 s per trial here. Checkpoints go through Tune
 (``ray.tune.report(checkpoint=...)``): Tune keeps the best k and restarts a failed trial
-from its last checkpoint. Chosen with ``resources.launcher: inline``; searches of many
-short trials of small models gain most. ``benchmarks/search_efficiency.py`` uses it.
+from its last checkpoint. Chosen for one-worker trials by ``resources.launcher: auto`` (the
+default) or ``inline``; searches of many short trials of small models gain most.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from pathlib import Path
 import ray
 import ray.tune
 
-from trainables.train_loop import batch_hook, fit_resuming, inject_failure_once, stage_checkpoint
+from trainables.hooks import trial_hooks
+from trainables.train_loop import fit_resuming, stage_checkpoint
 
 
 def inline_trial(params: dict) -> None:
@@ -28,10 +29,12 @@ def inline_trial(params: dict) -> None:
     config, meta = trial_config(params)
     torch.set_num_threads(max(1, round(meta.cpus_per_worker)))
     node = ray.get_runtime_context().get_node_id()
+    hooks = trial_hooks(0)
 
     def report(metrics: dict, checkpoint_dir: Path | None) -> None:
         metrics = {**metrics, "node_id": node, "world_size": 1, "worker_nodes": 1}
-        inject_failure_once(metrics["epoch"])
+        if hooks.on_report is not None:
+            hooks.on_report(metrics["epoch"])
         # Tune copies the staged last.pt into the trial's storage before report returns.
         staged = stage_checkpoint(checkpoint_dir)
         try:
@@ -39,7 +42,7 @@ def inline_trial(params: dict) -> None:
         finally:
             shutil.rmtree(staged, ignore_errors=True)
 
-    runtime = Runtime(progress=False, report=report, on_batch=batch_hook(0))
+    runtime = Runtime(progress=False, report=report, on_batch=hooks.on_batch)
     fit_resuming(config, runtime, ray.tune.get_checkpoint())
 
 

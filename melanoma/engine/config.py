@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 from melanoma.config import ConfigError, apply_overrides, from_dict, to_dict
@@ -236,6 +237,44 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         return from_dict(cls, data)
+
+    def with_absolute_paths(self, base: Path) -> TrainConfig:
+        """The same config with its relative file paths (``data.path``, a segmenter run as
+        ``input.mask_source``, ``model.weights_path``) made absolute against ``base``, the
+        directory the user ran the command from: Ray runs each trial in a directory of
+        its own, where a relative path points nowhere."""
+        changes = {
+            key: str(Path(base) / value)
+            for key, value in self.path_values().items()
+            if not Path(value).is_absolute()
+        }
+        return self.with_overrides(changes) if changes else self
+
+    def path_values(self) -> dict[str, str]:
+        """The dotted keys of this config that name files or folders, with their values
+        (synthetic data specs, URIs and ``gt`` masks name none)."""
+        values = {
+            "data.path": self.data.path,
+            "input.mask_source": "" if self.input.mask_source == "gt" else self.input.mask_source,
+            "model.weights_path": self.model.weights_path or "",
+        }
+        return {
+            k: v
+            for k, v in values.items()
+            if v and not v.startswith("synthetic:") and "://" not in v
+        }
+
+    def check_paths(self) -> None:
+        """Refuse, naming the key, a file or folder this config needs that does not exist:
+        before a search starts Ray, rather than in every trial."""
+        for key, value in self.path_values().items():
+            if not Path(value).exists():
+                flag = {"data.path": " or --data"}.get(key, "")
+                raise FileNotFoundError(
+                    f"{key} {value} does not exist; set {key} in the experiment (train."
+                    f"{key}){flag} to an existing path, relative to the directory you run "
+                    "the command from or absolute"
+                )
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         """A new config with dotted keys replaced, e.g. {"optimizer.lr": 0.01}."""
