@@ -141,6 +141,67 @@ def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
     assert not np.allclose(seen[0][1], test["prob"], atol=1e-3)
 
 
+def test_build_refuses_members_that_saw_its_test_images(built, tmp_path, capsys):
+    """The same settings on a data set that gained one image re-carve every split: the
+    cascade's test split then holds images the members trained on, named by id. A member
+    whose checkpoint records no splits cannot prove anything and is refused too."""
+    from melanoma.data.synth import SynthConfig, write_synthetic
+
+    grown = tmp_path / "grown"
+    shutil.copytree(built["data"], grown)
+    extra = tmp_path / "extra"
+    write_synthetic(extra, SynthConfig(n=1, size=64, seed=77))
+    (image,) = (extra / "ISIC-2017_Training_Data").glob("*.jpg")
+    shutil.copy(image, grown / "ISIC-2017_Training_Data" / "ISIC_9999999.jpg")
+    shutil.copy(
+        extra / "ISIC-2017_Training_Part1_GroundTruth" / f"{image.stem}_segmentation.png",
+        grown / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_9999999_segmentation.png",
+    )
+    with open(grown / "ISIC-2017_Training_Part3_GroundTruth.csv", "a") as fh:
+        fh.write("ISIC_9999999,0.0,0.0\n")
+    seg, cls = str(built["root"] / "seg"), str(built["root"] / "cls")
+    args = ["cascade", "build", "--seg", seg, "--cls", cls, "--tta", "off"]
+    assert main([*args, "--data", str(grown), "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    found = re.search(r"image\(s\) of the cascade's (?:test|val) split were .*?: (.*?)\. ", err)
+    assert found and "build from the same data" in err, err
+    seen = {
+        e["id"]
+        for task in ("seg", "cls")
+        for split in ("train", "val")
+        for e in json.loads((built["root"] / task / "splits.json").read_text())["splits"][split]
+    }
+    named = set(found.group(1).split(", ")) - {"..."}
+    assert named and named <= seen  # the ids of images a member trained or validated on
+    assert not (tmp_path / "c" / "cascade.pt").exists()
+
+    # A member checkpoint without recorded splits (and no run folder around it).
+    state = torch.load(built["root"] / "cls" / "checkpoints" / "best.pt", weights_only=True)
+    del state["splits"]
+    bare = tmp_path / "bare.pt"
+    torch.save(state, bare)
+    assert main([*args[:5], str(bare), *args[6:], "--out", str(tmp_path / "d")]) == 2
+    assert "records no splits" in capsys.readouterr().err
+
+
+def test_ensemble_selection_scores_masks_at_the_segmenters_threshold(built, tmp_path, capsys):
+    """The greedy selection's validation Jaccard is the one of the masks the cascade will
+    hand out: thresholded at the segmenter's own ``threshold``."""
+    state = torch.load(built["root"] / "seg" / "checkpoints" / "best.pt", weights_only=True)
+    state["config"]["threshold"] = 0.8
+    seg = tmp_path / "seg08.pt"
+    torch.save(state, seg)
+    cls = str(built["root"] / "cls")
+    out = tmp_path / "c"
+    build_cascade(str(seg), cls, out, ensemble_size=2, tta="off", mask_cleanup="off")
+    printed = capsys.readouterr().out
+    chosen = re.search(r"ensemble: segmenters .* \(validation Jaccard ([0-9.]+)\)", printed)
+    meta = load_cascade(out)[1]
+    assert float(chosen.group(1)) == pytest.approx(meta["val_jaccard"]["value"], abs=1e-4)
+    at_half = load_cascade(built["dir"])[1]["val_jaccard"]["value"]  # the same weights at 0.5
+    assert abs(at_half - meta["val_jaccard"]["value"]) > 1e-3
+
+
 def test_target_sensitivity_threshold():
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
     probs = np.array([0.1, 0.4, 0.6, 0.3, 0.7, 0.8, 0.9])
@@ -526,15 +587,83 @@ def test_test_time_augmentation_averages_the_eight_symmetries(built):
         assert torch.allclose(cascade.classify(images, mask), by_hand_cls, atol=1e-6)
 
 
+@torch.no_grad()
+def _tta_decision_by_hand(root: Path, built_dir: Path) -> dict:
+    """The per-stage TTA decision recomputed without the cascade module: the trained models
+    from their checkpoints, the eight symmetries of the square written out here, Jaccard
+    counted in NumPy, AUC from scikit-learn, on the validation images the build recorded."""
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.data.io import load_image, load_mask
+    from melanoma.data.transforms import apply_input_mode
+    from melanoma.engine.checkpoint import load_checkpoint
+    from melanoma.engine.tasks import build_model
+
+    models, configs = {}, {}
+    for task in ("seg", "cls"):
+        state = load_checkpoint(root / task)
+        configs[task] = TrainConfig.from_dict(state["config"])
+        models[task] = build_model(configs[task])
+        models[task].load_state_dict(state["model"])
+        models[task].eval()
+    val = Splits.load(built_dir / "splits.json").entries["val"]
+    images = torch.stack(
+        [torch.from_numpy(load_image(e.sample.image_path, 64)).permute(2, 0, 1) for e in val]
+    )
+    truth = np.stack([load_mask(e.sample.mask_path, 64) for e in val]).astype(bool)
+    labels = np.array([e.sample.label for e in val])
+
+    def views(x: torch.Tensor):
+        """(transform, inverse) for the four rotations, each with and without a flip."""
+        for k in range(4):
+            for flip in (False, True):
+
+                def forward(t, k=k, flip=flip):
+                    t = torch.rot90(t, k, dims=(-2, -1))
+                    return torch.flip(t, dims=(-1,)) if flip else t
+
+                def inverse(t, k=k, flip=flip):
+                    t = torch.flip(t, dims=(-1,)) if flip else t
+                    return torch.rot90(t, -k, dims=(-2, -1))
+
+                yield forward, inverse
+
+    x = images.float() / 255
+    seg_plain = torch.sigmoid(models["seg"](x))
+    seg_tta = torch.stack([inv(torch.sigmoid(models["seg"](f(x)))) for f, inv in views(x)])
+    masks = {
+        False: (seg_plain > configs["seg"].threshold).to(torch.uint8),
+        True: (seg_tta.mean(0) > configs["seg"].threshold).to(torch.uint8),
+    }
+
+    def melanoma(x: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        crop = apply_input_mode(x, mask, "crop", configs["cls"].input.crop_margin, 64)
+        return torch.softmax(models["cls"](crop), dim=1)[:, 1].numpy()
+
+    def melanoma_tta(mask: torch.Tensor) -> np.ndarray:
+        return np.mean([melanoma(f(x), f(mask)) for f, _ in views(x)], axis=0)
+
+    def jaccard(mask: torch.Tensor) -> float:
+        pred = mask[:, 0].numpy().astype(bool)
+        inter = (pred & truth).sum(axis=(1, 2))
+        union = (pred | truth).sum(axis=(1, 2))
+        return float(np.where(union > 0, inter / np.maximum(union, 1), 1.0).mean())
+
+    out = {"jaccard_without": jaccard(masks[False]), "jaccard_with": jaccard(masks[True])}
+    out["use_seg"] = out["jaccard_with"] > out["jaccard_without"]
+    chosen = masks[out["use_seg"]]
+    out["auc_before"] = float(roc_auc_score(labels, melanoma(x, chosen)))
+    out["auc_with"] = float(roc_auc_score(labels, melanoma_tta(chosen)))
+    out["use_cls"] = out["auc_with"] > out["auc_before"]
+    out["auc"] = out["auc_with"] if out["use_cls"] else out["auc_before"]
+    out["jaccard"] = jaccard(chosen)
+    return out
+
+
 def test_tta_auto_decides_each_stage_on_validation(built, tmp_path, capsys):
     """``--tta auto`` keeps the segmenters' TTA only when it raises the validation Jaccard
     and the classifiers' only when it raises the validation AUC on the masks chosen; each
     stage's flag touches that stage alone; the report gives the chosen Jaccard."""
-    from sklearn.metrics import roc_auc_score
-
-    from melanoma.cascade.build import open_cascade_data
-    from melanoma.metrics.segmentation import segmentation_metrics
-
     out = tmp_path / "auto"
     args = ["cascade", "build", "--seg", str(built["root"] / "seg")]
     assert (
@@ -542,33 +671,15 @@ def test_tta_auto_decides_each_stage_on_validation(built, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     cascade, meta = load_cascade(out)
-    bundle = open_cascade_data(meta["data"], meta["input_size"])
-
-    def val(seg_tta: bool, cls_tta: bool) -> dict:
-        cascade.seg_tta, cascade.cls_tta = seg_tta, cls_tta
-        return run_cascade(cascade, bundle, "val")
-
-    def jaccard(r: dict) -> float:
-        keep = r["has_mask"]
-        return segmentation_metrics(r["pred_mask"][keep], r["true_mask"][keep])["jaccard"]
-
-    def auc(r: dict) -> float:
-        return float(roc_auc_score(r["label"], r["prob"]))
-
-    plain, seg_on = val(False, False), val(True, False)
-    use_seg = jaccard(seg_on) > jaccard(plain)
-    masks_chosen = seg_on if use_seg else plain
-    with_cls = val(use_seg, True)
-    use_cls = auc(with_cls) > auc(masks_chosen)
-    assert meta["tta"] == {"segmenter": use_seg, "classifier": use_cls}
-    chosen = with_cls if use_cls else masks_chosen
-    assert meta["val_jaccard"]["value"] == pytest.approx(jaccard(chosen))
-    assert meta["val_jaccard"]["low"] <= meta["val_jaccard"]["value"] <= meta["val_jaccard"]["high"]
-    assert meta["val_auc"] == pytest.approx(auc(chosen))
+    expected = _tta_decision_by_hand(built["root"], out)
+    assert meta["tta"] == {"segmenter": expected["use_seg"], "classifier": expected["use_cls"]}
+    assert meta["val_jaccard"]["value"] == pytest.approx(expected["jaccard"], abs=1e-6)
+    assert meta["val_auc"] == pytest.approx(expected["auc"], abs=1e-6)
     check = meta["tta_check"]
-    assert check["val_jaccard_with"] == pytest.approx(jaccard(seg_on))
-    assert check["val_jaccard_without"] == pytest.approx(jaccard(plain))
-    assert check["val_auc_before"] == pytest.approx(auc(masks_chosen))
+    assert check["val_jaccard_with"] == pytest.approx(expected["jaccard_with"], abs=1e-6)
+    assert check["val_jaccard_without"] == pytest.approx(expected["jaccard_without"], abs=1e-6)
+    assert check["val_auc_before"] == pytest.approx(expected["auc_before"], abs=1e-6)
+    assert check["val_auc_with"] == pytest.approx(expected["auc_with"], abs=1e-6)
     assert "test-time augmentation (auto): segmenters " in printed
     assert "validation Jaccard" in printed and "(95% CI" in printed
     # One stage's flag leaves the other stage's output alone.

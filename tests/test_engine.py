@@ -394,3 +394,50 @@ def test_cli_train_old_flag_names_and_evaluate(learn_root: Path, tmp_path: Path,
 def test_cli_bad_set_syntax(tmp_path: Path, capsys):
     assert main(["train", "seg", "--data", str(tmp_path), "--set", "optimizer.lr"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_out_of_fold_masks_use_the_segmenters_threshold(learn_root, tmp_path, monkeypatch):
+    """Masks for a classifier are thresholded where the cascade will threshold them: at
+    the segmenter's own ``threshold``, not at 0.5."""
+    from melanoma.engine.checkpoint import load_checkpoint
+    from melanoma.engine.run import training_data
+    from melanoma.engine.tasks import rebuild_model
+
+    monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "cache"))
+    fit(config(learn_root, tmp_path / "seg", "seg", epochs=1, threshold=0.8), QUIET)
+    cls = config(
+        learn_root,
+        tmp_path / "cls",
+        "cls",
+        **{"input.mode": "crop", "input.mask_source": str(tmp_path / "seg"), "input.oof_folds": 2},
+    )
+    bundle, masks = training_data(cls, QUIET, keep_copy=False)
+    state = load_checkpoint(tmp_path / "seg")
+    model = rebuild_model(TrainConfig.from_dict(state["config"]), state["model"]).eval()
+    val = bundle.dataset("val")
+    images = torch.stack([val[i]["image"] for i in range(len(val))])
+    with torch.no_grad():
+        prob = torch.sigmoid(model(images.float() / 255))[:, 0].numpy()
+    ours = np.stack([masks[val[i]["id"]] for i in range(len(val))])
+    assert np.array_equal(ours, (prob > 0.8).astype(np.uint8))
+    assert ((prob > 0.5) & (prob <= 0.8)).any()  # 0.5 would have given other masks
+
+
+def test_a_one_class_validation_split_is_refused_before_training(tmp_path: Path):
+    """AUC needs melanoma and benign validation images: without them no epoch could be the
+    best (no best.pt); selecting on the loss works."""
+    from tests.conftest import write_image
+
+    rows = ["image,label,split"]
+    for i in range(12):
+        write_image(tmp_path / f"im{i}.png", (32, 32), seed=i)
+        split = "val" if i >= 8 else "train"
+        rows.append(f"im{i}.png,{int(i % 2 == 0 and i < 8)},{split}")
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    cfg = config(tmp_path, tmp_path / "run", "cls", epochs=1, **{"data.image_size": 32})
+    with pytest.raises(ValueError, match="validation split holds benign images only .* loss"):
+        fit(cfg, QUIET)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    by_loss = fit(replace(cfg, metric="loss"), QUIET)
+    assert by_loss.best_epoch == 1 and (tmp_path / "run" / "checkpoints" / "best.pt").is_file()

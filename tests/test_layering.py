@@ -87,3 +87,22 @@ def test_no_function_exceeds_80_lines():
                     if lines > 80:
                         long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {lines}")
     assert long == []
+
+
+def test_public_boundaries_use_no_assert():
+    """What a user hands the cascade, export and predict is checked with errors that say
+    what to fix: ``assert`` vanishes under ``python -O`` and says nothing. (Internal
+    invariants elsewhere may assert.)"""
+    import ast
+
+    found = []
+    for folder in ("melanoma/cascade", "melanoma/export", "melanoma/predict.py", "melanoma_cli"):
+        path = ROOT / folder
+        for file in [path] if path.is_file() else sorted(path.rglob("*.py")):
+            tree = ast.parse(file.read_text())
+            found += [
+                f"{file.relative_to(ROOT)}:{n.lineno}"
+                for n in ast.walk(tree)
+                if isinstance(n, ast.Assert)
+            ]
+    assert not found, found
