@@ -105,20 +105,29 @@ def _print_results(
             f"(95% CI {best.get('95% CI', '-')}) at epoch {best['best_epoch']}"
         )
         print(f"best checkpoint: {best['checkpoint']}")
-        close = [
-            r["trial_id"]
-            for r in rows[1:]
-            if r.get(metric) is not None
-            and best.get("ci_low") is not None
-            and best["ci_low"] <= r[metric] <= best["ci_high"]
-        ]
-        if close:
-            print(
-                f"{len(close)} other trial(s) lie inside the best one's interval "
-                f"({', '.join(close[:5])}{', ...' if len(close) > 5 else ''}): validation does "
-                "not separate them; compare them with `melanoma cv` or a larger validation split"
-            )
+        _print_paired(rows, exp)
     return 0
+
+
+def _print_paired(rows: list[dict], exp) -> None:
+    """The best trial against the next ones, paired on the same validation images."""
+    from melanoma.metrics.paired import describe
+    from search.runner import paired_to_best
+
+    compared = paired_to_best(rows, exp)
+    if not compared:
+        return
+    print(f"best minus the next trials, {exp.train.metric} on the same validation images:")
+    close = []
+    for trial_id, result in compared:
+        print(f"  {trial_id}: {describe(result)}")
+        if result["low"] is not None and result["low"] <= 0:
+            close.append(trial_id)
+    if close:
+        print(
+            f"validation does not separate the best trial from {', '.join(close)}: compare them "
+            "with `melanoma cv` or on a larger validation split (data.val_from_train)"
+        )
 
 
 def _fmt(v) -> str:

@@ -188,7 +188,46 @@ def _cmd_cv(args: argparse.Namespace) -> int:
             f"{label:24} | {chosen:>11} | {s['value']:.4f}{ci:>20} | "
             f"{s['fold_mean']:.4f} +- {s['fold_sd']:.4f}"
         )
+    _print_cv_paired(out, rows, args.task)
     return 0
+
+
+def _print_cv_paired(out: Path, rows: list, task: str) -> None:
+    """The best candidate against each other one on the same training images, paired
+    bootstrap of the pooled out-of-fold figures."""
+    from melanoma.engine.cv import load_oof_outputs
+    from melanoma.metrics.classification import BOOTSTRAP_KEYS
+    from melanoma.metrics.paired import (
+        aligned,
+        describe,
+        paired_difference,
+        paired_mean_difference,
+    )
+
+    if len(rows) < 2:
+        return
+    sign = -1 if rows[0][2]["metric"] == "loss" else 1
+    ranked = sorted(rows, key=lambda r: -sign * r[2]["value"])
+    best_label, _, best_summary = ranked[0]
+    metric = best_summary["metric"]
+    best = load_oof_outputs(out / best_label)
+    print(f"\n{best_label} minus each other candidate, pooled out-of-fold {metric}:")
+    for label, _, _ in ranked[1:]:
+        other = load_oof_outputs(out / label)
+        try:
+            if task == "cls" and metric in BOOTSTRAP_KEYS:
+                _, a, b = aligned(best["id"], best["prob"], other["id"], other["prob"])
+                result = paired_difference(best["label"], a, b, metric)
+            elif task == "seg":
+                key = metric if metric in best else "jaccard"
+                _, a, b = aligned(best["id"], best[key], other["id"], other[key])
+                result = paired_mean_difference(a, b)
+            else:
+                continue
+        except ValueError as err:  # trained on other data: not on the same images
+            print(f"  {label}: not compared ({err})")
+            continue
+        print(f"  {label}: {describe(result)}")
 
 
 def register(sub) -> None:

@@ -410,6 +410,10 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
                 "world_size": world,  # Train workers (DDP processes) of the trial
                 "nodes": nodes,  # distinct nodes its workers ran on
                 "checkpoint": checkpoint,
+                # The trial's engine run (its best epoch's validation outputs among them).
+                "run_dir": None
+                if _is_uri(root)
+                else str(Path(root) / trial_dirname(trial) / "run"),
                 **params,
             }
         )
@@ -417,6 +421,38 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
         key=lambda r: (r[metric] is None, -(r[metric] or 0) if mode == "max" else (r[metric] or 0))
     )
     return rows, exp
+
+
+def paired_to_best(rows: list[dict], exp: Experiment, top: int = 5) -> list[tuple[str, dict]]:
+    """The best trial against each of the next ``top`` on the same validation images: the
+    paired bootstrap of the difference in the selection metric (best minus other), from
+    the validation outputs each trial's engine run kept for its best epoch."""
+    from melanoma.engine.loop import load_val_outputs
+    from melanoma.metrics.classification import BOOTSTRAP_KEYS
+    from melanoma.metrics.paired import aligned, paired_difference, paired_mean_difference
+
+    scored = [r for r in rows if r.get(exp.metric) is not None and r.get("run_dir")]
+    outputs = {r["trial_id"]: load_val_outputs(Path(r["run_dir"])) for r in scored[: top + 1]}
+    metric = exp.train.metric
+    if not scored or outputs[scored[0]["trial_id"]] is None:
+        return []
+    best = outputs[scored[0]["trial_id"]]
+    out = []
+    for r in scored[1 : top + 1]:
+        other = outputs[r["trial_id"]]
+        if other is None:
+            continue
+        if exp.task == "cls" and metric in BOOTSTRAP_KEYS:
+            _, a, b = aligned(best["id"], best["prob"], other["id"], other["prob"])
+            labels = aligned(best["id"], best["label"], other["id"], other["label"])[1]
+            result = paired_difference(labels, a, b, metric, threshold=exp.train.threshold)
+        elif exp.task == "seg" and metric in best:
+            _, a, b = aligned(best["id"], best[metric], other["id"], other[metric])
+            result = paired_mean_difference(a, b)
+        else:
+            continue
+        out.append((r["trial_id"], result))
+    return out
 
 
 def best_checkpoints(

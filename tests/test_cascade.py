@@ -842,7 +842,16 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     ens = tmp_path / "ens"
     build = ["cascade", "build", "--seg", str(built["root"] / "seg"), "--cls", str(cv / "cls")]
     assert main([*build, "--ensemble-size", "2", "--tta", "off", "--out", str(ens)]) == 0
-    members = json.loads((ens / "cascade.json").read_text())["classifiers"]
+    summary_json = json.loads((ens / "cascade.json").read_text())
+    members = summary_json["classifiers"]
+    # The chosen ensemble against the best single pair, paired on the validation images.
+    versus = summary_json["vs_best_pair"]
+    val_images = json.loads((ens / "splits.json").read_text())["splits"]["val"]
+    assert versus["images"] == len(val_images)
+    point = summary_json["val_auc"] - summary_json["best_pair"]["val_auc"]
+    assert versus["difference"] == pytest.approx(point, abs=1e-6)
+    assert versus["low"] <= versus["high"]
+    assert "chosen minus best single pair, validation AUC" in capsys.readouterr().out
     # The fold models enter as cv.json scored them: each fold run's last epoch.
     runs = {str(Path(r) / "checkpoints" / "last.pt") for r in summary["runs"]}
     assert members and {m["origin"] for m in members} <= runs

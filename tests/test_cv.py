@@ -103,3 +103,32 @@ def test_pooled_segmenter_score_is_the_mean_over_every_held_out_image():
     summary = summarise_folds(config, scores, resamples=100)
     assert summary["value"] == pytest.approx(np.concatenate(parts).mean())
     assert summary["images"] == 5
+
+
+def test_cv_compares_candidates_paired_on_the_same_training_images(tmp_path, capsys):
+    """`melanoma cv` of several candidates ends with the best one minus each other one on
+    the pooled out-of-fold predictions of the same images (paired bootstrap)."""
+    from melanoma.engine.cv import OOF_OUTPUTS
+    from melanoma.metrics.paired import paired_difference
+    from melanoma_cli.train import _print_cv_paired
+
+    rng = np.random.default_rng(2)
+    ids = np.array([f"img{i}" for i in range(80)])
+    labels = np.array([0, 0, 0, 1] * 20)
+    probs = {
+        "strong": np.clip(labels * 0.6 + rng.random(80) * 0.4, 0, 1),
+        "weak": np.clip(labels * 0.1 + rng.random(80) * 0.9, 0, 1),
+    }
+    for name, p in probs.items():
+        (tmp_path / name).mkdir()
+        order = rng.permutation(80)  # each candidate's folds pool the images in its order
+        np.savez(tmp_path / name / OOF_OUTPUTS, id=ids[order], label=labels[order], prob=p[order])
+    rows = [
+        (name, None, {"metric": "auc", "value": roc_auc_score(labels, p)})
+        for name, p in probs.items()
+    ]
+    _print_cv_paired(tmp_path, rows[::-1], "cls")
+    out = capsys.readouterr().out
+    expected = paired_difference(labels, probs["strong"], probs["weak"], "auc")
+    assert "strong minus each other candidate, pooled out-of-fold auc" in out
+    assert f"weak: difference {expected['difference']:+.4f}" in out and "): separated" in out

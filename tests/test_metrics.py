@@ -180,3 +180,49 @@ def test_prevalence_dependent_intervals_resample_images_as_drawn():
     ]
     sens = [skm.recall_score(labels[r], pred[r]) for r in stratified]
     assert np.allclose(samples["sensitivity"], sens)
+
+
+def test_paired_bootstrap_equals_a_direct_computation():
+    """The paired difference resamples the images once per round for both models: the
+    same figures as scikit-learn on each resample, one resample at a time."""
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.metrics.paired import aligned, describe, paired_difference
+    from melanoma.metrics.paired import paired_mean_difference as mean_difference
+
+    rng = np.random.default_rng(4)
+    labels = np.array([0] * 50 + [1] * 25)
+    a = np.clip(labels * 0.4 + rng.random(75) * 0.6, 0, 1)
+    b = np.clip(labels * 0.25 + rng.random(75) * 0.75, 0, 1)
+    result = paired_difference(labels, a, b, "auc", resamples=300, seed=0)
+    gen = np.random.default_rng(0)
+    strata = [np.nonzero(labels == c)[0] for c in (0, 1)]
+    diffs = []
+    for _ in range(300):
+        r = np.concatenate([gen.choice(g, size=len(g), replace=True) for g in strata])
+        diffs.append(roc_auc_score(labels[r], a[r]) - roc_auc_score(labels[r], b[r]))
+    assert result["difference"] == pytest.approx(
+        roc_auc_score(labels, a) - roc_auc_score(labels, b)
+    )
+    assert result["low"] == pytest.approx(np.percentile(diffs, 2.5))
+    assert result["high"] == pytest.approx(np.percentile(diffs, 97.5))
+    assert result["a_better"] == pytest.approx(np.mean(np.array(diffs) > 0))
+    # Pairing removes what the images share: the paired interval of A against a copy of
+    # A shifted by a constant is a point, two separate intervals would overlap widely.
+    same = paired_difference(labels, a, np.clip(a * 0.5, 0, 1), "auc", resamples=100)
+    assert same["low"] == same["high"] == pytest.approx(0.0)
+    assert "not separated" in describe(same) and "separated" in describe(result)
+
+    x, y = rng.random(40), rng.random(40)
+    m = mean_difference(x, y, resamples=200, seed=0)
+    rows = np.random.default_rng(0).integers(0, 40, (200, 40))
+    direct = [(x[r] - y[r]).mean() for r in rows]
+    assert m["difference"] == pytest.approx((x - y).mean())
+    assert m["low"] == pytest.approx(np.percentile(direct, 2.5))
+
+    ids, va, vb = aligned(["p", "q", "r"], [1, 2, 3], ["r", "p", "q"], [30, 10, 20])
+    assert list(ids) == ["p", "q", "r"] and list(vb) == [10, 20, 30]
+    with pytest.raises(ValueError, match="different images"):
+        aligned(["p"], [1], ["q"], [1])
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference(labels, a, b[:-1])

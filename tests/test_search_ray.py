@@ -120,6 +120,9 @@ def test_search_with_a_worker_failure_completes(local_ray, tmp_path: Path, capfd
     assert "Saving experiment state" not in err and "Traceback" not in out + err, err
     rows, _ = trial_table("tiny", str(storage))
     assert len(rows) == 2
+    # Each trial kept its best epoch's validation outputs: the two are compared paired.
+    assert all((Path(r["run_dir"]) / "best_val_outputs.npz").is_file() for r in rows)
+    assert f"{rows[1]['trial_id']}: difference " in out and "paired 95% CI" in out
     assert all(r["state"] == "TERMINATED" and r["epochs"] == 2 for r in rows)
     assert all(0.0 <= r["best_val_jaccard"] <= 1.0 and Path(r["checkpoint"]).is_dir() for r in rows)
     # The injected failure happened once, and that trial resumed from its epoch-1 checkpoint

@@ -21,6 +21,7 @@ from melanoma.engine.config import TrainConfig
 from melanoma.engine.cv import fold_runs
 from melanoma.engine.tasks import rebuild_model
 from melanoma.metrics.intervals import classification_interval, mean_interval
+from melanoma.metrics.paired import aligned, describe, paired_difference
 from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
 from melanoma.postprocess import CLEANUP_CHOICES, clean_masks
 
@@ -318,6 +319,7 @@ def build_cascade(
         "val_jaccard": _jaccard_report(chosen),
         "val_official": _official_part(chosen, bundle),
         "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
+        "vs_best_pair": _vs_best_pair(chosen, best_pair["_result"]),
         "tta_check": tta_report,
         "mask_cleanup_check": cleanup_report,
         "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
@@ -327,6 +329,14 @@ def build_cascade(
     }
     torch.save(payload, out / CASCADE_FILE)
     return _write_summary(payload, out)
+
+
+def _vs_best_pair(chosen: dict, pair: dict) -> dict:
+    """The chosen cascade's validation AUC minus the best single pair's, paired bootstrap
+    on the same validation images (zero when the chosen cascade is that pair)."""
+    keep = chosen["label"] >= 0
+    _, a, b = aligned(chosen["id"][keep], chosen["prob"][keep], pair["id"], pair["prob"])
+    return paired_difference(chosen["label"][keep], a, b)
 
 
 def _validation_data(data_meta: dict, input_size: int, drop_test_duplicates: bool) -> DataBundle:
@@ -443,6 +453,8 @@ def _write_summary(payload: dict, out: Path) -> dict:
         f"({payload['threshold_rule']}); written to {out}",
         flush=True,
     )
+    gain = describe(payload["vs_best_pair"], "chosen minus best single pair, validation AUC")
+    print(f"[cascade] {gain}", flush=True)
     if payload["val_jaccard"]:
         jac = payload["val_jaccard"]
         print(
@@ -551,7 +563,7 @@ def _score_pairs(segs, clss, input_size: int, bundle: DataBundle) -> list[dict]:
         auc, ci = _auc(result), _auc_interval(result)
         pairs.append(
             {"segmenter": s.origin, "classifier": c.origin, "val_auc": auc, "val_auc_ci": ci}
-            | {"_seg": s, "_cls": c}
+            | {"_seg": s, "_cls": c, "_result": result}
         )
         print(
             f"[cascade] {s.origin} + {c.origin}: validation AUC {auc:.4f} "

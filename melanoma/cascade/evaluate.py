@@ -27,6 +27,7 @@ from melanoma.data.io import file_sha256
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics
 from melanoma.metrics.classification import BOOTSTRAP_KEYS, bootstrap_metrics
+from melanoma.metrics.paired import describe
 
 CLS_KEYS = BOOTSTRAP_KEYS
 SEG_KEYS = ("jaccard", "dice", "thresholded_jaccard")
@@ -127,6 +128,7 @@ def evaluate_cascade(
         "mask_cleanup_check": meta.get("mask_cleanup_check"),
         "val_jaccard": meta.get("val_jaccard"),
         "best_pair": meta.get("best_pair"),
+        "vs_best_pair": meta.get("vs_best_pair"),
         "bootstrap_resamples": resamples,
         "test_images": int(len(result["id"])),
         "dropped_test_images": bundle.splits.dropped_test,
@@ -238,6 +240,10 @@ def _selection_lines(report: dict) -> list[str]:
             f"- best single pair on validation: `{pair['segmenter']}` + `{pair['classifier']}`, "
             f"AUC {pair['val_auc']:.3f}"
             + (f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})" if ci else "")
+        )
+    if report.get("vs_best_pair"):
+        lines.append(
+            "- " + describe(report["vs_best_pair"], "chosen minus best single pair, validation AUC")
         )
     if tta and "val_auc_with" in tta:
         lines.append(f"- {tta_line(tta)}")

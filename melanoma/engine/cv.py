@@ -35,6 +35,7 @@ from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
 CV_FILE = "cv.json"
+OOF_OUTPUTS = "oof_outputs.npz"  # pooled out-of-fold predictions, one row per image
 PLAN_FILE = "cv_plan.json"  # what defines the fold runs: a rerun must match it
 
 
@@ -99,8 +100,31 @@ def cross_validate(
         scores.append(_run_fold(config, k, bundle.with_splits(splits), Path(out), runtime, masks))
     summary = summarise_folds(config, scores)
     Path(out).mkdir(parents=True, exist_ok=True)
+    save_oof_outputs(Path(out), config, scores)
     (Path(out) / CV_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def save_oof_outputs(out: Path, config: TrainConfig, scores: list[FoldScores]) -> None:
+    """The pooled out-of-fold outputs per training image (``id`` with ``label`` and
+    ``prob``, or the per-image mask scores): what candidates are compared on, paired."""
+    pooled = {"id": np.concatenate([s.outputs["id"] for s in scores])}
+    if config.task == "cls":
+        pooled["label"] = np.concatenate([s.outputs["labels"] for s in scores])
+        pooled["prob"] = np.concatenate([s.outputs["probs"] for s in scores])
+    else:
+        for key in scores[0].outputs["per_image"]:
+            pooled[key] = np.concatenate([s.outputs["per_image"][key] for s in scores])
+    np.savez(out / OOF_OUTPUTS, **pooled)
+
+
+def load_oof_outputs(out: Path) -> dict[str, np.ndarray] | None:
+    """What :func:`save_oof_outputs` wrote in a cross-validation folder, or None."""
+    path = Path(out) / OOF_OUTPUTS
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return {k: saved[k] for k in saved.files}
 
 
 def cv_plan(config: TrainConfig, folds: int, bundle: DataBundle) -> dict:
@@ -161,6 +185,9 @@ def _run_fold(
     result = fit(fold_config, runtime, resume=True, data=data, mask_override=masks)
     state = load_checkpoint(result.run_dir / CHECKPOINTS / LAST)
     metrics, outputs = score_split(fold_config, state["model"], data, "val", config.device, masks)
+    entries = data.splits.entries["val"]  # scored in this order; masks only where they exist
+    scored = entries if config.task == "cls" else [e for e in entries if e.mask_sha256]
+    outputs["id"] = np.array([e.sample.id for e in scored])
     return FoldScores(k, result.run_dir, metrics, outputs)
 
 

@@ -417,6 +417,8 @@ def fit(
             if runtime.is_main:
                 _log_epoch(logger, t.task.name, state.epoch, train, val, examples)
                 checkpoint_dir = _save_epoch(t, state, improved)
+                if improved:
+                    save_val_outputs(Path(config.out), bundle, t.task.name, examples)
                 _print_epoch(config, runtime, record, value, improved)
             stopped_early = bool(config.early_stopping and state.stale >= config.early_stopping)
             _report(runtime, config, state, record, checkpoint_dir, stopped_early)
@@ -536,6 +538,35 @@ def _restore(t: Training, path: Path) -> RunState:
     return RunState(
         state["epoch"], state["history"], state["best_value"], state["best_epoch"], state["stale"]
     )
+
+
+VAL_OUTPUTS = "best_val_outputs.npz"
+
+
+def save_val_outputs(run_dir: Path, bundle: DataBundle, task: str, examples: dict) -> None:
+    """The best epoch's validation outputs per image (``id`` with ``label`` and ``prob``,
+    or the per-image mask scores), for paired comparisons of runs on the same images."""
+    entries = bundle.splits.entries["val"]
+    if task == "cls":
+        ids = [e.sample.id for e in entries]
+        values = {"label": examples["labels"], "prob": examples["probs"]}
+    else:  # scored where a ground-truth mask exists
+        ids = [e.sample.id for e in entries if e.mask_sha256 is not None]
+        values = dict(examples.get("per_image", {}))
+    if any(len(v) != len(ids) for v in values.values()):
+        return  # not one value per image: nothing that could be paired
+    tmp = run_dir / f".{VAL_OUTPUTS}.tmp.npz"
+    np.savez(tmp, id=np.array(ids), **values)
+    tmp.replace(run_dir / VAL_OUTPUTS)
+
+
+def load_val_outputs(run_dir: Path) -> dict[str, np.ndarray] | None:
+    """What :func:`save_val_outputs` wrote in ``run_dir``, or None."""
+    path = Path(run_dir) / VAL_OUTPUTS
+    if not path.is_file():
+        return None
+    with np.load(path) as saved:
+        return {k: saved[k] for k in saved.files}
 
 
 def _save_epoch(t: Training, state: RunState, improved: bool) -> Path:
