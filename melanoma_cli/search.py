@@ -33,7 +33,9 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
     exp.train.check_paths()
     name = args.name or exp.name
     storage = args.storage or exp.storage
-    uses_masks = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
+    uses_masks = ranking_masks(exp) is not None
+    if uses_masks and exp.train.input.mask_source == "gt":
+        print(f"[search] warning: {ranking_masks(exp)}", flush=True)
     if uses_masks and exp.train.input.mask_source != "gt":
         from melanoma.engine.loop import Runtime
         from melanoma.engine.run import training_data
@@ -98,6 +100,9 @@ def _print_results(
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     if top and len(rows) > top:
         print(f"... {len(rows) - top} more (melanoma search results {name})")
+    masks = ranking_masks(exp)
+    if masks:
+        print(f"masks that ranked the mask-using trials: {masks}")
     best = next((r for r in rows if r.get(metric) is not None), None)
     if best:
         print(
@@ -107,6 +112,25 @@ def _print_results(
         print(f"best checkpoint: {best['checkpoint']}")
         _print_paired(rows, exp)
     return 0
+
+
+def ranking_masks(exp) -> str | None:
+    """Which lesion masks the crop and masked trials of a classifier search were trained
+    and validated on (None when no trial uses masks)."""
+    explores = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
+    if exp.task != "cls" or not explores:
+        return None
+    source = exp.train.input.mask_source
+    if source == "gt":
+        return (
+            "ground truth (input.mask_source: gt), which the cascade will not have: it "
+            "feeds them its segmenter's predicted masks; set train.input.mask_source to a "
+            "segmenter run to rank them as they will run"
+        )
+    return (
+        f"predicted by the segmenter {source} (out-of-fold on the training split, the "
+        "segmenter's own on validation), as the cascade will feed them"
+    )
 
 
 def _print_paired(rows: list[dict], exp) -> None:

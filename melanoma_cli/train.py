@@ -162,10 +162,8 @@ def _cv_label(source: str, origin: str) -> str:
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from melanoma.engine.cv import cross_validate
-
     out = Path(args.out)
-    rows = []
+    candidates, chosen_on = {}, {}
     for source in args.source:
         for cand in resolve_candidates([source], args.task, args.top_k, args.storage):
             config = cand.config
@@ -174,18 +172,34 @@ def _cmd_cv(args: argparse.Namespace) -> int:
             if args.epochs:
                 config = replace(config, epochs=args.epochs)
             label = _cv_label(source, cand.origin)
+            if label in candidates:
+                raise ValueError(f"two candidates are both called {label!r}; give them apart")
+            candidates[label], chosen_on[label] = config, cand.val_metric
             print(f"[cv] {cand.origin}: {args.folds} folds into {out / label}", flush=True)
-            summary = cross_validate(config, args.folds, out / label)
-            rows.append((label, cand, summary))
+    if args.local:
+        from melanoma.engine.cv import cross_validate
+
+        summaries = cross_validate(candidates, args.folds, out)
+    else:
+        from search.cv import run_cv
+        from search.experiment import ResourcesConfig
+
+        resources = ResourcesConfig(
+            workers=args.workers,
+            cpus_per_worker=args.cpus_per_worker,
+            gpus_per_worker=args.gpus_per_worker,
+        )
+        summaries = run_cv(candidates, args.folds, out, address=args.address, resources=resources)
+    rows = [(label, chosen_on[label], summaries[label]) for label in candidates]
     print(
         f"\n{'candidate':24} | {'selected on':>11} | {'cross-validated (95% CI)':>26} | "
         f"folds: mean +- sd (in {out})"
     )
-    for label, cand, s in rows:
+    for label, chosen, s in rows:
         ci = f" ({s['ci']['low']:.3f}-{s['ci']['high']:.3f})" if s["ci"] else ""
-        chosen = f"{cand.val_metric:.4f}" if cand.val_metric is not None else "-"
+        shown = f"{chosen:.4f}" if chosen is not None else "-"
         print(
-            f"{label:24} | {chosen:>11} | {s['value']:.4f}{ci:>20} | "
+            f"{label:24} | {shown:>11} | {s['value']:.4f}{ci:>20} | "
             f"{s['fold_mean']:.4f} +- {s['fold_sd']:.4f}"
         )
     _print_cv_paired(out, rows, args.task)
@@ -301,7 +315,9 @@ def _register_train(sub) -> None:
 
 def _register_cv(sub) -> None:
     p = sub.add_parser(
-        "cv", help="k-fold cross-validation of candidates on the training split (fold models)"
+        "cv",
+        help="k-fold cross-validation of candidates on the training split (fold models), "
+        "each fold a trial of one Ray Tune run",
     )
     p.add_argument("task", choices=["seg", "cls"])
     p.add_argument(
@@ -313,7 +329,22 @@ def _register_cv(sub) -> None:
     p.add_argument("--storage", default=SEARCH_STORAGE, help="the searches' root folder or URI")
     p.add_argument("--data", help="dataset (default: the one the candidates were trained on)")
     p.add_argument("--out", required=True, help="one folder per candidate, one run per fold")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="train the folds one after another in this process, without Ray",
+    )
+    p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray)")
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP) per fold")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument(
+        "--gpus-per-worker", default="auto", type=_gpus, help="a number, or auto (1 on GPUs)"
+    )
     p.set_defaults(func=_cmd_cv)
+
+
+def _gpus(value: str) -> float | str:
+    return value if value == "auto" else float(value)
 
 
 def _register_evaluate(sub) -> None:

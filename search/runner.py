@@ -184,7 +184,7 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def _trainable(plan: dict):
+def trainable_for(plan: dict):
     if plan["launcher"] == "inline":
         from trainables.inline import inline_trainable
 
@@ -192,7 +192,7 @@ def _trainable(plan: dict):
     return tune.with_resources(tune_driver, {"CPU": plan["driver_cpus"]})
 
 
-def _tune_fault_and_checkpoints(exp: Experiment) -> dict:
+def tune_fault_and_checkpoints(exp: Experiment) -> dict:
     """Inline trials checkpoint through Tune itself: Tune keeps the best k and restarts a
     failed trial from its last one. (Train-launched trials do both inside Ray Train.)"""
     if exp.resources.launcher_used != "inline":
@@ -217,7 +217,7 @@ def run_root(storage: str, name: str) -> str:
     return search_path(storage, name)
 
 
-def _meta(exp: Experiment, name: str, storage: str, plan: dict) -> TrialMeta:
+def trial_meta(exp: Experiment, name: str, storage: str, plan: dict) -> TrialMeta:
     return TrialMeta(
         train=exp.train.to_dict(),
         run_root=run_root(storage, name),
@@ -276,8 +276,8 @@ def run_search(
     if budget:
         print(f"[search] budget: {budget} trial-epochs in all", flush=True)
     tuner = tune.Tuner(
-        _trainable(plan),
-        param_space={META: _meta(exp, name, storage, plan).to_dict()},
+        trainable_for(plan),
+        param_space={META: trial_meta(exp, name, storage, plan).to_dict()},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=create_scheduler(exp),
@@ -297,7 +297,7 @@ def run_search(
             ],
             stop=EpochBudget(budget) if budget else None,
             verbose=verbose,
-            **_tune_fault_and_checkpoints(exp),
+            **tune_fault_and_checkpoints(exp),
         ),
     )
     started = time.perf_counter()
@@ -340,7 +340,7 @@ def resume_search(
         )
     print(f"[search] resuming {name} from {root}", flush=True)
     tuner = tune.Tuner.restore(
-        root, trainable=_trainable(plan), resume_unfinished=True, resume_errored=True
+        root, trainable=trainable_for(plan), resume_unfinished=True, resume_errored=True
     )
     return tuner.fit()
 

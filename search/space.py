@@ -25,6 +25,8 @@ FIXED_KEYS = (
     "data.test_fraction",
     "data.val_from_train",
     "data.external_paths",
+    "data.folds",
+    "data.fold",
 )
 
 

@@ -608,7 +608,7 @@ def _tta_decision_by_hand(root: Path, built_dir: Path) -> dict:
         models[task].eval()
     val = Splits.load(built_dir / "splits.json").entries["val"]
     images = torch.stack(
-        [torch.from_numpy(load_image(e.sample.image_path, 64)).permute(2, 0, 1) for e in val]
+        [torch.from_numpy(load_image(e.sample.image_path, 64).copy()).permute(2, 0, 1) for e in val]
     )
     truth = np.stack([load_mask(e.sample.mask_path, 64) for e in val]).astype(bool)
     labels = np.array([e.sample.label for e in val])
@@ -823,7 +823,7 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
 
     cv = tmp_path / "cv"
     cls_run = str(built["root"] / "cls")
-    args = ["cv", "cls", cls_run, "--folds", "2", "--epochs", "1", "--out", str(cv)]
+    args = ["cv", "cls", cls_run, "--folds", "2", "--epochs", "1", "--out", str(cv), "--local"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "cross-validated (95% CI)" in out and re.search(r"^cls +\| +0\.\d{4} \| 0\.", out, re.M)

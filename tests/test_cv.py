@@ -11,9 +11,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from melanoma.data.records import Sample
-from melanoma.data.splits import SplitConfig, SplitEntry, Splits
+from melanoma.data.splits import SplitConfig, SplitEntry, Splits, fold_splits
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.cv import FoldScores, fold_splits, summarise_folds
+from melanoma.engine.cv import FoldScores, summarise_folds
 
 
 def splits_of(n: int, groups: int) -> Splits:
@@ -72,7 +72,7 @@ def test_bad_fold_counts_are_refused():
     with pytest.raises(ValueError, match="at least 5 lesions"):
         fold_splits(splits_of(20, groups=3), 5, seed=0)
     with pytest.raises(ValueError, match="at least 2 folds"):
-        cross_validate(TrainConfig(task="cls", out="x"), 1, Path("x"))
+        cross_validate({"x": TrainConfig(task="cls", out="x")}, 1, Path("x"))
 
 
 def test_pooled_classifier_score_and_interval():

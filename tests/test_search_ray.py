@@ -7,7 +7,9 @@ Only Ray processes this test starts are stopped (ray.shutdown), never `ray stop`
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -321,6 +323,80 @@ def test_relative_paths_are_the_callers_and_a_search_with_no_finished_trial_fail
     assert "no trial of search 'all_errored' finished" in capsys.readouterr().err
 
 
+def test_cross_validation_runs_folds_as_trials_and_resumes_after_a_killed_driver(
+    local_ray, tmp_path: Path, capsys
+):
+    """`melanoma cv` of two candidates x 3 folds is one Tune run of six trials; a driver
+    interrupted part-way is resumed by the same command without retraining finished folds,
+    and a rerun with another fold count is refused."""
+    import ray
+
+    from melanoma.engine.checkpoint import load_checkpoint
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.loop import Runtime, fit
+    from melanoma_cli import main
+
+    local_ray["marker"].write_text("disarmed: no injected failure in this run")
+    base = yaml.safe_load(
+        write_experiment(tmp_path / "e.yaml", tmp_path / "s", samples=1).read_text()
+    )
+    for name, lr in (("lr_low", 1e-3), ("lr_high", 5e-3)):
+        config = {**base["train"], "task": "seg", "epochs": 1, "out": str(tmp_path / name)}
+        config["optimizer"] = {"lr": lr}
+        fit(TrainConfig.from_dict(config), Runtime(progress=False))
+    out = tmp_path / "cv"
+    args = ["cv", "seg", str(tmp_path / "lr_low"), str(tmp_path / "lr_high"), "--folds", "3"]
+    args += ["--epochs", "2", "--out", str(out), "--address", ray.get_runtime_context().gcs_address]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "melanoma_cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    lines, deadline = [], time.time() + 300
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if " done " in line and "finished 1" in line:
+                break
+            assert time.time() < deadline, "".join(lines[-30:])
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def finished() -> dict[Path, int]:
+        return {
+            p: p.stat().st_mtime_ns
+            for p in out.glob("*/fold*/checkpoints/last.pt")
+            if load_checkpoint(p)["epoch"] == 2
+        }
+
+    before = finished()
+    assert 1 <= len(before) < 6, "".join(lines[-30:])
+    assert not (out / "lr_low" / "cv.json").exists()  # interrupted before scoring
+
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "resuming" in printed and "6 folds trained" in printed
+    after = finished()
+    assert len(after) == 6 and all(after[p] == before[p] for p in before)  # not retrained
+    for label in ("lr_low", "lr_high"):
+        summary = json.loads((out / label / "cv.json").read_text())
+        assert summary["folds"] == 3 and len(summary["runs"]) == 3
+        for k, run in enumerate(summary["runs"]):
+            config = yaml.safe_load((Path(run) / "config.yaml").read_text())
+            assert (config["data"]["folds"], config["data"]["fold"]) == (3, k)
+    assert re.search(r"^lr_(low|high) minus each other candidate", printed, re.M)
+
+    assert main([*args[:5], "2", *args[6:]]) == 2
+    assert "folds: 3 before, 2 now" in capsys.readouterr().err
+
+
 def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_path, capsys):
     """`input.mask_source: SEGMENTER_RUN` in a search: the driver trains the fold
     segmenters once, before the first trial; every trial reuses those masks."""
@@ -344,7 +420,12 @@ def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_p
     exp_path.write_text(yaml.safe_dump(exp, sort_keys=False))
 
     assert main(["search", "cls", "--experiment", str(exp_path)]) == 0
-    assert "[search] out-of-fold masks from" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "[search] out-of-fold masks from" in printed
+    # `search results` (printed at the end) says which masks ranked the trials.
+    assert f"masks that ranked the mask-using trials: predicted by the segmenter {tmp_path}" in (
+        printed
+    )
     copies = sorted((tmp_path / "search" / "oof_cls").glob("trial_*/run/oof_masks.json"))
     assert len(copies) == 2
     folds = {json.loads(c.read_text())["folds_dir"] for c in copies}

@@ -290,3 +290,20 @@ def test_trial_metadata_round_trips_and_reads_older_searches():
     for key in ("cpus_per_worker", "gpus_per_worker"):
         del old[key]
     assert TrialMeta.from_dict(old) == TrialMeta(**{**meta.to_dict(), "run_root": None})
+
+
+def test_a_classifier_search_says_which_masks_rank_its_trials():
+    from melanoma_cli.search import ranking_masks
+
+    cls = {"task": "cls", "train": {"data": {"path": "x"}, "input": {"mode": "crop"}}}
+    gt = experiment_from_dict(base(**cls, space={}))
+    assert ranking_masks(gt).startswith("ground truth (input.mask_source: gt)")
+    cls["train"]["input"]["mask_source"] = "runs/seg"
+    assert "predicted by the segmenter runs/seg" in ranking_masks(
+        experiment_from_dict(base(**cls, space={}))
+    )
+    cls["train"]["input"] = {"mode": "full"}
+    assert ranking_masks(experiment_from_dict(base(**cls, space={}))) is None
+    searched = base(**cls, space={"input.mode": {"choice": ["full", "masked"]}})
+    assert ranking_masks(experiment_from_dict(searched)).startswith("ground truth")
+    assert ranking_masks(experiment_from_dict(base())) is None  # a segmenter search

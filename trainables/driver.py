@@ -11,7 +11,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from melanoma.engine.config import TrainConfig
-from trainables.meta import META, TrialMeta, train_run_name
+from trainables.meta import CANDIDATE, META, TrialMeta, train_run_name
 from trainables.train_loop import train_loop_per_worker
 
 
@@ -20,12 +20,18 @@ def trial_config(params: dict) -> tuple[TrainConfig, TrialMeta]:
     ``meta.run_root/<trial dir name>/run``) and the search's metadata."""
     params = dict(params)
     meta = TrialMeta.from_dict(params.pop(META))
-    config = TrainConfig.from_dict(meta.train).with_overrides(params)
+    candidate = params.pop(CANDIDATE, None)
+    base = meta.train if candidate is None else meta.candidates[candidate]
+    config = TrainConfig.from_dict(base).with_overrides(params)
     # Not into Tune's own trial directory: that is a staging folder that Tune copies to
     # storage while the engine replaces files in it (last.pt.tmp vanishing under the copy
     # failed the experiment-state sync), and every copy would carry the checkpoints again.
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     root = Path(meta.run_root) if meta.run_root else trial_dir.parent  # older searches
+    if candidate is not None:  # a fold of a cross-validation: where `melanoma cv` reads it
+        return config.with_overrides(
+            {"out": str(root / candidate / f"fold{config.data.fold}")}
+        ), meta
     return config.with_overrides({"out": str(root / trial_dir.name / "run")}), meta
 
 

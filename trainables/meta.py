@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 META = "__meta__"  # the param_space key it travels under
+CANDIDATE = "__candidate__"  # a cross-validation trial's candidate (a key of `candidates`)
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class TrialMeta:
     checkpoint_metric: str
     mode: str
     placement_strategy: str = "PACK"  # of the trial's Train workers
+    # Cross-validation: label -> TrainConfig dict; a trial trains fold `data.fold` of the
+    # candidate its CANDIDATE parameter names, into <run_root>/<label>/fold<k>.
+    candidates: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,6 +39,7 @@ class TrialMeta:
         data.update(data.pop("resources", {}))
         data.setdefault("run_root", None)
         data.setdefault("placement_strategy", "PACK")
+        data.setdefault("candidates", None)
         return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 

@@ -368,3 +368,32 @@ def build_splits(report: CheckReport, config: SplitConfig) -> Splits:
     return Splits(
         report.root, report.layout, config, entries, leaks, [str(p) for p in report.problems]
     )
+
+
+def fold_splits(splits: Splits, folds: int, seed: int) -> list[Splits]:
+    """``folds`` assignments of the training split: each holds one fold out as ``val``;
+    ``test`` is kept, the original ``val`` dropped (no fold model sees it)."""
+    train = splits.entries["train"]
+    content = {e.sample.id: e.image_sha256 for e in train}
+    group_of = {
+        s.id: n for n, unit in enumerate(units([e.sample for e in train], content)) for s in unit
+    }
+    groups = [group_of[e.sample.id] for e in train]
+    labels = [e.sample.label if e.sample.label is not None else -1 for e in train]
+    if len(set(groups)) < folds:
+        raise ValueError(
+            f"{folds} folds need at least {folds} lesions in the training split, found "
+            f"{len(set(groups))}; use fewer folds or more data"
+        )
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    cut = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = []
+    for fit_rows, held_rows in cut.split(np.zeros(len(train)), labels, groups):
+        entries = {
+            "train": [train[i] for i in fit_rows],
+            "val": [train[i] for i in held_rows],
+            "test": splits.entries["test"],
+        }
+        out.append(replace(splits, entries=entries))
+    return out

@@ -44,8 +44,17 @@ class DataConfig:
     cache: bool = True
     # Allow an index file (manifest.csv) to name files outside its own folder.
     external_paths: bool = False
+    # Cross-validation: with folds >= 2 the run trains on the other folds of the training
+    # split and validates on fold `fold` (lesion-grouped, label-stratified, seeded by
+    # split_seed); the official validation split is left out. 0: the splits as they are.
+    folds: int = 0
+    fold: int = 0
 
     def __post_init__(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise ConfigError(f"data.folds must be 0 (no folds) or at least 2, got {self.folds}")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"data.fold must be in [0, {self.folds}), got {self.fold}")
         if self.image_size is not None and not 32 <= self.image_size <= 2048:
             raise ConfigError(f"data.image_size must be between 32 and 2048, got {self.image_size}")
         if self.batch_size < 1:

@@ -1,4 +1,4 @@
-"""K-fold cross-validation of one configuration on the training split, nnU-Net style.
+"""K-fold cross-validation of candidate configurations on the training split, nnU-Net style.
 
 The training split is cut into ``folds`` lesion-grouped, label-stratified folds (images of
 one lesion and byte-identical images stay in one fold). Each fold's model trains on the
@@ -18,19 +18,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
-from melanoma.data.dataset import DataBundle
-from melanoma.data.splits import Splits, units
+from melanoma.data.splits import fold_splits
 from melanoma.engine.checkpoint import LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.evaluate import score_split
-from melanoma.engine.loop import (
-    CHECKPOINTS,
-    Runtime,
-    fit,
-)
-from melanoma.engine.run import training_data
+from melanoma.engine.loop import CHECKPOINTS, Runtime, labelled, open_training_data
+from melanoma.engine.run import train, training_data
 from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
@@ -50,56 +44,52 @@ class FoldScores:
     outputs: dict
 
 
-def fold_splits(splits: Splits, folds: int, seed: int) -> list[Splits]:
-    """``folds`` assignments of the training split: each holds one fold out as ``val``;
-    ``test`` is kept, the original ``val`` dropped (no fold model sees it)."""
-    train = splits.entries["train"]
-    content = {e.sample.id: e.image_sha256 for e in train}
-    group_of = {
-        s.id: n for n, unit in enumerate(units([e.sample for e in train], content)) for s in unit
-    }
-    groups = [group_of[e.sample.id] for e in train]
-    labels = [e.sample.label if e.sample.label is not None else -1 for e in train]
-    if len(set(groups)) < folds:
-        raise ValueError(
-            f"{folds} folds need at least {folds} lesions in the training split, found "
-            f"{len(set(groups))}; use fewer folds or more data"
-        )
-    cut = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    out = []
-    for fit_rows, held_rows in cut.split(np.zeros(len(train)), labels, groups):
-        entries = {
-            "train": [train[i] for i in fit_rows],
-            "val": [train[i] for i in held_rows],
-            "test": splits.entries["test"],
-        }
-        out.append(replace(splits, entries=entries))
-    return out
+def fold_config(config: TrainConfig, folds: int, k: int, out: Path) -> TrainConfig:
+    """``config`` as fold ``k`` of ``folds``, trained into ``out/fold{k}``: the fold lives
+    in the config (``data.folds``, ``data.fold``), so its checkpoint says which images it
+    held out. No early stopping: every fold trains the epochs asked for."""
+    data = replace(config.data, folds=folds, fold=k)
+    return replace(config, data=data, out=str(Path(out) / f"fold{k}"), early_stopping=0)
 
 
 def cross_validate(
-    config: TrainConfig, folds: int, out: Path, runtime: Runtime | None = None
-) -> dict:
-    """Train ``config`` on each of ``folds`` folds of its training split into
-    ``out/fold{k}``; write and return the per-fold and pooled out-of-fold scores."""
-    if folds < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    candidates: dict[str, TrainConfig], folds: int, out: Path, runtime: Runtime | None = None
+) -> dict[str, dict]:
+    """Train each candidate on each of ``folds`` folds of its training split, here, one
+    after another, into ``out/<label>/fold{k}``; score and write them (``cv.json``) and
+    return label -> summary. ``search.cv.run_cv`` runs the same folds as Ray Tune trials."""
     runtime = runtime or Runtime()
-    # Out-of-fold masks over the whole training split, when the classifier asks for them:
-    # a held-out fold's masks come from segmenters that never saw those images either.
-    bundle, masks = training_data(config, runtime, keep_copy=False)
-    claim_cv_dir(Path(out), cv_plan(config, folds, bundle))
+    claim_cv_dir(Path(out), cv_plan(candidates, folds))
+    for label, config in candidates.items():
+        for k in range(folds):
+            if runtime.progress:
+                print(f"[cv] {label}: fold {k + 1}/{folds}", flush=True)
+            train(fold_config(config, folds, k, Path(out) / label), runtime, resume=True)
+    return {
+        label: score_folds(config, folds, Path(out) / label, runtime)
+        for label, config in candidates.items()
+    }
+
+
+def score_folds(config: TrainConfig, folds: int, out: Path, runtime: Runtime | None = None) -> dict:
+    """Score each trained fold of ``config`` in ``out`` by its last epoch on the fold it
+    held out; write ``cv.json`` and ``oof_outputs.npz`` there; return the summary."""
+    runtime = runtime or Runtime(progress=False)
     scores = []
-    for k, splits in enumerate(fold_splits(bundle.splits, folds, config.data.split_seed)):
-        if runtime.progress:
-            print(
-                f"[cv] fold {k + 1}/{folds}: {len(splits.entries['train'])} training, "
-                f"{len(splits.entries['val'])} held-out images",
-                flush=True,
-            )
-        scores.append(_run_fold(config, k, bundle.with_splits(splits), Path(out), runtime, masks))
+    for k in range(folds):
+        fold = fold_config(config, folds, k, out)
+        bundle, masks = training_data(fold, runtime, keep_copy=False)
+        last = Path(fold.out) / CHECKPOINTS / LAST
+        if not last.is_file():
+            raise FileNotFoundError(f"fold {k} of {out} has no {last}: it did not finish")
+        state = load_checkpoint(last)
+        metrics, outputs = score_split(fold, state["model"], bundle, "val", config.device, masks)
+        # Scored in the split's order; masks only where they exist.
+        entries = bundle.splits.entries["val"]
+        scored = entries if config.task == "cls" else [e for e in entries if e.mask_sha256]
+        outputs["id"] = np.array([e.sample.id for e in scored])
+        scores.append(FoldScores(k, Path(fold.out), metrics, outputs))
     summary = summarise_folds(config, scores)
-    Path(out).mkdir(parents=True, exist_ok=True)
     save_oof_outputs(Path(out), config, scores)
     (Path(out) / CV_FILE).write_text(json.dumps(summary, indent=1) + "\n")
     return summary
@@ -127,17 +117,26 @@ def load_oof_outputs(out: Path) -> dict[str, np.ndarray] | None:
         return {k: saved[k] for k in saved.files}
 
 
-def cv_plan(config: TrainConfig, folds: int, bundle: DataBundle) -> dict:
-    """Everything that defines the fold runs of a cross-validation: the configuration
-    (but where it writes), the fold count and the training images by content. A finished
-    fold is reused only under the same plan."""
-    train = sorted((e.sample.id, e.image_sha256) for e in bundle.splits.entries["train"])
-    return {
-        "config": {k: v for k, v in config.to_dict().items() if k != "out"},
-        "folds": folds,
-        "training_images": len(train),
-        "training_images_sha256": hashlib.sha256(json.dumps(train).encode()).hexdigest(),
-    }
+def cv_plan(candidates: dict[str, TrainConfig], folds: int) -> dict:
+    """Everything that defines the fold runs of a cross-validation: the fold count, each
+    candidate's configuration (but where it writes) and its training images by content.
+    Finished folds are reused only under the same plan. Refuses a fold count the data
+    cannot give before anything trains."""
+    if folds < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {folds}")
+    plan: dict = {"folds": folds, "candidates": {}}
+    for label, config in candidates.items():
+        bundle = open_training_data(config)
+        if config.task == "cls":
+            bundle = bundle.with_splits(labelled(bundle.splits))
+        fold_splits(bundle.splits, folds, config.data.split_seed)
+        train = sorted((e.sample.id, e.image_sha256) for e in bundle.splits.entries["train"])
+        plan["candidates"][label] = {
+            "config": {k: v for k, v in config.to_dict().items() if k != "out"},
+            "training_images": len(train),
+            "training_images_sha256": hashlib.sha256(json.dumps(train).encode()).hexdigest(),
+        }
+    return plan
 
 
 def claim_cv_dir(out: Path, plan: dict) -> None:
@@ -155,7 +154,7 @@ def claim_cv_dir(out: Path, plan: dict) -> None:
                 "--out, or delete the folder to start over"
             )
         return
-    if out.is_dir() and any(out.glob("fold*")):
+    if out.is_dir() and any(out.glob("*/fold*")):
         raise FileExistsError(
             f"{out} holds fold runs with no {PLAN_FILE} to tell what made them; choose another "
             "--out, or delete the folder to start over"
@@ -175,20 +174,6 @@ def _differences(recorded, now, prefix: str = "") -> list[str]:
     if recorded != now:
         return [f"{prefix.rstrip('.')}: {recorded!r} before, {now!r} now"]
     return []
-
-
-def _run_fold(
-    config: TrainConfig, k: int, data: DataBundle, out: Path, runtime: Runtime, masks
-) -> FoldScores:
-    # No early stopping: every fold trains the epochs the configuration asks for.
-    fold_config = replace(config, out=str(out / f"fold{k}"), early_stopping=0)
-    result = fit(fold_config, runtime, resume=True, data=data, mask_override=masks)
-    state = load_checkpoint(result.run_dir / CHECKPOINTS / LAST)
-    metrics, outputs = score_split(fold_config, state["model"], data, "val", config.device, masks)
-    entries = data.splits.entries["val"]  # scored in this order; masks only where they exist
-    scored = entries if config.task == "cls" else [e for e in entries if e.mask_sha256]
-    outputs["id"] = np.array([e.sample.id for e in scored])
-    return FoldScores(k, result.run_dir, metrics, outputs)
 
 
 def summarise_folds(config: TrainConfig, scores: list[FoldScores], resamples: int = 1000) -> dict:

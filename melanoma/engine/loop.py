@@ -549,11 +549,11 @@ def save_val_outputs(run_dir: Path, bundle: DataBundle, task: str, examples: dic
     entries = bundle.splits.entries["val"]
     if task == "cls":
         ids = [e.sample.id for e in entries]
-        values = {"label": examples["labels"], "prob": examples["probs"]}
+        values = {"label": examples.get("labels"), "prob": examples.get("probs")}
     else:  # scored where a ground-truth mask exists
         ids = [e.sample.id for e in entries if e.mask_sha256 is not None]
-        values = dict(examples.get("per_image", {}))
-    if any(len(v) != len(ids) for v in values.values()):
+        values = dict(examples.get("per_image") or {"jaccard": None})
+    if any(v is None or len(v) != len(ids) for v in values.values()):
         return  # not one value per image: nothing that could be paired
     tmp = run_dir / f".{VAL_OUTPUTS}.tmp.npz"
     np.savez(tmp, id=np.array(ids), **values)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma.data.dataset import DataBundle
+from melanoma.data.splits import fold_splits
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import (
     FitResult,
@@ -35,9 +36,14 @@ def training_data(
     """The run's data (labelled images only, for a classifier) and the out-of-fold
     segmenter masks it asks for (made once per machine; ``keep_copy``: also in the run)."""
     bundle = open_training_data(config)
-    if config.task != "cls":
-        return bundle, None
-    bundle = bundle.with_splits(labelled(bundle.splits))
-    if not needs_segmenter_masks(config):
-        return bundle, None
-    return bundle, segmenter_masks(config, bundle, runtime, keep_copy=keep_copy)
+    masks = None
+    if config.task == "cls":
+        bundle = bundle.with_splits(labelled(bundle.splits))
+        if needs_segmenter_masks(config):
+            # Over every training image: a fold's held-out masks come from segmenters that
+            # never saw those images either.
+            masks = segmenter_masks(config, bundle, runtime, keep_copy=keep_copy)
+    if config.data.folds:
+        d = config.data
+        bundle = bundle.with_splits(fold_splits(bundle.splits, d.folds, d.split_seed)[d.fold])
+    return bundle, masks
