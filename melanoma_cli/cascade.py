@@ -34,13 +34,24 @@ def resolve_candidates(sources: list[str], task: str, top_k: int, storage: str) 
     return out
 
 
+def _sources(sources: list[str], task: str, top_k: int, storage: str) -> list:
+    """Cross-validation folders as they are, when every source is one (the build can then
+    choose on their out-of-fold predictions); else the candidates they resolve to."""
+    from melanoma.engine.cv import fold_runs
+
+    if all(Path(s).is_dir() and fold_runs(Path(s)) is not None for s in sources):
+        return [Path(s) for s in sources]
+    return resolve_candidates(sources, task, top_k, storage)
+
+
 def _cmd_cascade_build(args: argparse.Namespace) -> int:
     from melanoma.cascade.build import build_cascade
 
     build_cascade(
-        resolve_candidates(args.seg, "seg", args.top_k, args.storage),
-        resolve_candidates(args.cls, "cls", args.top_k, args.storage),
+        _sources(args.seg, "seg", args.top_k, args.storage),
+        _sources(args.cls, "cls", args.top_k, args.storage),
         Path(args.out),
+        select_on=args.select_on,
         target_sensitivity=args.target_sensitivity,
         data=args.data,
         drop_test_duplicates=args.drop_test_duplicates,
@@ -110,6 +121,15 @@ def register(sub) -> None:
         default="auto",
         help="keep each output mask's largest region, holes filled (auto: when the "
         "validation Jaccard gains)",
+    )
+    p.add_argument(
+        "--select-on",
+        choices=["auto", "oof", "val"],
+        default="auto",
+        help="what chooses the classifiers, their weights and the threshold: the pooled "
+        "out-of-fold predictions of `melanoma cv` folders (oof; then nothing is chosen on "
+        "validation, TTA and clean-up stay off unless on), or the validation split (val); "
+        "auto: oof when every --cls is a cross-validation folder",
     )
     p.add_argument(
         "--target-sensitivity",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ray import tune
 
+from melanoma.config import dump_yaml
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.cv import claim_cv_dir, cv_plan, fold_config, score_folds
 from melanoma.engine.loop import Runtime, needs_segmenter_masks
@@ -24,6 +25,7 @@ from melanoma.engine.run import training_data
 from melanoma.errors import MelanomaError
 from search.experiment import Experiment, ResourcesConfig, SchedulerConfig, SearchConfig
 from search.runner import (
+    EXPERIMENT_FILE,
     Progress,
     connect,
     plan_resources,
@@ -71,6 +73,9 @@ def run_cv(
         },
     )
     root = out / TUNE_DIR / RUN_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    # As a search writes it: `melanoma search results cv --storage OUT/_tune` lists the folds.
+    dump_yaml({**exp.to_dict(), "storage": exp.storage}, root / EXPERIMENT_FILE)
     started = time.perf_counter()
     if tune.Tuner.can_restore(str(root)):
         print(f"[cv] resuming {root}: finished folds are kept", flush=True)

@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.cascade.build import build_cascade, choose_threshold, load_cascade, run_cascade
+from melanoma.cascade.build import build_cascade, load_cascade, run_cascade
 from melanoma.cascade.evaluate import evaluate_cascade
 from melanoma.data.splits import LeakError, Splits
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.engine import Runtime, TrainConfig, fit
+from melanoma.metrics.threshold import choose_threshold
 from melanoma_cli import main
 
 pytestmark = pytest.mark.slow
@@ -819,6 +820,8 @@ def test_validation_with_carved_images_also_reports_the_official_part(tmp_path):
 def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     """`melanoma cv` trains a run's configuration on lesion-grouped folds of its training
     split; the folder it writes is a source of fold models for `cascade build`."""
+    from sklearn.metrics import roc_auc_score
+
     from melanoma.engine.cv import CV_FILE
 
     cv = tmp_path / "cv"
@@ -839,10 +842,52 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     assert sorted(held) == sorted(train)  # each training image scored once, by one fold
     assert summary["images"] == len(train) and len(summary["per_fold"]) == 2
 
-    ens = tmp_path / "ens"
+    # A cross-validation folder as the classifier source: chosen on its pooled
+    # out-of-fold predictions (the default), all its fold models as members, the threshold
+    # from those predictions, validation a second check.
+    from melanoma.engine.cv import load_oof_outputs
+
+    oof_build = tmp_path / "oof"
     build = ["cascade", "build", "--seg", str(built["root"] / "seg"), "--cls", str(cv / "cls")]
-    assert main([*build, "--ensemble-size", "2", "--tta", "off", "--out", str(ens)]) == 0
+    assert main([*build, "--out", str(oof_build)]) == 0
+    printed = capsys.readouterr().out
+    oof = load_oof_outputs(cv / "cls")
+    chosen_json = json.loads((oof_build / "cascade.json").read_text())
+    selection = chosen_json["selection"]
+    assert selection["set"] == "out-of-fold" and selection["images"] == len(train)
+    assert selection["auc"] == pytest.approx(roc_auc_score(oof["label"], oof["prob"]))
+    expected, _ = choose_threshold(oof["label"], oof["prob"], None)
+    assert chosen_json["threshold"] == pytest.approx(expected)
+    assert "out-of-fold" in chosen_json["threshold_rule"]
+    assert sorted(m["origin"] for m in chosen_json["classifiers"]) == sorted(
+        str(Path(r) / "checkpoints" / "last.pt") for r in summary["runs"]
+    )
+    assert chosen_json["tta"] == {"segmenter": False, "classifier": False}
+    assert chosen_json["best_pair"] is None and "second check" in printed
+    report = evaluate_cascade(oof_build, resamples=20)
+    assert "chosen on out-of-fold predictions" in (oof_build / "report.md").read_text()
+    assert report["selection"]["set"] == "out-of-fold"
+
+    # The same folder chosen on the validation split instead.
+    ens = tmp_path / "ens"
+    assert (
+        main(
+            [
+                *build,
+                "--ensemble-size",
+                "2",
+                "--tta",
+                "off",
+                "--out",
+                str(ens),
+                "--select-on",
+                "val",
+            ]
+        )
+        == 0
+    )
     summary_json = json.loads((ens / "cascade.json").read_text())
+    assert summary_json["selection"]["set"] == "validation"
     members = summary_json["classifiers"]
     # The chosen ensemble against the best single pair, paired on the validation images.
     versus = summary_json["vs_best_pair"]
@@ -1010,3 +1055,35 @@ def test_mask_cleanup_refuses_an_unknown_mode(built, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--mask-cleanup", "sometimes"])
     assert "invalid choice: 'sometimes'" in capsys.readouterr().err
+
+
+def test_out_of_fold_selection_of_members_and_threshold_by_hand(tmp_path):
+    """Greedy selection and threshold on pooled out-of-fold predictions, against a hand
+    computation on eight images and three candidates (each pooled in its own order)."""
+    from melanoma.cascade.oof_selection import CvCandidate, choose_classifiers
+
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    ids = np.array([f"i{k}" for k in range(8)])
+    a = np.array([0.1, 0.2, 0.6, 0.3, 0.5, 0.7, 0.8, 0.4])  # AUC 14/16
+    b = np.array([0.3, 0.1, 0.2, 0.5, 0.6, 0.4, 0.9, 0.7])  # AUC 15/16: round 1
+    c = np.array([0.5, 0.4, 0.1, 0.2, 0.3, 0.6, 0.7, 0.9])  # AUC 14/16
+    cands = []
+    for n, p in enumerate((a, b, c)):
+        order = np.roll(np.arange(8), 3 * n)
+        oof = {"id": ids[order], "label": labels[order], "prob": p[order]}
+        cands.append(CvCandidate(tmp_path / f"cv{n}", [], oof))
+    choice = choose_classifiers(cands, rounds=2, target_sensitivity=None)
+    # Round 2: b+a and b+c both separate the classes (AUC 1); the first, a, is taken.
+    assert choice.weights == {1: 1, 0: 1}
+    # Mean of a and b: melanomas 0.55, 0.55, 0.85, 0.55 over benign 0.2, 0.15, 0.4, 0.4;
+    # Youden's J is 1 first at the lowest melanoma score.
+    assert choice.threshold == pytest.approx(0.55)
+    r = choice.report
+    assert r["auc"] == 1.0 and r["images"] == 8 and r["melanomas"] == 4
+    assert [x["oof_auc"] for x in r["candidates"]] == [0.875, 0.9375, 0.875]
+    assert r["vs_best_single"]["difference"] == pytest.approx(1.0 - 0.9375)
+    assert "out-of-fold" in choice.rule
+    # A target sensitivity of 0.75: the highest threshold reaching three of the four.
+    assert choose_classifiers(cands, 2, 0.75).threshold == pytest.approx(0.55)
+    one = choose_classifiers(cands, 1, None)
+    assert one.weights == {1: 1} and one.threshold == pytest.approx(0.6)

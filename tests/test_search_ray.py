@@ -159,34 +159,15 @@ def test_search_with_a_worker_failure_completes(local_ray, tmp_path: Path, capfd
     assert "melanoma search resume tiny" in capfd.readouterr().err
 
 
-def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, capsys):
-    import ray
-
-    from melanoma_cli import main
-    from search.runner import trial_table
-
-    storage = tmp_path / "search"
-    exp = write_experiment(tmp_path / "exp.yaml", storage, samples=3)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MELANOMA_FAIL_ONCE_MARKER", None)
-    # The search runs in its own process with its own local Ray, as a user's would.
-    address = ray.get_runtime_context().gcs_address
+def interrupt_after_first_trial(args: list[str], env: dict) -> list[str]:
+    """Run ``melanoma ARGS`` in its own process, as a user would, and press Ctrl-C once its
+    first trial has finished; the lines it printed."""
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "melanoma_cli",
-            "search",
-            "seg",
-            "--experiment",
-            str(exp),
-            "--address",
-            address,
-        ],
+        [sys.executable, "-m", "melanoma_cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env={**env, "PYTHONUNBUFFERED": "1"},
         start_new_session=True,
     )
     lines = []
@@ -202,6 +183,23 @@ def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, cap
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    return lines
+
+
+def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, capsys):
+    import ray
+
+    from melanoma_cli import main
+    from search.runner import trial_table
+
+    storage = tmp_path / "search"
+    exp = write_experiment(tmp_path / "exp.yaml", storage, samples=3)
+    env = dict(os.environ)
+    env.pop("MELANOMA_FAIL_ONCE_MARKER", None)
+    # The search runs in its own process with its own local Ray, as a user's would.
+    address = ray.get_runtime_context().gcs_address
+    args = ["search", "seg", "--experiment", str(exp), "--address", address]
+    lines = interrupt_after_first_trial(args, env)
     before, _ = trial_table("tiny", str(storage))
     finished = [r for r in before if r["state"] == "TERMINATED" and r["epochs"] == 2]
     assert finished, "".join(lines[-30:])
@@ -347,27 +345,7 @@ def test_cross_validation_runs_folds_as_trials_and_resumes_after_a_killed_driver
     out = tmp_path / "cv"
     args = ["cv", "seg", str(tmp_path / "lr_low"), str(tmp_path / "lr_high"), "--folds", "3"]
     args += ["--epochs", "2", "--out", str(out), "--address", ray.get_runtime_context().gcs_address]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "melanoma_cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    lines, deadline = [], time.time() + 300
-    try:
-        for line in proc.stdout:
-            lines.append(line)
-            if " done " in line and "finished 1" in line:
-                break
-            assert time.time() < deadline, "".join(lines[-30:])
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C does
-        proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    lines = interrupt_after_first_trial(args, dict(os.environ))
 
     def finished() -> dict[Path, int]:
         return {
@@ -392,6 +370,10 @@ def test_cross_validation_runs_folds_as_trials_and_resumes_after_a_killed_driver
             config = yaml.safe_load((Path(run) / "config.yaml").read_text())
             assert (config["data"]["folds"], config["data"]["fold"]) == (3, k)
     assert re.search(r"^lr_(low|high) minus each other candidate", printed, re.M)
+    # The folds are trials of a Tune run that `search results` reads as any search.
+    assert main(["search", "results", "cv", "--storage", str(out / "_tune"), "--json"]) == 0
+    trials = json.loads(capsys.readouterr().out)
+    assert len(trials) == 6 and {t["state"] for t in trials} == {"TERMINATED"}
 
     assert main([*args[:5], "2", *args[6:]]) == 2
     assert "folds: 3 before, 2 now" in capsys.readouterr().err

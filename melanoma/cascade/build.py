@@ -1,4 +1,5 @@
-"""Assemble a cascade from searches or runs: best pair on validation, threshold on validation."""
+"""Assemble a cascade from searches, runs or cross-validations: members, weights, TTA and
+threshold chosen on validation, or on pooled out-of-fold predictions (oof_selection)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 from melanoma.cascade.ensemble import greedy_selection, mask_jaccard, weighted_mean
 from melanoma.cascade.model import Cascade, ClassifierSpec, SegmenterSpec
+from melanoma.cascade.oof_selection import (
+    SELECT_CHOICES,
+    best_segmenter,
+    choose_classifiers,
+    cv_candidates,
+)
 from melanoma.data.dataset import DataBundle, open_data
 from melanoma.data.splits import LeakError, SplitConfig, Splits
 from melanoma.engine.checkpoint import load_checkpoint
@@ -23,6 +30,7 @@ from melanoma.engine.tasks import rebuild_model
 from melanoma.metrics.intervals import classification_interval, mean_interval
 from melanoma.metrics.paired import aligned, describe, paired_difference
 from melanoma.metrics.segmentation import per_image_counts, scores_from_counts
+from melanoma.metrics.threshold import choose_threshold
 from melanoma.postprocess import CLEANUP_CHOICES, clean_masks
 
 FORMAT = "melanoma-cascade"
@@ -220,31 +228,6 @@ def cleaned(masks: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(clean_masks(masks.numpy()))
 
 
-def choose_threshold(
-    labels: np.ndarray, probs: np.ndarray, target_sensitivity: float | None
-) -> tuple[float, str]:
-    """On validation only: the threshold of maximum balanced accuracy (Youden's J), or the
-    highest threshold whose sensitivity reaches ``target_sensitivity``."""
-    keep = labels >= 0
-    labels, probs = labels[keep], probs[keep]
-    if len(np.unique(labels)) < 2:
-        raise ValueError(
-            "the validation split needs melanoma and benign images to choose a threshold"
-        )
-    # Every distinct score is a candidate threshold: the default drops the points that lie
-    # on a straight stretch of the ROC curve, and the threshold of a target sensitivity
-    # can be one of them.
-    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
-    thresholds = np.clip(thresholds, 0.0, 1.0)
-    if target_sensitivity is not None:
-        ok = np.nonzero(tpr >= target_sensitivity)[0]
-        return float(
-            thresholds[ok[0]]
-        ), f"highest threshold with validation sensitivity >= {target_sensitivity}"
-    best = int(np.argmax(tpr - fpr))
-    return float(thresholds[best]), "maximum validation balanced accuracy (Youden's J)"
-
-
 def _require_both_classes(bundle: DataBundle, split: str) -> None:
     labels = [e.sample.label for e in bundle.splits.entries[split] if e.sample.label is not None]
     if len(set(labels)) < 2:
@@ -267,8 +250,14 @@ def build_cascade(
     data: str | None = None,
     drop_test_duplicates: bool = False,
     mask_cleanup: str = "auto",
+    select_on: str = "auto",
 ) -> dict:
-    """Choose the cascade on validation and write ``out/cascade.pt`` with the splits.
+    """Choose the cascade and write ``out/cascade.pt`` with the splits.
+
+    ``select_on``: ``val`` chooses on the validation split (below); ``oof`` on the pooled
+    out-of-fold predictions of cross-validation folders (every classifier source one; see
+    :mod:`melanoma.cascade.oof_selection`), the validation split then a second check;
+    ``auto``: ``oof`` when every classifier source is a cross-validation folder.
 
     Each source is a :class:`Candidate`, a run directory, a checkpoint or a
     cross-validation folder; several sources pool their models. They are paired end to
@@ -280,7 +269,7 @@ def build_cascade(
     each mask, holes filled, ``auto`` when it raises the validation Jaccard. The threshold
     comes from validation. ``drop_test_duplicates`` removes test images that share bytes,
     an id or a lesion with train/val (else refused)."""
-    _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup)
+    _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on)
     segs, clss = _candidates(seg_source, "seg"), _candidates(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s.config, c.config)
@@ -288,47 +277,170 @@ def build_cascade(
     data_meta = _data_meta(clss[0].config, data)
     bundle = _validation_data(data_meta, input_size, drop_test_duplicates)
     check_member_splits([*segs, *clss], bundle.splits)
-
-    pairs = _score_pairs(segs, clss, input_size, bundle)
-    best_pair = max(pairs, key=lambda t: t["val_auc"])
-    if ensemble_size > 1:
-        seg_w, cls_w = _select_ensemble(segs, clss, input_size, bundle, ensemble_size)
+    cls_cv = None if select_on == "val" else cv_candidates(_as_list(cls_source))
+    if select_on == "oof" and cls_cv is None:
+        raise ValueError(
+            "--select-on oof chooses on out-of-fold predictions: every --cls source must be "
+            "a `melanoma cv` folder (with cv.json and oof_outputs.npz); use --select-on val "
+            "to choose on the validation split"
+        )
+    ctx = _Context(input_size, bundle, ensemble_size, tta, mask_cleanup, target_sensitivity)
+    if cls_cv:
+        choice = _choose_on_oof(ctx, segs, _as_list(seg_source), cls_cv)
     else:
-        seg_w, cls_w = {segs.index(best_pair["_seg"]): 1}, {clss.index(best_pair["_cls"]): 1}
-    members = ([segs[i] for i in seg_w], [clss[i] for i in cls_w])
-    weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
-    chosen, tta_report = _choose_tta(members, weights, input_size, bundle, tta)
-    chosen, cleanup_report = _choose_cleanup(chosen, mask_cleanup)
-    threshold, rule = choose_threshold(chosen["label"], chosen["prob"], target_sensitivity)
-
+        choice = _choose_on_validation(ctx, segs, clss)
+    chosen = choice.result
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle.splits.save(out / "splits.json")
     payload = {
         "format": FORMAT,
         "version": VERSION,
-        "segmenters": [_member(segs[i], w) for i, w in seg_w.items()],
-        "classifiers": [_member(clss[i], w) for i, w in cls_w.items()],
-        "tta": {k: tta_report[k] for k in TTA_STAGES},
-        "mask_cleanup": cleanup_report["used"],
+        "segmenters": [_member(m, w) for m, w in choice.segmenters],
+        "classifiers": [_member(m, w) for m, w in choice.classifiers],
+        "tta": {k: choice.tta_report[k] for k in TTA_STAGES},
+        "mask_cleanup": choice.cleanup_report["used"],
         "input_size": input_size,
-        "threshold": threshold,
-        "threshold_rule": rule,
+        "threshold": choice.threshold,
+        "threshold_rule": choice.rule,
         "val_auc": _auc(chosen),
         "val_auc_ci": _auc_interval(chosen),
         "val_jaccard": _jaccard_report(chosen),
         "val_official": _official_part(chosen, bundle),
-        "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
-        "vs_best_pair": _vs_best_pair(chosen, best_pair["_result"]),
-        "tta_check": tta_report,
-        "mask_cleanup_check": cleanup_report,
-        "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
+        "selection": choice.selection,
+        **choice.extra,
+        "tta_check": choice.tta_report,
+        "mask_cleanup_check": choice.cleanup_report,
         "data": data_meta,
         "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
         "dropped_test": bundle.splits.dropped_test,
     }
     torch.save(payload, out / CASCADE_FILE)
     return _write_summary(payload, out)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What both ways of choosing a cascade work with."""
+
+    input_size: int
+    bundle: DataBundle
+    ensemble_size: int
+    tta: str
+    mask_cleanup: str
+    target_sensitivity: float | None
+
+
+@dataclass
+class _Choice:
+    """The chosen members with their weights, the chosen cascade's validation outputs,
+    the threshold and what was compared on the way."""
+
+    segmenters: list[tuple[Candidate, int]]
+    classifiers: list[tuple[Candidate, int]]
+    result: dict
+    tta_report: dict
+    cleanup_report: dict
+    threshold: float
+    rule: str
+    selection: dict
+    extra: dict
+
+
+def _choose_on_validation(ctx: _Context, segs, clss) -> _Choice:
+    """Pairs, ensemble, TTA, clean-up and threshold, all chosen on the validation split."""
+    pairs = _score_pairs(segs, clss, ctx.input_size, ctx.bundle)
+    best_pair = max(pairs, key=lambda t: t["val_auc"])
+    if ctx.ensemble_size > 1:
+        seg_w, cls_w = _select_ensemble(segs, clss, ctx.input_size, ctx.bundle, ctx.ensemble_size)
+    else:
+        seg_w, cls_w = {segs.index(best_pair["_seg"]): 1}, {clss.index(best_pair["_cls"]): 1}
+    members = ([segs[i] for i in seg_w], [clss[i] for i in cls_w])
+    weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
+    chosen, tta_report = _choose_tta(members, weights, ctx.input_size, ctx.bundle, ctx.tta)
+    chosen, cleanup_report = _choose_cleanup(chosen, ctx.mask_cleanup)
+    threshold, rule = choose_threshold(chosen["label"], chosen["prob"], ctx.target_sensitivity)
+    keep = chosen["label"] >= 0
+    return _Choice(
+        [(segs[i], w) for i, w in seg_w.items()],
+        [(clss[i], w) for i, w in cls_w.items()],
+        chosen,
+        tta_report,
+        cleanup_report,
+        threshold,
+        rule,
+        {
+            "set": "validation",
+            "images": int(keep.sum()),
+            "melanomas": int(chosen["label"][keep].sum()),
+        },
+        {
+            "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
+            "vs_best_pair": _vs_best_pair(chosen, best_pair["_result"]),
+            "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
+        },
+    )
+
+
+def _choose_on_oof(ctx: _Context, segs, seg_sources: list, cls_cv: list) -> _Choice:
+    """Classifiers, their weights and the threshold chosen on pooled out-of-fold
+    predictions; the segmenter too when several come cross-validated. Nothing is chosen
+    on validation: ``auto`` leaves TTA and the clean-up off (``on`` keeps them), and the
+    validation figures are a second check."""
+    seg_cv = cv_candidates(seg_sources)
+    if seg_cv:
+        pick = seg_cv[best_segmenter(seg_cv)] if len(seg_cv) > 1 else seg_cv[0]
+        seg_members = [(m, 1) for p in pick.checkpoints for m in load_candidates(p, "seg")]
+    elif len(segs) == 1:
+        seg_members = [(segs[0], 1)]
+    else:
+        raise ValueError(
+            f"choosing among {len(segs)} segmenters without the validation split needs them "
+            "cross-validated (`melanoma cv seg ...`, then --seg CV_DIR ...), or give one --seg"
+        )
+    choice = choose_classifiers(cls_cv, ctx.ensemble_size, ctx.target_sensitivity)
+    cls_members = [
+        (m, w)
+        for i, w in choice.weights.items()
+        for p in cls_cv[i].checkpoints
+        for m in load_candidates(p, "cls")
+    ]
+    members = ([m for m, _ in seg_members], [m for m, _ in cls_members])
+    weights = {
+        "seg_weights": [w for _, w in seg_members],
+        "cls_weights": [w for _, w in cls_members],
+    }
+    fixed = "on" if ctx.tta == "on" else "off"
+    chosen, tta_report = _choose_tta(members, weights, ctx.input_size, ctx.bundle, fixed)
+    chosen, cleanup_report = _choose_cleanup(chosen, "on" if ctx.mask_cleanup == "on" else "off")
+    _print_oof_choice(choice, cls_cv)
+    return _Choice(
+        seg_members,
+        cls_members,
+        chosen,
+        tta_report,
+        cleanup_report,
+        choice.threshold,
+        choice.rule,
+        choice.report,
+        {"best_pair": None, "vs_best_pair": None, "pairs": []},
+    )
+
+
+def _print_oof_choice(choice, cls_cv: list) -> None:
+    r = choice.report
+    chosen = ", ".join(f"{cls_cv[i].folder} x{w}" for i, w in choice.weights.items())
+    print(
+        f"[cascade] chosen on out-of-fold predictions of {r['images']} training images "
+        f"({r['melanomas']} melanomas): classifiers {chosen}, AUC {r['auc']:.4f}",
+        flush=True,
+    )
+    what = "chosen minus best single candidate, out-of-fold AUC"
+    print(f"[cascade] {describe(r['vs_best_single'], what)}", flush=True)
+
+
+def _as_list(source) -> list:
+    return list(source) if isinstance(source, (list, tuple)) else [source]
 
 
 def _vs_best_pair(chosen: dict, pair: dict) -> dict:
@@ -446,15 +558,18 @@ def _write_summary(payload: dict, out: Path) -> dict:
         summary[kind] = [{k: m[k] for k in ("origin", "weight")} for m in payload[kind]]
     (out / "cascade.json").write_text(json.dumps(summary, indent=1) + "\n")
     ci = payload["val_auc_ci"]
+    on_val = payload["selection"]["set"] == "validation"
+    pair = f"; best single pair {payload['best_pair']['val_auc']:.4f}" if on_val else ""
+    second = "" if on_val else " (chosen on out-of-fold predictions: a second check)"
     print(
         f"[cascade] chose {_describe(payload)}: validation AUC {payload['val_auc']:.4f} "
-        f"(95% CI {ci['low']:.3f}-{ci['high']:.3f}); best single pair "
-        f"{payload['best_pair']['val_auc']:.4f}; threshold {payload['threshold']:.4f} "
-        f"({payload['threshold_rule']}); written to {out}",
+        f"(95% CI {ci['low']:.3f}-{ci['high']:.3f}){second}{pair}; threshold "
+        f"{payload['threshold']:.4f} ({payload['threshold_rule']}); written to {out}",
         flush=True,
     )
-    gain = describe(payload["vs_best_pair"], "chosen minus best single pair, validation AUC")
-    print(f"[cascade] {gain}", flush=True)
+    if on_val:
+        gain = describe(payload["vs_best_pair"], "chosen minus best single pair, validation AUC")
+        print(f"[cascade] {gain}", flush=True)
     if payload["val_jaccard"]:
         jac = payload["val_jaccard"]
         print(
@@ -474,15 +589,16 @@ def _write_summary(payload: dict, out: Path) -> dict:
 
 
 def _candidates(source: Source | list[Source], task: str) -> list[Candidate]:
-    sources = list(source) if isinstance(source, (list, tuple)) else [source]
     return [
         c
-        for src in sources
+        for src in _as_list(source)
         for c in ([src] if isinstance(src, Candidate) else load_candidates(src, task))
     ]
 
 
-def _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup) -> None:
+def _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on) -> None:
+    if select_on not in SELECT_CHOICES:
+        raise ValueError(f"--select-on must be one of {list(SELECT_CHOICES)}, got {select_on!r}")
     if ensemble_size < 1:
         raise ValueError(f"--ensemble-size must be at least 1, got {ensemble_size}")
     if tta not in TTA_CHOICES:

@@ -129,6 +129,7 @@ def evaluate_cascade(
         "val_jaccard": meta.get("val_jaccard"),
         "best_pair": meta.get("best_pair"),
         "vs_best_pair": meta.get("vs_best_pair"),
+        "selection": meta.get("selection") or {"set": "validation"},
         "bootstrap_resamples": resamples,
         "test_images": int(len(result["id"])),
         "dropped_test_images": bundle.splits.dropped_test,
@@ -241,6 +242,14 @@ def _selection_lines(report: dict) -> list[str]:
             f"AUC {pair['val_auc']:.3f}"
             + (f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})" if ci else "")
         )
+    chosen_on = report.get("selection") or {}
+    if chosen_on.get("set") == "out-of-fold":
+        lines.append(
+            f"- chosen on out-of-fold predictions of {chosen_on['images']} training images "
+            f"({chosen_on['melanomas']} melanomas): AUC {chosen_on['auc']:.3f}; "
+            + describe(chosen_on["vs_best_single"], "chosen minus best single candidate")
+            + "; nothing was chosen on the validation split"
+        )
     if report.get("vs_best_pair"):
         lines.append(
             "- " + describe(report["vs_best_pair"], "chosen minus best single pair, validation AUC")
@@ -273,8 +282,7 @@ def markdown(report: dict) -> str:
             else "as thresholded"
         ),
         *_selection_lines(report),
-        f"- melanoma threshold {report['threshold']:.4f}, chosen on validation: "
-        f"{report['threshold_rule']} "
+        f"- melanoma threshold {report['threshold']:.4f}: {report['threshold_rule']} "
         f"(validation AUC {report['val_auc']:.3f})",
         f"- 95% intervals: percentile bootstrap over {report['bootstrap_resamples']} "
         "resamples of the test images (within each class for AUC, balanced accuracy, "

@@ -23,7 +23,13 @@ from melanoma.data.splits import fold_splits
 from melanoma.engine.checkpoint import LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.evaluate import score_split
-from melanoma.engine.loop import CHECKPOINTS, Runtime, labelled, open_training_data
+from melanoma.engine.loop import (
+    CHECKPOINTS,
+    Runtime,
+    labelled,
+    load_outputs,
+    open_training_data,
+)
 from melanoma.engine.run import train, training_data
 from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
@@ -110,11 +116,7 @@ def save_oof_outputs(out: Path, config: TrainConfig, scores: list[FoldScores]) -
 
 def load_oof_outputs(out: Path) -> dict[str, np.ndarray] | None:
     """What :func:`save_oof_outputs` wrote in a cross-validation folder, or None."""
-    path = Path(out) / OOF_OUTPUTS
-    if not path.is_file():
-        return None
-    with np.load(path) as saved:
-        return {k: saved[k] for k in saved.files}
+    return load_outputs(Path(out) / OOF_OUTPUTS)
 
 
 def cv_plan(candidates: dict[str, TrainConfig], folds: int) -> dict:

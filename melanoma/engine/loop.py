@@ -562,8 +562,12 @@ def save_val_outputs(run_dir: Path, bundle: DataBundle, task: str, examples: dic
 
 def load_val_outputs(run_dir: Path) -> dict[str, np.ndarray] | None:
     """What :func:`save_val_outputs` wrote in ``run_dir``, or None."""
-    path = Path(run_dir) / VAL_OUTPUTS
-    if not path.is_file():
+    return load_outputs(Path(run_dir) / VAL_OUTPUTS)
+
+
+def load_outputs(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a per-image outputs file (``.npz``), or None where there is none."""
+    if not Path(path).is_file():
         return None
     with np.load(path) as saved:
         return {k: saved[k] for k in saved.files}

@@ -236,11 +236,12 @@ def model_card(meta: dict, report: dict, checks: dict) -> dict:
         "segmenters": [_card_member(m) for m in meta["segmenters"]],
         "classifiers": [_card_member(m) for m in meta["classifiers"]],
         "ensemble": "mask probability and melanoma probability are the weighted means of the "
-        "members' (weight: times chosen on validation)",
+        "members' (weight: times chosen by the greedy selection on the selection set)",
         "test_time_augmentation": {
             f"{stage}s": "on: averaged over the 8 flips and 90-degree rotations" if on else "off"
             for stage, on in meta["tta"].items()
         },
+        "selection": meta.get("selection") or {"set": "validation"},
         "validation_auc": meta["val_auc"],
         "test_metrics": {k: report[k] for k in CARD_TEST_KEYS if k in report}
         or "not evaluated: run `melanoma cascade evaluate` before export",
