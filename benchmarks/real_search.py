@@ -1,27 +1,28 @@
-"""Does the search buy anything over one sensible run? On the real ISIC 2017 images, at an
-equal budget of trial-epochs: the default run, random + FIFO and TPE + ASHA, several seeds.
+"""Does the search hand on a model that beats one sensible run on images nobody chose on?
 
     python benchmarks/real_search.py --data ../shared/data/isic2017 [--seeds 0 1 2]
-        [--budget 12] [--max-epochs 4] [--image-size 64] [--experiment isic2017_cpu_cls]
-        [--all-methods] [--json out.json] [--log search.log]
+        [--budget 12] [--max-epochs 4] [--image-size 64] [--top-k 2] [--folds 3]
+        [--experiment isic2017_cpu_cls] [--json out.json] [--log search.log]
+    # GPU-sized: --image-size 256 --budget 60 --max-epochs 10 --folds 5 --top-k 3
+    #            --experiment isic2017_gpu_cls (resources as the experiment says)
 
-Every method goes through the project's own stack (the shipped experiment, its space,
-``create_searcher`` / ``create_scheduler``, ``search.budget_epochs``), with the inline
-launcher and the data at ``--image-size`` (a small cache so that it fits in tens of
-minutes on a 2-core CPU):
-- **default run**: the experiment's train config as shipped, no search, one run of
-  ``--budget`` epochs on both cores (the whole budget in one run: the strongest baseline);
-- **random + FIFO**: random samples of the experiment's space, every trial to
-  ``--max-epochs``, two at a time;
-- **TPE + ASHA**: Optuna's TPE and ASHA (grace 1, reduction 2), two at a time.
-``--all-methods`` adds TPE + FIFO and random + ASHA, which tell which half helps.
-
-The seed sets the training seed and the searcher's seed of every method. For each run the
-script records the best validation AUC after every trial-epoch, then evaluates the model
-the run would hand on (its best trial's best checkpoint) on the lesion-grouped test split
-carved from the training images, which no method selects on: with 30 melanomas among the
-150 official validation images, a best-of-many validation figure flatters whoever tried
-more, and the held-out column says whether the choice generalises.
+On the real ISIC 2017 images, through the project's own stack (the shipped experiment and
+its space, the inline launcher, ``melanoma cv`` as Tune trials, the paired bootstrap), five
+arms per seed, each handing on a model or an ensemble:
+- **default run**: the experiment's train config as shipped, one run of ``--budget``
+  epochs on both cores;
+- **seed ensemble**: ``--budget / --max-epochs`` default runs of ``--max-epochs`` epochs
+  with other seeds, averaged: the search's compute without a search;
+- **search pick**: TPE + ASHA over the experiment's space for ``--budget`` trial-epochs,
+  its best trial's best checkpoint;
+- **search + ensemble**: the same search's trials, ensembled greedily on validation;
+- **search + cv**: the search's ``--top-k`` trials cross-validated on ``--folds`` folds of
+  the training split, fold models ensembled and chosen (members, weights) on the pooled
+  out-of-fold predictions (``cascade build --select-on oof``'s selection).
+Each arm's pick is scored once on the lesion-grouped test split carved from the training
+images, which nothing selected on: its AUC, its paired bootstrap difference to the default
+run on the same images with the 95% interval of that difference, and the gap between the
+figure it was chosen on (validation AUC, or out-of-fold AUC for the cv arm) and held-out.
 """
 
 from __future__ import annotations
@@ -35,33 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
-from ray import tune
 
-SEARCHES = {
-    "random + FIFO": {"searcher": "random", "scheduler": "fifo"},
-    "TPE + ASHA": {"searcher": "optuna", "scheduler": "asha"},
-}
-MIXED = {
-    "TPE + FIFO": {"searcher": "optuna", "scheduler": "fifo"},
-    "random + ASHA": {"searcher": "random", "scheduler": "asha"},
-}
 DEFAULT = "default run"
-
-
-class Curve(tune.Callback):
-    """Best value so far after each reported trial-epoch, in the order Tune saw them."""
-
-    def __init__(self, metric: str):
-        self.metric = metric
-        self.best: list[float] = []
-        self.trials: set[str] = set()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.trials.add(trial.trial_id)
-        value = float(result.get(self.metric, float("nan")))
-        previous = self.best[-1] if self.best else float("-inf")
-        self.best.append(max(previous, value) if value == value else previous)
+ARMS = (DEFAULT, "seed ensemble", "search pick", "search + ensemble", "search + cv")
+SEARCH = {"searcher": "optuna", "scheduler": "asha"}
+ENSEMBLE_ROUNDS = 5
 
 
 def base_experiment(name: str) -> dict:
@@ -71,115 +52,280 @@ def base_experiment(name: str) -> dict:
     return yaml.safe_load(resolve(name).read_text())
 
 
-def experiment(base: dict, method: str, seed: int, args, storage: str) -> dict:
-    """The benchmark's version of ``base`` for one method and seed."""
+def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int) -> dict:
+    """The benchmark's version of ``base``: ``kind`` "default" (the train config, one run
+    of ``epochs``) or "search" (TPE + ASHA over its space, ``args.budget`` trial-epochs)."""
     train = json.loads(json.dumps(base["train"]))
     train["seed"] = seed
     train["log_images"] = 0
     train["data"] = {**train["data"], "path": args.data, "image_size": args.image_size}
-    exp = {
-        "name": f"{method.replace(' + ', '-').replace(' ', '-')}-{seed}",
-        "task": base["task"],
-        "storage": storage,
-        "train": train,
-    }
-    if method == DEFAULT:
+    exp = {"name": f"{kind}-{seed}", "task": base["task"], "storage": storage, "train": train}
+    if kind == "default":
         return {
             **exp,
             "space": {},
             "search": {
                 "num_samples": 1,
-                "max_epochs": args.budget,
-                "budget_epochs": args.budget,
+                "max_epochs": epochs,
                 "searcher": {"name": "random", "seed": seed},
                 "scheduler": {"name": "fifo"},
             },
             "resources": {"workers": 1, "cpus_per_worker": 2, "launcher": "inline"},
         }
-    kinds = {**SEARCHES, **MIXED}[method]
     return {
         **exp,
         "space": base["space"],
         "search": {
-            # Enough trials that the budget, not the trial count, ends every run.
+            # Enough trials that the budget, not the trial count, ends the search.
             "num_samples": args.budget,
             "max_epochs": args.max_epochs,
             "max_concurrent": 2,
             "budget_epochs": args.budget,
             "searcher": {
-                "name": kinds["searcher"],
+                "name": SEARCH["searcher"],
                 "seed": seed,
                 "n_startup_trials": max(2, args.budget // args.max_epochs // 2),
             },
-            "scheduler": {"name": kinds["scheduler"], "grace_period": 1, "reduction_factor": 2},
+            "scheduler": {"name": SEARCH["scheduler"], "grace_period": 1, "reduction_factor": 2},
         },
         # Two trials at a time on two cores, one torch thread each.
         "resources": {"workers": 1, "cpus_per_worker": 1, "launcher": "inline"},
     }
 
 
-def epochs_to_reach(curve: list[float], target: float) -> int | None:
-    return next((i + 1 for i, v in enumerate(curve) if v >= target), None)
+def predictions(checkpoint: Path, split: str) -> dict[str, np.ndarray]:
+    """A checkpoint's melanoma probabilities on ``split`` of its data as split for the
+    search (a fold model on the official validation and test splits too)."""
+    from melanoma.engine.checkpoint import load_checkpoint
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.evaluate import score_split
+    from melanoma.engine.loop import labelled, open_training_data
+
+    state = load_checkpoint(checkpoint)
+    config = TrainConfig.from_dict(state["config"])
+    bundle = open_training_data(config)
+    bundle = bundle.with_splits(labelled(bundle.splits))
+    _, out = score_split(config, state["model"], bundle, split, "cpu")
+    ids = np.array([e.sample.id for e in bundle.splits.entries[split]])
+    return {"id": ids, "label": out["labels"], "prob": out["probs"]}
 
 
-def held_out(exp, storage: str) -> tuple[float | None, str | None]:
-    """Test AUC of the checkpoint the run would hand on, and that trial's id."""
-    from melanoma.engine.evaluate import evaluate_run
-    from search.runner import trial_table
+def mean_of(parts: list[dict], weights: list[float] | None = None) -> dict:
+    """The weighted mean probability of several models' predictions of the same images."""
+    from melanoma.metrics.paired import aligned
 
-    rows, _ = trial_table(exp.name, storage)
-    best = next((r for r in rows if r["checkpoint"]), None)
-    if best is None:
-        return None, None
-    metrics = evaluate_run(Path(best["checkpoint"]), task=exp.task, split="test")
-    return float(metrics["auc"]), best["trial_id"]
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
+    weights = weights or [1.0] * len(parts)
+    first = parts[0]
+    total = sum(
+        w * aligned(first["id"], first["prob"], p["id"], p["prob"])[2]
+        for p, w in zip(parts, weights, strict=True)
+    )
+    return {"id": first["id"], "label": first["label"], "prob": total / sum(weights)}
 
 
-def summarise(runs: dict[str, list[dict]], target: float) -> dict:
-    """Per method: best validation AUC, held-out AUC, trial-epochs to target, wins."""
-    default = {r["seed"]: r for r in runs[DEFAULT]}
+def auc(pred: dict) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(pred["label"], pred["prob"]))
+
+
+def run_exp(exp_dict: dict) -> tuple[list[dict], float]:
+    """Run one experiment; its trials (best first) and the wall time."""
+    from search.experiment import experiment_from_dict
+    from search.runner import run_search, trial_table
+
+    exp = experiment_from_dict(exp_dict)
+    started = time.perf_counter()
+    run_search(exp)
+    rows, _ = trial_table(exp.name, exp.storage)
+    return [r for r in rows if r["checkpoint"]], time.perf_counter() - started
+
+
+def checkpoint_file(row: dict) -> Path:
+    from trainables.train_loop import CHECKPOINT_FILE
+
+    return Path(row["checkpoint"]) / CHECKPOINT_FILE
+
+
+def arm_default(base, seed, args, storage) -> dict:
+    rows, wall = run_exp(experiment(base, "default", seed, args, storage, args.budget))
+    ckpt = checkpoint_file(rows[0])
+    val = predictions(ckpt, "val")
+    return {
+        "chosen_on": auc(val),
+        "val": val,
+        "test": predictions(ckpt, "test"),
+        "epochs": args.budget,
+        "wall_s": wall,
+    }
+
+
+def arm_seed_ensemble(base, seed, args, storage) -> dict:
+    members, wall = args.budget // args.max_epochs, 0.0
+    vals, tests = [], []
+    for j in range(members):
+        exp = experiment(base, "default", seed * 1000 + j + 1, args, storage, args.max_epochs)
+        rows, took = run_exp(exp)
+        wall += took
+        vals.append(predictions(checkpoint_file(rows[0]), "val"))
+        tests.append(predictions(checkpoint_file(rows[0]), "test"))
+    val = mean_of(vals)
+    return {
+        "chosen_on": auc(val),
+        "val": val,
+        "test": mean_of(tests),
+        "epochs": members * args.max_epochs,
+        "wall_s": wall,
+    }
+
+
+def arms_of_the_search(base, seed, args, storage, tmp: Path) -> dict[str, dict]:
+    """The search pick, the search + greedy validation ensemble, and the search's top-k
+    cross-validated and chosen on out-of-fold predictions: from one search."""
+    from melanoma.cascade.ensemble import greedy_selection
+    from melanoma.cascade.oof_selection import choose_classifiers, cv_candidates
+    from melanoma.engine.checkpoint import load_checkpoint
+    from melanoma.engine.config import TrainConfig
+    from search.cv import run_cv
+    from search.experiment import ResourcesConfig
+
+    rows, wall = run_exp(experiment(base, "search", seed, args, storage, args.max_epochs))
+    vals = [predictions(checkpoint_file(r), "val") for r in rows]
+    tests = [predictions(checkpoint_file(r), "test") for r in rows]
+    out = {
+        "search pick": {
+            "chosen_on": auc(vals[0]),
+            "val": vals[0],
+            "test": tests[0],
+            "epochs": args.budget,
+            "wall_s": wall,
+        }
+    }
+    probs = [_pair(vals[0], v)[2] for v in vals]  # every trial's, in the first one's order
+    labels = vals[0]["label"]
+    weights, _ = greedy_selection(
+        probs, lambda p: auc({"label": labels, "prob": p}), ENSEMBLE_ROUNDS
+    )
+    picked = list(weights)
+    val = mean_of([vals[i] for i in picked], [weights[i] for i in picked])
+    out["search + ensemble"] = {
+        "chosen_on": auc(val),
+        "val": val,
+        "test": mean_of([tests[i] for i in picked], [weights[i] for i in picked]),
+        "epochs": args.budget,
+        "wall_s": wall,
+    }
+
+    started = time.perf_counter()
+    candidates = {}
+    for r in rows[: args.top_k]:
+        config = TrainConfig.from_dict(load_checkpoint(checkpoint_file(r))["config"])
+        candidates[r["trial_id"]] = config.with_overrides({"epochs": args.max_epochs})
+    cv_dir = tmp / f"cv-{seed}"
+    run_cv(candidates, args.folds, cv_dir, resources=ResourcesConfig(cpus_per_worker=1))
+    folders = cv_candidates([cv_dir / label for label in candidates])
+    choice = choose_classifiers(folders, ENSEMBLE_ROUNDS, None)
+    groups = list(choice.weights)
+    group_preds = {
+        split: [mean_of([predictions(c, split) for c in folders[i].checkpoints]) for i in groups]
+        for split in ("val", "test")
+    }
+    w = [choice.weights[i] for i in groups]
+    out["search + cv"] = {
+        "chosen_on": choice.report["auc"],
+        "val": mean_of(group_preds["val"], w),
+        "test": mean_of(group_preds["test"], w),
+        "epochs": args.budget + len(candidates) * args.folds * args.max_epochs,
+        "wall_s": wall + time.perf_counter() - started,
+    }
+    return out
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """Per arm over seeds: held-out AUC, paired gain over the default run (with how often
+    it is positive and its interval excludes zero), chosen-on minus held-out gap, cost."""
     summary = {}
     for name, rs in runs.items():
-        finals = [r["curve"][-1] for r in rs]
-        tests = [r["test_auc"] for r in rs if r["test_auc"] is not None]
-        hits = [epochs_to_reach(r["curve"], target) for r in rs]
-        reached = [h for h in hits if h is not None]
+        gains = [r["vs_default"]["difference"] for r in rs if r.get("vs_default")]
         summary[name] = {
-            "val_best": finals,
-            "test_auc": tests,
-            "epochs_to_target": hits,
-            "median_epochs_to_target": statistics.median(reached) if reached else None,
-            "trials_mean": statistics.mean(r["trials"] for r in rs),
-            "wall_mean_s": statistics.mean(r["wall_s"] for r in rs),
-            "beats_default_val": sum(r["curve"][-1] > default[r["seed"]]["curve"][-1] for r in rs),
-            "beats_default_test": sum(
-                (r["test_auc"] or 0) > (default[r["seed"]]["test_auc"] or 0) for r in rs
-            ),
+            "test_auc": [r["test_auc"] for r in rs],
+            "val_auc": [r["val_auc"] for r in rs],
+            "gap": [r["chosen_on"] - r["test_auc"] for r in rs],
+            "gain_vs_default": gains,
+            "wins": sum(g > 0 for g in gains),
+            "separated_wins": sum(r["vs_default"]["low"] > 0 for r in rs if r.get("vs_default")),
+            "epochs": statistics.mean(r["epochs"] for r in rs),
+            "wall_s": statistics.mean(r["wall_s"] for r in rs),
         }
     return summary
 
 
+def spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):+.4f} ({min(values):+.4f} to {max(values):+.4f})"
+
+
 def print_table(summary: dict, seeds: int) -> None:
     print(
-        f"{'method':14} | {'best val AUC, mean (min-max)':>28} | {'test AUC of its pick':>24} | "
-        f"{'beats default (val / test)':>26} | {'trial-epochs to target':>22} | "
-        f"{'trials':>6} | {'wall s':>6}"
+        f"{'arm':18} | {'held-out AUC, mean (min-max)':>30} | {'paired gain vs default':>34} | "
+        f"{'wins':>5} | {'chosen-on minus held-out':>34} | {'epochs':>6} | {'wall s':>6}"
     )
-    print("-" * 148)
+    print("-" * 154)
     for name, s in summary.items():
-        median = s["median_epochs_to_target"]
-        to_target = f"{median:g} ({sum(h is not None for h in s['epochs_to_target'])} of {seeds})"
-        wins = "-" if name == DEFAULT else f"{s['beats_default_val']} / {s['beats_default_test']}"
-        tests = spread(s["test_auc"]) if s["test_auc"] else "-"
+        t = s["test_auc"]
+        tests = f"{statistics.mean(t):.4f} ({min(t):.4f}-{max(t):.4f})"
+        wins = "-" if name == DEFAULT else f"{s['wins']}/{seeds}"
         print(
-            f"{name:14} | {spread(s['val_best']):>28} | {tests:>24} | {wins:>26} | "
-            f"{to_target if median is not None else 'never':>22} | {s['trials_mean']:6.1f} | "
-            f"{s['wall_mean_s']:6.0f}"
+            f"{name:18} | {tests:>30} | {spread(s['gain_vs_default']):>34} | {wins:>5} | "
+            f"{spread(s['gap']):>34} | {s['epochs']:6.0f} | {s['wall_s']:6.0f}"
         )
+
+
+def run_seed(base, seed: int, args, tmp: Path, log) -> dict[str, dict]:
+    from melanoma.metrics.paired import paired_difference
+
+    storage = str(tmp / "search")
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        arms = {DEFAULT: arm_default(base, seed, args, storage)}
+        arms["seed ensemble"] = arm_seed_ensemble(base, seed, args, storage)
+        arms.update(arms_of_the_search(base, seed, args, storage, tmp))
+    default = arms[DEFAULT]["test"]
+    results = {}
+    for name, arm in arms.items():
+        record = {
+            "seed": seed,
+            "test_auc": auc(arm["test"]),
+            "val_auc": auc(arm["val"]),
+            "chosen_on": arm["chosen_on"],
+            "epochs": arm["epochs"],
+            "wall_s": arm["wall_s"],
+        }
+        if name != DEFAULT:
+            _, a, b = _pair(arm["test"], default)
+            record["vs_default"] = paired_difference(arm["test"]["label"], a, b)
+        results[name] = record
+        vs = record.get("vs_default")
+        paired = (
+            ""
+            if vs is None
+            else (
+                f", minus default {vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
+            )
+        )
+        print(
+            f"seed {seed} {name:18}: chosen on {record['chosen_on']:.4f}, val "
+            f"{record['val_auc']:.4f}, held-out {record['test_auc']:.4f}{paired}; "
+            f"{record['epochs']} epochs, {record['wall_s']:.0f} s",
+            flush=True,
+        )
+    return results
+
+
+def _pair(a: dict, b: dict):
+    from melanoma.metrics.paired import aligned
+
+    return aligned(a["id"], a["prob"], b["id"], b["prob"])
 
 
 def main() -> int:
@@ -187,12 +333,12 @@ def main() -> int:
     parser.add_argument("--data", required=True, help="the ISIC 2017 folder")
     parser.add_argument("--experiment", default="isic2017_cpu_cls")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budget", type=int, default=12, help="trial-epochs per run")
+    parser.add_argument("--budget", type=int, default=12, help="trial-epochs of the search")
     parser.add_argument("--max-epochs", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--target", type=float, default=None)
+    parser.add_argument("--top-k", type=int, default=2, help="search trials cross-validated")
+    parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--log", type=Path, default=None, help="search output (default: hidden)")
-    parser.add_argument("--all-methods", action="store_true", help="add TPE+FIFO, random+ASHA")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.budget < args.max_epochs:
@@ -200,60 +346,29 @@ def main() -> int:
     base = base_experiment(args.experiment)
     if base["task"] != "cls":
         parser.error(f"--experiment {args.experiment} is a {base['task']} search; give a cls one")
-    methods = [DEFAULT, *SEARCHES, *(MIXED if args.all_methods else ())]
 
     import ray
 
-    from search.experiment import experiment_from_dict
-    from search.runner import connect, run_search
+    from search.runner import connect
 
-    runs: dict[str, list[dict]] = {name: [] for name in methods}
+    runs: dict[str, list[dict]] = {name: [] for name in ARMS}
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
     with tempfile.TemporaryDirectory() as tmp:
         connect(None)
         for seed in args.seeds:
-            for name in methods:
-                storage = f"{tmp}/search"
-                exp = experiment_from_dict(experiment(base, name, seed, args, storage))
-                curve = Curve(exp.metric)
-                started = time.perf_counter()
-                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    run_search(exp, callbacks=[curve])
-                    wall = time.perf_counter() - started
-                    test_auc, trial = held_out(exp, storage)
-                runs[name].append(
-                    {
-                        "seed": seed,
-                        "curve": curve.best,
-                        "trials": len(curve.trials),
-                        "picked": trial,
-                        "test_auc": test_auc,
-                        "wall_s": wall,
-                    }
-                )
-                shown = "-" if test_auc is None else f"{test_auc:.4f}"
-                print(
-                    f"seed {seed} {name:14}: best val AUC {curve.best[-1]:.4f} after "
-                    f"{len(curve.best)} trial-epochs, {len(curve.trials)} trials, its pick's "
-                    f"test AUC {shown}, {wall:.0f} s",
-                    flush=True,
-                )
+            for name, record in run_seed(base, seed, args, Path(tmp), log).items():
+                runs[name].append(record)
         ray.shutdown()
     log.close()
-
-    # Target: what the default run reaches, median over seeds.
-    target = args.target or statistics.median(r["curve"][-1] for r in runs[DEFAULT])
     print(
-        f"\n{args.experiment} on {args.data} at {args.image_size} px; budget {args.budget} "
-        f"trial-epochs per run, search trials up to {args.max_epochs} epochs; seeds "
-        f"{args.seeds}; target val AUC {target:.4f} (the default run's median)\n"
+        f"\n{args.experiment} on {args.data} at {args.image_size} px; search {args.budget} "
+        f"trial-epochs (trials up to {args.max_epochs}); cv of the top {args.top_k} on "
+        f"{args.folds} folds; seeds {args.seeds}\n"
     )
-    summary = summarise(runs, target)
+    summary = summarise(runs)
     print_table(summary, len(args.seeds))
     if args.json:
-        args.json.write_text(
-            json.dumps({"target": target, "summary": summary, "runs": runs}, indent=1)
-        )
+        args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
     return 0
 
 

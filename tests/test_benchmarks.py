@@ -43,26 +43,17 @@ def test_real_search_experiments_validate_and_count_right():
     bench = load("real_search")
     base = bench.base_experiment("isic2017_cpu_cls")
     args = argparse.Namespace(budget=12, max_epochs=4, data="synthetic:40:64:0", image_size=64)
-    for method in [bench.DEFAULT, *bench.SEARCHES, *bench.MIXED]:
-        exp = experiment_from_dict(bench.experiment(base, method, 2, args, "runs/x"))
-        assert exp.search.budget_epochs == 12
-        assert exp.resources.launcher == "inline"
-        assert exp.train.seed == 2 and exp.search.searcher.seed == 2
-        assert exp.train.data.image_size == 64 and exp.train.data.path == "synthetic:40:64:0"
-    default = experiment_from_dict(bench.experiment(base, bench.DEFAULT, 0, args, "runs/x"))
+    default = experiment_from_dict(bench.experiment(base, "default", 2, args, "runs/x", 12))
     # The default run is the shipped train config, unsearched, for the whole budget.
     assert default.space == () and default.search.num_samples == 1
     assert default.train.epochs == 12 and default.train.input == base_input(base)
-    tpe = experiment_from_dict(bench.experiment(base, "TPE + ASHA", 0, args, "runs/x"))
-    assert tpe.search.scheduler.name == "asha" and tpe.search.searcher.name == "optuna"
-    assert {p.key for p in tpe.space} == set(base["space"])
-    # Trial-epochs until the best-so-far curve first reaches the target.
-    assert bench.epochs_to_reach([0.1, 0.5, 0.5, 0.7], 0.5) == 2
-    assert bench.epochs_to_reach([0.1, 0.2], 0.5) is None
-    curve = bench.Curve("best_val_auc")
-    for value in (0.3, float("nan"), 0.2, 0.6):
-        curve.on_trial_result(0, [], type("T", (), {"trial_id": "a"})(), {"best_val_auc": value})
-    assert curve.best == [0.3, 0.3, 0.3, 0.6]
+    assert default.train.seed == 2 and default.resources.launcher == "inline"
+    assert default.train.data.image_size == 64 and default.train.data.path == "synthetic:40:64:0"
+    search = experiment_from_dict(bench.experiment(base, "search", 2, args, "runs/x", 4))
+    assert search.search.budget_epochs == 12 and search.search.searcher.seed == 2
+    assert search.search.scheduler.name == "asha" and search.search.searcher.name == "optuna"
+    assert {p.key for p in search.space} == set(base["space"])
+    assert bench.ARMS[0] == bench.DEFAULT and len(bench.ARMS) == 5
 
 
 def base_input(base: dict):
@@ -71,20 +62,32 @@ def base_input(base: dict):
     return InputConfig(**base["train"]["input"])
 
 
-def test_real_search_summary_counts_wins_per_seed():
+def test_real_search_summary_counts_paired_wins_per_seed():
+    import numpy as np
+
     bench = load("real_search")
 
-    def run(seed, curve, test):
-        return {"seed": seed, "curve": curve, "trials": 3, "test_auc": test, "wall_s": 1.0}
+    def run(seed, test, chosen_on, diff=None, low=None):
+        record = {"seed": seed, "test_auc": test, "val_auc": chosen_on, "chosen_on": chosen_on}
+        record |= {"epochs": 12, "wall_s": 1.0}
+        if diff is not None:
+            record["vs_default"] = {"difference": diff, "low": low, "high": diff + 0.05}
+        return record
 
     runs = {
-        bench.DEFAULT: [run(0, [0.70, 0.75], 0.72), run(1, [0.80], 0.70)],
-        "TPE + ASHA": [run(0, [0.6, 0.76], 0.71), run(1, [0.74], 0.75)],
+        bench.DEFAULT: [run(0, 0.72, 0.75), run(1, 0.70, 0.80)],
+        "search + cv": [run(0, 0.71, 0.76, -0.01, -0.04), run(1, 0.75, 0.74, 0.05, 0.01)],
     }
-    summary = bench.summarise(runs, target=0.75)
-    tpe = summary["TPE + ASHA"]
-    # Seed 0: better on validation, worse on test; seed 1 the other way round.
-    assert (tpe["beats_default_val"], tpe["beats_default_test"]) == (1, 1)
-    assert tpe["epochs_to_target"] == [2, None]
-    assert summary[bench.DEFAULT]["epochs_to_target"] == [2, 1]
+    summary = bench.summarise(runs)
+    cv = summary["search + cv"]
+    assert cv["wins"] == 1 and cv["separated_wins"] == 1
+    assert np.allclose(cv["gap"], [0.05, -0.01]) and np.allclose(
+        cv["gain_vs_default"], [-0.01, 0.05]
+    )
     bench.print_table(summary, seeds=2)
+    # Predictions of several models pooled in different orders are averaged per image.
+    a = {"id": np.array(["x", "y"]), "label": np.array([0, 1]), "prob": np.array([0.2, 0.8])}
+    b = {"id": np.array(["y", "x"]), "label": np.array([1, 0]), "prob": np.array([0.6, 0.4])}
+    mean = bench.mean_of([a, b], [1, 3])
+    assert np.allclose(mean["prob"], [(0.2 + 3 * 0.4) / 4, (0.8 + 3 * 0.6) / 4])
+    assert bench.auc(mean) == 1.0

@@ -348,11 +348,18 @@ def test_cross_validation_runs_folds_as_trials_and_resumes_after_a_killed_driver
     lines = interrupt_after_first_trial(args, dict(os.environ))
 
     def finished() -> dict[Path, int]:
-        return {
-            p: p.stat().st_mtime_ns
-            for p in out.glob("*/fold*/checkpoints/last.pt")
-            if load_checkpoint(p)["epoch"] == 2
-        }
+        """The fold runs of the trials Tune recorded as finished, with their last.pt's time."""
+        from ray.tune import ExperimentAnalysis
+
+        trials = ExperimentAnalysis(str(out / "_tune" / "cv")).trials
+        runs = [
+            out / t.config["__candidate__"] / f"fold{t.config['data.fold']}"
+            for t in trials
+            if t.status == "TERMINATED"
+        ]
+        last = [run / "checkpoints" / "last.pt" for run in runs]
+        assert all(load_checkpoint(p)["epoch"] == 2 for p in last)
+        return {p: p.stat().st_mtime_ns for p in last}
 
     before = finished()
     assert 1 <= len(before) < 6, "".join(lines[-30:])
