@@ -65,14 +65,15 @@ def cross_validate(
     after another, into ``out/<label>/fold{k}``; score and write them (``cv.json``) and
     return label -> summary. ``search.cv.run_cv`` runs the same folds as Ray Tune trials."""
     runtime = runtime or Runtime()
-    claim_cv_dir(Path(out), cv_plan(candidates, folds))
+    out = Path(out).resolve()  # cv.json names its fold runs: absolute, usable from anywhere
+    claim_cv_dir(out, cv_plan(candidates, folds))
     for label, config in candidates.items():
         for k in range(folds):
             if runtime.progress:
                 print(f"[cv] {label}: fold {k + 1}/{folds}", flush=True)
-            train(fold_config(config, folds, k, Path(out) / label), runtime, resume=True)
+            train(fold_config(config, folds, k, out / label), runtime, resume=True)
     return {
-        label: score_folds(config, folds, Path(out) / label, runtime)
+        label: score_folds(config, folds, out / label, runtime)
         for label, config in candidates.items()
     }
 
