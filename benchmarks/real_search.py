@@ -165,6 +165,7 @@ def arm_seed_ensemble(base, seed, args, storage) -> dict:
     vals, tests = [], []
     for j in range(members):
         exp = experiment(base, "default", seed * 1000 + j + 1, args, storage, args.max_epochs)
+        exp["name"] = f"member-{seed}-{j}"  # its own search name: default-<seed> is taken
         rows, took = run_exp(exp)
         wall += took
         vals.append(predictions(checkpoint_file(rows[0]), "val"))
