@@ -93,6 +93,11 @@ def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int
     }
 
 
+def member_name(seed: int, j: int) -> str:
+    """The search name of the seed ensemble's ``j``-th member run of ``seed``."""
+    return f"member-{seed}-{j}"
+
+
 def predictions(checkpoint: Path, split: str) -> dict[str, np.ndarray]:
     """A checkpoint's melanoma probabilities on ``split`` of its data as split for the
     search (a fold model on the official validation and test splits too)."""
@@ -165,7 +170,7 @@ def arm_seed_ensemble(base, seed, args, storage) -> dict:
     vals, tests = [], []
     for j in range(members):
         exp = experiment(base, "default", seed * 1000 + j + 1, args, storage, args.max_epochs)
-        exp["name"] = f"member-{seed}-{j}"  # its own search name: default-<seed> is taken
+        exp["name"] = member_name(seed, j)  # not default-<seed>: the next seed's default run
         rows, took = run_exp(exp)
         wall += took
         vals.append(predictions(checkpoint_file(rows[0]), "val"))

@@ -54,6 +54,17 @@ def test_real_search_experiments_validate_and_count_right():
     assert search.search.scheduler.name == "asha" and search.search.searcher.name == "optuna"
     assert {p.key for p in search.space} == set(base["space"])
     assert bench.ARMS[0] == bench.DEFAULT and len(bench.ARMS) == 5
+    # Every run of every seed has a search name of its own (they share one storage).
+    names = [
+        name
+        for seed in range(3)
+        for name in (
+            bench.experiment(base, "default", seed, args, "runs/x", 12)["name"],
+            bench.experiment(base, "search", seed, args, "runs/x", 4)["name"],
+            *(bench.member_name(seed, j) for j in range(3)),
+        )
+    ]
+    assert len(set(names)) == len(names)
 
 
 def base_input(base: dict):
