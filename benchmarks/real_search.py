@@ -2,9 +2,10 @@
 
     python benchmarks/real_search.py --data ../shared/data/isic2017 [--seeds 0 1 2]
         [--budget 12] [--max-epochs 4] [--image-size 64] [--top-k 2] [--folds 3]
-        [--experiment isic2017_cpu_cls] [--json out.json] [--log search.log]
+        [--experiment isic2017_cpu_cls] [--masks predicted|gt] [--segmenter RUN]
+        [--seg-epochs 4] [--json out.json] [--log search.log]
     # GPU-sized: --image-size 256 --budget 60 --max-epochs 10 --folds 5 --top-k 3
-    #            --experiment isic2017_gpu_cls (resources as the experiment says)
+    #            --seg-epochs 10 --experiment isic2017_gpu_cls (resources as it says)
 
 On the real ISIC 2017 images, through the project's own stack (the shipped experiment and
 its space, the inline launcher, ``melanoma cv`` as Tune trials, the paired bootstrap), five
@@ -20,9 +21,17 @@ arms per seed, each handing on a model or an ensemble:
   the training split, fold models ensembled and chosen (members, weights) on the pooled
   out-of-fold predictions (``cascade build --select-on oof``'s selection).
 Each arm's pick is scored once on the lesion-grouped test split carved from the training
-images, which nothing selected on: its AUC, its paired bootstrap difference to the default
-run on the same images with the 95% interval of that difference, and the gap between the
-figure it was chosen on (validation AUC, or out-of-fold AUC for the cv arm) and held-out.
+images, which nothing selected on: its AUC, its paired bootstrap differences to the default
+run and to the seed ensemble on the same images with the 95% interval of each, and the
+gap between the figure it was chosen on (validation AUC, or out-of-fold AUC for the cv arm)
+and held-out.
+
+Lesion crops and masked images see the masks the cascade would give them (``--masks
+predicted``, the default): one segmenter of the shipped segmenter experiment is trained
+once for the whole run (``--seg-epochs`` at the benchmark's image size, or ``--segmenter
+RUN`` reuses one), and every classifier trains on its out-of-fold masks and is validated
+and tested on its predicted masks. ``--masks gt`` measures with ground-truth masks, which
+the cascade never has (an oracle: it flatters crop classifiers).
 """
 
 from __future__ import annotations
@@ -40,7 +49,12 @@ import numpy as np
 import yaml
 
 DEFAULT = "default run"
-ARMS = (DEFAULT, "seed ensemble", "search pick", "search + ensemble", "search + cv")
+SEEDS = "seed ensemble"
+ARMS = (DEFAULT, SEEDS, "search pick", "search + ensemble", "search + cv")
+SEGMENTER_EXPERIMENT = {
+    "isic2017_cpu_cls": "isic2017_cpu_seg",
+    "isic2017_gpu_cls": "isic2017_gpu_seg",
+}
 SEARCH = {"searcher": "optuna", "scheduler": "asha"}
 ENSEMBLE_ROUNDS = 5
 
@@ -59,6 +73,7 @@ def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int
     train["seed"] = seed
     train["log_images"] = 0
     train["data"] = {**train["data"], "path": args.data, "image_size": args.image_size}
+    train["input"] = {**train.get("input", {}), "mask_source": args.mask_source}
     exp = {"name": f"{kind}-{seed}", "task": base["task"], "storage": storage, "train": train}
     if kind == "default":
         return {
@@ -93,6 +108,29 @@ def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int
     }
 
 
+def train_segmenter(args, tmp: Path, log) -> Path:
+    """One segmenter of the shipped segmenter experiment at the benchmark's image size,
+    whose masks every mask-using classifier of the run trains (out of fold), validates
+    and is tested on."""
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.loop import Runtime
+    from melanoma.engine.run import train
+
+    name = SEGMENTER_EXPERIMENT.get(args.experiment, "isic2017_cpu_seg")
+    config = json.loads(json.dumps(base_experiment(name)["train"]))
+    config["data"] = {**config["data"], "path": args.data, "image_size": args.image_size}
+    config.update(epochs=args.seg_epochs, log_images=0, out=str(tmp / "segmenter"))
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        result = train(TrainConfig.from_dict(config), Runtime(progress=False))
+    print(
+        f"segmenter ({name}, {args.seg_epochs} epochs): validation Jaccard "
+        f"{result.best_metrics[result.metric]:.4f}, {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    return Path(config["out"])
+
+
 def member_name(seed: int, j: int) -> str:
     """The search name of the seed ensemble's ``j``-th member run of ``seed``."""
     return f"member-{seed}-{j}"
@@ -104,13 +142,16 @@ def predictions(checkpoint: Path, split: str) -> dict[str, np.ndarray]:
     from melanoma.engine.checkpoint import load_checkpoint
     from melanoma.engine.config import TrainConfig
     from melanoma.engine.evaluate import score_split
-    from melanoma.engine.loop import labelled, open_training_data
+    from melanoma.engine.loop import Runtime
+    from melanoma.engine.run import training_data
 
     state = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(state["config"])
-    bundle = open_training_data(config)
-    bundle = bundle.with_splits(labelled(bundle.splits))
-    _, out = score_split(config, state["model"], bundle, split, "cpu")
+    # The official splits, also for a fold model; the masks it ran on (predicted on val
+    # and test when it names a segmenter).
+    whole = config.with_overrides({"data.folds": 0, "data.fold": 0})
+    bundle, masks = training_data(whole, Runtime(progress=False), keep_copy=False)
+    _, out = score_split(config, state["model"], bundle, split, "cpu", masks=masks)
     ids = np.array([e.sample.id for e in bundle.splits.entries[split]])
     return {"id": ids, "label": out["labels"], "prob": out["probs"]}
 
@@ -253,6 +294,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     summary = {}
     for name, rs in runs.items():
         gains = [r["vs_default"]["difference"] for r in rs if r.get("vs_default")]
+        over_seeds = [r["vs_seeds"] for r in rs if r.get("vs_seeds")]
         summary[name] = {
             "test_auc": [r["test_auc"] for r in rs],
             "val_auc": [r["val_auc"] for r in rs],
@@ -260,6 +302,9 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             "gain_vs_default": gains,
             "wins": sum(g > 0 for g in gains),
             "separated_wins": sum(r["vs_default"]["low"] > 0 for r in rs if r.get("vs_default")),
+            "gain_vs_seeds": [v["difference"] for v in over_seeds],
+            "wins_vs_seeds": sum(v["difference"] > 0 for v in over_seeds),
+            "separated_wins_vs_seeds": sum(v["low"] > 0 for v in over_seeds),
             "epochs": statistics.mean(r["epochs"] for r in rs),
             "wall_s": statistics.mean(r["wall_s"] for r in rs),
         }
@@ -275,17 +320,24 @@ def spread(values: list[float]) -> str:
 def print_table(summary: dict, seeds: int) -> None:
     print(
         f"{'arm':18} | {'held-out AUC, mean (min-max)':>30} | {'paired gain vs default':>34} | "
-        f"{'wins':>5} | {'chosen-on minus held-out':>34} | {'epochs':>6} | {'wall s':>6}"
+        f"{'wins':>5} | {'paired gain vs seed ensemble':>34} | {'wins':>5} | "
+        f"{'chosen-on minus held-out':>34} | {'epochs':>6} | {'wall s':>6}"
     )
-    print("-" * 154)
+    print("-" * 198)
     for name, s in summary.items():
         t = s["test_auc"]
         tests = f"{statistics.mean(t):.4f} ({min(t):.4f}-{max(t):.4f})"
         wins = "-" if name == DEFAULT else f"{s['wins']}/{seeds}"
+        wins_seeds = "-" if name == SEEDS else f"{s.get('wins_vs_seeds', 0)}/{seeds}"
         print(
             f"{name:18} | {tests:>30} | {spread(s['gain_vs_default']):>34} | {wins:>5} | "
+            f"{spread(s.get('gain_vs_seeds', [])):>34} | {wins_seeds:>5} | "
             f"{spread(s['gap']):>34} | {s['epochs']:6.0f} | {s['wall_s']:6.0f}"
         )
+    print(
+        "wins: seeds where the arm's held-out AUC is above the other's, paired on the same "
+        "images; the intervals are in each seed's line above"
+    )
 
 
 def run_seed(base, seed: int, args, tmp: Path, log) -> dict[str, dict]:
@@ -296,7 +348,7 @@ def run_seed(base, seed: int, args, tmp: Path, log) -> dict[str, dict]:
         arms = {DEFAULT: arm_default(base, seed, args, storage)}
         arms["seed ensemble"] = arm_seed_ensemble(base, seed, args, storage)
         arms.update(arms_of_the_search(base, seed, args, storage, tmp))
-    default = arms[DEFAULT]["test"]
+    default, seeds = arms[DEFAULT]["test"], arms[SEEDS]["test"]
     results = {}
     for name, arm in arms.items():
         record = {
@@ -307,17 +359,23 @@ def run_seed(base, seed: int, args, tmp: Path, log) -> dict[str, dict]:
             "epochs": arm["epochs"],
             "wall_s": arm["wall_s"],
         }
-        if name != DEFAULT:
-            _, a, b = _pair(arm["test"], default)
-            record["vs_default"] = paired_difference(arm["test"]["label"], a, b)
+        for key, other, other_name in (
+            ("vs_default", default, DEFAULT),
+            ("vs_seeds", seeds, SEEDS),
+        ):
+            if name != other_name:
+                _, a, b = _pair(arm["test"], other)  # in the arm's order, as its labels
+                record[key] = paired_difference(arm["test"]["label"], a, b)
+        # Each image's held-out probability, for paired comparisons made later.
+        record["test"] = {k: arm["test"][k].tolist() for k in ("id", "label", "prob")}
         results[name] = record
-        vs = record.get("vs_default")
-        paired = (
-            ""
-            if vs is None
-            else (
-                f", minus default {vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
+        paired = "".join(
+            f", minus {what} {vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
+            for what, vs in (
+                ("default", record.get("vs_default")),
+                ("seeds", record.get("vs_seeds")),
             )
+            if vs is not None
         )
         print(
             f"seed {seed} {name:18}: chosen on {record['chosen_on']:.4f}, val "
@@ -344,6 +402,17 @@ def main() -> int:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--top-k", type=int, default=2, help="search trials cross-validated")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument(
+        "--masks",
+        choices=("predicted", "gt"),
+        default="predicted",
+        help="masks of crop/masked classifiers: a segmenter's (as the cascade runs) or the "
+        "ground truth (an oracle)",
+    )
+    parser.add_argument(
+        "--segmenter", type=Path, help="a segmenter run to reuse (with --masks predicted)"
+    )
+    parser.add_argument("--seg-epochs", type=int, default=4, help="epochs of the segmenter trained")
     parser.add_argument("--log", type=Path, default=None, help="search output (default: hidden)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -360,6 +429,9 @@ def main() -> int:
     runs: dict[str, list[dict]] = {name: [] for name in ARMS}
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
     with tempfile.TemporaryDirectory() as tmp:
+        args.mask_source = "gt"
+        if args.masks == "predicted":
+            args.mask_source = str(args.segmenter or train_segmenter(args, Path(tmp), log))
         connect(None)
         for seed in args.seeds:
             for name, record in run_seed(base, seed, args, Path(tmp), log).items():
@@ -369,7 +441,8 @@ def main() -> int:
     print(
         f"\n{args.experiment} on {args.data} at {args.image_size} px; search {args.budget} "
         f"trial-epochs (trials up to {args.max_epochs}); cv of the top {args.top_k} on "
-        f"{args.folds} folds; seeds {args.seeds}\n"
+        f"{args.folds} folds; seeds {args.seeds}; masks: {args.masks}"
+        f"{'' if args.masks == 'gt' else ' by ' + args.mask_source}\n"
     )
     summary = summarise(runs)
     print_table(summary, len(args.seeds))

@@ -33,18 +33,8 @@ def _cmd_search_run(args: argparse.Namespace) -> int:
     exp.train.check_paths()
     name = args.name or exp.name
     storage = args.storage or exp.storage
-    uses_masks = ranking_masks(exp) is not None
-    if uses_masks and exp.train.input.mask_source == "gt":
+    if ranking_masks(exp) is not None and exp.train.input.mask_source == "gt":
         print(f"[search] warning: {ranking_masks(exp)}", flush=True)
-    if uses_masks and exp.train.input.mask_source != "gt":
-        from melanoma.engine.loop import Runtime
-        from melanoma.engine.run import training_data
-
-        # Once here rather than in the first trials at once (they would wait on the lock).
-        print(f"[search] out-of-fold masks from {exp.train.input.mask_source}", flush=True)
-        # The masks do not depend on the mode: ask as a lesion-crop classifier would.
-        config = replace(exp.train, input=replace(exp.train.input, mode="crop"))
-        training_data(config, Runtime(), keep_copy=False)
     run_search(exp, name=name, storage=storage, address=args.address, verbose=args.verbose)
     return _print_results(name, storage, top=10, require_finished=True)
 

@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import ray
 from ray import tune
@@ -18,6 +19,9 @@ from search.searcher import create_scheduler, create_searcher
 from search.tracking import stopped_early
 from trainables.driver import tune_driver
 from trainables.meta import META, TrialMeta, train_run_name, train_storage
+
+if TYPE_CHECKING:
+    from melanoma.engine.config import TrainConfig
 
 EXPERIMENT_FILE = "experiment.yaml"
 
@@ -254,8 +258,10 @@ def run_search(
             f"a search named {name!r} already exists in {storage}; continue it with "
             f"`melanoma search resume {name}` or choose another --name"
         )
+    exp = replace(exp, train=resolve_mask_source(exp.train, storage))
     tracking = _tracking(exp, name)  # before Ray starts: a missing MLflow fails at once
     exp.train.check_paths()  # and a missing data set, not in every trial
+    make_segmenter_masks(exp)
     connect(address)
     plan = plan_resources(exp)
     if not _is_uri(root):
@@ -304,6 +310,43 @@ def run_search(
     grid = tuner.fit()
     print(f"[search] {name} finished in {time.perf_counter() - started:.0f} s", flush=True)
     return grid
+
+
+def resolve_mask_source(train: TrainConfig, storage: str) -> TrainConfig:
+    """``input.mask_source: search:NAME`` made the best checkpoint of segmenter search NAME
+    in ``storage``, so every trial (and a resumed search) uses that one segmenter."""
+    name = train.input.mask_search
+    if name is None:
+        return train
+    try:
+        ((path, origin, value),) = best_checkpoints(name, "seg", 1, storage)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"input.mask_source {train.input.mask_source} names the segmenter search "
+            f"{name!r}, which is not in {search_path(storage, name)}; run it first (`melanoma "
+            "search seg`, same --storage) or set input.mask_source to a segmenter run directory"
+        ) from None
+    except ValueError as err:
+        raise ValueError(f"input.mask_source {train.input.mask_source}: {err}") from None
+    shown = "" if value is None else f", validation {value:.4f}"
+    print(f"[search] masks of segmenter search {name}: its best trial {origin}{shown}", flush=True)
+    return train.with_overrides({"input.mask_source": str(path)})
+
+
+def make_segmenter_masks(exp: Experiment) -> None:
+    """A classifier search's out-of-fold masks, made by the driver before the first trial
+    rather than in the first trials at once (they would wait on each other's lock)."""
+    train = exp.train
+    explores = train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
+    if exp.task != "cls" or not explores or train.input.mask_source == "gt":
+        return
+    from melanoma.engine.loop import Runtime
+    from melanoma.engine.run import training_data
+
+    print(f"[search] out-of-fold masks from {train.input.mask_source}", flush=True)
+    # The masks do not depend on the mode: ask as a lesion-crop classifier would.
+    config = replace(train, input=replace(train.input, mode="crop"))
+    training_data(config, Runtime(), keep_copy=False)
 
 
 def _tracking(exp: Experiment, name: str) -> list:

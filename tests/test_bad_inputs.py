@@ -162,3 +162,22 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch, capsys):
     assert "error: bad input: what to fix" in err and "--debug" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="what to fix"):
         main(["--debug", "data", "synth", "--out", "x"])
+
+
+def test_a_segmenter_search_as_mask_source_is_for_searches(tmp_path: Path, monkeypatch, capsys):
+    """`input.mask_source: search:NAME` names a segmenter search, which `melanoma search`
+    resolves; a bare prefix is refused, and a single run is told how to get a checkpoint."""
+    from melanoma.config import ConfigError
+    from melanoma.engine.config import InputConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="'search:' names no search; write search:NAME"):
+        InputConfig(mask_source="search:")
+    config = TrainConfig(task="cls", input=InputConfig(mode="crop", mask_source="search:seg"))
+    assert config.input.mask_search == "seg" and InputConfig().mask_search is None
+    assert "input.mask_source" not in config.path_values()  # not a path to check
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "cls", "--data", "synthetic:24:64:0", "--epochs", "1"]
+    assert main([*args, "--input-mode", "crop", "--mask-source", "search:seg"]) == 2
+    err = capsys.readouterr().err
+    assert "input.mask_source is 'search:seg', a segmenter search" in err
+    assert "`melanoma search results seg` prints the best checkpoint" in err

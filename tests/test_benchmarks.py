@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -42,11 +43,16 @@ def test_real_search_experiments_validate_and_count_right():
 
     bench = load("real_search")
     base = bench.base_experiment("isic2017_cpu_cls")
-    args = argparse.Namespace(budget=12, max_epochs=4, data="synthetic:40:64:0", image_size=64)
+    args = argparse.Namespace(
+        budget=12, max_epochs=4, data="synthetic:40:64:0", image_size=64, mask_source="/r/seg"
+    )
     default = experiment_from_dict(bench.experiment(base, "default", 2, args, "runs/x", 12))
-    # The default run is the shipped train config, unsearched, for the whole budget.
+    # The default run is the shipped train config, unsearched, for the whole budget, with
+    # the benchmark's own segmenter's masks.
     assert default.space == () and default.search.num_samples == 1
-    assert default.train.epochs == 12 and default.train.input == base_input(base)
+    assert base_input(base).mask_source == "search:isic2017_cpu_seg"
+    assert default.train.epochs == 12
+    assert default.train.input == replace(base_input(base), mask_source="/r/seg")
     assert default.train.seed == 2 and default.resources.launcher == "inline"
     assert default.train.data.image_size == 64 and default.train.data.path == "synthetic:40:64:0"
     search = experiment_from_dict(bench.experiment(base, "search", 2, args, "runs/x", 4))
@@ -89,9 +95,14 @@ def test_real_search_summary_counts_paired_wins_per_seed():
         bench.DEFAULT: [run(0, 0.72, 0.75), run(1, 0.70, 0.80)],
         "search + cv": [run(0, 0.71, 0.76, -0.01, -0.04), run(1, 0.75, 0.74, 0.05, 0.01)],
     }
+    # Against the seed ensemble: ahead in both seeds, clearly (interval above 0) in one.
+    runs["search + cv"][0]["vs_seeds"] = {"difference": 0.02, "low": -0.01, "high": 0.05}
+    runs["search + cv"][1]["vs_seeds"] = {"difference": 0.04, "low": 0.01, "high": 0.07}
     summary = bench.summarise(runs)
     cv = summary["search + cv"]
     assert cv["wins"] == 1 and cv["separated_wins"] == 1
+    assert cv["wins_vs_seeds"] == 2 and cv["separated_wins_vs_seeds"] == 1
+    assert summary[bench.DEFAULT]["wins_vs_seeds"] == 0
     assert np.allclose(cv["gap"], [0.05, -0.01]) and np.allclose(
         cv["gain_vs_default"], [-0.01, 0.05]
     )

@@ -386,35 +386,47 @@ def test_cross_validation_runs_folds_as_trials_and_resumes_after_a_killed_driver
     assert "folds: 3 before, 2 now" in capsys.readouterr().err
 
 
-def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_path, capsys):
-    """`input.mask_source: SEGMENTER_RUN` in a search: the driver trains the fold
-    segmenters once, before the first trial; every trial reuses those masks."""
+def test_classifier_search_on_a_segmenter_searchs_masks_makes_them_once(
+    local_ray, tmp_path, capsys
+):
+    """`input.mask_source: search:SEG` in a classifier search: the driver resolves it to
+    the segmenter search's best trial and trains its fold segmenters once, before the
+    first trial; every trial reuses those masks, and the results say they ranked it."""
     import json
 
     from melanoma.engine.config import TrainConfig
-    from melanoma.engine.loop import Runtime, fit
     from melanoma_cli import main
+    from search.runner import best_checkpoints, resolve_mask_source
 
     local_ray["marker"].write_text("disarmed: no injected failure in this search")
-    exp_path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=2)
+    exp_path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=1)
     exp = yaml.safe_load(exp_path.read_text())
-    seg = {**exp["train"], "task": "seg", "epochs": 1, "out": str(tmp_path / "seg")}
-    fit(TrainConfig.from_dict(seg), Runtime(progress=False))
-    exp.update(name="oof_cls", task="cls")
-    exp["train"]["model"] = {"arch": "resnet18"}
-    exp["train"]["input"] = {"mode": "crop", "mask_source": str(tmp_path / "seg"), "oof_folds": 2}
-    exp["space"] = {"input.crop_margin": {"uniform": [0.05, 0.4]}}
+    exp.update(name="seg")
+    exp["space"] = {"optimizer.lr": {"loguniform": [1e-3, 1e-2]}}
     exp["search"]["max_epochs"] = 1
     exp["resources"]["launcher"] = "inline"
     exp_path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    assert main(["search", "seg", "--experiment", str(exp_path)]) == 0
+    ((seg_best, _, _),) = best_checkpoints("seg", "seg", 1, str(tmp_path / "search"))
 
+    exp.update(name="oof_cls", task="cls")
+    exp["train"]["model"] = {"arch": "resnet18"}
+    exp["train"]["input"] = {"mode": "crop", "mask_source": "search:seg", "oof_folds": 2}
+    exp["space"] = {"input.crop_margin": {"uniform": [0.05, 0.4]}}
+    exp["search"]["num_samples"] = 2
+    exp_path.write_text(yaml.safe_dump(exp, sort_keys=False))
+    capsys.readouterr()
     assert main(["search", "cls", "--experiment", str(exp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "[search] out-of-fold masks from" in printed
+    assert "[search] masks of segmenter search seg: its best trial seg/" in printed
+    assert f"[search] out-of-fold masks from {seg_best}" in printed
     # `search results` (printed at the end) says which masks ranked the trials.
-    assert f"masks that ranked the mask-using trials: predicted by the segmenter {tmp_path}" in (
+    assert f"masks that ranked the mask-using trials: predicted by the segmenter {seg_best}" in (
         printed
     )
+    # The search records the segmenter it resolved: a resume uses that one.
+    recorded = yaml.safe_load((tmp_path / "search" / "oof_cls" / "experiment.yaml").read_text())
+    assert recorded["train"]["input"]["mask_source"] == str(seg_best)
     copies = sorted((tmp_path / "search" / "oof_cls").glob("trial_*/run/oof_masks.json"))
     assert len(copies) == 2
     folds = {json.loads(c.read_text())["folds_dir"] for c in copies}
@@ -424,6 +436,20 @@ def test_classifier_search_on_out_of_fold_masks_makes_them_once(local_ray, tmp_p
     made = max((folds_dir / f"fold{k}" / "checkpoints" / "last.pt").stat().st_mtime for k in (0, 1))
     for copy in copies:  # trained before any trial began
         assert (copy.parent / "config.yaml").stat().st_mtime > made
+
+    # A classifier search is no source of masks; a missing search is named.
+    cls_config = TrainConfig.from_dict({**exp["train"], "task": "cls"})
+    storage = str(tmp_path / "search")
+    with pytest.raises(ValueError, match="search:oof_cls: search 'oof_cls' searched cls models"):
+        resolve_mask_source(
+            cls_config.with_overrides({"input.mask_source": "search:oof_cls"}), storage
+        )
+    with pytest.raises(
+        FileNotFoundError, match="names the segmenter search 'nope', which is not in"
+    ):
+        resolve_mask_source(
+            cls_config.with_overrides({"input.mask_source": "search:nope"}), storage
+        )
 
 
 def free_port() -> int:

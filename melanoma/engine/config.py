@@ -132,12 +132,19 @@ class SchedulerConfig:
     min_lr_ratio: float = 0.01
 
 
+# ``input.mask_source: search:NAME``: the best trial of segmenter search NAME, which the
+# search and cv commands resolve to its checkpoint before any trial starts.
+MASK_SEARCH_PREFIX = "search:"
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """What the classifier sees: the whole image, the masked lesion, or a lesion crop."""
 
     mode: Literal["full", "masked", "crop"] = "full"
-    mask_source: str = "gt"  # "gt", or a segmenter run directory (out-of-fold masks on train)
+    # "gt"; a segmenter run directory or checkpoint (out-of-fold masks on train, its own on
+    # val/test); or "search:NAME", a segmenter search's best trial.
+    mask_source: str = "gt"
     crop_margin: float = 0.15  # crop: bounding box dilated by this fraction of its size
     oof_folds: int = 3
 
@@ -146,6 +153,18 @@ class InputConfig:
             raise ConfigError(f"input.oof_folds must be at least 2, got {self.oof_folds}")
         if not 0 <= self.crop_margin <= 1:
             raise ConfigError(f"input.crop_margin must be in [0, 1], got {self.crop_margin}")
+        if self.mask_source == MASK_SEARCH_PREFIX:
+            raise ConfigError(
+                f"input.mask_source {self.mask_source!r} names no search; write "
+                f"{MASK_SEARCH_PREFIX}NAME with the segmenter search's name"
+            )
+
+    @property
+    def mask_search(self) -> str | None:
+        """The segmenter search named by ``mask_source: search:NAME``, else None."""
+        if self.mask_source.startswith(MASK_SEARCH_PREFIX):
+            return self.mask_source[len(MASK_SEARCH_PREFIX) :]
+        return None
 
 
 @dataclass(frozen=True)
@@ -270,7 +289,7 @@ class TrainConfig:
         return {
             k: v
             for k, v in values.items()
-            if v and not v.startswith("synthetic:") and "://" not in v
+            if v and not v.startswith(("synthetic:", MASK_SEARCH_PREFIX)) and "://" not in v
         }
 
     def check_paths(self) -> None:

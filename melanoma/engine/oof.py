@@ -21,6 +21,7 @@ import torch
 from filelock import FileLock
 from sklearn.model_selection import GroupKFold
 
+from melanoma.config import ConfigError
 from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
 from melanoma.engine.checkpoint import LAST, load_checkpoint
@@ -77,6 +78,13 @@ def segmenter_masks(
     ``$MELANOMA_CACHE/oof/`` under a file lock, so the trials of a classifier search (and
     the search's driver, which makes them before the first trial) share one set; each run
     keeps its own copy (``oof_masks.npz``) for ``evaluate``."""
+    if config.input.mask_search is not None:
+        raise ConfigError(
+            f"input.mask_source is {config.input.mask_source!r}, a segmenter search: "
+            "`melanoma search` and `melanoma cv` resolve it to the search's best checkpoint, "
+            "a single run needs that checkpoint or its run directory (`melanoma search "
+            f"results {config.input.mask_search}` prints the best checkpoint)"
+        )
     state = load_checkpoint(Path(config.input.mask_source))
     # Masks are reused only when the same segmenter checkpoint, fold count and images
     # made them: a retrained segmenter or another split makes them anew.
