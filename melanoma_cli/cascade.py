@@ -58,6 +58,7 @@ def _cmd_cascade_build(args: argparse.Namespace) -> int:
         ensemble_size=args.ensemble_size,
         tta=args.tta,
         mask_cleanup=args.mask_cleanup,
+        calibration=args.calibration,
     )
     return 0
 
@@ -130,6 +131,14 @@ def register(sub) -> None:
         "out-of-fold predictions of `melanoma cv` folders (oof; then nothing is chosen on "
         "validation, TTA and clean-up stay off unless on), or the validation split (val); "
         "auto: oof when every --cls is a cross-validation folder",
+    )
+    p.add_argument(
+        "--calibration",
+        choices=["auto", "platt", "temperature", "isotonic", "off"],
+        default="auto",
+        help="map the melanoma probability to the observed rate on the selection set, in "
+        "the exported graph too (auto: Platt scaling when it lowers the cross-fitted "
+        "log-loss there)",
     )
     p.add_argument(
         "--target-sensitivity",

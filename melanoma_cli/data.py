@@ -40,6 +40,7 @@ def _print_summary(summary: dict) -> None:
         f"official splits: {', '.join(f'{k} {v}' for k, v in summary['official_splits'].items())}"
     )
     _print_cross_split(summary["cross_split_duplicates"], "official splits")
+    _print_metadata(summary["metadata"], summary["images"])
     if cov["mean"] is not None:
         print(
             f"mask coverage: mean {cov['mean']:.3f}, min {cov['min']:.3f}, max {cov['max']:.3f}, "
@@ -54,6 +55,20 @@ def _print_summary(summary: dict) -> None:
             else ""
         )
     )
+
+
+def _print_metadata(metadata: dict, images: int) -> None:
+    """Coverage of age, sex and site: known, unknown, and the values (age in bands)."""
+    if not metadata:
+        print("metadata:      none in this layout (age, sex, site)")
+        return
+    for name in ("age", "sex", "site"):
+        if name not in metadata:
+            print(f"{name + ':':15}not recorded")
+            continue
+        m = metadata[name]
+        values = ", ".join(f"{k} {v}" for k, v in m["values"].items())
+        print(f"{name + ':':15}{m['known']} of {images} known ({values})")
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -280,7 +280,11 @@ def _register_train(sub) -> None:
     )
     p.add_argument("--loss")
     p.add_argument(
-        "--input-mode", "--input_mode", dest="input_mode", choices=["full", "masked", "crop"]
+        "--input-mode",
+        "--input_mode",
+        dest="input_mode",
+        # melanoma.data.transforms.INPUT_MODES, written out: the CLI loads without torch
+        choices=["full", "masked", "crop", "mask_channel"],
     )
     p.add_argument(
         "--mask-source",

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from melanoma.cascade.build import build_cascade, load_cascade, run_cascade
+from melanoma.cascade.calibration import Calibration
 from melanoma.cascade.evaluate import evaluate_cascade
+from melanoma.cascade.model import ProbabilityMap
 from melanoma.data.splits import LeakError, Splits
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.engine import Runtime, TrainConfig, fit
@@ -86,7 +88,11 @@ def test_cascade_equals_the_models_run_by_hand(built):
         x = apply_input_mode(images, mask, "crop", 0.15, 64)
         expected = torch.softmax(models["cls"](x), dim=1)[:, 1]
         prob, cascade_mask = cascade(images)
-    assert torch.allclose(prob, expected, atol=1e-6)
+        uncalibrated = cascade.classify_uncalibrated(images, mask)
+    # The classifiers' probability, then the calibration the build chose (maybe none).
+    assert torch.allclose(uncalibrated, expected, atol=1e-6)
+    assert torch.allclose(prob, cascade.calibrate(expected), atol=1e-6)
+    assert cascade.calibrate.calibration.method == meta["calibration"]["method"]
     assert torch.equal(cascade_mask, mask)
 
 
@@ -369,7 +375,12 @@ def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path,
     assert card["threshold"] == load_cascade(built["dir"])[1]["threshold"]
     assert card["export_check"]["images_used"] == f"8 test images of {built['data']}"
     lines = (export / "checksums.sha256").read_text().splitlines()
-    assert {line.split()[1] for line in lines} == {"cascade.onnx", "cascade.pt2", "model_card.json"}
+    assert {line.split()[1] for line in lines} == {
+        "cascade.onnx",
+        "cascade.pt2",
+        "model_card.json",
+        "MODEL_CARD.md",
+    }
     # Fresh images through ONNX Runtime vs eager PyTorch.
     cascade, _ = load_cascade(built["dir"])
     images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
@@ -720,8 +731,13 @@ def test_a_version_2_cascade_with_one_tta_flag_loads_with_both_stages(built, tmp
     torch.save(v3 | {"version": 3}, old / CASCADE_FILE)
     cascade, meta = load_cascade(old)
     assert meta["mask_cleanup"] is False and cascade.mask_cleanup is False
-    torch.save(payload | {"version": 5}, old / CASCADE_FILE)
-    with pytest.raises(ValueError, match="not a version 1-4 melanoma cascade"):
+    # Version 4 had no calibration: its probability is the classifiers' own.
+    v4 = {k: v for k, v in payload.items() if not k.startswith("calibration")}
+    torch.save(v4 | {"version": 4}, old / CASCADE_FILE)
+    cascade, meta = load_cascade(old)
+    assert meta["calibration"] is None and cascade.calibrate.calibration.method == "none"
+    torch.save(payload | {"version": 6}, old / CASCADE_FILE)
+    with pytest.raises(ValueError, match="not a version 1-5 melanoma cascade"):
         load_cascade(old)
 
 
@@ -856,8 +872,14 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     selection = chosen_json["selection"]
     assert selection["set"] == "out-of-fold" and selection["images"] == len(train)
     assert selection["auc"] == pytest.approx(roc_auc_score(oof["label"], oof["prob"]))
-    expected, _ = choose_threshold(oof["label"], oof["prob"], None)
+    # The threshold: on those predictions as the cascade emits them, through the
+    # calibration the build chose on them (maybe none).
+    emitted = ProbabilityMap(Calibration.from_dict(chosen_json["calibration"]))(
+        torch.as_tensor(oof["prob"], dtype=torch.float32)
+    ).numpy()
+    expected, _ = choose_threshold(oof["label"], emitted, None)
     assert chosen_json["threshold"] == pytest.approx(expected)
+    assert chosen_json["calibration_check"]["set"] == "out-of-fold"
     assert "out-of-fold" in chosen_json["threshold_rule"]
     assert sorted(m["origin"] for m in chosen_json["classifiers"]) == sorted(
         str(Path(r) / "checkpoints" / "last.pt") for r in summary["runs"]
@@ -1087,3 +1109,122 @@ def test_out_of_fold_selection_of_members_and_threshold_by_hand(tmp_path):
     assert choose_classifiers(cands, 2, 0.75).threshold == pytest.approx(0.55)
     one = choose_classifiers(cands, 1, None)
     assert one.weights == {1: 1} and one.threshold == pytest.approx(0.6)
+
+
+def test_calibration_is_chosen_on_selection_and_travels_to_export_and_predict(
+    built, tmp_path, capsys
+):
+    """`--calibration platt`: fitted on validation, the threshold chosen on the calibrated
+    probabilities, the map inside the exported graph, so predict emits calibrated values;
+    evaluation reports calibration before and after, operating points, the diagram."""
+    import onnxruntime as ort
+
+    from melanoma.cascade.build import open_cascade_data
+    from melanoma.cascade.calibration import calibration_line, fit_calibration
+    from melanoma.metrics.calibration import calibration_report
+
+    out = tmp_path / "calibrated"
+    build_cascade(
+        str(built["root"] / "seg"), str(built["root"] / "cls"), out, tta="off", calibration="platt"
+    )
+    assert "[cascade] probabilities recalibrated (platt: --calibration platt)" in (
+        capsys.readouterr().out
+    )
+    cascade, meta = load_cascade(out)
+    calibration = Calibration.from_dict(meta["calibration"])
+    assert calibration.method == "platt" and (calibration.a, calibration.b) != (1.0, 0.0)
+    assert meta["calibration_check"]["set"] == "validation"
+    assert calibration_line(meta["calibration_check"]).startswith("probabilities recalibrated")
+
+    # The map and the threshold come from the validation images, as a hand computation.
+    plain, _ = load_cascade(built["dir"])
+    plain.calibrate = ProbabilityMap()  # the identity
+    bundle = open_cascade_data(meta["data"], meta["input_size"])
+    raw = run_cascade(plain, bundle, "val")
+    keep = raw["label"] >= 0
+    by_hand = fit_calibration(raw["label"][keep], raw["prob"][keep], "platt")
+    assert calibration.a == pytest.approx(by_hand.a, rel=1e-4)
+    assert calibration.b == pytest.approx(by_hand.b, abs=1e-4)
+    with torch.no_grad():  # as the cascade emits them: float32, through the same map
+        emitted = ProbabilityMap(calibration)(torch.as_tensor(raw["prob"])).numpy()
+    assert np.abs(emitted - by_hand.apply(raw["prob"])).max() < 1e-5
+    expected, _ = choose_threshold(raw["label"], emitted, None)
+    assert meta["threshold"] == pytest.approx(expected, abs=1e-6)
+
+    report = evaluate_cascade(out, resamples=50)
+    test = report["test_calibration"]
+    with open(out / "test_predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    labels = np.array([int(r["label"]) for r in rows])
+    shipped = np.array([float(r["probability"]) for r in rows])
+    assert test["shipped"]["ece"]["value"] == pytest.approx(
+        calibration_report(labels, shipped, resamples=10)["ece"]["value"], abs=1e-6
+    )
+    assert test["uncalibrated"]["log_loss"]["value"] != test["shipped"]["log_loss"]["value"]
+    assert set(report["operating_points"]) == {
+        "specificity_at_90",
+        "specificity_at_95",
+        "sensitivity_at_90",
+        "sensitivity_at_95",
+    }
+    assert (out / "reliability.png").stat().st_size > 0
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    markdown = (out / "report.md").read_text()
+    assert "## Calibration" in markdown and "## Operating points" in markdown
+    assert "specificity at 90% sensitivity" in markdown
+
+    # ONNX Runtime gives the calibrated probability, and predict writes it.
+    export = tmp_path / "export"
+    assert main(["export", str(out), "--out", str(export)]) == 0
+    images = torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        eager = cascade(images)[0].numpy()
+        uncalibrated = cascade.classify_uncalibrated(
+            images, (cascade.segment(images) > cascade.mask_threshold).to(torch.uint8)
+        ).numpy()
+    assert np.abs(eager - calibration.apply(uncalibrated)).max() < 1e-5
+    session = ort.InferenceSession(str(export / "cascade.onnx"))
+    assert np.abs(session.run(None, {"images": images.numpy()})[0] - eager).max() < 1e-4
+    card = json.loads((export / "model_card.json").read_text())
+    assert card["calibration"]["method"] == "platt"
+    # The card says what it is for and not, what it learnt from, how it did per subgroup
+    # and what limits it; MODEL_CARD.md says the same to people.
+    assert "not a medical device" in " ".join(card["not_intended_use"])
+    splits = json.loads((out / "splits.json").read_text())["splits"]
+    for split in ("train", "val", "test"):
+        assert card["training_data"][split]["images"] == len(splits[split])
+        assert len(card["training_data"][split]["sha256"]) == 64
+    assert set(card["subgroups"]) == {"age", "sex"}  # the synthetic data record both
+    # Per sex: the test images and melanomas, counted by hand from the metadata CSV.
+    with open(built["data"] / "ISIC-2017_Training_Data_metadata.csv") as fh:
+        sex_of = {r["image_id"]: r["sex"] for r in csv.DictReader(fh)}
+    by_hand: dict[str, list[int]] = {}
+    for r in rows:
+        counts = by_hand.setdefault(sex_of[r["id"]], [0, 0])
+        counts[0] += 1
+        counts[1] += int(r["label"])
+    assert {g["group"]: [g["images"], g["melanomas"]] for g in card["subgroups"]["sex"]} == (
+        by_hand
+    )
+    for g in card["subgroups"]["sex"]:  # metrics exactly where both classes reach 5
+        assert ("too_small" in g) == (min(g["melanomas"], g["images"] - g["melanomas"]) < 5)
+    limits = " ".join(card["limitations"])
+    assert "carved from the training images" in limits and "Not analysed by site" in limits
+    assert "squashed to 64x64 pixels" in limits
+    md = (export / "MODEL_CARD.md").read_text()
+    for heading in ("## Intended use", "## Not intended for", "## Data", "## Test results"):
+        assert heading in md
+    assert "### Calibration" in md and "### Subgroups" in md and "## Known limitations" in md
+    assert "specificity at 95% sensitivity" in md
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for r in rows[:6]:
+        shutil.copy(built["data"] / "ISIC-2017_Training_Data" / f"{r['id']}.jpg", folder)
+    assert (
+        main(["predict", str(folder), "--model", str(export), "--out", str(tmp_path / "p.csv")])
+        == 0
+    )
+    with open(tmp_path / "p.csv") as fh:
+        predicted = {Path(r["image"]).stem: float(r["probability"]) for r in csv.DictReader(fh)}
+    for r in rows[:6]:
+        assert predicted[r["id"]] == pytest.approx(float(r["probability"]), abs=1e-4)

@@ -6,15 +6,21 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from melanoma.cascade.calibration import (
+    CALIBRATION_CHOICES,
+    Calibration,
+    calibration_line,
+    choose_calibration,
+)
 from melanoma.cascade.ensemble import greedy_selection, mask_jaccard, weighted_mean
-from melanoma.cascade.model import Cascade, ClassifierSpec, SegmenterSpec
+from melanoma.cascade.model import Cascade, ClassifierSpec, ProbabilityMap, SegmenterSpec
 from melanoma.cascade.oof_selection import (
     SELECT_CHOICES,
     best_segmenter,
@@ -35,8 +41,9 @@ from melanoma.postprocess import CLEANUP_CHOICES, clean_masks
 
 FORMAT = "melanoma-cascade"
 # Read too: 1 (one segmenter and classifier, no TTA), 2 (one TTA flag for both), 3 (no mask
-# clean-up). An older reader refuses a newer cascade rather than ignore its clean-up.
-VERSION = 4
+# clean-up), 4 (no calibration). An older reader refuses a newer cascade rather than
+# ignore its clean-up or calibration.
+VERSION = 5
 CASCADE_FILE = "cascade.pt"
 TTA_CHOICES = ("auto", "on", "off")
 TTA_STAGES = ("segmenter", "classifier")
@@ -130,6 +137,7 @@ def make_cascade(
     seg_tta: bool = False,
     cls_tta: bool = False,
     mask_cleanup: bool = False,
+    calibration: Calibration | None = None,
 ) -> Cascade:
     """A cascade of the given members (an ensemble when there are several of a kind)."""
     seg_weights = seg_weights or [1.0] * len(segs)
@@ -152,6 +160,7 @@ def make_cascade(
         seg_tta=seg_tta,
         cls_tta=cls_tta,
         mask_cleanup=mask_cleanup,
+        calibration=calibration,
     ).eval()
 
 
@@ -196,18 +205,20 @@ def run_cascade(
     mode: str | None = None,
     gt_masks: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Probabilities, labels and masks over a split (labelled images only for the labels);
-    the masks handed out are cleaned up when the cascade says so, the classifiers see them
-    as thresholded."""
+    """Probabilities (calibrated as the cascade says, and before that as ``raw_prob``),
+    labels and masks over a split (labelled images only for the labels); the masks handed
+    out are cleaned up when the cascade says so, the classifiers see them as thresholded."""
     dataset = bundle.dataset(split)
-    probs, labels, ids, pred_masks, true_masks, has_mask = [], [], [], [], [], []
+    probs, raw_probs, labels, ids, pred_masks, true_masks, has_mask = [], [], [], [], [], [], []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
         images = torch.stack([it["image"] for it in items])
         true = torch.stack([it["mask"] for it in items])
         mask = (cascade.segment(images) > cascade.mask_threshold).to(torch.uint8)
         use = true if gt_masks else mask
-        probs.append(cascade.classify(images, None if mode == "full" else use, mode).numpy())
+        raw = cascade.classify_uncalibrated(images, None if mode == "full" else use, mode)
+        raw_probs.append(raw.numpy())
+        probs.append(cascade.calibrate(raw).numpy())
         labels += [it["label"] for it in items]
         ids += [it["id"] for it in items]
         pred_masks.append(cleaned(mask) if cascade.mask_cleanup else mask)
@@ -215,6 +226,7 @@ def run_cascade(
         has_mask += [it["has_mask"] for it in items]
     return {
         "prob": np.concatenate(probs),
+        "raw_prob": np.concatenate(raw_probs),  # before the cascade's calibration
         "label": np.array(labels),
         "id": np.array(ids),
         "pred_mask": torch.cat(pred_masks),
@@ -251,6 +263,7 @@ def build_cascade(
     drop_test_duplicates: bool = False,
     mask_cleanup: str = "auto",
     select_on: str = "auto",
+    calibration: str = "auto",
 ) -> dict:
     """Choose the cascade and write ``out/cascade.pt`` with the splits.
 
@@ -267,9 +280,12 @@ def build_cascade(
     per stage: the segmenters' when it raises the validation Jaccard, the classifiers'
     when it raises the AUC; ``mask_cleanup`` (auto, on, off) keeps the largest region of
     each mask, holes filled, ``auto`` when it raises the validation Jaccard. The threshold
-    comes from validation. ``drop_test_duplicates`` removes test images that share bytes,
-    an id or a lesion with train/val (else refused)."""
-    _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on)
+    comes from validation. ``calibration`` (auto, platt, temperature, isotonic, off) maps
+    the probability to the observed melanoma rate on the selection set, ``auto`` when that
+    lowers its cross-fitted log-loss (:mod:`melanoma.cascade.calibration`); the threshold is
+    chosen on the calibrated probabilities. ``drop_test_duplicates`` removes test images
+    that share bytes, an id or a lesion with train/val (else refused)."""
+    _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on, calibration)
     segs, clss = _candidates(seg_source, "seg"), _candidates(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s.config, c.config)
@@ -289,11 +305,26 @@ def build_cascade(
         choice = _choose_on_oof(ctx, segs, _as_list(seg_source), cls_cv)
     else:
         choice = _choose_on_validation(ctx, segs, clss)
-    chosen = choice.result
+    choice, calibrated, calibration_report = _calibrate(choice, calibration, target_sensitivity)
+    print(f"[cascade] {calibration_line(calibration_report)}", flush=True)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle.splits.save(out / "splits.json")
     payload = {
+        **_payload(choice, bundle, input_size),
+        "calibration": calibrated.to_dict(),
+        "calibration_check": calibration_report,
+        "data": data_meta,
+        "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
+    }
+    torch.save(payload, out / CASCADE_FILE)
+    return _write_summary(payload, out)
+
+
+def _payload(choice: _Choice, bundle: DataBundle, input_size: int) -> dict:
+    """What cascade.pt records of the choice: members, decisions, validation figures."""
+    chosen = choice.result
+    return {
         "format": FORMAT,
         "version": VERSION,
         "segmenters": [_member(m, w) for m, w in choice.segmenters],
@@ -311,12 +342,8 @@ def build_cascade(
         **choice.extra,
         "tta_check": choice.tta_report,
         "mask_cleanup_check": choice.cleanup_report,
-        "data": data_meta,
-        "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
         "dropped_test": bundle.splits.dropped_test,
     }
-    torch.save(payload, out / CASCADE_FILE)
-    return _write_summary(payload, out)
 
 
 @dataclass(frozen=True)
@@ -345,6 +372,45 @@ class _Choice:
     rule: str
     selection: dict
     extra: dict
+    # The set that chose (validation, or pooled out-of-fold) as labels and probabilities.
+    on: str
+    labels: np.ndarray
+    probs: np.ndarray
+
+
+def _calibrate(
+    choice: _Choice, mode: str, target_sensitivity: float | None
+) -> tuple[_Choice, Calibration, dict]:
+    """The calibration chosen on the selection set, the threshold chosen on the
+    probabilities the calibrated cascade emits there (float32, through the same map), and
+    the validation outputs as it gives them (uncalibrated ones kept as ``raw_prob``)."""
+    calibration, report = choose_calibration(choice.labels, choice.probs, mode, choice.on)
+    emitted = _emitted(calibration, choice.probs)
+    merged = len(np.unique(choice.probs)) - len(np.unique(emitted))
+    if merged > 0 and calibration.method != "none":
+        # A map of slope near 0 (classifiers that barely rank the selection set) makes
+        # distinct probabilities equal in float32: the cascade would lose its ranking.
+        note = f"the map merges {merged} distinct {choice.on} probabilities in float32"
+        if mode == "auto":
+            calibration = Calibration()
+            report = {**report, "used": "none", "reason": f"{note}: not kept"}
+            emitted = choice.probs
+        else:
+            report = {**report, "warning": note}
+            print(f"[cascade] warning: {note}", flush=True)
+    threshold, rule = choose_threshold(choice.labels, emitted, target_sensitivity, choice.on)
+    result = {
+        **choice.result,
+        "raw_prob": choice.result["prob"],
+        "prob": _emitted(calibration, choice.result["prob"]),
+    }
+    return replace(choice, threshold=threshold, rule=rule, result=result), calibration, report
+
+
+def _emitted(calibration: Calibration, probs: np.ndarray) -> np.ndarray:
+    """``probs`` through the cascade's own float32 map, as the exported graph emits them."""
+    with torch.no_grad():
+        return ProbabilityMap(calibration)(torch.as_tensor(probs, dtype=torch.float32)).numpy()
 
 
 def _choose_on_validation(ctx: _Context, segs, clss) -> _Choice:
@@ -359,7 +425,6 @@ def _choose_on_validation(ctx: _Context, segs, clss) -> _Choice:
     weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
     chosen, tta_report = _choose_tta(members, weights, ctx.input_size, ctx.bundle, ctx.tta)
     chosen, cleanup_report = _choose_cleanup(chosen, ctx.mask_cleanup)
-    threshold, rule = choose_threshold(chosen["label"], chosen["prob"], ctx.target_sensitivity)
     keep = chosen["label"] >= 0
     return _Choice(
         [(segs[i], w) for i, w in seg_w.items()],
@@ -367,8 +432,8 @@ def _choose_on_validation(ctx: _Context, segs, clss) -> _Choice:
         chosen,
         tta_report,
         cleanup_report,
-        threshold,
-        rule,
+        float("nan"),  # the threshold and its rule: chosen after calibration (_calibrate)
+        "",
         {
             "set": "validation",
             "images": int(keep.sum()),
@@ -379,6 +444,9 @@ def _choose_on_validation(ctx: _Context, segs, clss) -> _Choice:
             "vs_best_pair": _vs_best_pair(chosen, best_pair["_result"]),
             "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
         },
+        "validation",
+        chosen["label"][keep],
+        chosen["prob"][keep],
     )
 
 
@@ -424,6 +492,9 @@ def _choose_on_oof(ctx: _Context, segs, seg_sources: list, cls_cv: list) -> _Cho
         choice.rule,
         choice.report,
         {"best_pair": None, "vs_best_pair": None, "pairs": []},
+        "out-of-fold",
+        choice.labels,
+        choice.probs,
     )
 
 
@@ -596,7 +667,13 @@ def _candidates(source: Source | list[Source], task: str) -> list[Candidate]:
     ]
 
 
-def _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on) -> None:
+def _check_build_args(
+    ensemble_size, tta, target_sensitivity, mask_cleanup, select_on, calibration
+) -> None:
+    if calibration not in CALIBRATION_CHOICES:
+        raise ValueError(
+            f"--calibration must be one of {list(CALIBRATION_CHOICES)}, got {calibration!r}"
+        )
     if select_on not in SELECT_CHOICES:
         raise ValueError(f"--select-on must be one of {list(SELECT_CHOICES)}, got {select_on!r}")
     if ensemble_size < 1:
@@ -763,7 +840,7 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with `melanoma cascade build`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT or payload.get("version") not in (1, 2, 3, VERSION):
+    if payload.get("format") != FORMAT or payload.get("version") not in (1, 2, 3, 4, VERSION):
         raise ValueError(f"{path} is not a version 1-{VERSION} melanoma cascade")
     if payload["version"] == 1:  # one segmenter, one classifier, no TTA
         payload["segmenters"] = [{**payload.pop("segmenter"), "weight": 1}]
@@ -772,6 +849,7 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
     if isinstance(payload["tta"], bool):  # versions 1 and 2: one flag for both stages
         payload["tta"] = dict.fromkeys(TTA_STAGES, payload["tta"])
     payload.setdefault("mask_cleanup", False)  # versions 1-3 hand out the thresholded mask
+    payload.setdefault("calibration", None)  # versions 1-4: the classifiers' probability
 
     def members(entries: list[dict]) -> list[Candidate]:
         return [
@@ -788,5 +866,6 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
         seg_tta=payload["tta"]["segmenter"],
         cls_tta=payload["tta"]["classifier"],
         mask_cleanup=payload["mask_cleanup"],
+        calibration=Calibration.from_dict(payload["calibration"]),
     )
     return cascade, payload

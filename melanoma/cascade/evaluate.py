@@ -24,10 +24,14 @@ from melanoma.cascade.build import (
     tta_summary,
 )
 from melanoma.data.io import file_sha256
+from melanoma.data.metadata import UNKNOWN, subgroup_fields, value_order
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics
+from melanoma.metrics.calibration import CALIBRATION_KEYS, calibration_report, draw_reliability
 from melanoma.metrics.classification import BOOTSTRAP_KEYS, bootstrap_metrics
+from melanoma.metrics.operating_points import describe_point, operating_points
 from melanoma.metrics.paired import describe
+from melanoma.metrics.subgroups import MIN_PER_CLASS, SUBGROUP_KEYS, subgroup_report
 
 CLS_KEYS = BOOTSTRAP_KEYS
 SEG_KEYS = ("jaccard", "dice", "thresholded_jaccard")
@@ -94,6 +98,44 @@ def _curves(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> Non
     plt.close(fig)
 
 
+def _subgroups(bundle, ids, labels, probs, threshold: float, resamples: int) -> dict:
+    """Per age band, sex and site the test images' data set records: see subgroup_report."""
+    metadata = {e.sample.id: e.sample.metadata for e in bundle.splits.entries["test"]}
+    fields = [subgroup_fields(metadata.get(str(i))) for i in ids]
+    names = [n for n in ("age", "sex", "site") if any(n in f for f in fields)]
+    groups = {n: [f.get(n, UNKNOWN) for f in fields] for n in names}
+    return subgroup_report(labels, probs, groups, threshold, resamples=resamples, order=value_order)
+
+
+def _reliability(directory: Path, reports: dict[str, dict]) -> None:
+    """reliability.png, and the same figure in TensorBoard (``directory/tensorboard``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey", label="perfectly calibrated")
+    for name, report in reports.items():
+        draw_reliability(ax, report, name)
+    binning = next(iter(reports.values()))["binning"]
+    ax.set(
+        xlabel="mean predicted probability",
+        ylabel="observed melanoma rate",
+        title="Reliability, test split",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.text(0.01, 0.01, binning, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(directory / "reliability.png", dpi=100)
+    with SummaryWriter(str(directory / "tensorboard")) as writer:
+        writer.add_figure("test/reliability", fig)
+    plt.close(fig)
+
+
 def evaluate_cascade(
     directory: Path,
     *,
@@ -101,8 +143,9 @@ def evaluate_cascade(
     resamples: int = 1000,
     drop_test_duplicates: bool = False,
 ) -> dict:
-    """Evaluate on the test split; write report.json, report.md, curves.png and
-    test_predictions.csv into ``directory``. ``drop_test_duplicates`` evaluates without the
+    """Evaluate on the test split; write report.json, report.md, curves.png,
+    reliability.png (also in ``directory/tensorboard``) and test_predictions.csv into
+    ``directory``. ``drop_test_duplicates`` evaluates without the
     test images that share bytes, an id or a lesion with train/val (listed in the report)."""
     directory = Path(directory)
     cascade, meta = load_cascade(directory)
@@ -110,6 +153,7 @@ def evaluate_cascade(
     result = run_cascade(cascade, bundle, "test")
     labelled = result["label"] >= 0
     labels, probs = result["label"][labelled], result["prob"][labelled]
+    raw_probs = result["raw_prob"][labelled]
     threshold = meta["threshold"]
     report = {
         "cascade": str(directory),
@@ -134,6 +178,17 @@ def evaluate_cascade(
         "test_images": int(len(result["id"])),
         "dropped_test_images": bundle.splits.dropped_test,
         "classification": _cls_report(labels, probs, threshold, resamples),
+        "operating_points": operating_points(labels, probs, resamples=resamples),
+        "subgroups": _subgroups(
+            bundle, result["id"][labelled], labels, probs, threshold, resamples
+        ),
+        "subgroup_min_per_class": MIN_PER_CLASS,
+        "calibration": meta.get("calibration") or {"method": "none"},
+        "calibration_check": meta.get("calibration_check"),
+        "test_calibration": {
+            "shipped": calibration_report(labels, probs, resamples=resamples),
+            "uncalibrated": calibration_report(labels, raw_probs, resamples=resamples),
+        },
     }
     if result["has_mask"].any():
         report["segmentation"] = _seg_report(result, resamples)
@@ -141,6 +196,7 @@ def evaluate_cascade(
     if cascade.needs_mask:
         report.update(_mask_ablations(cascade, bundle, result, threshold, resamples, curves))
     _curves(directory / "curves.png", curves)
+    _reliability(directory, report["test_calibration"])
     _write_predictions(directory / "test_predictions.csv", result, threshold)
     (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (directory / "report.md").write_text(markdown(report))
@@ -267,6 +323,85 @@ def _selection_lines(report: dict) -> list[str]:
     return lines
 
 
+def _operating_point_lines(report: dict) -> list[str]:
+    points = report.get("operating_points")
+    if not points:
+        return []
+    return [
+        "## Operating points",
+        "",
+        "Read off the test ROC curve (a threshold that reaches them on the test images; "
+        "ship one with `cascade build --target-sensitivity`, chosen on the selection set):",
+        "",
+        "| operating point | value (95% CI) |",
+        "|---|---|",
+        *(f"| {describe_point(k)} | {_fmt(v)} |" for k, v in points.items()),
+        "",
+    ]
+
+
+def _subgroup_lines(report: dict) -> list[str]:
+    subgroups = report.get("subgroups")
+    if subgroups is None:
+        return []
+    if not subgroups:
+        return ["## Subgroups", "", "The data set records no age, sex or site.", ""]
+    lines = [
+        "## Subgroups",
+        "",
+        f"At the shipped threshold; a group with fewer than {report['subgroup_min_per_class']} "
+        "melanomas or benign images is listed as too small. Intervals resample within each "
+        "class of the group.",
+        "",
+    ]
+    for field, rows in subgroups.items():
+        lines += [
+            f"| {field} | images | melanomas | prevalence | " + " | ".join(SUBGROUP_KEYS) + " |",
+            "|---|---|---|---|" + "---|" * len(SUBGROUP_KEYS),
+        ]
+        for r in rows:
+            figures = (
+                [_fmt(r[k]) for k in SUBGROUP_KEYS]
+                if "too_small" not in r
+                else ["too small"] * len(SUBGROUP_KEYS)
+            )
+            lines.append(
+                f"| {r['group']} | {r['images']} | {r['melanomas']} | {r['prevalence']:.1%} | "
+                + " | ".join(figures)
+                + " |"
+            )
+        lines.append("")
+    return lines
+
+
+def _calibration_lines(report: dict) -> list[str]:
+    test = report.get("test_calibration")
+    if not test:
+        return []
+    from melanoma.cascade.calibration import calibration_line
+
+    method = (report.get("calibration") or {}).get("method", "none")
+    check = report.get("calibration_check")
+    lines = [
+        "## Calibration",
+        "",
+        f"- shipped map: `{method}`" + (f"; {calibration_line(check)}" if check else ""),
+        f"- ECE: {test['shipped']['binning']}; 95% intervals: plain bootstrap of the test "
+        "images (all three depend on prevalence)",
+        "",
+        "| metric | shipped | before calibration |",
+        "|---|---|---|",
+        *(
+            f"| {k} | {_fmt(test['shipped'][k])} | {_fmt(test['uncalibrated'][k])} |"
+            for k in CALIBRATION_KEYS
+        ),
+        "",
+        "![Reliability diagram](reliability.png)",
+        "",
+    ]
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [
         "# Cascade evaluation on the held-out test split",
@@ -321,6 +456,8 @@ def markdown(report: dict) -> str:
         f"TN {cm[0][0]}, FP {cm[0][1]}, FN {cm[1][0]}, TP {cm[1][1]}",
         "",
     ]
+    lines += _operating_point_lines(report) + _calibration_lines(report)
+    lines += _subgroup_lines(report)
     if "segmentation" in report:
         seg = report["segmentation"]
         lines += ["## Segmentation", "", "| metric | value (95% CI) |", "|---|---|"]

@@ -11,7 +11,9 @@ segmenters' probabilities, the melanoma probability the weighted mean of the cla
 also averages over the eight symmetries of the square (flips and 90-degree rotations),
 which dermoscopy images do not care about. ``mask_cleanup`` keeps the largest region of
 the output mask with its holes filled (``melanoma.postprocess``); it is applied outside the
-graph, to the mask handed out, by evaluation and ``melanoma predict`` alike.
+graph, to the mask handed out, by evaluation and ``melanoma predict`` alike. The melanoma
+probability leaves the graph through the cascade's calibration (``cascade.calibration``),
+the identity unless the build fitted one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from melanoma.cascade.calibration import CLIP, Calibration
 from melanoma.data.transforms import apply_input_mode
 from melanoma.models.segmenter import segment_at
 
@@ -45,6 +48,37 @@ class ClassifierSpec:
 
 
 SYMMETRIES = 8
+
+
+class ProbabilityMap(nn.Module):
+    """A :class:`Calibration` in torch operators that ONNX has (log, sigmoid, clamp), so the
+    exported graph emits the calibrated probability."""
+
+    def __init__(self, calibration: Calibration | None = None):
+        super().__init__()
+        self.calibration = calibration or Calibration()
+        c = self.calibration
+        self.register_buffer("a", torch.tensor(c.a), persistent=False)
+        self.register_buffer("b", torch.tensor(c.b), persistent=False)
+        x, y = torch.tensor(c.x, dtype=torch.float32), torch.tensor(c.y, dtype=torch.float32)
+        self.register_buffer("x", x, persistent=False)
+        self.register_buffer("y", y, persistent=False)
+
+    def forward(self, p: torch.Tensor) -> torch.Tensor:
+        method = self.calibration.method
+        if method == "none":
+            return p
+        if method == "isotonic":
+            # Linear interpolation between the knots as a sum of clamped ramps (np.interp;
+            # constant outside them): no gather or searchsorted in the graph.
+            out = torch.zeros_like(p) + self.y[0]
+            for i in range(len(self.calibration.x) - 1):
+                width = (self.x[i + 1] - self.x[i]).clamp(min=1e-12)
+                ramp = ((p - self.x[i]) / width).clamp(0.0, 1.0)
+                out = out + (self.y[i + 1] - self.y[i]) * ramp
+            return out
+        q = p.clamp(CLIP, 1 - CLIP)
+        return torch.sigmoid(self.a * torch.log(q / (1 - q)) + self.b)
 
 
 def _symmetries(x: torch.Tensor) -> torch.Tensor:
@@ -80,6 +114,7 @@ class Cascade(nn.Module):
         seg_tta: bool = False,
         cls_tta: bool = False,
         mask_cleanup: bool = False,
+        calibration: Calibration | None = None,
     ):
         super().__init__()
         if not segmenters or len(segmenters) != len(seg_specs):
@@ -95,6 +130,7 @@ class Cascade(nn.Module):
         # Connected components have no ONNX operator: the clean-up runs on the output mask
         # after the graph, and the classifiers see the thresholded mask, as in training.
         self.mask_cleanup = mask_cleanup
+        self.calibrate = ProbabilityMap(calibration)
 
     @property
     def tta(self) -> bool:
@@ -159,8 +195,14 @@ class Cascade(nn.Module):
     def classify(
         self, images: torch.Tensor, mask: torch.Tensor | None, mode: str | None = None
     ) -> torch.Tensor:
-        """Melanoma probability given images and (binary) masks; ``mode`` runs every
-        classifier in that input mode instead of its own (``full``: no mask needed)."""
+        """Calibrated melanoma probability given images and (binary) masks; ``mode`` runs
+        every classifier in that input mode instead of its own (``full``: no mask needed)."""
+        return self.calibrate(self.classify_uncalibrated(images, mask, mode))
+
+    def classify_uncalibrated(
+        self, images: torch.Tensor, mask: torch.Tensor | None, mode: str | None = None
+    ) -> torch.Tensor:
+        """The classifiers' (weighted, TTA-averaged) probability, before calibration."""
         x = images.float() / 255.0
         if not self.cls_tta:
             return self._classify_once(x, mask, mode)

@@ -38,12 +38,15 @@ class CvCandidate:
 @dataclass(frozen=True)
 class OofChoice:
     """What the out-of-fold predictions chose: candidate index -> weight, the threshold,
-    and the figures shown beside the validation check."""
+    the figures shown beside the validation check, and the pooled labels and ensemble
+    probabilities it chose on (what a calibration is then fitted on)."""
 
     weights: dict[int, int]
     threshold: float
     rule: str
     report: dict
+    labels: np.ndarray
+    probs: np.ndarray
 
 
 def cv_candidates(sources: list) -> list[CvCandidate] | None:
@@ -92,7 +95,7 @@ def choose_classifiers(
         ],
         "vs_best_single": paired_difference(labels, chosen, probs[best]),
     }
-    return OofChoice(weights, threshold, rule, report)
+    return OofChoice(weights, threshold, rule, report, labels, chosen)
 
 
 def best_segmenter(candidates: list[CvCandidate]) -> int:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from melanoma.data.io import ImageDecodeError, binarize_mask, file_sha256
 from melanoma.data.layouts import read_layout
+from melanoma.data.metadata import coverage as metadata_coverage
 from melanoma.data.records import SPLITS, Problem, Sample, count_cross_split
 
 ON_BAD = ("fail", "skip")
@@ -100,6 +101,7 @@ class CheckReport:
                 "max": float(coverage.max()) if len(coverage) else None,
                 "empty_masks": int((coverage == 0).sum()),
             },
+            "metadata": metadata_coverage([s.metadata for s in self.samples]),
             "image_sizes": dict(sizes.most_common(5)),
             "distinct_image_sizes": len(sizes),
             "errors": len(self.errors),

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from melanoma.data.io import IMAGE_EXTENSIONS
 from melanoma.data.labels import parse_binary_label
+from melanoma.data.metadata import Metadata, parse_metadata
 from melanoma.data.records import Problem, ReadResult, Sample
 
 # Files that sit beside the images in official downloads but are not dermoscopy images.
@@ -61,8 +62,10 @@ def join_split(
     mask_for: Callable[[str], Path | None],
     split: str | None,
     unlabelled_ok: bool = False,
+    metadata: dict[str, Metadata] | None = None,
 ) -> tuple[list[Sample], list[Problem]]:
-    """Join an image folder with its label table, reporting both kinds of orphan."""
+    """Join an image folder with its label table (and metadata, where the layout has it),
+    reporting both kinds of orphan."""
     samples: list[Sample] = []
     problems: list[Problem] = []
     if labels is not None:
@@ -94,9 +97,62 @@ def join_split(
                 diagnosis=row.diagnosis if row else None,
                 group=row.group if row else None,
                 split=split,
+                metadata=_metadata_of(image_id, metadata),
             )
         )
     return samples, problems
+
+
+def _metadata_of(image_id: str, metadata: dict[str, Metadata] | None) -> Metadata | None:
+    """An image's metadata; an image the metadata table leaves out has every field the
+    table records as unknown."""
+    if metadata is None:
+        return None
+    if image_id in metadata:
+        return metadata[image_id]
+    template = next(iter(metadata.values()), Metadata())
+    return Metadata(
+        sex=None if template.sex is None else "unknown",
+        site=None if template.site is None else "unknown",
+        has_age=template.has_age,
+    )
+
+
+def read_metadata(
+    rows: Iterable[tuple[int, str, dict[str, str | None]]], csv_path: Path
+) -> tuple[dict[str, Metadata], list[Problem]]:
+    """Image id -> Metadata from (line, id, raw field values) rows; a value that cannot be
+    read is a warning naming the image and line (the image stays usable, that field
+    unknown)."""
+    out: dict[str, Metadata] = {}
+    problems = []
+    for line, image_id, raw in rows:
+        out[image_id], errors = parse_metadata(image_id, raw)
+        problems += [
+            Problem(csv_path, "bad metadata", f"line {line}: {e}", image_id, severity="warning")
+            for e in errors
+        ]
+    return out, problems
+
+
+def _metadata_csv(
+    path: Path | None, id_column: str, columns: dict[str, str]
+) -> tuple[dict[str, Metadata] | None, list[Problem]]:
+    """Metadata from a CSV whose ``columns`` map our field names (age, sex, site) to its
+    own; the fields it lacks stay None. None when there is no such file."""
+    if path is None or not path.is_file():
+        return None, []
+    header, rows = read_csv(path)
+    present = {ours: theirs for ours, theirs in columns.items() if theirs in header}
+    if id_column not in header or not present:
+        return None, []
+    return read_metadata(
+        (
+            (n + 2, r[id_column], {ours: r[theirs] for ours, theirs in present.items()})
+            for n, r in enumerate(rows)
+        ),
+        path,
+    )
 
 
 def _rows_to_labels(
@@ -208,6 +264,12 @@ def _read_isic2017(root: Path) -> ReadResult:
                 ((n + 2, r["image_id"], lambda r=r: make(r)) for n, r in enumerate(rows)), csv_path
             )
             problems += found
+        metadata, found = _metadata_csv(
+            root / f"ISIC-2017_{tag}_Data_metadata.csv",
+            "image_id",
+            {"age": "age_approximate", "sex": "sex"},
+        )
+        problems += found
         got, found = join_split(
             images=index_images(images_dir),
             labels=labels,
@@ -215,6 +277,7 @@ def _read_isic2017(root: Path) -> ReadResult:
             images_dir=images_dir,
             mask_for=lambda i, d=masks_dir: d / f"{i}_segmentation.png" if d.is_dir() else None,
             split=split,
+            metadata=metadata,
         )
         samples += got
         problems += found
@@ -318,6 +381,12 @@ def _read_isic2019(root: Path) -> ReadResult:
         if not images_dir.is_dir():
             continue
         groups = _groups_from(root / f"ISIC_2019_{tag}_Metadata.csv", "image", "lesion_id")
+        metadata, found = _metadata_csv(
+            root / f"ISIC_2019_{tag}_Metadata.csv",
+            "image",
+            {"age": "age_approximate", "sex": "sex", "site": "anatom_site_general"},
+        )
+        problems += found
         csv_path = _first_file(root / f"ISIC_2019_{tag}_GroundTruth.csv")
         labels = None
         if csv_path is not None:
@@ -330,6 +399,7 @@ def _read_isic2019(root: Path) -> ReadResult:
             images_dir=images_dir,
             mask_for=lambda i: None,
             split=split,
+            metadata=metadata,
         )
         samples += got
         problems += found
@@ -366,15 +436,21 @@ def _read_isic2020(root: Path) -> ReadResult:
     labels, problems = _rows_to_labels(
         ((n + 2, r["image_name"], lambda r=r: make(r)) for n, r in enumerate(rows)), csv_path
     )
-    samples, found = join_split(
+    metadata, found = _metadata_csv(
+        csv_path,
+        "image_name",
+        {"age": "age_approx", "sex": "sex", "site": "anatom_site_general_challenge"},
+    )
+    samples, joined = join_split(
         images=index_images(images_dir),
         labels=labels,
         labels_csv=csv_path,
         images_dir=images_dir,
         mask_for=lambda i: None,
         split=None,
+        metadata=metadata,
     )
-    return ReadResult("isic2020", root, samples, problems + found, has_masks=False)
+    return ReadResult("isic2020", root, samples, problems + found + joined, has_masks=False)
 
 
 # ------------------------------------------------------------------ old research layout
@@ -458,6 +534,8 @@ def _read_manifest(root: Path) -> ReadResult:
     samples: list[Sample] = []
     problems: list[Problem] = []
     seen: set[str] = set()
+    # Optional columns age, sex, site: the fields of the data set's metadata.
+    fields = [f for f in ("age", "sex", "site") if f in columns]
     for n, row in enumerate(rows, start=2):
         image = base / row["image"]
         image_id = row.get("id") or Path(row["image"]).stem
@@ -478,6 +556,7 @@ def _read_manifest(root: Path) -> ReadResult:
                 diagnosis=row.get("diagnosis") or None,
                 group=row.get("group") or None,
                 split=split,
+                metadata=_manifest_metadata(row, fields, image_id, n, csv_path, problems),
             )
         except ValueError as err:
             problems.append(
@@ -492,6 +571,16 @@ def _read_manifest(root: Path) -> ReadResult:
         samples.append(sample)
     has_masks = "mask" in columns and any(s.mask_path for s in samples)
     return ReadResult("manifest", base, samples, problems, has_masks=has_masks)
+
+
+def _manifest_metadata(
+    row: dict[str, str], fields: list[str], image_id: str, line: int, csv_path: Path, problems
+) -> Metadata | None:
+    if not fields:
+        return None
+    found, bad = read_metadata([(line, image_id, {f: row[f] for f in fields})], csv_path)
+    problems += bad
+    return found[image_id]
 
 
 # ------------------------------------------------------------------------ the table

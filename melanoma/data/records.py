@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
+from melanoma.data.metadata import Metadata
+
 SPLITS = ("train", "val", "test")
 
 
@@ -20,6 +22,7 @@ class Sample:
     ``label`` is 1 for melanoma, 0 for anything else, ``None`` when the layout gives no
     diagnosis (such images can still train a segmenter).
     ``split`` is the official split the layout puts the image in, if any.
+    ``metadata``: age, sex and anatomical site where the layout records them.
     """
 
     id: str
@@ -29,6 +32,7 @@ class Sample:
     diagnosis: str | None = None
     group: str | None = None
     split: str | None = None
+    metadata: Metadata | None = None
 
     def __post_init__(self) -> None:
         if self.label not in (None, 0, 1):

@@ -154,14 +154,23 @@ def _hairs(rng: np.random.Generator, image: np.ndarray, s: int) -> None:
         )
 
 
+def _synthetic_metadata(rng: np.random.Generator) -> tuple[str, str]:
+    """Age (5-year steps, as ISIC writes it) and sex, one in ten of each unknown, from a
+    stream of its own so that adding metadata changed no image."""
+    age = "unknown" if rng.random() < 0.1 else str(int(rng.integers(2, 18)) * 5)
+    sex = "unknown" if rng.random() < 0.1 else ("female" if rng.random() < 0.5 else "male")
+    return age, sex
+
+
 def write_synthetic(out: Path, config: SynthConfig) -> dict:
-    """Write ``config.n`` images, masks and labels under ``out`` in the ISIC 2017 layout."""
+    """Write ``config.n`` images, masks, labels and metadata (age, sex) under ``out`` in the
+    ISIC 2017 layout."""
     out = Path(out)
     images_dir = out / "ISIC-2017_Training_Data"
     masks_dir = out / "ISIC-2017_Training_Part1_GroundTruth"
     images_dir.mkdir(parents=True, exist_ok=True)
     masks_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, metadata = [], []
     for i in range(config.n):
         rng = np.random.default_rng([config.seed, i])
         melanoma = bool(rng.random() < config.prevalence)
@@ -171,10 +180,17 @@ def write_synthetic(out: Path, config: SynthConfig) -> dict:
         Image.fromarray(image).save(images_dir / f"{image_id}.jpg", quality=92)
         Image.fromarray(mask).save(masks_dir / f"{image_id}_segmentation.png")
         rows.append((image_id, f"{float(melanoma):.1f}", f"{float(keratosis):.1f}"))
+        metadata.append(
+            (image_id, *_synthetic_metadata(np.random.default_rng([config.seed, i, 1])))
+        )
     with open(out / "ISIC-2017_Training_Part3_GroundTruth.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(("image_id", "melanoma", "seborrheic_keratosis"))
         writer.writerows(rows)
+    with open(out / "ISIC-2017_Training_Data_metadata.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("image_id", "age_approximate", "sex"))
+        writer.writerows(metadata)
     summary = {**asdict(config), "melanoma": sum(r[1] == "1.0" for r in rows), "layout": "isic2017"}
     (out / "synthetic.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

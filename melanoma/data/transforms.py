@@ -50,6 +50,8 @@ class Preprocess(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        if x.shape[1] == 4:  # image + lesion mask channel: only the colours are normalised
+            return torch.cat([(x[:, :3] - self.mean) / self.std, x[:, 3:]], dim=1)
         return (x - self.mean) / self.std
 
 
@@ -86,7 +88,9 @@ def build_augmentation(strength: float) -> A.Compose | None:
     )
 
 
-INPUT_MODES = ("full", "masked", "crop")
+INPUT_MODES = ("full", "masked", "crop", "mask_channel")
+# Input modes whose classifier takes a fourth channel, the lesion mask.
+MASK_CHANNEL_MODES = ("mask_channel",)
 
 
 def lesion_boxes(mask: torch.Tensor, margin: float) -> torch.Tensor:
@@ -124,13 +128,16 @@ def apply_input_mode(
     margin: float = 0.15,
     size: int | None = None,
 ) -> torch.Tensor:
-    """What the classifier sees, as float in [0, 1], (N, 3, size, size).
+    """What the classifier sees, as float in [0, 1], (N, 3, size, size); (N, 4, size, size)
+    for ``mask_channel``.
 
     ``full``: the image. ``masked``: background set to zero in pixel space (before
     normalisation, so black means black for every model). ``crop``: the lesion's dilated
-    bounding box, resized. An empty mask (no lesion predicted, no ground truth) gives the
-    whole image in both masked and crop modes. Training, evaluation, the cascade and the
-    export all call this.
+    bounding box, resized. ``mask_channel``: the whole image with the binary lesion mask as
+    a fourth channel (the classifier keeps the skin around the lesion and learns where the
+    lesion is). An empty mask (no lesion predicted, no ground truth) gives the whole image
+    in masked and crop modes and an empty fourth channel. Training, evaluation, the cascade
+    and the export all call this.
     """
     if mode not in INPUT_MODES:
         raise ValueError(f"unknown input mode {mode!r}; valid: {list(INPUT_MODES)}")
@@ -159,4 +166,9 @@ def apply_input_mode(
         x = torch.nn.functional.interpolate(
             x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
         )
+    if mode == "mask_channel":
+        m = (mask > 0).to(x.dtype)
+        if m.shape[-2:] != (size, size):
+            m = torch.nn.functional.interpolate(m, size=(size, size), mode="nearest")
+        x = torch.cat([x, m], dim=1)
     return x

@@ -141,7 +141,7 @@ MASK_SEARCH_PREFIX = "search:"
 class InputConfig:
     """What the classifier sees: the whole image, the masked lesion, or a lesion crop."""
 
-    mode: Literal["full", "masked", "crop"] = "full"
+    mode: Literal["full", "masked", "crop", "mask_channel"] = "full"
     # "gt"; a segmenter run directory or checkpoint (out-of-fold masks on train, its own on
     # val/test); or "search:NAME", a segmenter search's best trial.
     mask_source: str = "gt"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from melanoma.config import ConfigError
 from melanoma.data.dataset import DataBundle
 from melanoma.data.splits import fold_splits
 from melanoma.engine.config import TrainConfig
@@ -39,6 +40,7 @@ def training_data(
     masks = None
     if config.task == "cls":
         bundle = bundle.with_splits(labelled(bundle.splits))
+        _require_masks(config, bundle)
         if needs_segmenter_masks(config):
             # Over every training image: a fold's held-out masks come from segmenters that
             # never saw those images either.
@@ -47,3 +49,19 @@ def training_data(
         d = config.data
         bundle = bundle.with_splits(fold_splits(bundle.splits, d.folds, d.split_seed)[d.fold])
     return bundle, masks
+
+
+def _require_masks(config: TrainConfig, bundle: DataBundle) -> None:
+    """A mask-using classifier on ground-truth masks needs a data set that has them: on
+    one without (ISIC 2019, 2020, 2018 Task 3) every mask would be empty, and the
+    classifier would silently train on whole images."""
+    c = config.input
+    if c.mode == "full" or c.mask_source != "gt":
+        return
+    if not any(e.sample.mask_path for e in bundle.splits.entries["train"]):
+        raise ConfigError(
+            f"input.mode {c.mode} needs lesion masks, but {config.data.path} has no "
+            "ground-truth masks for its training images (input.mask_source: gt): set "
+            "input.mask_source to a segmenter run (or search:NAME in a search), or use "
+            "input.mode full"
+        )

