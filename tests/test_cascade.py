@@ -1228,3 +1228,38 @@ def test_calibration_is_chosen_on_selection_and_travels_to_export_and_predict(
         predicted = {Path(r["image"]).stem: float(r["probability"]) for r in csv.DictReader(fh)}
     for r in rows[:6]:
         assert predicted[r["id"]] == pytest.approx(float(r["probability"]), abs=1e-4)
+
+
+def test_a_validation_copy_of_a_training_image_is_dropped_not_refused():
+    """ISIC 2017's official validation split holds ISIC_0012127, byte-identical to the
+    training image ISIC_0012970: the build drops that validation image (and says so)
+    instead of refusing every cascade on the official splits; the same id in a member's
+    training split still means other splits, and is refused."""
+    from melanoma.cascade.build import Candidate, check_member_splits
+    from melanoma.data.records import Sample
+    from melanoma.data.splits import SplitConfig, SplitEntry
+
+    def entry(image_id: str, sha: str) -> SplitEntry:
+        return SplitEntry(Sample(image_id, Path(f"{image_id}.jpg"), label=0), sha, None)
+
+    splits = Splits(
+        root=Path("."),
+        layout="isic2017",
+        config=SplitConfig(),
+        entries={
+            "train": [entry("ISIC_0012970", "aa"), entry("t1", "bb")],
+            "val": [entry("ISIC_0012127", "aa"), entry("v1", "cc")],
+            "test": [entry("x1", "dd")],
+        },
+    )
+    member_splits = {"train": {"ISIC_0012970": "aa", "t1": "bb"}, "val": {"v1": "cc"}}
+    member = Candidate(TrainConfig(), {}, "runs/cls", None, member_splits)
+    kept, dropped = check_member_splits([member], splits)
+    assert [e.sample.id for e in kept.entries["val"]] == ["v1"]
+    assert dropped == [
+        {"id": "ISIC_0012127", "reason": "same bytes as a training image", "twin": "ISIC_0012970"}
+    ]
+    assert kept.entries["train"] == splits.entries["train"]
+    recarved = {**member_splits, "train": {**member_splits["train"], "v1": "cc"}}
+    with pytest.raises(LeakError, match="cascade's val split were trained on by runs/cls: v1"):
+        check_member_splits([Candidate(TrainConfig(), {}, "runs/cls", None, recarved)], splits)

@@ -99,13 +99,18 @@ def _run_splits(checkpoint: Path) -> dict[str, dict[str, str]] | None:
     return None
 
 
-def check_member_splits(members: list[Candidate], splits: Splits) -> None:
+def check_member_splits(members: list[Candidate], splits: Splits) -> tuple[Splits, list[dict]]:
     """Refuse a cascade whose test split holds an image any member trained or was
     validated on, or whose validation split holds one a member trained on (its selection
     would score the member on its own training images). Compared by image bytes, so the
-    same picture under another id counts too."""
+    same picture under another id counts too. One exception, which the data set's own
+    official splits make: a validation image that is a byte copy, under another id, of an
+    image the members trained on (ISIC 2017's ISIC_0012127 is ISIC_0012970) is dropped
+    from the validation split rather than refused; the splits without it and the dropped
+    images (id, reason, twin) are returned."""
     test = {e.image_sha256: e.sample.id for e in splits.entries["test"]}
     val = {e.image_sha256: e.sample.id for e in splits.entries["val"]}
+    copies: dict[str, str] = {}  # val id -> the training id it copies
     for m in members:
         if m.splits is None:
             raise LeakError(
@@ -114,17 +119,32 @@ def check_member_splits(members: list[Candidate], splits: Splits) -> None:
                 "melanoma-search (checkpoints now record their splits)"
             )
         seen = {**m.splits.get("val", {}), **m.splits.get("train", {})}
-        for split, ours, theirs in (("test", test, seen), ("val", val, m.splits.get("train", {}))):
-            hit = sorted(ours[h] for h in set(ours) & set(theirs.values()))
-            if hit:
-                used = "trained or validated" if split == "test" else "trained"
+        trained = m.splits.get("train", {})
+        by_hash = {h: i for i, h in trained.items()}
+        hit = sorted(test[h] for h in set(test) & set(seen.values()))
+        # The same id in the member's training split: the splits were carved otherwise.
+        recarved = sorted(val[h] for h in set(val) & set(trained.values()) if val[h] in trained)
+        for h in set(val) & set(trained.values()):
+            if val[h] not in trained:
+                copies[val[h]] = by_hash[h]
+        for split, ids, used in (
+            ("test", hit, "trained or validated"),
+            ("val", recarved, "trained"),
+        ):
+            if ids:
                 raise LeakError(
-                    f"refusing to build: {len(hit)} image(s) of the cascade's {split} split were "
-                    f"{used} on by {m.origin}: {', '.join(hit[:10])}"
-                    f"{', ...' if len(hit) > 10 else ''}. The data or split settings differ from "
+                    f"refusing to build: {len(ids)} image(s) of the cascade's {split} split were "
+                    f"{used} on by {m.origin}: {', '.join(ids[:10])}"
+                    f"{', ...' if len(ids) > 10 else ''}. The data or split settings differ from "
                     "the ones the model was trained with (another --data, or a data set that "
                     "changed since, re-carves every split); build from the same data"
                 )
+    dropped = [
+        {"id": i, "reason": "same bytes as a training image", "twin": twin}
+        for i, twin in sorted(copies.items())
+    ]
+    kept = [e for e in splits.entries["val"] if e.sample.id not in copies]
+    return replace(splits, entries={**splits.entries, "val": kept}), dropped
 
 
 def make_cascade(
@@ -292,7 +312,14 @@ def build_cascade(
     input_size = max(x.config.data.image_size for x in [*segs, *clss])
     data_meta = _data_meta(clss[0].config, data)
     bundle = _validation_data(data_meta, input_size, drop_test_duplicates)
-    check_member_splits([*segs, *clss], bundle.splits)
+    splits, dropped_val = check_member_splits([*segs, *clss], bundle.splits)
+    bundle = bundle.with_splits(splits)
+    for d in dropped_val:
+        print(
+            f"[cascade] validation image {d['id']} dropped ({d['reason']} {d['twin']}, which "
+            "the members trained on)",
+            flush=True,
+        )
     cls_cv = None if select_on == "val" else cv_candidates(_as_list(cls_source))
     if select_on == "oof" and cls_cv is None:
         raise ValueError(
@@ -314,6 +341,7 @@ def build_cascade(
         **_payload(choice, bundle, input_size),
         "calibration": calibrated.to_dict(),
         "calibration_check": calibration_report,
+        "dropped_val": dropped_val,
         "data": data_meta,
         "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
     }

@@ -28,7 +28,7 @@ from melanoma.data.metadata import UNKNOWN, subgroup_fields, value_order
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics
 from melanoma.metrics.calibration import CALIBRATION_KEYS, calibration_report, draw_reliability
-from melanoma.metrics.classification import BOOTSTRAP_KEYS, bootstrap_metrics
+from melanoma.metrics.classification import BOOTSTRAP_KEYS, metrics_with_intervals
 from melanoma.metrics.operating_points import describe_point, operating_points
 from melanoma.metrics.paired import describe
 from melanoma.metrics.subgroups import MIN_PER_CLASS, SUBGROUP_KEYS, subgroup_report
@@ -60,18 +60,9 @@ def bootstrap_ci(
 
 def _cls_report(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
     point = classification_metrics(labels, probs, threshold=threshold)
-    # Every metric of every resample at once: class-stratified resamples for the figures
-    # defined within a class, plain ones for those that depend on prevalence.
-    samples = bootstrap_metrics(labels, probs, threshold, resamples)
-    out = {}
-    for k in CLS_KEYS:
-        values = samples[k][~np.isnan(samples[k])]
-        ci = (
-            {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
-            if len(values)
-            else {"low": None, "high": None}
-        )
-        out[k] = {"value": point[k], **ci}
+    # Class-stratified resamples for the figures defined within a class, plain ones for
+    # those that depend on prevalence (bootstrap_metrics).
+    out = metrics_with_intervals(labels, probs, threshold, CLS_KEYS, resamples)
     out["confusion_matrix"] = point["confusion_matrix"]
     out["n"], out["n_melanoma"], out["threshold"] = point["n"], point["n_melanoma"], threshold
     return out
@@ -177,6 +168,7 @@ def evaluate_cascade(
         "bootstrap_resamples": resamples,
         "test_images": int(len(result["id"])),
         "dropped_test_images": bundle.splits.dropped_test,
+        "dropped_validation_images": meta.get("dropped_val") or [],
         "classification": _cls_report(labels, probs, threshold, resamples),
         "operating_points": operating_points(labels, probs, resamples=resamples),
         "subgroups": _subgroups(
@@ -213,8 +205,14 @@ def _test_data(directory: Path, meta: dict, data: str | None, drop_test_duplicat
         bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
     except LeakError as err:
         raise LeakError(f"refusing to evaluate {directory}: {err}") from None
+    # Validation copies of training images that the build dropped (check_member_splits).
+    dropped_val = {d["id"] for d in meta.get("dropped_val") or []}
     for split in ("train", "val", "test"):
-        ours = {e.image_sha256 for e in bundle.splits.entries[split]}
+        ours = {
+            e.image_sha256
+            for e in bundle.splits.entries[split]
+            if not (split == "val" and e.sample.id in dropped_val)
+        }
         theirs = {e.image_sha256 for e in recorded.entries[split]}
         if ours != theirs:
             hint = ""
@@ -387,7 +385,9 @@ def _calibration_lines(report: dict) -> list[str]:
         "",
         f"- shipped map: `{method}`" + (f"; {calibration_line(check)}" if check else ""),
         f"- ECE: {test['shipped']['binning']}; 95% intervals: plain bootstrap of the test "
-        "images (all three depend on prevalence)",
+        "images (all three depend on prevalence). ECE grows with sampling noise, so its "
+        "resampled range can lie above the point figure: read it as how large the "
+        "calibration error could be",
         "",
         "| metric | shipped | before calibration |",
         "|---|---|---|",
@@ -425,6 +425,12 @@ def markdown(report: dict) -> str:
         "precision, which depend on prevalence)",
         "",
     ]
+    for d in report.get("dropped_validation_images") or []:
+        lines.insert(
+            -1,
+            f"- validation image {d['id']} left out of every choice ({d['reason']} "
+            f"{d['twin']}, which the members trained on)",
+        )
     dropped = report.get("dropped_test_images") or []
     if dropped:
         lines += [

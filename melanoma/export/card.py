@@ -80,6 +80,7 @@ def _card_member(member: dict) -> dict:
 CARD_TEST_KEYS = (
     "test_images",
     "dropped_test_images",
+    "dropped_validation_images",
     "classification",
     "segmentation",
     "classifier_with_ground_truth_masks",
@@ -139,6 +140,7 @@ def model_card(meta: dict, report: dict, checks: dict, splits: dict | None = Non
         or "not evaluated: run `melanoma cascade evaluate` before export",
         "data": meta["data"],
         "training_data": training_data,
+        "dropped_validation_images": meta.get("dropped_val") or [],
         "splits_sha256": meta["splits_sha256"],
         "subgroups": report.get("subgroups", "not evaluated"),
         "limitations": limitations(meta, report, training_data),
@@ -154,7 +156,9 @@ def model_card(meta: dict, report: dict, checks: dict, splits: dict | None = Non
 def _training_data(meta: dict, splits: dict | None) -> dict:
     """Per split: images, melanomas, and a SHA-256 over its sorted ``id:image_sha256``
     lines (two cards with the same hash trained, chose and tested on the same bytes)."""
-    out = {"dataset": meta["data"]["path"], "layout": meta["data"]["layout"]}
+    # The layout as detected (the build records None when it was not named).
+    layout = (splits or {}).get("dataset", {}).get("layout") or meta["data"]["layout"]
+    out = {"dataset": meta["data"]["path"], "layout": layout or "detected"}
     if not splits:
         return out
     for name, entries in splits["splits"].items():
@@ -288,6 +292,11 @@ def _data_lines(card: dict) -> list[str]:
     if dropped:
         lines += [f"{len(dropped)} test image(s) dropped as duplicates of train/val images:"]
         lines += [f"- {d['id']} ({d['reason']} as {d['twin']})" for d in dropped] + [""]
+    for d in card.get("dropped_validation_images") or []:
+        lines += [
+            f"Validation image {d['id']} left out of every choice ({d['reason']} {d['twin']}).",
+            "",
+        ]
     return lines
 
 

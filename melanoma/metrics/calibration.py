@@ -75,7 +75,11 @@ def calibration_report(
     labels, probs, *, resamples: int = 1000, seed: int = 0, bins: int = ECE_BINS
 ) -> dict:
     """ECE, Brier score and log-loss with percentile 95% intervals (plain bootstrap: all
-    three depend on prevalence), the reliability bins and the binning in words."""
+    three depend on prevalence), the reliability bins and the binning in words. ECE grows
+    with sampling noise (a resample's duplicated images make its bins noisier), so its
+    resampled range can lie above the point estimate: read it as how large the error
+    could be, not as an interval centred on it (bias-corrected intervals miss on the other
+    side; we checked)."""
     labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
     point = calibration_metrics(labels, probs, bins)
     rows = plain_rows(len(labels), resamples, seed)

@@ -109,6 +109,27 @@ def bootstrap_metrics(
     return {k: (stratified if k in STRATIFIED_KEYS else plain)[k] for k in BOOTSTRAP_KEYS}
 
 
+def metrics_with_intervals(
+    labels, probs, threshold: float, keys=BOOTSTRAP_KEYS, resamples: int = 1000
+) -> dict[str, dict]:
+    """``{metric: {"value", "low", "high"}}`` for ``keys`` of BOOTSTRAP_KEYS: the point
+    figure and its percentile 95% interval from :func:`bootstrap_metrics` (None where no
+    resample defines it)."""
+    labels = np.asarray(labels)
+    point = classification_metrics(labels, probs, threshold=threshold)
+    samples = bootstrap_metrics(labels, probs, threshold, resamples)
+    out = {}
+    for k in keys:
+        values = samples[k][~np.isnan(samples[k])]
+        low, high = (
+            (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
+            if len(values)
+            else (None, None)
+        )
+        out[k] = {"value": point[k], "low": low, "high": high}
+    return out
+
+
 def stratified_rows(labels: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:
     """(resamples, n) bootstrap indices drawn within each class, so every resample keeps
     the class counts of ``labels``."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from melanoma.metrics.classification import bootstrap_metrics, classification_metrics
+from melanoma.metrics.classification import metrics_with_intervals
 
 # Below this many melanomas or benign images in a group, its AUC, sensitivity and
 # specificity would rest on a handful of images: the group is listed as too small.
@@ -53,21 +53,7 @@ def subgroup_report(
                     f"fewer than {min_per_class} melanomas or benign images: no metrics"
                 )
             else:
-                row.update(_metrics(y, p, threshold, resamples))
+                row.update(metrics_with_intervals(y, p, threshold, SUBGROUP_KEYS, resamples))
             rows.append(row)
         out[field] = rows
-    return out
-
-
-def _metrics(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
-    point = classification_metrics(labels, probs, threshold=threshold)
-    samples = bootstrap_metrics(labels, probs, threshold, resamples)
-    out = {}
-    for k in SUBGROUP_KEYS:
-        values = samples[k][~np.isnan(samples[k])]
-        out[k] = {
-            "value": point[k],
-            "low": float(np.percentile(values, 2.5)),
-            "high": float(np.percentile(values, 97.5)),
-        }
     return out
