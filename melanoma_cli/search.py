@@ -107,8 +107,9 @@ def _print_results(
 def ranking_masks(exp) -> str | None:
     """Which lesion masks the crop and masked trials of a classifier search were trained
     and validated on (None when no trial uses masks)."""
-    explores = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
-    if exp.task != "cls" or not explores:
+    from search.runner import explores_masks
+
+    if not explores_masks(exp):
         return None
     source = exp.train.input.mask_source
     if source == "gt":

@@ -333,12 +333,17 @@ def resolve_mask_source(train: TrainConfig, storage: str) -> TrainConfig:
     return train.with_overrides({"input.mask_source": str(path)})
 
 
+def explores_masks(exp: Experiment) -> bool:
+    """Whether a search trains classifiers that use lesion masks (crop, masked, ...)."""
+    explores = exp.train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
+    return exp.task == "cls" and explores
+
+
 def make_segmenter_masks(exp: Experiment) -> None:
     """A classifier search's out-of-fold masks, made by the driver before the first trial
     rather than in the first trials at once (they would wait on each other's lock)."""
     train = exp.train
-    explores = train.input.mode != "full" or any(p.key == "input.mode" for p in exp.space)
-    if exp.task != "cls" or not explores or train.input.mask_source == "gt":
+    if not explores_masks(exp) or train.input.mask_source == "gt":
         return
     from melanoma.engine.loop import Runtime
     from melanoma.engine.run import training_data

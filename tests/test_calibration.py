@@ -143,3 +143,15 @@ def test_operating_points_by_hand():
     assert describe_point("specificity_at_95") == "specificity at 95% sensitivity"
     with pytest.raises(ValueError, match="need melanoma and benign images"):
         operating_points(np.array([1, 1]), np.array([0.2, 0.4]))
+
+
+def test_bad_build_and_model_arguments_name_the_allowed_values(tmp_path):
+    from melanoma.cascade.build import build_cascade
+    from melanoma.models import create_classifier
+
+    with pytest.raises(ValueError, match=r"--calibration must be one of \['auto', 'platt'"):
+        build_cascade("seg", "cls", tmp_path, calibration="spline")
+    with pytest.raises(
+        ValueError, match="in_channels must be 3 \\(RGB\\) or 4 \\(RGB \\+ mask\\), got 5"
+    ):
+        create_classifier("resnet18", in_channels=5)
