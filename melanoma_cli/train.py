@@ -26,6 +26,7 @@ TRAIN_FLAGS = {
     "device": "device",
     "input_mode": "input.mode",
     "mask_source": "input.mask_source",
+    "source_size": "input.source_size",
     "image_size": "data.image_size",
     "batch_size": "data.batch_size",
     "num_workers": "data.num_workers",
@@ -284,7 +285,14 @@ def _register_train(sub) -> None:
         "--input_mode",
         dest="input_mode",
         # melanoma.data.transforms.INPUT_MODES, written out: the CLI loads without torch
-        choices=["full", "masked", "crop", "mask_channel"],
+        choices=["full", "masked", "crop", "mask_channel", "dual"],
+    )
+    p.add_argument(
+        "--source-size",
+        "--source_size",
+        dest="source_size",
+        type=int,
+        help="crop, dual: cut the lesion crop from a copy of the image at this size",
     )
     p.add_argument(
         "--mask-source",

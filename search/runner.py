@@ -349,9 +349,15 @@ def make_segmenter_masks(exp: Experiment) -> None:
     from melanoma.engine.run import training_data
 
     print(f"[search] out-of-fold masks from {train.input.mask_source}", flush=True)
-    # The masks do not depend on the mode: ask as a lesion-crop classifier would.
-    config = replace(train, input=replace(train.input, mode="crop"))
-    training_data(config, Runtime(), keep_copy=False)
+    # The masks do not depend on the mode, only on the size a trial loads its images at:
+    # ask as a lesion-crop classifier would, at each source size the space can choose.
+    sizes = {train.input.source_size}
+    for p in exp.space:
+        if p.key == "input.source_size" and p.kind == "choice":
+            sizes.update(p.values)
+    for size in sorted(sizes, key=lambda s: s or 0):
+        config = replace(train, input=replace(train.input, mode="crop", source_size=size))
+        training_data(config, Runtime(), keep_copy=False)
 
 
 def _tracking(exp: Experiment, name: str) -> list:

@@ -113,3 +113,46 @@ def test_real_search_summary_counts_paired_wins_per_seed():
     mean = bench.mean_of([a, b], [1, 3])
     assert np.allclose(mean["prob"], [(0.2 + 3 * 0.4) / 4, (0.8 + 3 * 0.6) / 4])
     assert bench.auc(mean) == 1.0
+
+
+def test_input_modes_configs_validate_and_compare_with_full():
+    from melanoma.engine.config import TrainConfig
+
+    bench = load("input_modes")
+    base = load("real_search").base_experiment("isic2017_cpu_cls")
+    args = argparse.Namespace(
+        data="synthetic:40:64:0", image_size=64, source_size=128, epochs=3, mask_source="/r/seg"
+    )
+    configs = {
+        mode: TrainConfig.from_dict(bench.train_config(base, mode, 1, args, Path("x")))
+        for mode in bench.MODES
+    }
+    for mode, c in configs.items():
+        # The shipped train config, changed only in mode, masks, crop source and sizes.
+        assert c.model.arch == base["train"]["model"]["arch"] and c.epochs == 3 and c.seed == 1
+        assert c.input.mode == mode and c.data.image_size == 64
+        assert c.input.mask_source == ("gt" if mode == "full" else "/r/seg")
+        assert c.load_size == (128 if mode in ("crop", "dual") else 64)
+
+    def record(diff, low, high):
+        return {
+            "test_auc": 0.7,
+            "val_auc": 0.8,
+            "wall_s": 1.0,
+            "vs_full": {"difference": diff, "low": low, "high": high},
+        }
+
+    full = {"test_auc": 0.7, "val_auc": 0.8, "wall_s": 1.0}
+    summary = bench.summarise(
+        {
+            "full": [full] * 3,
+            "dual": [
+                record(0.03, 0.01, 0.05),
+                record(0.01, -0.02, 0.04),
+                record(-0.04, -0.07, -0.01),
+            ],
+        }
+    )
+    d = summary["dual"]
+    assert d["wins"] == 2 and d["separated_wins"] == 1 and d["separated_losses"] == 1
+    assert d["gain_vs_full"] == [0.03, 0.01, -0.04]

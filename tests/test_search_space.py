@@ -307,3 +307,28 @@ def test_a_classifier_search_says_which_masks_rank_its_trials():
     searched = base(**cls, space={"input.mode": {"choice": ["full", "masked"]}})
     assert ranking_masks(experiment_from_dict(searched)).startswith("ground truth")
     assert ranking_masks(experiment_from_dict(base())) is None  # a segmenter search
+
+
+def test_the_driver_makes_masks_at_each_size_a_trial_can_load_its_images_at(monkeypatch):
+    import melanoma.engine.run
+    from search.runner import make_segmenter_masks
+
+    asked = []
+    monkeypatch.setattr(
+        melanoma.engine.run, "training_data", lambda config, *a, **k: asked.append(config)
+    )
+    space = {
+        "input.mode": {"choice": ["full", "crop", "dual"]},
+        "input.source_size": {"choice": [128, 96], "when": {"input.mode": ["crop", "dual"]}},
+    }
+    train = {"data": {"path": "x", "image_size": 64}, "model": {"arch": "resnet18"}}
+    exp = experiment_from_dict(
+        base(task="cls", train={**train, "input": {"mask_source": "runs/seg"}}, space=space)
+    )
+    make_segmenter_masks(exp)
+    # The whole image's size, then each source size: every trial finds its masks made.
+    assert [c.load_size for c in asked] == [64, 96, 128]
+    assert all(c.input.mask_source == "runs/seg" for c in asked)
+    asked.clear()
+    make_segmenter_masks(experiment_from_dict(base(task="cls", train=train, space=space)))
+    assert asked == []  # ground-truth masks: nothing to make

@@ -172,7 +172,11 @@ def make_cascade(
         ],
         cls_specs=[
             ClassifierSpec(
-                c.config.data.image_size, c.config.input.mode, c.config.input.crop_margin, w
+                c.config.data.image_size,
+                c.config.input.mode,
+                c.config.input.crop_margin,
+                w,
+                c.config.input.source_size,
             )
             for c, w in zip(clss, cls_weights, strict=True)
         ],
@@ -309,7 +313,9 @@ def build_cascade(
     segs, clss = _candidates(seg_source, "seg"), _candidates(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s.config, c.config)
-    input_size = max(x.config.data.image_size for x in [*segs, *clss])
+    # The largest size any member loads its images at: a classifier that cuts its lesion
+    # crop from a larger copy (input.source_size) makes the cascade take that size.
+    input_size = max(x.config.load_size for x in [*segs, *clss])
     data_meta = _data_meta(clss[0].config, data)
     bundle = _validation_data(data_meta, input_size, drop_test_duplicates)
     splits, dropped_val = check_member_splits([*segs, *clss], bundle.splits)

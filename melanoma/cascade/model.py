@@ -1,9 +1,12 @@
 """The cascade: segment, mask or crop, classify. One module, exported as one artifact.
 
 Input: uint8 images (N, 3, S, S), squashed to S x S by ``melanoma.data.io.load_image`` (the
-resize every training image went through). Output: melanoma probability (N,) and the
-binary lesion mask (N, 1, S, S). Normalisation lives inside each model; masking/cropping
-is ``apply_input_mode``, the function training used.
+resize every training image went through); S is the largest size a member loads images
+at, so a classifier whose lesion crop comes from a larger copy (``input.source_size``)
+cuts it from the full-size input inside the graph while the segmenters see it downsized.
+Output: melanoma probability (N,) and the binary lesion mask (N, 1, S, S). Normalisation
+lives inside each model; masking/cropping is ``apply_input_mode``, the function training
+used.
 
 Either stage may be an ensemble: the mask probability is the weighted mean of the
 segmenters' probabilities, the melanoma probability the weighted mean of the classifiers'
@@ -39,12 +42,19 @@ class SegmenterSpec:
 
 @dataclass(frozen=True)
 class ClassifierSpec:
-    """How one classifier of the cascade is run: size, input mode, crop margin, weight."""
+    """How one classifier of the cascade is run: size, input mode, crop margin, weight, and
+    the size of the copy its lesion crop is cut from (None: ``size``)."""
 
     size: int
     mode: str
     crop_margin: float = 0.15
     weight: float = 1.0
+    source_size: int | None = None
+
+    @property
+    def load_size(self) -> int:
+        """The size the image and mask are brought to before ``apply_input_mode``."""
+        return self.source_size or self.size
 
 
 SYMMETRIES = 8
@@ -180,11 +190,14 @@ class Cascade(nn.Module):
         total = None
         for model, spec in zip(self.classifiers, self.cls_specs, strict=True):
             m = mode or spec.mode
+            # As in training: image and mask at the size the classifier loads them at
+            # (its source size for a crop from a larger copy), then its input mode.
+            load = spec.load_size
             xi, mi = x, mask
-            if spec.size != x.shape[-1]:
-                xi = self._resize(x, spec.size)
+            if load != x.shape[-1]:
+                xi = self._resize(x, load)
                 if mi is not None:
-                    mi = F.interpolate(mi.float(), size=(spec.size, spec.size), mode="nearest")
+                    mi = F.interpolate(mi.float(), size=(load, load), mode="nearest")
             inputs = apply_input_mode(
                 xi, mi if m != "full" else None, m, spec.crop_margin, spec.size
             )

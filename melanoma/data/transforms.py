@@ -88,9 +88,15 @@ def build_augmentation(strength: float) -> A.Compose | None:
     )
 
 
-INPUT_MODES = ("full", "masked", "crop", "mask_channel")
+INPUT_MODES = ("full", "masked", "crop", "mask_channel", "dual")
 # Input modes whose classifier takes a fourth channel, the lesion mask.
 MASK_CHANNEL_MODES = ("mask_channel",)
+# Input modes whose classifier sees two views, the whole image and the lesion crop, as six
+# channels through one shared backbone.
+DUAL_MODES = ("dual",)
+# Input modes that cut a lesion crop, which can come from a larger copy of the image
+# (``input.source_size``) than the classifier's input.
+CROP_MODES = ("crop", "dual")
 
 
 def lesion_boxes(mask: torch.Tensor, margin: float) -> torch.Tensor:
@@ -128,16 +134,21 @@ def apply_input_mode(
     margin: float = 0.15,
     size: int | None = None,
 ) -> torch.Tensor:
-    """What the classifier sees, as float in [0, 1], (N, 3, size, size); (N, 4, size, size)
-    for ``mask_channel``.
+    """What the classifier sees, as float in [0, 1], (N, C, size, size): C is 3, 4 for
+    ``mask_channel`` and 6 for ``dual``.
+
+    ``image`` and ``mask`` share one resolution, which may be larger than ``size``: a
+    lesion crop is then cut from the larger image (source-resolution detail), the other
+    views are resized down to ``size``.
 
     ``full``: the image. ``masked``: background set to zero in pixel space (before
     normalisation, so black means black for every model). ``crop``: the lesion's dilated
     bounding box, resized. ``mask_channel``: the whole image with the binary lesion mask as
     a fourth channel (the classifier keeps the skin around the lesion and learns where the
-    lesion is). An empty mask (no lesion predicted, no ground truth) gives the whole image
-    in masked and crop modes and an empty fourth channel. Training, evaluation, the cascade
-    and the export all call this.
+    lesion is). ``dual``: the whole image (channels 0-2) and the lesion crop (3-5). An
+    empty mask (no lesion predicted, no ground truth) gives the whole image in masked and
+    crop modes and an empty fourth channel. Training, evaluation, the cascade and the
+    export all call this.
     """
     if mode not in INPUT_MODES:
         raise ValueError(f"unknown input mode {mode!r}; valid: {list(INPUT_MODES)}")
@@ -145,30 +156,50 @@ def apply_input_mode(
     size = size or x.shape[-1]
     if mode != "full" and mask is None:
         raise ValueError(f"input mode {mode!r} needs a mask")
+    if mask is not None and mask.shape[-2:] != x.shape[-2:]:
+        raise ValueError(
+            f"image {tuple(x.shape[-2:])} and mask {tuple(mask.shape[-2:])} must have one "
+            "resolution; resize the mask (nearest) to the image first"
+        )
+    if mode == "crop":
+        return lesion_crop(x, mask, margin, size)
     if mode == "masked":
         keep = mask > 0
         # No lesion found (or no ground-truth mask at all): keep the whole image, as crop
         # mode does, rather than hand the classifier a black square.
         empty = ~keep.flatten(1).any(dim=1)
         x = x * (keep | empty[:, None, None, None]).to(x.dtype)
-    elif mode == "crop":
-        boxes = lesion_boxes(mask, margin)
-        index = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)[:, None]
-        return roi_align(
-            x,
-            torch.cat([index, boxes.to(x.dtype)], dim=1),
-            (size, size),
-            spatial_scale=1.0,
-            sampling_ratio=2,
-            aligned=True,
-        )
-    if x.shape[-2:] != (size, size):
-        x = torch.nn.functional.interpolate(
-            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
+    whole = _resized(x, size)
     if mode == "mask_channel":
         m = (mask > 0).to(x.dtype)
         if m.shape[-2:] != (size, size):
             m = torch.nn.functional.interpolate(m, size=(size, size), mode="nearest")
-        x = torch.cat([x, m], dim=1)
-    return x
+        return torch.cat([whole, m], dim=1)
+    if mode == "dual":
+        return torch.cat([whole, lesion_crop(x, mask, margin, size)], dim=1)
+    return whole
+
+
+def lesion_crop(x: torch.Tensor, mask: torch.Tensor, margin: float, size: int) -> torch.Tensor:
+    """The lesion's dilated bounding box of float images ``x``, sampled (roi_align) to
+    ``size`` x ``size`` from ``x`` at its own resolution."""
+    boxes = lesion_boxes(mask, margin)
+    index = torch.arange(x.shape[0], device=x.device, dtype=x.dtype)[:, None]
+    return roi_align(
+        x,
+        torch.cat([index, boxes.to(x.dtype)], dim=1),
+        (size, size),
+        spatial_scale=1.0,
+        # Enough samples per output pixel that a crop cut from a much larger image
+        # averages over its pixels instead of skipping most of them (aliasing).
+        sampling_ratio=max(2, -(-x.shape[-1] // size)),
+        aligned=True,
+    )
+
+
+def _resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-2:] == (size, size):
+        return x
+    return torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )

@@ -139,14 +139,19 @@ MASK_SEARCH_PREFIX = "search:"
 
 @dataclass(frozen=True)
 class InputConfig:
-    """What the classifier sees: the whole image, the masked lesion, or a lesion crop."""
+    """What the classifier sees: the whole image, the masked lesion, a lesion crop, the
+    image with the mask as a fourth channel, or the image and the crop side by side."""
 
-    mode: Literal["full", "masked", "crop", "mask_channel"] = "full"
+    mode: Literal["full", "masked", "crop", "mask_channel", "dual"] = "full"
     # "gt"; a segmenter run directory or checkpoint (out-of-fold masks on train, its own on
     # val/test); or "search:NAME", a segmenter search's best trial.
     mask_source: str = "gt"
     crop_margin: float = 0.15  # crop: bounding box dilated by this fraction of its size
     oof_folds: int = 3
+    # crop, dual: the size of the copy of each image the lesion crop is cut from (the
+    # whole image and the segmenter still see data.image_size). Larger than
+    # data.image_size gives the crop detail the downsized image lost; None: the same.
+    source_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.oof_folds < 2:
@@ -221,6 +226,28 @@ class TrainConfig:
                 raise ConfigError(str(err)) from None
             object.__setattr__(self, "data", replace(self.data, image_size=size))
         self._validate_names()
+        self._validate_source_size()
+
+    def _validate_source_size(self) -> None:
+        source = self.input.source_size
+        if source is None:
+            return
+        if self.task != "cls" or self.input.mode not in ("crop", "dual"):
+            raise ConfigError(
+                f"input.source_size ({source}) sizes the image a lesion crop is cut from; "
+                f"input.mode {self.input.mode!r} cuts none: use mode crop or dual, or drop it"
+            )
+        if not self.data.image_size <= source <= 2048:
+            raise ConfigError(
+                f"input.source_size must be between data.image_size ({self.data.image_size}) "
+                f"and 2048, got {source}"
+            )
+
+    @property
+    def load_size(self) -> int:
+        """The size images are loaded and augmented at: ``input.source_size`` for a
+        classifier that crops from a larger copy, else ``data.image_size``."""
+        return self.input.source_size or self.data.image_size
 
     def _validate_names(self) -> None:
         # Plain tables (melanoma.names): building a config imports no model zoo.
@@ -234,7 +261,8 @@ class TrainConfig:
                     )
             else:
                 spec = check_classifier(self.model.arch)
-                aux = spec.has_aux and self.model.aux_weight > 0
+                # dual mode builds no auxiliary heads (they see one view).
+                aux = spec.has_aux and self.model.aux_weight > 0 and self.input.mode != "dual"
                 min_size = spec.min_size_aux if aux else spec.min_size
             check_loss(self.task, self.loss.name)
         except ConfigError:

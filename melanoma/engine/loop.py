@@ -265,7 +265,7 @@ def open_training_data(config: TrainConfig) -> DataBundle:
         raise ValueError("no data path: set data.path in the experiment or pass --data DIR")
     return open_data(
         Path(d.path),
-        d.image_size,
+        config.load_size,
         layout=d.layout,
         on_bad=d.on_bad,
         split_config=d.split_config(),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from melanoma.data.transforms import MASK_CHANNEL_MODES, apply_input_mode
+from melanoma.data.transforms import DUAL_MODES, MASK_CHANNEL_MODES, apply_input_mode
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.losses import create_loss
 from melanoma.metrics import ClassificationMeter, SegmentationMeter
@@ -25,6 +25,7 @@ def build_model(config: TrainConfig, *, pretrained: bool = True) -> nn.Module:
         aux=m.aux_weight > 0,
         transform_input=m.transform_input,
         in_channels=4 if config.input.mode in MASK_CHANNEL_MODES else 3,
+        dual=config.input.mode in DUAL_MODES,
         **weights,
     )
 

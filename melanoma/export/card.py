@@ -39,6 +39,9 @@ INPUT_MODE_RULES = {
     "channel (1 inside the lesion, 0 outside; all 0 where no lesion was found)",
     "crop": "the predicted lesion's bounding box, dilated by the crop margin, resized; where "
     "the mask is empty the classifier sees the whole image",
+    "dual": "two views through one network, the whole image and the predicted lesion's "
+    "bounding box (dilated by the crop margin), their features joined before the head; "
+    "where the mask is empty both views are the whole image",
 }
 
 
@@ -70,8 +73,11 @@ def _card_member(member: dict) -> dict:
     else:
         mode = cfg["input"]["mode"]
         out.update(input_mode=mode, input_mode_rule=INPUT_MODE_RULES[mode])
-        if mode == "crop":
+        if mode in ("crop", "dual"):
             out["crop_margin"] = cfg["input"]["crop_margin"]
+            # The crop is cut from a copy at this size (the cascade's input), not from the
+            # image_size copy the whole-image view sees.
+            out["crop_source_size"] = cfg["input"].get("source_size") or cfg["data"]["image_size"]
     out["image_size"] = cfg["data"]["image_size"]
     out["hyperparameters"] = {k: cfg[k] for k in ("optimizer", "scheduler", "loss", "epochs")}
     return out

@@ -99,23 +99,51 @@ class Classifier(nn.Module):
         return out
 
 
-def _replace_head(net: nn.Module, name: str, num_classes: int) -> None:
-    def linear(old: nn.Linear) -> nn.Linear:
-        return nn.Linear(old.in_features, num_classes)
+class DualViewClassifier(Classifier):
+    """Two views through one network (``input.mode: dual``): channels 0-2 are the whole
+    image, 3-5 the lesion crop. Both pass through the shared backbone in one batch; their
+    pooled features are joined before one linear head, so the head weighs the lesion's
+    detail against its surroundings."""
+
+    def __init__(self, net: nn.Module, normalization: Normalization, head: nn.Linear):
+        super().__init__(net, normalization, has_aux=False)
+        self.head = head
+
+    def forward(self, x: torch.Tensor):
+        if x.shape[1] != 6:
+            raise ValueError(
+                f"a dual-view classifier takes 6 channels (image, lesion crop), got {x.shape[1]}"
+            )
+        n = x.shape[0]
+        features = self.net(self.preprocess(torch.cat([x[:, :3], x[:, 3:]], dim=0)))
+        whole, crop = features[:n], features[n:]
+        return self.head(torch.cat([whole, crop], dim=1))
+
+
+def _replace_head(net: nn.Module, name: str, num_classes: int) -> int:
+    """Give ``net`` a ``num_classes``-way head; 0 removes it (the network then returns its
+    pooled features). Returns the width of those features."""
+
+    def linear(old: nn.Linear) -> nn.Module:
+        return nn.Linear(old.in_features, num_classes) if num_classes else nn.Identity()
 
     if name.startswith("efficientnet_lite"):
-        net.reset_classifier(num_classes)
-    elif name.startswith(("resnet", "googlenet", "inception")):
+        net.reset_classifier(num_classes)  # timm: 0 leaves the pooled features
+        return net.num_features
+    if name.startswith(("resnet", "googlenet", "inception")):
+        width = net.fc.in_features
         net.fc = linear(net.fc)
         if name == "googlenet" and net.aux1 is not None:
             net.aux1.fc2 = linear(net.aux1.fc2)
             net.aux2.fc2 = linear(net.aux2.fc2)
         if name == "inception_v3" and net.AuxLogits is not None:
             net.AuxLogits.fc = linear(net.AuxLogits.fc)
-    elif name.startswith("efficientnet") or name == "convnext_tiny" or name.startswith("mobilenet"):
+        return width
+    if name.startswith("efficientnet") or name == "convnext_tiny" or name.startswith("mobilenet"):
+        width = net.classifier[-1].in_features
         net.classifier[-1] = linear(net.classifier[-1])
-    else:  # pragma: no cover - every table entry is handled above
-        raise AssertionError(f"no head rule for {name}")
+        return width
+    raise AssertionError(f"no head rule for {name}")  # every table entry is handled above
 
 
 def create_classifier(
@@ -127,12 +155,14 @@ def create_classifier(
     aux: bool = True,
     transform_input: bool | None = None,
     in_channels: int = 3,
+    dual: bool = False,
 ) -> Classifier:
     """Build a classifier. ``aux`` builds the auxiliary heads of inception_v3/googlenet
     (train them with a weighted aux loss) or leaves them out entirely. ``in_channels`` 4
     takes the lesion mask as a fourth input channel (``input.mode: mask_channel``): the
     first convolution gains one input channel whose filters start at zero, so the network
-    starts as the pretrained RGB one and learns how much to use the mask.
+    starts as the pretrained RGB one and learns how much to use the mask. ``dual`` builds a
+    :class:`DualViewClassifier` (six channels: image and lesion crop; no auxiliary heads).
 
     ``pretrained`` loads ImageNet weights before the head is replaced: from ``weights_path``,
     the offline EfficientNet-Lite packages, or the torch hub cache; nothing is downloaded.
@@ -141,7 +171,12 @@ def create_classifier(
     spec = classifier_spec(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    with_aux = aux and spec.has_aux
+    if dual and in_channels != 3:
+        raise ValueError(
+            f"a dual-view classifier takes two RGB views, not in_channels={in_channels}; "
+            "use dual=True with in_channels=3, or one of them"
+        )
+    with_aux = aux and spec.has_aux and not dual
     net = spec.build(with_aux)
     if pretrained or weights_path:
         target = net.state_dict()
@@ -162,8 +197,11 @@ def create_classifier(
             net.transform_input = True
     if transform_input is not None and name in ("inception_v3", "googlenet"):
         net.transform_input = transform_input
-    _replace_head(net, name, num_classes)
     normalization = spec.normalization
+    if dual:
+        width = _replace_head(net, name, 0)
+        return DualViewClassifier(net, normalization, nn.Linear(2 * width, num_classes))
+    _replace_head(net, name, num_classes)
     if in_channels not in (3, 4):
         raise ValueError(f"in_channels must be 3 (RGB) or 4 (RGB + mask), got {in_channels}")
     if in_channels == 4:
