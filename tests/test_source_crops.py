@@ -251,3 +251,24 @@ def test_source_crops_train_and_the_built_cascade_cuts_them_as_training_did(tmp_
         got, cascade_mask = cascade(images)
     assert torch.equal(cascade_mask, mask)
     assert torch.allclose(got, expected, atol=1e-5)
+
+    # Exported, the cascade takes images at the source size, and `predict` feeds it them.
+    from PIL import Image
+
+    from melanoma.data.io import load_image
+    from melanoma.export import export_cascade
+    from melanoma.predict import predict
+
+    card = export_cascade(tmp_path / "built", tmp_path / "export", check_images=4)
+    assert card["input"]["shape"][-1] == 64
+    files = []
+    for i in range(2):
+        pixels = np.random.default_rng(i).integers(0, 256, (96, 80, 3), dtype=np.uint8)
+        files.append(tmp_path / f"large{i}.png")
+        Image.fromarray(pixels).save(files[-1])
+    rows = predict(tmp_path / "export", [str(f) for f in files], tmp_path / "out.csv")
+    loaded = torch.stack([torch.from_numpy(load_image(f, 64).transpose(2, 0, 1)) for f in files])
+    with torch.no_grad():
+        eager, _ = cascade(loaded)
+    got = np.array([float(r["probability"]) for r in rows])
+    assert np.abs(got - eager.numpy()).max() < 1e-4
