@@ -19,6 +19,9 @@ import numpy as np
 from melanoma.data.io import IMAGE_EXTENSIONS, ImageDecodeError, image_size, load_image
 from melanoma.postprocess import clean_masks
 
+# The quantised model beside cascade.onnx (``melanoma export --int8``).
+INT8_FILE = "cascade.int8.onnx"
+
 
 def mask_names(paths: list[Path]) -> dict[Path, str]:
     """The mask file name of each input: ``<stem>_mask.png``; where several inputs share a
@@ -64,10 +67,11 @@ def predict(
     *,
     masks_out: Path | None = None,
     batch_size: int = 16,
+    int8: bool = False,
 ) -> list[dict]:
     """Probability, decision and mask per image (cleaned up where the model card says so);
-    unreadable images are reported and skipped."""
-    session, card = open_exported(Path(model_dir))
+    unreadable images are reported and skipped. ``int8`` runs the quantised model."""
+    session, card = open_exported(Path(model_dir), int8=int8)
     size, threshold = card["input"]["shape"][-1], card["threshold"]
     # Cards written before the clean-up existed hand out the mask as thresholded.
     cleanup = card.get("mask_cleanup", {}).get("on", False)
@@ -109,8 +113,9 @@ def predict(
     return rows
 
 
-def open_exported(model_dir: Path):
-    """(ONNX Runtime session, model card) of an exported cascade."""
+def open_exported(model_dir: Path, *, int8: bool = False):
+    """(ONNX Runtime session, model card) of an exported cascade; ``int8``: of its
+    quantised model, which ``melanoma export --int8`` writes when it is within tolerance."""
     import onnxruntime as ort
 
     card_path = model_dir / "model_card.json"
@@ -120,9 +125,21 @@ def open_exported(model_dir: Path):
             "create one with `melanoma export`"
         )
     card = json.loads(card_path.read_text())
-    session = ort.InferenceSession(
-        str(model_dir / "cascade.onnx"), providers=["CPUExecutionProvider"]
-    )
+    model = model_dir / "cascade.onnx"
+    if int8:
+        model = model_dir / INT8_FILE
+        if not model.is_file():
+            q = card.get("int8")
+            why = (
+                f"its export refused it ({q['refused']})"
+                if q and not q["kept"]
+                else "it was exported without --int8"
+            )
+            raise FileNotFoundError(
+                f"{model_dir} has no INT8 model ({INT8_FILE}): {why}; use the float model "
+                "(leave out --int8) or export again with --int8"
+            )
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     return session, card
 
 

@@ -9,9 +9,18 @@ from pathlib import Path
 def _cmd_export(args: argparse.Namespace) -> int:
     from melanoma.export import export_cascade
 
-    card = export_cascade(Path(args.dir), Path(args.out), data=args.data)
+    card = export_cascade(Path(args.dir), Path(args.out), data=args.data, int8=args.int8)
     check = card["export_check"]
     print(f"exported to {args.out}: cascade.onnx, cascade.pt2, model_card.json, checksums.sha256")
+    q = card.get("int8")
+    if q:
+        verdict = f"kept as {q['file']}" if q["kept"] else f"refused ({q['refused']})"
+        scores = ", ".join(
+            f"{k} {q['float'][k]:.4f} float, {q['int8'][k]:.4f} int8"
+            for k in ("auc", "jaccard")
+            if q["float"][k] is not None
+        )
+        print(f"INT8 model {verdict}; on {q['validation_images']} validation images: {scores}")
     print(
         f"checked on {check['images_used']}: "
         f"ONNX max |dp| {check['onnxruntime']['max_probability_difference']:.1e}, "
@@ -30,6 +39,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         Path(args.out),
         masks_out=args.masks_out,
         batch_size=args.batch_size,
+        int8=args.int8,
     )
     bad = sum(1 for r in rows if r["error"])
     print(
@@ -49,6 +59,12 @@ def register(sub) -> None:
         help="the cascade's data set, where it has moved since the build: the export is "
         "checked on its test images (default: the recorded path)",
     )
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also write cascade.int8.onnx, statically quantised and calibrated on the "
+        "validation images; kept only within the card's tolerance of the float model",
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="melanoma probability and lesion mask per image")
@@ -62,4 +78,5 @@ def register(sub) -> None:
         "(a__ISIC_1.jpg_mask.png); the CSV's mask column names each",
     )
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--int8", action="store_true", help="run the INT8 model (export --int8) instead")
     p.set_defaults(func=_cmd_predict)

@@ -1263,3 +1263,40 @@ def test_a_validation_copy_of_a_training_image_is_dropped_not_refused():
     recarved = {**member_splits, "train": {**member_splits["train"], "v1": "cc"}}
     with pytest.raises(LeakError, match="cascade's val split were trained on by runs/cls: v1"):
         check_member_splits([Candidate(TrainConfig(), {}, "runs/cls", None, recarved)], splits)
+
+
+def test_int8_export_is_kept_within_tolerance_or_refused_naming_why(built, tmp_path, monkeypatch):
+    from melanoma.export import export_cascade
+    from melanoma.export import int8 as quantised
+    from melanoma.predict import INT8_FILE, predict
+
+    out = tmp_path / "int8"
+    q = export_cascade(built["dir"], out, int8=True)["int8"]
+    assert q["calibration_images"] > 0 and q["validation_images"] >= q["calibration_images"]
+    for key in ("auc", "jaccard"):  # lost is float minus INT8, each scored on validation
+        assert q["lost"][key] == pytest.approx(q["float"][key] - q["int8"][key])
+    within = all(q["lost"][k] <= q["tolerance"][k] for k in ("auc", "jaccard"))
+    assert q["kept"] == within == (out / INT8_FILE).is_file()
+    assert "## INT8 model" in (out / "MODEL_CARD.md").read_text()
+    images = sorted((built["data"] / "ISIC-2017_Training_Data").glob("*.jpg"))[:4]
+    if within:
+        assert INT8_FILE in (out / "checksums.sha256").read_text()
+        rows = predict(out, [str(p) for p in images], tmp_path / "q.csv", int8=True)
+        floats = predict(out, [str(p) for p in images], tmp_path / "f.csv")
+        got = np.array([float(r["probability"]) for r in rows])
+        assert np.isfinite(got).all()
+        assert np.abs(got - np.array([float(r["probability"]) for r in floats])).max() < 0.2
+
+    # A tolerance it cannot meet: the INT8 file is not shipped, the card and predict say why.
+    monkeypatch.setattr(quantised, "AUC_TOLERANCE", -1.0)
+    refused = tmp_path / "refused"
+    q = export_cascade(built["dir"], refused, int8=True)["int8"]
+    assert not q["kept"] and q["file"] is None and "auc" in q["refused"]
+    assert not (refused / INT8_FILE).exists()
+    assert "refused, not shipped" in (refused / "MODEL_CARD.md").read_text()
+    with pytest.raises(FileNotFoundError, match="its export refused it"):
+        predict(refused, [str(images[0])], tmp_path / "r.csv", int8=True)
+    with pytest.raises(FileNotFoundError, match="exported without --int8"):
+        plain = tmp_path / "plain"
+        export_cascade(built["dir"], plain)
+        predict(plain, [str(images[0])], tmp_path / "p.csv", int8=True)

@@ -8,6 +8,8 @@ EXPORT_DIR/
                      calibration, input spec, test metrics with intervals, operating points,
                      subgroups, data and split hashes, limitations, versions, tolerances
   MODEL_CARD.md      the same card for people
+  cascade.int8.onnx  with --int8: the statically quantised copy, kept only within tolerance
+                     of the float model on validation (melanoma.export.int8; the card says)
   checksums.sha256   SHA-256 of every file above
 """
 
@@ -29,6 +31,7 @@ from melanoma.export.card import (
     model_card,
     render_markdown,
 )
+from melanoma.export.int8 import INT8_FILE, int8_model
 
 
 class ExportMismatchError(MelanomaError):
@@ -98,11 +101,18 @@ def write_programs(cascade: torch.nn.Module, example: torch.Tensor, out: Path) -
 
 
 def export_cascade(
-    directory: Path, out: Path, *, check_images: int = 8, data: str | None = None
+    directory: Path,
+    out: Path,
+    *,
+    check_images: int = 8,
+    data: str | None = None,
+    int8: bool = False,
 ) -> dict:
     """Write ONNX + torch.export programs, verify both against eager outputs on test images
     (``data`` replaces the recorded data path), write the card with the test report that
-    ``cascade evaluate`` wrote for this very cascade."""
+    ``cascade evaluate`` wrote for this very cascade. ``int8`` adds the quantised ONNX
+    model when it scores within tolerance on the validation images (the card records it
+    either way)."""
     directory, out = Path(directory), Path(out)
     cascade, meta = load_cascade(directory)
     cascade.eval()
@@ -113,11 +123,32 @@ def export_cascade(
     checks = check_programs(cascade, images, out) | {"images_used": source}
     splits = json.loads((directory / "splits.json").read_text())
     card = model_card(meta, report, checks, splits)
+    stale = out / INT8_FILE
+    stale.unlink(missing_ok=True)  # an earlier export's INT8 model is not this cascade's
+    if int8:
+        card["int8"] = int8_model(out, _validation(meta, data))
     (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / "MODEL_CARD.md").write_text(render_markdown(card))
     files = ["cascade.onnx", "cascade.pt2", "model_card.json", "MODEL_CARD.md"]
+    if (out / INT8_FILE).is_file():
+        files.append(INT8_FILE)
     (out / "checksums.sha256").write_text("".join(f"{file_sha256(out / f)}  {f}\n" for f in files))
     return card
+
+
+def _validation(meta: dict, data: str | None):
+    """The cascade's validation images, which calibrate and check an INT8 model."""
+    from melanoma.cascade.build import open_cascade_data
+
+    try:
+        bundle = open_cascade_data(meta["data"], meta["input_size"], path=data, on_bad="skip")
+    except (FileNotFoundError, ValueError) as err:
+        raise FileNotFoundError(
+            f"--int8 calibrates and checks the INT8 model on the cascade's validation images, "
+            f"and its data ({data or meta['data']['path']}) cannot be read: {err}. Pass "
+            "--data DIR where the data set is now, or export without --int8"
+        ) from err
+    return bundle.dataset("val")
 
 
 def _own_report(directory: Path) -> dict:

@@ -253,7 +253,32 @@ def render_markdown(card: dict) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items() if v),
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _int8_lines(card.get("int8")))
+
+
+def _int8_lines(q: dict | None) -> list[str]:
+    if not q:
+        return []
+
+    def cell(v) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    verdict = f"kept as `{q['file']}`" if q["kept"] else f"refused, not shipped: {q['refused']}"
+    return [
+        "## INT8 model",
+        "",
+        f"{q['method']}; calibrated on {q['calibration_images']} validation images, scored "
+        f"on all {q['validation_images']}: {verdict}.",
+        "",
+        "| validation | float | INT8 | lost | tolerance |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {cell(q['float'][k])} | {cell(q['int8'][k])} | {cell(q['lost'][k])} | "
+            f"{q['tolerance'][k]} |"
+            for k, name in (("auc", "melanoma AUC"), ("jaccard", "mask Jaccard"))
+        ),
+        "",
+    ]
 
 
 def _model_lines(card: dict) -> list[str]:

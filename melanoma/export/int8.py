@@ -1,0 +1,144 @@
+"""An INT8 copy of the exported cascade: ONNX Runtime static quantisation, calibrated on
+validation images, kept only when it scores within a stated tolerance of the float model.
+
+The convolutions and matrix products (where the time goes) get int8 weights, per output
+channel, and uint8 activations whose ranges are measured on the calibration images; the
+resizes, the lesion crop, the softmax, the ensemble mean and the calibration stay in
+float, so the probability keeps its full resolution (quantising the output too would
+round it to steps of 1/255 and tie many images in the AUC).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.predict import INT8_FILE
+
+__all__ = ["INT8_FILE", "int8_model", "quantize", "run_model"]
+AUC_TOLERANCE = 0.005  # validation melanoma AUC the INT8 model may lose
+JACCARD_TOLERANCE = 0.01  # validation mask Jaccard it may lose
+CALIBRATION_IMAGES = 32
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+
+
+def quantize(float_model: Path, out: Path, calibration: np.ndarray, batch: int = 8) -> None:
+    """Write the statically quantised ``float_model`` to ``out``, activation ranges from
+    ``calibration`` (uint8 images (N, 3, S, S), the model's input)."""
+    import tempfile
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(
+                [{"images": calibration[i : i + batch]} for i in range(0, len(calibration), batch)]
+            )
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Folds batch norms into convolutions first, so each quantised convolution is the
+        # whole affine step. The exported graph's shapes are static but for the batch, which
+        # the symbolic pass cannot follow through roi_align: ONNX's own inference suffices.
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(float_model), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+
+
+def run_model(path: Path, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities (N,) and masks (N, 1, S, S) of an exported model over ``images``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probs, masks = [], []
+    for i in range(0, len(images), batch):
+        p, m = session.run(None, {"images": images[i : i + batch]})
+        probs.append(p)
+        masks.append(m)
+    return np.concatenate(probs), np.concatenate(masks)
+
+
+def _scores(probs, masks, labels, truth, has_mask) -> dict:
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from melanoma.metrics.segmentation import segmentation_metrics
+
+    out = {"auc": None, "jaccard": None}
+    known = labels >= 0  # -1: an image without a label
+    if len(np.unique(labels[known])) == 2:
+        out["auc"] = float(roc_auc_score(labels[known], probs[known]))
+    if has_mask.any():
+        seg = segmentation_metrics(
+            torch.from_numpy(masks[has_mask]).float(), torch.from_numpy(truth[has_mask]).float()
+        )
+        out["jaccard"] = float(seg["jaccard"])
+    return out
+
+
+def int8_model(out: Path, validation, *, calibration_images: int = CALIBRATION_IMAGES) -> dict:
+    """Quantise ``out/cascade.onnx`` into ``out/cascade.int8.onnx`` and score both on the
+    ``validation`` dataset (uint8 images, labels, masks); the INT8 file is removed, and
+    the result says why, when it loses more than the tolerances. Returns the model card's
+    ``int8`` section."""
+    items = [validation[i] for i in range(len(validation))]
+    if not items:
+        raise ValueError(
+            "an INT8 model is calibrated and checked on the cascade's validation images, and "
+            "its validation split is empty; export without --int8"
+        )
+    images = np.stack([it["image"].numpy() for it in items])
+    labels = np.array([it["label"] for it in items])
+    truth = np.stack([it["mask"].numpy() for it in items])
+    has_mask = np.array([bool(it["has_mask"]) for it in items])
+    # Spread over the split (it is ordered as the layout lists it), seeded.
+    rng = np.random.default_rng(0)
+    chosen = np.sort(rng.permutation(len(images))[:calibration_images])
+    path = Path(out) / INT8_FILE
+    quantize(Path(out) / "cascade.onnx", path, images[chosen])
+    float_scores = _scores(*run_model(Path(out) / "cascade.onnx", images), labels, truth, has_mask)
+    int8_scores = _scores(*run_model(path, images), labels, truth, has_mask)
+    lost = {
+        key: None if float_scores[key] is None else float_scores[key] - int8_scores[key]
+        for key in ("auc", "jaccard")
+    }
+    too_much = [
+        f"{key} {lost[key]:+.4f} lost (tolerance {tol})"
+        for key, tol in (("auc", AUC_TOLERANCE), ("jaccard", JACCARD_TOLERANCE))
+        if lost[key] is not None and lost[key] > tol
+    ]
+    section = {
+        "file": INT8_FILE,
+        "method": "ONNX Runtime static quantisation (QDQ): int8 per-channel weights, uint8 "
+        f"activations of {', '.join(QUANTIZED_OPS)}; the rest in float",
+        "calibration_images": int(len(chosen)),
+        "validation_images": int(len(images)),
+        "float": float_scores,
+        "int8": int8_scores,
+        "lost": lost,
+        "tolerance": {"auc": AUC_TOLERANCE, "jaccard": JACCARD_TOLERANCE},
+        "kept": not too_much,
+    }
+    if too_much:
+        path.unlink()
+        section["file"] = None
+        section["refused"] = "; ".join(too_much)
+    return section
