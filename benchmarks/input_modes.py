@@ -5,6 +5,7 @@ mode, on images nobody chose on.
         [--epochs 4] [--image-size 64] [--source-size 128]
         [--modes full crop masked mask_channel dual] [--experiment isic2017_cpu_cls]
         [--segmenter RUN] [--seg-epochs 4] [--json out.json] [--log train.log]
+        [--keep DIR]
     # GPU-sized: --image-size 224 --source-size 448 --epochs 12 --seg-epochs 10
     #            --experiment isic2017_gpu_cls
 
@@ -167,6 +168,9 @@ def main() -> int:
     parser.add_argument("--seg-epochs", type=int, default=4, help="epochs of the segmenter trained")
     parser.add_argument("--log", type=Path, default=None, help="training output (default: hidden)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--keep", type=Path, help="keep the segmenter and every classifier run in this folder"
+    )
     args = parser.parse_args()
     if "full" not in args.modes:
         parser.error("--modes must include full: every mode is compared with it")
@@ -181,9 +185,10 @@ def main() -> int:
     runs: dict[str, list[dict]] = {m: [] for m in args.modes}
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
     with tempfile.TemporaryDirectory() as tmp:
-        args.mask_source = str(args.segmenter or bench.train_segmenter(args, Path(tmp), log))
+        where = args.keep or Path(tmp)
+        args.mask_source = str(args.segmenter or bench.train_segmenter(args, where, log))
         for seed in args.seeds:
-            for mode, record in run_seed(base, seed, args, Path(tmp), log, bench).items():
+            for mode, record in run_seed(base, seed, args, where, log, bench).items():
                 runs[mode].append(record)
     log.close()
     masks = args.segmenter or f"a segmenter trained for {args.seg_epochs} epochs"

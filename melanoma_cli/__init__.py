@@ -7,9 +7,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from melanoma_cli import cascade, data, export, quickstart, search, train
+from melanoma_cli import cascade, data, export, quickstart, search, serve, train
 
-STAGES = (data, train, search, cascade, export, quickstart)
+STAGES = (data, train, search, cascade, export, serve, quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ cubic when enlarging. Masks use nearest-neighbour sampling and come back as 0/1 
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import cv2
@@ -34,7 +35,9 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _open_decoded(path: Path, mode: str, draft_size: int | None = None) -> Image.Image:
+def _open_decoded(
+    path: Path | io.BytesIO, mode: str, draft_size: int | None = None, name: str | None = None
+) -> Image.Image:
     try:
         img = Image.open(path)
         if draft_size is not None and img.format == "JPEG":
@@ -46,7 +49,7 @@ def _open_decoded(path: Path, mode: str, draft_size: int | None = None) -> Image
     except FileNotFoundError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(f"cannot decode {path}: {err}") from err
+        raise ImageDecodeError(f"cannot decode {name or path}: {err}") from err
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -66,6 +69,16 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
 def load_image(path: Path, size: int | None = None) -> np.ndarray:
     """RGB uint8 array (H, W, 3), resized to ``size`` x ``size`` when given."""
     img = _open_decoded(Path(path), "RGB", draft_size=size)
+    array = np.asarray(img, dtype=np.uint8)
+    return resize_image(array, size) if size else array
+
+
+def decode_image(data: bytes, size: int | None = None, name: str = "the image") -> np.ndarray:
+    """``load_image`` for an encoded image in memory (an upload): the same decoding and
+    resize, so a served image reaches the model exactly as a file would."""
+    if not data:
+        raise ImageDecodeError(f"cannot decode {name}: it is empty")
+    img = _open_decoded(io.BytesIO(data), "RGB", draft_size=size, name=name)
     array = np.asarray(img, dtype=np.uint8)
     return resize_image(array, size) if size else array
 

@@ -1,0 +1,226 @@
+"""The served cascade under load, against `melanoma predict` over the same images, and the
+INT8 model against the float one.
+
+    python benchmarks/serve.py --model EXPORT_DIR --images DIR [--clients 8]
+        [--requests 240] [--max-batch-size 16] [--batch-wait-ms 10] [--duration 120]
+
+EXPORT_DIR is a `melanoma export` directory (with `--int8`, the INT8 model is measured too).
+Side by side in one run, on the same images (the files under DIR, sent as they are):
+- **onnxruntime**: the exported model alone at batch 16, images already decoded: the
+  float/INT8 throughput ratio;
+- **predict**: `melanoma.predict.predict` over the files (decoding included), batch 16;
+- **serve**: `melanoma serve`'s application on a loopback port, ``--clients`` concurrent
+  clients each posting one image at a time until ``--requests`` are answered (or
+  ``--duration`` seconds pass): images per second, p50 and p99 latency, errors, and how many
+  ``/healthz`` checks a separate client got answered during the load (and their slowest).
+Stops by itself: a bounded number of requests, and a deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def onnxruntime_rate(model: Path, images: np.ndarray, batch: int = 16, rounds: int = 5) -> float:
+    """Images per second of one ONNX Runtime session over decoded images."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    x = np.concatenate([images] * (batch // len(images) + 1))[:batch]
+    session.run(None, {"images": x})  # warm-up
+    started = time.perf_counter()
+    for _ in range(rounds):
+        session.run(None, {"images": x})
+    return rounds * batch / (time.perf_counter() - started)
+
+
+def predict_rate(model_dir: Path, files: list[Path], int8: bool, tmp: Path) -> float:
+    from melanoma.predict import predict
+
+    predict(model_dir, [str(files[0])], tmp / "warm.csv", int8=int8)
+    started = time.perf_counter()
+    predict(model_dir, [str(f) for f in files], tmp / "p.csv", batch_size=16, int8=int8)
+    return len(files) / (time.perf_counter() - started)
+
+
+def _post(url: str, body: bytes) -> tuple[int, float]:
+    request = urllib.request.Request(url, data=body, method="POST")
+    request.add_header("Content-Type", "image/jpeg")
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            response.read()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+    except (urllib.error.URLError, OSError):
+        status = 0
+    return status, time.perf_counter() - started
+
+
+def load(url: str, bodies: list[bytes], clients: int, requests: int, duration: float) -> dict:
+    """``clients`` threads post images until ``requests`` are answered or time is up; a
+    separate thread checks ``/healthz`` every 0.2 s meanwhile."""
+    deadline = time.monotonic() + duration
+    counter = iter(range(requests))
+    lock = threading.Lock()
+    results: list[tuple[int, float]] = []
+    health: list[tuple[int, float]] = []
+    done = threading.Event()
+
+    def client() -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            results.append(_post(f"{url}/predict", bodies[i % len(bodies)]))
+
+    def checker() -> None:
+        while not done.is_set():
+            started = time.perf_counter()
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=30) as r:
+                    status = r.status
+            except (urllib.error.URLError, OSError):
+                status = 0
+            health.append((status, time.perf_counter() - started))
+            done.wait(0.2)
+
+    watcher = threading.Thread(target=checker, daemon=True)
+    watcher.start()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        for f in [pool.submit(client) for _ in range(clients)]:
+            f.result()
+    wall = time.perf_counter() - started
+    done.set()
+    watcher.join()
+    latencies = sorted(t for s, t in results if s == 200)
+    return {
+        "answered": len(latencies),
+        "errors": sum(s != 200 for s, _ in results),
+        "images_per_s": len(latencies) / wall,
+        "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else float("nan"),
+        "health_ok": sum(s == 200 for s, _ in health),
+        "health_checks": len(health),
+        "health_max_ms": 1000 * max((t for _, t in health), default=float("nan")),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_run(model_dir: Path, int8: bool, bodies: list[bytes], args) -> dict:
+    from ray import serve
+
+    from serving.app import build_app
+
+    app = build_app(
+        model_dir, int8=int8, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms
+    )
+    serve.run(app, name="bench", route_prefix="/")
+    url = f"http://127.0.0.1:{args.port}"
+    for body in bodies[: args.max_batch_size]:  # warm-up
+        _post(f"{url}/predict", body)
+    result = load(url, bodies, args.clients, args.requests, args.duration)
+    serve.delete("bench")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="a `melanoma export` directory")
+    parser.add_argument("--images", type=Path, required=True, help="a folder of image files")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=240)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=120.0, help="deadline per served arm")
+    parser.add_argument("--limit", type=int, default=160, help="images read from --images")
+    args = parser.parse_args()
+
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    from melanoma.data.io import IMAGE_EXTENSIONS, load_image
+    from melanoma.predict import INT8_FILE
+    from melanoma.service import CascadeModel
+
+    files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = files[: args.limit]
+    if not files:
+        parser.error(f"no images in {args.images}")
+    size = CascadeModel(args.model).size
+    decoded = np.stack([load_image(f, size).transpose(2, 0, 1) for f in files[:16]])
+    bodies = [f.read_bytes() for f in files]
+    kinds = [False] + ([True] if (args.model / INT8_FILE).is_file() else [])
+
+    rows = {}
+    for int8 in kinds:
+        name = "int8" if int8 else "float"
+        model = args.model / (INT8_FILE if int8 else "cascade.onnx")
+        rows[f"onnxruntime {name}"] = {"images_per_s": onnxruntime_rate(model, decoded)}
+        with tempfile.TemporaryDirectory() as tmp:
+            rows[f"predict {name}"] = {
+                "images_per_s": predict_rate(args.model, files, int8, Path(tmp))
+            }
+    args.port = _free_port()
+    ray.init(include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+        for int8 in kinds:
+            name = "int8" if int8 else "float"
+            rows[f"serve {name}"] = serve_run(args.model, int8, bodies, args)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    print(
+        f"\n{args.model} at {size} px; {len(files)} images from {args.images}; serve: "
+        f"{args.clients} clients, {args.requests} requests, batches of up to "
+        f"{args.max_batch_size} within {args.batch_wait_ms} ms\n"
+    )
+    print(
+        f"{'arm':18} | {'images/s':>8} | {'vs predict':>10} | {'p50 ms':>7} | {'p99 ms':>7} | "
+        f"{'errors':>6} | {'healthz answered (slowest ms)':>30}"
+    )
+    print("-" * 104)
+    for arm, r in rows.items():
+        kind = arm.split()[-1]
+        ratio = r["images_per_s"] / rows[f"predict {kind}"]["images_per_s"]
+        served = arm.startswith("serve")
+        print(
+            f"{arm:18} | {r['images_per_s']:8.1f} | {ratio:10.2f} | "
+            + (
+                f"{r['p50_ms']:7.0f} | {r['p99_ms']:7.0f} | {r['errors']:6d} | "
+                f"{r['health_ok']:>4}/{r['health_checks']:<4} ({r['health_max_ms']:.0f})".rjust(30)
+                if served
+                else f"{'-':>7} | {'-':>7} | {'-':>6} | {'-':>30}"
+            )
+        )
+    if len(kinds) == 2:
+        ratio = rows["onnxruntime int8"]["images_per_s"] / rows["onnxruntime float"]["images_per_s"]
+        print(f"\nINT8 / float, ONNX Runtime at batch 16: {ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

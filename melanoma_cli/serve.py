@@ -1,0 +1,76 @@
+"""melanoma serve."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from melanoma.service import Limits
+
+    limits = Limits(int(args.max_image_mb * 2**20), args.max_images)
+    from serving.app import build_app
+
+    app = build_app(
+        Path(args.model),
+        int8=args.int8,
+        num_replicas=args.num_replicas,
+        replica_cpus=args.replica_cpus,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        limits=limits,
+    )
+    import ray
+    from ray import serve
+
+    ray.init(address=args.address, log_to_driver=False)
+    serve.start(http_options={"host": args.host, "port": args.port})
+    serve.run(app, name="melanoma", route_prefix="/")
+    print(
+        f"serving {args.model} ({'INT8' if args.int8 else 'float'} model, "
+        f"{args.num_replicas} replica(s), batches of up to {args.max_batch_size} within "
+        f"{args.batch_wait_ms} ms) at http://{args.host}:{args.port}: POST /predict, "
+        "POST /predict/batch, GET /healthz, GET /model-card; Ctrl-C stops",
+        flush=True,
+    )
+    # SIGTERM (a container stopping) ends the service as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        while True:
+            time.sleep(3600)
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def register(sub) -> None:
+    """Add this stage's subcommands."""
+    p = sub.add_parser("serve", help="serve an exported cascade over HTTP (Ray Serve)")
+    p.add_argument("model", help="an exported cascade directory (`melanoma export`)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--address", help="a running Ray cluster to serve on (auto or HOST:PORT; default: local)"
+    )
+    p.add_argument("--int8", action="store_true", help="serve the INT8 model (export --int8)")
+    p.add_argument("--num-replicas", type=int, default=1)
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica")
+    p.add_argument(
+        "--max-batch-size", type=int, default=16, help="images run through the model at once"
+    )
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=10.0,
+        help="how long a batch waits for more requests before it runs",
+    )
+    p.add_argument("--max-image-mb", type=float, default=20.0, help="largest image accepted")
+    p.add_argument("--max-images", type=int, default=32, help="most images in one request")
+    p.set_defaults(func=_cmd_serve)

@@ -1,0 +1,1 @@
+"""The exported cascade as a Ray Serve application (``melanoma serve``)."""

@@ -1,0 +1,153 @@
+"""The exported cascade behind HTTP: a Ray Serve deployment with dynamic request batching.
+
+Routes (``route_prefix`` ``/``):
+- ``POST /predict``: one image's bytes as the body (``image/*`` or
+  ``application/octet-stream``) -> ``{"probability", "melanoma", "threshold", "model"}``;
+  ``?mask=true`` adds ``mask_png``, the lesion mask as a base64 PNG at the image's size.
+- ``POST /predict/batch``: ``{"images": ["<base64>", ...]}`` (``application/json``) ->
+  ``{"predictions": [...]}`` in the same order.
+- ``GET /healthz``: ``{"status": "ok", ...}``; ``GET /model-card``: the model card.
+
+Requests from all clients meet in ``@serve.batch``: up to ``max_batch_size`` images, or
+what arrived within ``batch_wait_s``, go through ONNX Runtime as one batch, in a worker
+thread so that health checks answer while a batch runs. A bad request gets a 4xx answer
+with a message (``melanoma.service``) and never reaches the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from melanoma.service import (
+    IMAGE_TYPES,
+    BadRequest,
+    CascadeModel,
+    Limits,
+    check_content_type,
+    decode_upload,
+    parse_many,
+)
+
+ROUTES = ("POST /predict", "POST /predict/batch", "GET /healthz", "GET /model-card")
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"the body is {declared} bytes, over this route's limit of {limit}")
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise BadRequest(413, f"the body is over this route's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@serve.deployment(max_ongoing_requests=256)
+class CascadeService:
+    def __init__(
+        self,
+        model_dir: str,
+        int8: bool = False,
+        limits: Limits | None = None,
+        max_batch_size: int = 16,
+        batch_wait_s: float = 0.01,
+    ):
+        self.model = CascadeModel(Path(model_dir), int8=int8)
+        self.limits = limits or Limits()
+        self.predict_batch.set_max_batch_size(max_batch_size)
+        self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        self.served = 0
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
+    async def predict_batch(self, uploads: list) -> list:
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self.executor, self.model.run, uploads)
+        self.served += len(uploads)
+        return results
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        route = f"{request.method} {request.url.path.rstrip('/') or '/'}"
+        try:
+            if route == "GET /healthz":
+                return JSONResponse(self._health())
+            if route == "GET /model-card":
+                return JSONResponse(self.model.card)
+            if route == "POST /predict":
+                return JSONResponse(await self._predict_one(request))
+            if route == "POST /predict/batch":
+                return JSONResponse(await self._predict_many(request))
+            raise BadRequest(404, f"no route {route}; this service has {', '.join(ROUTES)}")
+        except BadRequest as err:
+            return JSONResponse({"error": err.message}, status_code=err.status)
+
+    def _health(self) -> dict:
+        return {
+            "status": "ok",
+            "model": self.model.kind,
+            "input_size": self.model.size,
+            "threshold": self.model.threshold,
+            "images_served": self.served,
+        }
+
+    async def _predict_one(self, request: Request) -> dict:
+        check_content_type(request.headers.get("content-type"), IMAGE_TYPES)
+        body = await _body(request, self.limits.max_image_bytes)
+        upload = decode_upload(body, self.model.size, self.limits)
+        prob, mask = await self.predict_batch(upload)
+        return self.model.answer(upload, prob, mask, _flag(request, "mask"))
+
+    async def _predict_many(self, request: Request) -> dict:
+        check_content_type(request.headers.get("content-type"), ("application/json",))
+        body = await _body(request, self.limits.max_batch_body)
+        uploads = parse_many(body, self.model.size, self.limits)
+        results = await asyncio.gather(*(self.predict_batch(u) for u in uploads))
+        with_mask = _flag(request, "mask")
+        return {
+            "predictions": [
+                self.model.answer(u, p, m, with_mask)
+                for u, (p, m) in zip(uploads, results, strict=True)
+            ]
+        }
+
+
+def _flag(request: Request, name: str) -> bool:
+    return request.query_params.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def build_app(
+    model_dir: Path,
+    *,
+    int8: bool = False,
+    num_replicas: int = 1,
+    replica_cpus: float = 1.0,
+    max_batch_size: int = 16,
+    batch_wait_ms: float = 10.0,
+    limits: Limits | None = None,
+):
+    """The Serve application over an exported cascade directory. The model is opened here
+    first, so a wrong directory or a missing INT8 model fails before any replica starts."""
+    CascadeModel(Path(model_dir), int8=int8)
+    if max_batch_size < 1 or batch_wait_ms < 0 or num_replicas < 1:
+        raise ValueError(
+            f"need max_batch_size >= 1, batch_wait_ms >= 0 and num_replicas >= 1, got "
+            f"{max_batch_size}, {batch_wait_ms} and {num_replicas}"
+        )
+    return CascadeService.options(
+        num_replicas=num_replicas, ray_actor_options={"num_cpus": replica_cpus}
+    ).bind(
+        str(Path(model_dir).resolve()),
+        int8,
+        limits or Limits(),
+        max_batch_size,
+        batch_wait_ms / 1000.0,
+    )

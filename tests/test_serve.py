@@ -1,0 +1,218 @@
+"""`melanoma serve`: a real Ray Serve instance on a loopback port serving a tiny exported
+cascade. Its answers equal `melanoma predict`'s, bad requests get a 4xx answer and leave
+the replica serving, a concurrent burst is answered in full while health checks answer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from melanoma.service import BadRequest, Limits, check_content_type, decode_upload, parse_many
+from melanoma_cli import main
+
+LIMITS = Limits(max_image_bytes=150_000, max_images=4)
+STARTUP_S = 120
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    from melanoma.cascade.build import build_cascade
+    from melanoma.data.synth import SynthConfig, write_synthetic
+    from melanoma.engine import Runtime, TrainConfig
+    from melanoma.engine.loop import fit
+    from melanoma.export import export_cascade
+
+    root = tmp_path_factory.mktemp("serve")
+    data = root / "data"
+    write_synthetic(data, SynthConfig(n=40, size=64, seed=5, prevalence=0.4))
+    common = {
+        "epochs": 1,
+        "log_images": 0,
+        "data": {"path": str(data), "image_size": 64, "batch_size": 8, "num_workers": 0},
+    }
+    seg = {"task": "seg", "model": {"arch": "fpn", "encoder": "resnet18"}}
+    cls = {"task": "cls", "model": {"arch": "resnet18"}, "input": {"mode": "crop"}}
+    for name, extra in (("seg", seg), ("cls", cls)):
+        fit(TrainConfig.from_dict({**common, **extra, "out": str(root / name)}), Runtime())
+    build_cascade(str(root / "seg"), str(root / "cls"), root / "built", tta="off")
+    export_cascade(root / "built", root / "export", check_images=4)
+    images = sorted((data / "ISIC-2017_Training_Data").glob("*.jpg"))[:6]
+    return {"dir": root / "export", "images": images, "root": root}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _request(url: str, body: bytes | None = None, content_type: str | None = None):
+    """(status, parsed JSON) of one HTTP request."""
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def service(exported):
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    port = _free_port()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = build_app(exported["dir"], max_batch_size=8, batch_wait_ms=20, limits=LIMITS)
+        serve.run(app, name="melanoma", route_prefix="/")
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + STARTUP_S
+        while True:  # serve.run returns once the replica is up; the proxy may lag a little
+            try:
+                if _request(f"{url}/healthz")[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the service did not answer /healthz within {STARTUP_S} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+pytestmark = [pytest.mark.slow]
+
+
+@pytest.mark.ray
+def test_served_answers_equal_predict_and_bad_requests_leave_it_serving(
+    service, exported, tmp_path
+):
+    from melanoma.predict import predict
+
+    paths = exported["images"]
+    masks_dir = tmp_path / "masks"
+    rows = predict(
+        exported["dir"], [str(p) for p in paths], tmp_path / "p.csv", masks_out=masks_dir
+    )
+    expected = {Path(r["image"]).name: r for r in rows}
+
+    card = json.loads((exported["dir"] / "model_card.json").read_text())
+    status, health = _request(f"{service}/healthz")
+    assert status == 200 and health["status"] == "ok" and health["model"] == "float"
+    assert _request(f"{service}/model-card") == (200, card)
+
+    for path in paths[:3]:
+        status, answer = _request(f"{service}/predict?mask=true", path.read_bytes(), "image/jpeg")
+        assert status == 200, answer
+        row = expected[path.name]
+        assert answer["probability"] == pytest.approx(float(row["probability"]), abs=1e-5)
+        assert (
+            answer["melanoma"] == bool(row["melanoma"]) and answer["threshold"] == card["threshold"]
+        )
+        served_mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask_png"]))))
+        assert np.array_equal(served_mask, np.asarray(Image.open(row["mask"])))
+
+    many = {"images": [base64.b64encode(p.read_bytes()).decode() for p in paths[:4]]}
+    status, answer = _request(
+        f"{service}/predict/batch", json.dumps(many).encode(), "application/json"
+    )
+    assert status == 200, answer
+    got = [a["probability"] for a in answer["predictions"]]
+    want = [float(expected[p.name]["probability"]) for p in paths[:4]]
+    assert got == pytest.approx(want, abs=1e-5)
+
+    good = paths[0].read_bytes()
+    truncated = good[: len(good) // 2]
+    big = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), np.uint8)).save(
+        big, format="PNG"
+    )
+    assert len(big.getvalue()) > LIMITS.max_image_bytes
+    bad = [
+        ("/predict", b"this is not an image", "image/png", 400, "not a readable image"),
+        ("/predict", truncated, "image/jpeg", 400, "not a readable image"),
+        ("/predict", b"", "image/jpeg", 400, "is empty"),
+        ("/predict", big.getvalue(), "image/png", 413, "over this route's limit"),
+        ("/predict", good, "text/plain", 415, "content type 'text/plain'"),
+        (
+            "/predict/batch",
+            json.dumps({"images": many["images"] + many["images"][:1]}).encode(),
+            "application/json",
+            413,
+            "5 images in one request, over this service's limit of 4",
+        ),
+        ("/predict/batch", b'{"images": ["%%%"]}', "application/json", 400, "not valid base64"),
+        ("/predict/batch", b"{", "application/json", 400, "not JSON"),
+        ("/nowhere", good, "image/jpeg", 404, "no route POST /nowhere"),
+    ]
+    for route, body, kind, code, message in bad:
+        status, answer = _request(f"{service}{route}", body, kind)
+        assert status == code and message in answer["error"], (route, kind, status, answer)
+        # ...and the replica still serves.
+        status, answer = _request(f"{service}/predict", good, "image/jpeg")
+        assert status == 200 and answer["probability"] == pytest.approx(
+            float(expected[paths[0].name]["probability"]), abs=1e-5
+        )
+
+
+@pytest.mark.ray
+def test_a_concurrent_burst_is_answered_in_full_while_health_answers(service, exported):
+    paths = exported["images"]
+    bodies = [paths[i % len(paths)].read_bytes() for i in range(36)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda b: _request(f"{service}/predict", b, "image/jpeg"), bodies))
+        # Health answers while the burst is served (submitted after it, from another thread).
+        health = pool.submit(_request, f"{service}/healthz").result()
+    assert health[0] == 200
+    assert [status for status, _ in answers] == [200] * 36
+    first = [a["probability"] for s, a in answers[: len(paths)]]
+    again = [a["probability"] for s, a in answers[len(paths) : 2 * len(paths)]]
+    assert first == pytest.approx(again, abs=1e-5)  # the same image, whatever its batch
+    assert _request(f"{service}/healthz")[1]["images_served"] >= 36
+
+
+def test_request_checks_without_a_server():
+    with pytest.raises(BadRequest) as err:
+        check_content_type(None, ("image/",))
+    assert err.value.status == 415 and "(none)" in err.value.message
+    check_content_type("image/jpeg; charset=binary", ("image/",))
+    with pytest.raises(BadRequest, match="is empty"):
+        decode_upload(b"", 32, LIMITS)
+    with pytest.raises(BadRequest, match=r"images\[0\] is a int, not a base64 string"):
+        parse_many(b'{"images": [3]}', 32, LIMITS)
+    with pytest.raises(BadRequest, match="with at least one image"):
+        parse_many(b'{"images": []}', 32, LIMITS)
+    with pytest.raises(ValueError, match="limits must be positive"):
+        Limits(max_images=0)
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(png, format="PNG")
+    upload = decode_upload(png.getvalue(), 32, LIMITS)
+    assert upload.image.shape == (32, 32, 3) and (upload.width, upload.height) == (30, 20)
+
+
+def test_serve_refuses_a_model_directory_it_cannot_serve_before_starting_ray(
+    exported, tmp_path, capsys
+):
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "is not an exported cascade" in capsys.readouterr().err
+    assert main(["serve", str(exported["dir"]), "--int8"]) == 2
+    assert "exported without --int8" in capsys.readouterr().err
