@@ -156,3 +156,38 @@ def test_input_modes_configs_validate_and_compare_with_full():
     d = summary["dual"]
     assert d["wins"] == 2 and d["separated_wins"] == 1 and d["separated_losses"] == 1
     assert d["gain_vs_full"] == [0.03, 0.01, -0.04]
+
+
+def test_serve_load_counts_answers_errors_and_health_checks():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    bench = load("serve")
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # every fourth request is refused, as a bad one would be
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(1)
+            self.send_response(400 if len(seen) % 4 == 0 else 200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        r = bench.load(url, [b"a", b"b"], clients=4, requests=20, duration=60)
+    finally:
+        server.shutdown()
+    assert r["answered"] == 15 and r["errors"] == 5  # stops at the requested count
+    assert r["health_checks"] >= 1 and r["health_ok"] == r["health_checks"]
+    assert r["p50_ms"] <= r["p99_ms"] and r["images_per_s"] > 0

@@ -294,6 +294,15 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path, monkeypatch):
     again = np.load(tmp_path / "cls2" / "oof_masks.npz")
     assert all(np.array_equal(masks[k], again[k]) for k in masks.files)
 
+    # A classifier that loads its images larger (its crop cut from a larger copy) needs
+    # masks at that size: predicted again, by the same fold segmenters.
+    size = cfg.data.image_size
+    larger = cfg.with_overrides({"out": str(tmp_path / "cls3"), "input.source_size": 2 * size})
+    train(larger, QUIET)
+    assert fold0_file.stat().st_mtime_ns == made
+    big = np.load(tmp_path / "cls3" / "oof_masks.npz")
+    assert len(big.files) == 160 and big[big.files[0]].shape == (2 * size, 2 * size)
+
     # The saved masks are reused only for the same segmenter checkpoint and fold count.
     from melanoma.engine.loop import labelled, open_training_data
     from melanoma.engine.oof import segmenter_masks
