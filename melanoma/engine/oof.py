@@ -86,26 +86,31 @@ def segmenter_masks(
             f"results {config.input.mask_search}` prints the best checkpoint)"
         )
     state = load_checkpoint(Path(config.input.mask_source))
-    # Masks are reused only when the same segmenter checkpoint, fold count and images
-    # made them: a retrained segmenter or another split makes them anew.
-    key = {
+    # Fold segmenters are reused when the same segmenter checkpoint, fold count and images
+    # made them, masks when also the size and threshold match: a retrained segmenter or
+    # another split makes them anew; another classifier size only predicts again.
+    folds_key = {
         "segmenter": state["path"],
         "segmenter_sha256": file_sha256(Path(state["path"])),
         "folds": config.input.oof_folds,
-        "threshold": TrainConfig.from_dict(state["config"]).threshold,
-        "size": bundle.size,  # masks are made at the classifier's image size
         "images": sorted(e.sample.id for items in bundle.splits.entries.values() for e in items),
+    }
+    key = {
+        **folds_key,
+        "threshold": TrainConfig.from_dict(state["config"]).threshold,
+        "size": bundle.size,  # masks are made at the size the classifier loads images at
     }
     own = Path(config.out) / OOF_FILE
     masks = _load_masks(own, key)
     if masks is None:
-        shared = oof_cache_dir() / hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+        shared = oof_cache_dir() / hashlib.sha256(json.dumps(folds_key).encode()).hexdigest()[:16]
         shared.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(f"{shared}.lock"):
-            masks = _load_masks(shared / OOF_FILE, key)
+            masks_file = shared / f"oof_masks_{bundle.size}.npz"
+            masks = _load_masks(masks_file, key)
             if masks is None:
                 masks = _make_masks(config, bundle, runtime, state, shared)
-                _save_masks(shared / OOF_FILE, key, masks)
+                _save_masks(masks_file, key, masks)
         if runtime.is_main and keep_copy:
             _save_masks(own, {**key, "folds_dir": str(shared)}, masks)
     return masks
@@ -188,16 +193,19 @@ def _make_masks(
             },
         )
         fold_config = replace(seg_config, out=str(folds_dir / f"fold{k}"), early_stopping=0)
-        if runtime.is_main and runtime.progress:
-            print(
-                f"out-of-fold masks: training segmenter fold {k + 1}/{config.input.oof_folds}",
-                flush=True,
-            )
-        # One process trains the fold segmenters, whatever rank it is in a DDP group: the
-        # other ranks wait on the file lock (or make their node's masks) meanwhile, so
-        # none of them would join a collective of this training.
-        alone = replace(runtime, rank=0, world_size=1, report=None, wrap_model=None)
-        fit(fold_config, alone, data=seg_bundle.with_splits(fold_splits))
+        done = folds_dir / f"fold{k}.done"  # written after the fold finished training
+        if not done.is_file():
+            if runtime.is_main and runtime.progress:
+                print(
+                    f"out-of-fold masks: training segmenter fold {k + 1}/{config.input.oof_folds}",
+                    flush=True,
+                )
+            # One process trains the fold segmenters, whatever rank it is in a DDP group:
+            # the other ranks wait on the file lock (or make their node's masks) meanwhile,
+            # so none of them would join a collective of this training.
+            alone = replace(runtime, rank=0, world_size=1, report=None, wrap_model=None)
+            fit(fold_config, alone, data=seg_bundle.with_splits(fold_splits))
+            done.write_text("trained\n")
         fold_state = load_checkpoint(Path(fold_config.out) / CHECKPOINTS / LAST)
         fold_model = rebuild_model(seg_config, fold_state["model"])
 
