@@ -128,7 +128,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return summary
 
 
-def print_table(summary: dict, seeds: int, spread) -> None:
+def print_table(summary: dict, seeds: int, bench) -> None:
     print(
         f"{'mode':12} | {'held-out AUC, mean (min-max)':>30} | {'paired gain vs full':>34} | "
         f"{'wins':>5} | {'interval > 0':>12} | {'interval < 0':>12} | "
@@ -136,14 +136,13 @@ def print_table(summary: dict, seeds: int, spread) -> None:
     )
     print("-" * 148)
     for mode, s in summary.items():
-        t = s["test_auc"]
-        tests = f"{statistics.mean(t):.4f} ({min(t):.4f}-{max(t):.4f})"
+        tests = bench.mean_range(s["test_auc"])
         counts = [
             "-" if mode == "full" else f"{s[key]}/{seeds}"
             for key in ("wins", "separated_wins", "separated_losses")
         ]
         print(
-            f"{mode:12} | {tests:>30} | {spread(s['gain_vs_full']):>34} | {counts[0]:>5} | "
+            f"{mode:12} | {tests:>30} | {bench.spread(s['gain_vs_full']):>34} | {counts[0]:>5} | "
             f"{counts[1]:>12} | {counts[2]:>12} | {statistics.mean(s['val_auc']):13.4f} | "
             f"{s['wall_s']:6.0f}"
         )
@@ -198,7 +197,7 @@ def main() -> int:
         f"predicted by {masks}\n"
     )
     summary = summarise(runs)
-    print_table(summary, len(args.seeds), bench.spread)
+    print_table(summary, len(args.seeds), bench)
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
     return 0

@@ -311,6 +311,11 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
     return summary
 
 
+def mean_range(values: list[float]) -> str:
+    """A figure over seeds: mean (min-max)."""
+    return f"{statistics.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return "-"
@@ -325,8 +330,7 @@ def print_table(summary: dict, seeds: int) -> None:
     )
     print("-" * 198)
     for name, s in summary.items():
-        t = s["test_auc"]
-        tests = f"{statistics.mean(t):.4f} ({min(t):.4f}-{max(t):.4f})"
+        tests = mean_range(s["test_auc"])
         wins = "-" if name == DEFAULT else f"{s['wins']}/{seeds}"
         wins_seeds = "-" if name == SEEDS else f"{s.get('wins_vs_seeds', 0)}/{seeds}"
         print(

@@ -115,7 +115,7 @@ def test_real_search_summary_counts_paired_wins_per_seed():
     assert bench.auc(mean) == 1.0
 
 
-def test_input_modes_configs_validate_and_compare_with_full():
+def test_input_modes_configs_validate_and_compare_with_full(capsys):
     from melanoma.engine.config import TrainConfig
 
     bench = load("input_modes")
@@ -147,15 +147,22 @@ def test_input_modes_configs_validate_and_compare_with_full():
         {
             "full": [full] * 3,
             "dual": [
-                record(0.03, 0.01, 0.05),
-                record(0.01, -0.02, 0.04),
-                record(-0.04, -0.07, -0.01),
+                record(0.04, 0.01, 0.06),
+                record(0.02, -0.02, 0.05),
+                record(-0.03, -0.06, -0.01),
             ],
         }
     )
     d = summary["dual"]
     assert d["wins"] == 2 and d["separated_wins"] == 1 and d["separated_losses"] == 1
-    assert d["gain_vs_full"] == [0.03, 0.01, -0.04]
+    assert d["gain_vs_full"] == [0.04, 0.02, -0.03]
+    bench.print_table(summary, 3, load("real_search"))
+    table = capsys.readouterr().out
+    assert (
+        "dual         |         0.7000 (0.7000-0.7000) |       +0.0100 (-0.0300 to +0.0400)"
+        in table
+    )
+    assert "|   2/3 |          1/3 |          1/3 |" in table
 
 
 def test_serve_load_counts_answers_errors_and_health_checks():
