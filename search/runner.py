@@ -350,8 +350,9 @@ def make_segmenter_masks(exp: Experiment) -> None:
 
     print(f"[search] out-of-fold masks from {train.input.mask_source}", flush=True)
     # The masks do not depend on the mode, only on the size a trial loads its images at:
-    # ask as a lesion-crop classifier would, at each source size the space can choose.
-    sizes = {train.input.source_size}
+    # ask as a lesion-crop classifier would, at the image size and at each source size
+    # the experiment can choose.
+    sizes = {None, train.input.source_size}
     for p in exp.space:
         if p.key == "input.source_size" and p.kind == "choice":
             sizes.update(p.values)

@@ -152,8 +152,7 @@ def test_a_dual_cascade_from_the_source_size_exports_and_matches_onnx_runtime(tm
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"input": {"mode": "full", "source_size": 64}}, "mode 'full' cuts none"),
-        ({"input": {"mode": "mask_channel", "source_size": 64}}, "use mode crop or dual"),
+        ({"task": "seg", "model": {"arch": "fpn"}, "input": {"source_size": 64}}, "a segmenter"),
         ({"input": {"mode": "crop", "source_size": 16}}, r"between data.image_size \(32\)"),
         ({"input": {"mode": "dual", "source_size": 4096}}, "and 2048, got 4096"),
     ],
@@ -162,6 +161,20 @@ def test_bad_source_sizes_name_the_fix(settings, message):
     base = {"task": "cls", "data": {"image_size": 32}, "model": {"arch": "resnet18"}}
     with pytest.raises(ConfigError, match=message):
         TrainConfig.from_dict({**base, **settings})
+
+
+def test_modes_that_cut_no_crop_load_images_at_the_image_size():
+    # One experiment can search crop and full with one source size: full ignores it.
+    for mode, load in (("full", 32), ("mask_channel", 32), ("masked", 32), ("crop", 64)):
+        config = TrainConfig.from_dict(
+            {
+                "task": "cls",
+                "data": {"image_size": 32},
+                "model": {"arch": "resnet18"},
+                "input": {"mode": mode, "source_size": 64},
+            }
+        )
+        assert config.load_size == load, mode
 
 
 def test_dual_mode_lifts_inceptions_auxiliary_head_size_limit():

@@ -176,7 +176,7 @@ def make_cascade(
                 c.config.input.mode,
                 c.config.input.crop_margin,
                 w,
-                c.config.input.source_size,
+                c.config.load_size if c.config.load_size != c.config.data.image_size else None,
             )
             for c, w in zip(clss, cls_weights, strict=True)
         ],

@@ -151,6 +151,7 @@ class InputConfig:
     # crop, dual: the size of the copy of each image the lesion crop is cut from (the
     # whole image and the segmenter still see data.image_size). Larger than
     # data.image_size gives the crop detail the downsized image lost; None: the same.
+    # The other modes ignore it.
     source_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -232,10 +233,10 @@ class TrainConfig:
         source = self.input.source_size
         if source is None:
             return
-        if self.task != "cls" or self.input.mode not in ("crop", "dual"):
+        if self.task != "cls":
             raise ConfigError(
-                f"input.source_size ({source}) sizes the image a lesion crop is cut from; "
-                f"input.mode {self.input.mode!r} cuts none: use mode crop or dual, or drop it"
+                f"input.source_size ({source}) sizes the copy a classifier's lesion crop is "
+                "cut from; a segmenter has none: drop it"
             )
         if not self.data.image_size <= source <= 2048:
             raise ConfigError(
@@ -246,8 +247,11 @@ class TrainConfig:
     @property
     def load_size(self) -> int:
         """The size images are loaded and augmented at: ``input.source_size`` for a
-        classifier that crops from a larger copy, else ``data.image_size``."""
-        return self.input.source_size or self.data.image_size
+        classifier that cuts a crop (crop, dual), else ``data.image_size``. Other modes
+        ignore ``source_size``, so one experiment can search modes with and without it."""
+        if self.input.mode in ("crop", "dual") and self.input.source_size:
+            return self.input.source_size
+        return self.data.image_size
 
     def _validate_names(self) -> None:
         # Plain tables (melanoma.names): building a config imports no model zoo.
