@@ -140,7 +140,7 @@ def test_a_mask_mode_on_data_without_masks_names_the_fix(tmp_path):
         Image.new("RGB", (32, 32), (i * 20, 10, 10)).save(tmp_path / f"i{i}.jpg")
     with open(tmp_path / "manifest.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([["image", "label"], *[[f"i{i}.jpg", i % 2] for i in range(8)]])
-    for mode in ("crop", "masked", "mask_channel"):
+    for mode in ("crop", "masked", "mask_channel", "dual"):
         config = TrainConfig.from_dict(
             {
                 "task": "cls",
