@@ -96,3 +96,20 @@ def real_isic2017() -> Path:
     if not (SHARED_ISIC2017 / "ISIC-2017_Training_Data").is_dir():
         pytest.skip(f"real ISIC 2017 data not found at {SHARED_ISIC2017}")
     return SHARED_ISIC2017
+
+
+def train_tiny_pair(root: Path, data: Path, image_size: int, cls_input: dict) -> None:
+    """One epoch of an FPN/resnet18 segmenter (``root/seg``) and a resnet18 classifier
+    (``root/cls``, input settings ``cls_input``) on ``data``: members for a cascade test."""
+    from melanoma.engine import Runtime, TrainConfig
+    from melanoma.engine.loop import fit
+
+    data_settings = {"path": str(data), "image_size": image_size, "batch_size": 8}
+    data_settings.update(val_fraction=0.25, test_fraction=0.25)
+    common = {"epochs": 1, "log_images": 0, "data": {**data_settings, "num_workers": 0}}
+    members = {
+        "seg": {"task": "seg", "model": {"arch": "fpn", "encoder": "resnet18"}},
+        "cls": {"task": "cls", "model": {"arch": "resnet18"}, "input": cls_input},
+    }
+    for name, settings in members.items():
+        fit(TrainConfig.from_dict({**common, **settings, "out": str(root / name)}), Runtime())

@@ -176,7 +176,8 @@ def test_checkpoint_rebuilds_the_model_and_is_weights_only(learn_root: Path, tmp
         ({"loss.name": "hinge"}, "unknown cls loss 'hinge'; valid: \\['ce', 'focal'\\]"),
         (
             {"input.mode": "blur"},
-            "'blur' is not allowed; choose one of \\['full', 'masked', 'crop', 'mask_channel'\\]",
+            "'blur' is not allowed; choose one of "
+            "\\['full', 'masked', 'crop', 'mask_channel', 'dual'\\]",
         ),
         ({"optimizer.lr": -1}, "optimizer.lr must be > 0"),
         ({"data.batch_size": "many"}, "data.batch_size: expected an integer"),

@@ -40,7 +40,7 @@ def test_manifests_agree_with_cluster_yaml():
     assert spec["rayVersion"] == ray_version
     # The pinned Ray of the project is the cluster's.
     assert (
-        f"ray[default,tune,train]>={ray_version.rsplit('.', 1)[0]}"
+        f"ray[default,tune,train,serve]>={ray_version.rsplit('.', 1)[0]}"
         in (ROOT / "pyproject.toml").read_text()
     )
     pods = containers(spec) + job["spec"]["submitterPodTemplate"]["spec"]["containers"]

@@ -20,6 +20,7 @@ from PIL import Image
 
 from melanoma.service import BadRequest, Limits, check_content_type, decode_upload, parse_many
 from melanoma_cli import main
+from tests.conftest import train_tiny_pair
 
 LIMITS = Limits(max_image_bytes=150_000, max_images=4)
 STARTUP_S = 120
@@ -29,22 +30,12 @@ STARTUP_S = 120
 def exported(tmp_path_factory) -> dict:
     from melanoma.cascade.build import build_cascade
     from melanoma.data.synth import SynthConfig, write_synthetic
-    from melanoma.engine import Runtime, TrainConfig
-    from melanoma.engine.loop import fit
     from melanoma.export import export_cascade
 
     root = tmp_path_factory.mktemp("serve")
     data = root / "data"
     write_synthetic(data, SynthConfig(n=40, size=64, seed=5, prevalence=0.4))
-    common = {
-        "epochs": 1,
-        "log_images": 0,
-        "data": {"path": str(data), "image_size": 64, "batch_size": 8, "num_workers": 0},
-    }
-    seg = {"task": "seg", "model": {"arch": "fpn", "encoder": "resnet18"}}
-    cls = {"task": "cls", "model": {"arch": "resnet18"}, "input": {"mode": "crop"}}
-    for name, extra in (("seg", seg), ("cls", cls)):
-        fit(TrainConfig.from_dict({**common, **extra, "out": str(root / name)}), Runtime())
+    train_tiny_pair(root, data, 64, {"mode": "crop"})
     build_cascade(str(root / "seg"), str(root / "cls"), root / "built", tta="off")
     export_cascade(root / "built", root / "export", check_images=4)
     images = sorted((data / "ISIC-2017_Training_Data").glob("*.jpg"))[:6]

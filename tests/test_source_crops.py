@@ -12,8 +12,9 @@ import torch
 from melanoma.cascade.model import Cascade, ClassifierSpec, SegmenterSpec
 from melanoma.config import ConfigError
 from melanoma.data.transforms import apply_input_mode
-from melanoma.engine import Runtime, TrainConfig
+from melanoma.engine import TrainConfig
 from melanoma.models import create_classifier
+from tests.conftest import train_tiny_pair
 
 SOURCE, SIZE = 128, 32
 LESION = slice(48, 80)  # a 32 x 32 lesion in the 128 px source: a 1:1 crop at SIZE
@@ -199,43 +200,11 @@ def test_source_crops_train_and_the_built_cascade_cuts_them_as_training_did(tmp_
     from melanoma.cascade.build import build_cascade, load_cascade
     from melanoma.data.synth import SynthConfig, write_synthetic
     from melanoma.engine.checkpoint import load_checkpoint
-    from melanoma.engine.loop import fit
     from melanoma.engine.tasks import rebuild_model
 
     data = tmp_path / "data"
     write_synthetic(data, SynthConfig(n=48, size=64, seed=3, prevalence=0.4))
-    common = {
-        "epochs": 1,
-        "log_images": 0,
-        "data": {
-            "path": str(data),
-            "image_size": 32,
-            "batch_size": 8,
-            "num_workers": 0,
-            "val_fraction": 0.25,
-            "test_fraction": 0.25,
-        },
-    }
-    seg = TrainConfig.from_dict(
-        {
-            **common,
-            "task": "seg",
-            "out": str(tmp_path / "seg"),
-            "model": {"arch": "fpn", "encoder": "resnet18"},
-        }
-    )
-    cls = TrainConfig.from_dict(
-        {
-            **common,
-            "task": "cls",
-            "out": str(tmp_path / "cls"),
-            "model": {"arch": "resnet18"},
-            "input": {"mode": "dual", "source_size": 64, "crop_margin": 0.1},
-        }
-    )
-    assert cls.load_size == 64
-    fit(seg, Runtime(progress=False))
-    fit(cls, Runtime(progress=False))
+    train_tiny_pair(tmp_path, data, 32, {"mode": "dual", "source_size": 64, "crop_margin": 0.1})
     build_cascade(
         str(tmp_path / "seg"),
         str(tmp_path / "cls"),
