@@ -113,9 +113,10 @@ def predict(
     return rows
 
 
-def open_exported(model_dir: Path, *, int8: bool = False):
+def open_exported(model_dir: Path, *, int8: bool = False, threads: int | None = None):
     """(ONNX Runtime session, model card) of an exported cascade; ``int8``: of its
-    quantised model, which ``melanoma export --int8`` writes when it is within tolerance."""
+    quantised model, which ``melanoma export --int8`` writes when it is within tolerance.
+    ``threads`` caps ONNX Runtime's threads (default: every core)."""
     import onnxruntime as ort
 
     card_path = model_dir / "model_card.json"
@@ -139,7 +140,10 @@ def open_exported(model_dir: Path, *, int8: bool = False):
                 f"{model_dir} has no INT8 model ({INT8_FILE}): {why}; use the float model "
                 "(leave out --int8) or export again with --int8"
             )
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     return session, card
 
 

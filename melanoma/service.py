@@ -67,8 +67,8 @@ class Upload:
 class CascadeModel:
     """An exported cascade (float or INT8) loaded for serving."""
 
-    def __init__(self, model_dir: Path, *, int8: bool = False):
-        self.session, self.card = open_exported(Path(model_dir), int8=int8)
+    def __init__(self, model_dir: Path, *, int8: bool = False, threads: int | None = None):
+        self.session, self.card = open_exported(Path(model_dir), int8=int8, threads=threads)
         self.kind = "int8" if int8 else "float"
         self.size = int(self.card["input"]["shape"][-1])
         self.threshold = float(self.card["threshold"])

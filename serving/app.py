@@ -60,8 +60,11 @@ class CascadeService:
         limits: Limits | None = None,
         max_batch_size: int = 16,
         batch_wait_s: float = 0.01,
+        threads: int | None = None,
     ):
-        self.model = CascadeModel(Path(model_dir), int8=int8)
+        # ONNX Runtime on the CPUs the replica reserved: on every core it would compete
+        # with Serve's HTTP proxy and router, which every request also goes through.
+        self.model = CascadeModel(Path(model_dir), int8=int8, threads=threads)
         self.limits = limits or Limits()
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
@@ -150,4 +153,5 @@ def build_app(
         limits or Limits(),
         max_batch_size,
         batch_wait_ms / 1000.0,
+        max(1, int(replica_cpus)),
     )
