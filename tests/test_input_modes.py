@@ -155,3 +155,25 @@ def test_a_mask_mode_on_data_without_masks_names_the_fix(tmp_path):
     full = config.with_overrides({"input.mode": "full"})
     bundle, masks = training_data(full, Runtime(progress=False))  # whole images need none
     assert masks is None and len(bundle.splits.entries["train"]) > 0
+
+
+def test_a_dual_classifier_trains_and_logs_both_views(tmp_path):
+    from melanoma.data.synth import SynthConfig, write_synthetic
+    from melanoma.engine.run import train
+
+    data = tmp_path / "data"
+    write_synthetic(data, SynthConfig(n=24, size=64, seed=0, prevalence=0.4))
+    config = TrainConfig.from_dict(
+        {
+            "task": "cls",
+            "epochs": 1,
+            "log_images": 2,  # the classifier inputs drawn to TensorBoard: image and crop
+            "out": str(tmp_path / "run"),
+            "data": {"path": str(data), "image_size": 32, "batch_size": 8, "num_workers": 0},
+            "model": {"arch": "resnet18"},
+            "input": {"mode": "dual", "source_size": 64},
+        }
+    )
+    result = train(config, Runtime(progress=False))
+    assert result.history and np.isfinite(result.history[0]["train_loss"])
+    assert list((tmp_path / "run" / "tensorboard").glob("events.*"))

@@ -207,3 +207,11 @@ def test_serve_refuses_a_model_directory_it_cannot_serve_before_starting_ray(
     assert "is not an exported cascade" in capsys.readouterr().err
     assert main(["serve", str(exported["dir"]), "--int8"]) == 2
     assert "exported without --int8" in capsys.readouterr().err
+
+
+def test_build_app_refuses_settings_no_replica_could_run(exported):
+    from serving.app import build_app
+
+    for settings in ({"max_batch_size": 0}, {"batch_wait_ms": -1}, {"num_replicas": 0}):
+        with pytest.raises(ValueError, match="need max_batch_size >= 1, batch_wait_ms >= 0"):
+            build_app(exported["dir"], **settings)

@@ -105,6 +105,8 @@ class RunLogger:
     def inputs(self, epoch: int, images: torch.Tensor) -> None:
         if images.shape[1] == 4:  # image + mask channel: the image, dimmed off the lesion
             images = images[:, :3] * (0.4 + 0.6 * images[:, 3:])
+        if images.shape[1] == 6:  # dual: the whole image beside its lesion crop
+            images = torch.cat([images[:, :3], images[:, 3:]], dim=3)
         if self.writer is not None and len(images):
             grid = make_grid((images.clamp(0, 1) * 255).to(torch.uint8).cpu(), nrow=4, padding=2)
             self.writer.add_image("val/classifier_inputs", grid, epoch)
