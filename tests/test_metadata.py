@@ -23,8 +23,9 @@ from melanoma.data.metadata import (
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.metrics.subgroups import subgroup_report
 from melanoma_cli import main
+from tests.conftest import SHARED_ISIC2017
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic2017"
+REAL = SHARED_ISIC2017
 
 
 def test_values_are_normalised_and_bad_ones_name_the_image():

@@ -226,3 +226,24 @@ def test_paired_bootstrap_equals_a_direct_computation():
         aligned(["p"], [1], ["q"], [1])
     with pytest.raises(ValueError, match="same images"):
         paired_difference(labels, a, b[:-1])
+
+
+def test_one_bootstrap_draws_plain_and_stratified_rows_and_reads_percentiles():
+    """resample_rows keeps each stratum's count; mean_bootstrap (scipy) draws the same
+    resamples as the plain rows; a figure no resample defines has no interval."""
+    from melanoma.metrics.bootstrap import mean_bootstrap, percentile_interval, resample_rows
+
+    labels = np.array([0, 0, 0, 1, 1, 0, 1, 0])
+    rows = resample_rows(len(labels), 50, seed=3, strata=labels)
+    assert rows.shape == (50, 8) and (labels[rows].sum(axis=1) == 3).all()
+    plain = resample_rows(8, 400, seed=3)
+    assert np.ptp(labels[plain].sum(axis=1)) > 0  # plain resamples let the counts vary
+    values = np.random.default_rng(2).random(30)
+    direct = values[resample_rows(30, 200, seed=5)].mean(axis=1)
+    assert np.allclose(mean_bootstrap(values, 200, seed=5), direct)
+    assert np.allclose(mean_bootstrap(np.array([0.4]), 10), 0.4)  # one image: its value
+    assert percentile_interval([np.nan, np.nan]) == {"low": None, "high": None}
+    ci = percentile_interval(np.r_[np.arange(101.0), np.nan])
+    assert ci == {"low": 2.5, "high": 97.5}
+    with pytest.raises(ValueError, match="3 strata labels for 8 items"):
+        resample_rows(8, 5, strata=[0, 1, 0])

@@ -27,6 +27,7 @@ from melanoma.data.io import file_sha256
 from melanoma.data.metadata import UNKNOWN, subgroup_fields, value_order
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics
+from melanoma.metrics.bootstrap import mean_bootstrap, percentile_interval
 from melanoma.metrics.calibration import CALIBRATION_KEYS, calibration_report, draw_reliability
 from melanoma.metrics.classification import BOOTSTRAP_KEYS, metrics_with_intervals
 from melanoma.metrics.operating_points import describe_point, operating_points
@@ -35,27 +36,6 @@ from melanoma.metrics.subgroups import MIN_PER_CLASS, SUBGROUP_KEYS, subgroup_re
 
 CLS_KEYS = BOOTSTRAP_KEYS
 SEG_KEYS = ("jaccard", "dice", "thresholded_jaccard")
-
-
-def bootstrap_ci(
-    fn, n: int, *, resamples: int = 1000, seed: int = 0, strata: np.ndarray | None = None
-) -> dict:
-    """Percentile 95% interval of ``fn(indices)`` over resamples of ``n`` items (stratified by
-    ``strata`` so each resample keeps both classes)."""
-    rng = np.random.default_rng(seed)
-    values = []
-    groups = (
-        [np.nonzero(strata == s)[0] for s in np.unique(strata)]
-        if strata is not None
-        else [np.arange(n)]
-    )
-    for _ in range(resamples):
-        idx = np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        values.append(fn(idx))
-    values = np.array([v for v in values if v is not None and not np.isnan(v)], dtype=float)
-    if not len(values):
-        return {"low": None, "high": None}
-    return {"low": float(np.percentile(values, 2.5)), "high": float(np.percentile(values, 97.5))}
 
 
 def _cls_report(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
@@ -235,11 +215,7 @@ def _seg_report(result: dict, resamples: int) -> dict:
     seg = {
         k: {
             "value": float(per_image[k].mean()),
-            **bootstrap_ci(
-                lambda idx, k=k: float(per_image[k][idx].mean()),
-                len(per_image[k]),
-                resamples=resamples,
-            ),
+            **percentile_interval(mean_bootstrap(per_image[k], resamples)),
         }
         for k in SEG_KEYS
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from melanoma.metrics.classification import plain_rows
+from melanoma.metrics.bootstrap import percentile_interval, resample_rows
 
 ECE_BINS = 10
 # Log-loss of a probability of exactly 0 or 1 on the wrong class is infinite: probabilities
@@ -82,21 +82,14 @@ def calibration_report(
     side; we checked)."""
     labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
     point = calibration_metrics(labels, probs, bins)
-    rows = plain_rows(len(labels), resamples, seed)
+    rows = resample_rows(len(labels), resamples, seed)
     y, p = labels[rows], probs[rows]
     samples = {
         "ece": _ece_rows(y, p, bins),
         "brier": np.mean((p - y) ** 2, axis=1),
         "log_loss": _log_loss_rows(y, p),
     }
-    out = {
-        k: {
-            "value": point[k],
-            "low": float(np.percentile(samples[k], 2.5)),
-            "high": float(np.percentile(samples[k], 97.5)),
-        }
-        for k in CALIBRATION_KEYS
-    }
+    out = {k: {"value": point[k], **percentile_interval(samples[k])} for k in CALIBRATION_KEYS}
     out["bins"] = reliability_bins(labels, probs, bins)
     out["binning"] = binning(bins)
     out["n"] = int(len(labels))

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from sklearn import metrics as skm
 
+from melanoma.metrics.bootstrap import percentile_interval, resample_rows
+
 
 def sensitivity_at_specificity(labels: np.ndarray, probs: np.ndarray, specificity: float) -> float:
     """Highest sensitivity reachable with specificity >= ``specificity`` (from the ROC curve)."""
@@ -91,21 +93,17 @@ STRATIFIED_KEYS = ("auc", "balanced_accuracy", "sensitivity", "specificity", "re
 PREVALENCE_KEYS = ("average_precision", "precision", "f1", "accuracy")
 
 
-def plain_rows(n: int, resamples: int, seed: int = 0) -> np.ndarray:
-    """(resamples, n) bootstrap indices drawn from all ``n`` items alike."""
-    return np.random.default_rng(seed).integers(0, n, (resamples, n))
-
-
 def bootstrap_metrics(
     labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int = 1000, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """Every metric of BOOTSTRAP_KEYS over ``resamples`` bootstrap resamples: stratified by
     class for STRATIFIED_KEYS, plain for PREVALENCE_KEYS (NaN where undefined)."""
     labels = np.asarray(labels)
+    n = len(labels)
     stratified = resampled_metrics(
-        labels, probs, threshold, stratified_rows(labels, resamples, seed)
+        labels, probs, threshold, resample_rows(n, resamples, seed, strata=labels)
     )
-    plain = resampled_metrics(labels, probs, threshold, plain_rows(len(labels), resamples, seed))
+    plain = resampled_metrics(labels, probs, threshold, resample_rows(n, resamples, seed))
     return {k: (stratified if k in STRATIFIED_KEYS else plain)[k] for k in BOOTSTRAP_KEYS}
 
 
@@ -118,28 +116,7 @@ def metrics_with_intervals(
     labels = np.asarray(labels)
     point = classification_metrics(labels, probs, threshold=threshold)
     samples = bootstrap_metrics(labels, probs, threshold, resamples)
-    out = {}
-    for k in keys:
-        values = samples[k][~np.isnan(samples[k])]
-        low, high = (
-            (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5)))
-            if len(values)
-            else (None, None)
-        )
-        out[k] = {"value": point[k], "low": low, "high": high}
-    return out
-
-
-def stratified_rows(labels: np.ndarray, resamples: int, seed: int = 0) -> np.ndarray:
-    """(resamples, n) bootstrap indices drawn within each class, so every resample keeps
-    the class counts of ``labels``."""
-    rng = np.random.default_rng(seed)
-    groups = [np.nonzero(labels == c)[0] for c in np.unique(labels)]
-    rows = [
-        np.concatenate([rng.choice(g, size=len(g), replace=True) for g in groups])
-        for _ in range(resamples)
-    ]
-    return np.array(rows).reshape(resamples, len(labels))
+    return {k: {"value": point[k], **percentile_interval(samples[k])} for k in keys}
 
 
 def resampled_metrics(

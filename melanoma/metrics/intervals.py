@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from melanoma.metrics.bootstrap import mean_bootstrap, percentile_interval
 from melanoma.metrics.classification import BOOTSTRAP_KEYS, bootstrap_metrics
 
 
@@ -23,7 +24,7 @@ def classification_interval(
     labels = np.asarray(labels)
     if metric not in BOOTSTRAP_KEYS or len(np.unique(labels)) < 2:
         return None
-    return _percentiles(bootstrap_metrics(labels, probs, threshold, resamples)[metric])
+    return percentile_interval(bootstrap_metrics(labels, probs, threshold, resamples)[metric])
 
 
 def mean_interval(values: np.ndarray, resamples: int = 1000) -> dict | None:
@@ -32,12 +33,4 @@ def mean_interval(values: np.ndarray, resamples: int = 1000) -> dict | None:
     values = np.asarray(values, dtype=float)
     if len(values) == 0:
         return None
-    rows = np.random.default_rng(0).integers(0, len(values), (resamples, len(values)))
-    return _percentiles(values[rows].mean(axis=1))
-
-
-def _percentiles(values: np.ndarray) -> dict:
-    return {
-        "low": float(np.nanpercentile(values, 2.5)),
-        "high": float(np.nanpercentile(values, 97.5)),
-    }
+    return percentile_interval(mean_bootstrap(values, resamples))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
-from melanoma.metrics.classification import stratified_rows
+from melanoma.metrics.bootstrap import percentile_interval, resample_rows
 
 TARGETS = (0.90, 0.95)
 
@@ -51,14 +51,12 @@ def operating_points(
         )
     names = [_name("specificity", t) for t in targets] + [_name("sensitivity", t) for t in targets]
     point = _points(labels, probs, targets)
-    samples = np.array(
-        [_points(labels[r], probs[r], targets) for r in stratified_rows(labels, resamples, seed)]
-    )
+    rows = resample_rows(len(labels), resamples, seed, strata=labels)
+    samples = np.array([_points(labels[r], probs[r], targets) for r in rows])
     return {
         name: {
             "value": point[i],
-            "low": float(np.percentile(samples[:, i], 2.5)),
-            "high": float(np.percentile(samples[:, i], 97.5)),
+            **percentile_interval(samples[:, i]),
             "target": targets[i % len(targets)],
         }
         for i, name in enumerate(names)

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from melanoma.metrics.classification import (
-    BOOTSTRAP_KEYS,
-    STRATIFIED_KEYS,
-    plain_rows,
-    resampled_metrics,
-    stratified_rows,
-)
+from melanoma.metrics.bootstrap import mean_bootstrap, percentile_interval, resample_rows
+from melanoma.metrics.classification import BOOTSTRAP_KEYS, STRATIFIED_KEYS, resampled_metrics
 
 
 def paired_difference(
@@ -50,10 +45,8 @@ def paired_difference(
         resampled_metrics(labels, probs_a, threshold, everything)[metric][0]
         - resampled_metrics(labels, probs_b, threshold, everything)[metric][0]
     )
-    if metric in STRATIFIED_KEYS:
-        rows = stratified_rows(labels, resamples, seed)
-    else:
-        rows = plain_rows(len(labels), resamples, seed)
+    strata = labels if metric in STRATIFIED_KEYS else None
+    rows = resample_rows(len(labels), resamples, seed, strata=strata)
     diff = (
         resampled_metrics(labels, probs_a, threshold, rows)[metric]
         - resampled_metrics(labels, probs_b, threshold, rows)[metric]
@@ -72,9 +65,8 @@ def paired_mean_difference(
             "a paired comparison needs both models' scores on the same images: got "
             f"{a.shape} and {b.shape}"
         )
-    rows = plain_rows(len(a), resamples, seed)
     per_image = a - b
-    return _summary(float(per_image.mean()), per_image[rows].mean(axis=1), len(a))
+    return _summary(float(per_image.mean()), mean_bootstrap(per_image, resamples, seed), len(a))
 
 
 def aligned(ids_a, values_a, ids_b, values_b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,8 +89,7 @@ def _summary(point: float, diffs: np.ndarray, n: int) -> dict:
         return {"difference": point, "low": None, "high": None, "a_better": None, "images": n}
     return {
         "difference": point,
-        "low": float(np.percentile(diffs, 2.5)),
-        "high": float(np.percentile(diffs, 97.5)),
+        **percentile_interval(diffs),
         "a_better": float((diffs > 0).mean()),
         "images": n,
     }
