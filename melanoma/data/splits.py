@@ -280,28 +280,28 @@ class Splits:
 
 
 def units(samples: list[Sample], content: dict[str, str]) -> list[list[Sample]]:
-    """Samples that must stay in one split: those sharing a group id or identical bytes."""
-    parent = list(range(len(samples)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    """Samples that must stay in one split: those sharing a group id or identical bytes,
+    as the connected components of the graph linking each sample to the first one that
+    shares a key with it. Units come in the order of their first sample, each in input
+    order."""
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components
 
     first: dict[tuple[str, str], int] = {}
+    edges: list[tuple[int, int]] = []
     for i, s in enumerate(samples):
         keys = [("group", s.group)] if s.group else []
         if s.id in content:
             keys.append(("sha", content[s.id]))
         for key in keys:
-            if key in first:
-                parent[find(i)] = find(first[key])
-            else:
-                first[key] = i
+            edges.append((first.setdefault(key, i), i))
+    n = len(samples)
+    pairs = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_array((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
     members: dict[int, list[Sample]] = defaultdict(list)
     for i, s in enumerate(samples):
-        members[find(i)].append(s)
+        members[int(label[i])].append(s)
     return list(members.values())
 
 

@@ -1,8 +1,7 @@
-"""Optimizer and learning-rate schedule factories."""
+"""Optimizer and learning-rate schedule factories, over timm's parameter groups and
+cosine schedule and torch's step and plateau schedules."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -13,15 +12,11 @@ __all__ = ["OPTIMIZERS", "create_optimizer", "create_scheduler"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # Decaying norm scales and biases hurts (and wrecks pretrained BN); decay weights only.
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim > 1 else no_decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+    """timm's groups: weight decay on weights only. Decaying norm scales and biases hurts
+    (and wrecks pretrained BatchNorm)."""
+    from timm.optim import param_groups_weight_decay
+
+    return param_groups_weight_decay(model, weight_decay)
 
 
 def create_optimizer(config, model: nn.Module) -> torch.optim.Optimizer:
@@ -56,17 +51,22 @@ class LRSchedule:
         self.optimizer = optimizer
         total = max(1, epochs * steps_per_epoch)
         warmup = int(config.warmup_epochs * steps_per_epoch)
+        self.updates = 0  # optimizer steps taken: the per-step schedules' clock
         if config.name == "cosine":
+            from timm.scheduler import CosineLRScheduler
 
-            def factor(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / warmup
-                progress = min(1.0, (step - warmup) / max(1, total - warmup))
-                return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (
-                    1 + math.cos(math.pi * progress)
-                )
-
-            self.inner = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+            # Linear warmup from lr / warmup steps to lr, then a cosine to min_lr_ratio * lr
+            # over the remaining steps (timm's warmup_prefix), held there afterwards.
+            base = optimizer.param_groups[0]["lr"]
+            self.inner = CosineLRScheduler(
+                optimizer,
+                t_initial=max(1, total - warmup),
+                lr_min=config.min_lr_ratio * base,
+                warmup_t=warmup,
+                warmup_lr_init=base / max(1, warmup),
+                warmup_prefix=True,
+                t_in_epochs=False,
+            )
         elif config.name == "step":
             self.inner = torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
         elif config.name == "plateau":
@@ -81,7 +81,10 @@ class LRSchedule:
             )
 
     def step_batch(self) -> None:
-        if self.config.name in ("cosine", "constant"):
+        self.updates += 1
+        if self.config.name == "cosine":
+            self.inner.step_update(self.updates)
+        elif self.config.name == "constant":
             self.inner.step()
 
     def step_epoch(self, metric: float | None) -> None:
@@ -95,10 +98,11 @@ class LRSchedule:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict:
-        return self.inner.state_dict()
+        return {"updates": self.updates, "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state)
+        self.updates = state["updates"]
+        self.inner.load_state_dict(state["inner"])
 
 
 def create_scheduler(
