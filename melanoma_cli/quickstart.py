@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import time
 from pathlib import Path
 
@@ -75,10 +76,8 @@ def run_quickstart(out: Path, experiments: Path | None = None, seed: int | None 
     from melanoma.data.synth import materialize_synthetic
 
     data_root = materialize_synthetic(cls.train.data.path)
-    test_ids = [
-        line.split(",")[0]
-        for line in (cascade_dir / "test_predictions.csv").read_text().splitlines()[1:]
-    ]
+    with open(cascade_dir / "test_predictions.csv", newline="") as fh:
+        test_ids = [row["id"] for row in csv.DictReader(fh)]
     images = [str(data_root / "ISIC-2017_Training_Data" / f"{i}.jpg") for i in test_ids]
     predict(export_dir, images, out / "predictions.csv", masks_out=out / "masks")
     c = report["classification"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from melanoma.data.io import ImageDecodeError, binarize_mask, file_sha256
+from melanoma.data.io import ImageDecodeError, MaskValueError, file_sha256, read_mask
 from melanoma.data.layouts import read_layout
 from melanoma.data.metadata import coverage as metadata_coverage
 from melanoma.data.records import SPLITS, Problem, Sample, count_cross_split
@@ -137,17 +137,12 @@ def _inspect(sample: Sample) -> tuple[SampleInfo | None, list[Problem]]:
             )
         ]
     try:
-        with Image.open(sample.mask_path) as m:
-            m.load()
-            mask_size = m.size
-            raw = np.asarray(m.convert("L") if m.mode not in ("L", "1") else m)
-        binary = binarize_mask(raw, sample.mask_path)
-    except ImageDecodeError as err:
+        binary = read_mask(sample.mask_path)
+    except MaskValueError as err:
         return info, [Problem(sample.mask_path, "non-binary mask", str(err), sample.id)]
-    except (OSError, SyntaxError, ValueError) as err:
-        return info, [
-            Problem(sample.mask_path, "unreadable mask", f"cannot decode: {err}", sample.id)
-        ]
+    except ImageDecodeError as err:
+        return info, [Problem(sample.mask_path, "unreadable mask", str(err), sample.id)]
+    mask_size = (binary.shape[1], binary.shape[0])
     if mask_size != size:
         problems.append(
             Problem(

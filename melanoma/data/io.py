@@ -27,6 +27,10 @@ class ImageDecodeError(ValueError):
     """An image or mask file that cannot be used: unreadable, truncated or not binary."""
 
 
+class MaskValueError(ImageDecodeError):
+    """A mask file that decodes but is not a binary grey mask."""
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -94,15 +98,18 @@ def binarize_mask(raw: np.ndarray, path: Path) -> np.ndarray:
     values = np.unique(raw)
     if not set(values.tolist()) <= {0, 1, 255}:
         shown = values[:8].tolist()
-        raise ImageDecodeError(
+        raise MaskValueError(
             f"mask {path} is not binary: values {shown}{'...' if len(values) > 8 else ''}; "
             "expected only 0 and 255 (or 0 and 1)"
         )
     return (raw > 0).astype(np.uint8)
 
 
-def load_mask(path: Path, size: int | None = None) -> np.ndarray:
-    """Binary mask as 0/1 uint8 (H, W), resized with nearest neighbour when ``size`` is given."""
+def read_mask(path: Path) -> np.ndarray:
+    """The mask file as 0/1 uint8 (H, W) at its own size: the one mask decoder of
+    ``data check`` and of training. A grey mask of 0/255 or 0/1, or a colour file whose
+    channels are equal; anything else raises MaskValueError, an undecodable file
+    ImageDecodeError."""
     path = Path(path)
     img = _open_decoded(path, "RGB") if _is_colour(path) else _open_decoded(path, "L")
     raw = np.asarray(img)
@@ -110,11 +117,16 @@ def load_mask(path: Path, size: int | None = None) -> np.ndarray:
         if not (
             np.array_equal(raw[..., 0], raw[..., 1]) and np.array_equal(raw[..., 0], raw[..., 2])
         ):
-            raise ImageDecodeError(
+            raise MaskValueError(
                 f"mask {path} has colour channels that differ; expected a grey mask"
             )
         raw = raw[..., 0]
-    mask = binarize_mask(raw, path)
+    return binarize_mask(raw, path)
+
+
+def load_mask(path: Path, size: int | None = None) -> np.ndarray:
+    """Binary mask as 0/1 uint8 (H, W), resized with nearest neighbour when ``size`` is given."""
+    mask = read_mask(path)
     return resize_mask(mask, size) if size else mask
 
 
