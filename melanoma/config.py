@@ -17,6 +17,15 @@ import yaml
 T = TypeVar("T")
 
 
+def cache_root() -> Path:
+    """The machine-wide cache folder: $MELANOMA_CACHE, else ~/.cache/melanoma. It holds
+    decoded data sets (``decoded/``), synthetic data, out-of-fold masks (``oof/``) and
+    the engine runs of trials on s3 storage (``runs/``)."""
+    import os
+
+    return Path(os.environ.get("MELANOMA_CACHE", Path.home() / ".cache" / "melanoma"))
+
+
 class ConfigError(ValueError):
     """A config key or value that is not allowed."""
 

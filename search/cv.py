@@ -23,10 +23,11 @@ from melanoma.engine.cv import claim_cv_dir, cv_plan, fold_config, score_folds
 from melanoma.engine.loop import Runtime, needs_segmenter_masks
 from melanoma.engine.run import training_data
 from melanoma.errors import MelanomaError
-from search.experiment import Experiment, ResourcesConfig, SchedulerConfig, SearchConfig
+from search.experiment import Experiment, ResourcesConfig, SearchConfig, TrialSchedulerConfig
 from search.runner import (
     EXPERIMENT_FILE,
     Progress,
+    ResourcePlan,
     connect,
     plan_resources,
     trainable_for,
@@ -108,14 +109,14 @@ def _experiment(candidates, folds, out: Path, resources, max_failures) -> Experi
             num_samples=len(candidates) * folds,
             max_epochs=epochs,
             max_failures=max_failures,
-            scheduler=SchedulerConfig(name="fifo"),
+            scheduler=TrialSchedulerConfig(name="fifo"),
         ),
         resources=resources,
         storage=str(out / TUNE_DIR),
     )
 
 
-def _new_tuner(exp: Experiment, plan: dict, meta, labels: list[str], folds: int):
+def _new_tuner(exp: Experiment, plan: ResourcePlan, meta, labels: list[str], folds: int):
     return tune.Tuner(
         trainable_for(plan),
         # Every (candidate, fold) once: a grid, not a search.
@@ -126,7 +127,7 @@ def _new_tuner(exp: Experiment, plan: dict, meta, labels: list[str], folds: int)
         },
         tune_config=tune.TuneConfig(
             num_samples=1,
-            max_concurrent_trials=plan["max_concurrent"],
+            max_concurrent_trials=plan.max_concurrent,
             trial_dirname_creator=trial_dirname,
             reuse_actors=False,
         ),

@@ -40,7 +40,7 @@ class SearcherConfig:
 
 
 @dataclass(frozen=True)
-class SchedulerConfig:
+class TrialSchedulerConfig:
     name: Literal["asha", "fifo"] = "asha"
     grace_period: int = 1  # epochs before ASHA may stop a trial
     reduction_factor: float = 3.0
@@ -70,7 +70,7 @@ class SearchConfig:
     # scheduler does with it. None: num_samples trials, each up to max_epochs.
     budget_epochs: int | None = None
     searcher: SearcherConfig = field(default_factory=SearcherConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: TrialSchedulerConfig = field(default_factory=TrialSchedulerConfig)
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:

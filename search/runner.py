@@ -6,7 +6,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,7 @@ from ray import tune
 
 from melanoma.config import dump_yaml, load_yaml
 from search.experiment import DEFAULT_STORAGE, Experiment, experiment_from_dict
-from search.searcher import create_scheduler, create_searcher
+from search.searcher import create_searcher, create_trial_scheduler
 from search.tracking import stopped_early
 from trainables.driver import tune_driver
 from trainables.meta import META, TrialMeta, train_run_name, train_storage
@@ -63,7 +63,20 @@ def connect(address: str | None) -> None:
     ray.init(include_dashboard=True, log_to_driver=False)
 
 
-def plan_resources(exp: Experiment) -> dict:
+@dataclass(frozen=True)
+class ResourcePlan:
+    """What each trial of a search gets on this cluster, and how many run at once."""
+
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    driver_cpus: float
+    launcher: str  # "inline" or "train", resolved from resources.launcher
+    placement_strategy: str
+    max_concurrent: int
+
+
+def plan_resources(exp: Experiment) -> ResourcePlan:
     """Per-worker resources and how many trials fit the cluster at once."""
     total = ray.cluster_resources()
     r = exp.resources
@@ -86,15 +99,15 @@ def plan_resources(exp: Experiment) -> dict:
         )
     fits = math.floor(gpus / (r.workers * gpw)) if gpw else math.floor(cpus / per_trial_cpu)
     concurrent = exp.search.max_concurrent or max(1, fits)
-    return {
-        "workers": r.workers,
-        "cpus_per_worker": r.cpus_per_worker,
-        "gpus_per_worker": gpw,
-        "driver_cpus": r.driver_cpus,
-        "launcher": r.launcher_used,
-        "placement_strategy": r.placement_strategy,
-        "max_concurrent": max(1, min(concurrent, exp.search.num_samples)),
-    }
+    return ResourcePlan(
+        workers=r.workers,
+        cpus_per_worker=r.cpus_per_worker,
+        gpus_per_worker=gpw,
+        driver_cpus=r.driver_cpus,
+        launcher=r.launcher_used,
+        placement_strategy=r.placement_strategy,
+        max_concurrent=max(1, min(concurrent, exp.search.num_samples)),
+    )
 
 
 class Progress(tune.Callback):
@@ -188,12 +201,12 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def trainable_for(plan: dict):
-    if plan["launcher"] == "inline":
+def trainable_for(plan: ResourcePlan):
+    if plan.launcher == "inline":
         from trainables.inline import inline_trainable
 
-        return inline_trainable(plan)
-    return tune.with_resources(tune_driver, {"CPU": plan["driver_cpus"]})
+        return inline_trainable(plan.cpus_per_worker, plan.gpus_per_worker)
+    return tune.with_resources(tune_driver, {"CPU": plan.driver_cpus})
 
 
 def tune_fault_and_checkpoints(exp: Experiment) -> dict:
@@ -215,26 +228,26 @@ def run_root(storage: str, name: str) -> str:
     """Where trials' engine runs go (checkpoints, TensorBoard images, metrics.json): beside
     Tune's files in the search directory, or on the node's disk when storage is a URI."""
     if _is_uri(storage):
-        from melanoma.data.synth import synthetic_cache_dir
+        from melanoma.config import cache_root
 
-        return str(synthetic_cache_dir() / "runs" / name)
+        return str(cache_root() / "runs" / name)
     return search_path(storage, name)
 
 
-def trial_meta(exp: Experiment, name: str, storage: str, plan: dict) -> TrialMeta:
+def trial_meta(exp: Experiment, name: str, storage: str, plan: ResourcePlan) -> TrialMeta:
     return TrialMeta(
         train=exp.train.to_dict(),
         run_root=run_root(storage, name),
         train_storage=train_storage(search_path(storage, name)),
-        workers=plan["workers"],
-        cpus_per_worker=plan["cpus_per_worker"],
-        gpus_per_worker=plan["gpus_per_worker"],
+        workers=plan.workers,
+        cpus_per_worker=plan.cpus_per_worker,
+        gpus_per_worker=plan.gpus_per_worker,
         max_failures=exp.search.max_failures,
         keep_checkpoints=exp.search.keep_checkpoints,
         metric=exp.metric,
         checkpoint_metric=f"val_{exp.train.metric}",
         mode=exp.mode,
-        placement_strategy=plan["placement_strategy"],
+        placement_strategy=plan.placement_strategy,
     )
 
 
@@ -269,12 +282,12 @@ def run_search(
         dump_yaml({**exp.to_dict(), "name": name, "storage": storage}, Path(root) / EXPERIMENT_FILE)
     searcher = tune.search.ConcurrencyLimiter(
         create_searcher(exp, name, None if _is_uri(root) else str(Path(root) / OPTUNA_JOURNAL)),
-        max_concurrent=plan["max_concurrent"],
+        max_concurrent=plan.max_concurrent,
     )
     print(
         f"[search] {name}: {exp.search.num_samples} trials x up to {exp.search.max_epochs} epochs, "
-        f"{plan['max_concurrent']} at a time, {plan['workers']} worker(s) x "
-        f"({plan['cpus_per_worker']:g} CPU, {plan['gpus_per_worker']:g} GPU) each; "
+        f"{plan.max_concurrent} at a time, {plan.workers} worker(s) x "
+        f"({plan.cpus_per_worker:g} CPU, {plan.gpus_per_worker:g} GPU) each; "
         f"results in {root}",
         flush=True,
     )
@@ -286,7 +299,7 @@ def run_search(
         param_space={META: trial_meta(exp, name, storage, plan).to_dict()},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=create_scheduler(exp),
+            scheduler=create_trial_scheduler(exp),
             num_samples=exp.search.num_samples,
             trial_dirname_creator=trial_dirname,
             # No actor reuse: a reused trial process reports the previous trial's directory

@@ -99,7 +99,7 @@ def create_searcher(
     )
 
 
-def create_scheduler(exp: Experiment):
+def create_trial_scheduler(exp: Experiment):
     """ASHA on the reported epoch (restores keep counting right), or FIFO."""
     s = exp.search.scheduler
     if s.name == "fifo":

@@ -37,14 +37,14 @@ def test_resources_are_checked_against_the_cluster(monkeypatch):
         plan_resources(experiment(workers=2, cpus_per_worker=2))
     # A Ray Train trial also holds its driver's 0.05 CPU: 3 of them fit 2 CPUs.
     plan = plan_resources(experiment(cpus_per_worker=0.5, gpus_per_worker="auto", launcher="train"))
-    assert plan["gpus_per_worker"] == 0 and plan["max_concurrent"] == 3
+    assert plan.gpus_per_worker == 0 and plan.max_concurrent == 3
     # One worker per trial: inline by default (no driver to hold), 4 at a time.
     plan = plan_resources(experiment(cpus_per_worker=0.5))
-    assert plan["launcher"] == "inline" and plan["max_concurrent"] == 4
-    assert plan_resources(experiment(workers=2, cpus_per_worker=0.5))["launcher"] == "train"
+    assert plan.launcher == "inline" and plan.max_concurrent == 4
+    assert plan_resources(experiment(workers=2, cpus_per_worker=0.5)).launcher == "train"
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 4.0})
     plan = plan_resources(experiment(gpus_per_worker=0.5))  # fractional GPUs: 8 trials at once
-    assert plan["max_concurrent"] == 8
+    assert plan.max_concurrent == 8
 
 
 def test_unknown_search_names(tmp_path: Path, capsys):

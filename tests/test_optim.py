@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from melanoma.engine.config import OptimizerConfig, SchedulerConfig
-from melanoma.engine.optim import create_optimizer, create_scheduler
+from melanoma.engine.optim import create_lr_schedule, create_optimizer
 
 
 def tiny() -> nn.Module:
@@ -39,7 +39,7 @@ def test_cosine_warms_up_linearly_then_decays_to_its_floor():
     model = tiny()
     opt = create_optimizer(OptimizerConfig(name="sgd", lr=0.1), model)
     config = SchedulerConfig(name="cosine", warmup_epochs=1, min_lr_ratio=0.01)
-    schedule = create_scheduler(config, opt, epochs=3, steps_per_epoch=4)
+    schedule = create_lr_schedule(config, opt, epochs=3, steps_per_epoch=4)
     seen = lrs(schedule, 14)
     assert seen[:5] == pytest.approx([0.025, 0.04375, 0.0625, 0.08125, 0.1])  # 4 warmup steps
     # then a cosine over the 8 remaining steps, from 0.1 to 0.001, held there
@@ -53,7 +53,7 @@ def test_a_resumed_schedule_continues_where_it_stopped():
 
     def build():
         opt = create_optimizer(OptimizerConfig(name="adamw", lr=1e-3), tiny())
-        return create_scheduler(config, opt, epochs=4, steps_per_epoch=5)
+        return create_lr_schedule(config, opt, epochs=4, steps_per_epoch=5)
 
     whole = lrs(build(), 20)
     first = build()
@@ -68,7 +68,7 @@ def test_a_resumed_schedule_continues_where_it_stopped():
 def test_per_epoch_schedules(name):
     opt = create_optimizer(OptimizerConfig(name="sgd", lr=0.1), tiny())
     config = SchedulerConfig(name=name, step_size=1, gamma=0.5, patience=0)
-    schedule = create_scheduler(config, opt, epochs=3, steps_per_epoch=2)
+    schedule = create_lr_schedule(config, opt, epochs=3, steps_per_epoch=2)
     lrs(schedule, 2)
     schedule.step_epoch(0.5)
     schedule.step_epoch(0.4)  # worse for a "max" metric: plateau halves
@@ -78,4 +78,4 @@ def test_per_epoch_schedules(name):
 def test_unknown_scheduler_names_the_valid_ones():
     opt = torch.optim.SGD(tiny().parameters(), lr=0.1)
     with pytest.raises(ValueError, match="valid: cosine, step, plateau, constant"):
-        create_scheduler(SimpleNamespace(name="linear", warmup_epochs=0), opt, 1, 1)
+        create_lr_schedule(SimpleNamespace(name="linear", warmup_epochs=0), opt, 1, 1)

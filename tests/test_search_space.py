@@ -245,8 +245,8 @@ def test_fractional_gpus_pack_several_trials_on_one_gpu(monkeypatch, gpus, gpw, 
         )
     )
     plan = plan_resources(exp)
-    assert plan["gpus_per_worker"] == gpw
-    assert plan["max_concurrent"] == expected
+    assert plan.gpus_per_worker == gpw
+    assert plan.max_concurrent == expected
 
 
 def test_a_timm_encoder_that_does_not_exist_fails_when_the_search_loads(tmp_path):

@@ -46,9 +46,9 @@ def inline_trial(params: dict) -> None:
     fit_resuming(config, runtime, ray.tune.get_checkpoint())
 
 
-def inline_trainable(plan: dict):
-    """``inline_trial`` holding one worker's resources from ``plan_resources``."""
-    resources = {"CPU": plan["cpus_per_worker"]}
-    if plan["gpus_per_worker"]:
-        resources["GPU"] = plan["gpus_per_worker"]
+def inline_trainable(cpus: float, gpus: float):
+    """``inline_trial`` holding one worker's resources (its CPUs and GPUs)."""
+    resources = {"CPU": cpus}
+    if gpus:
+        resources["GPU"] = gpus
     return ray.tune.with_resources(inline_trial, resources)

@@ -224,10 +224,10 @@ def node_cache(
     import sys
     import tempfile
 
-    from melanoma.data.synth import synthetic_cache_dir
+    from melanoma.config import cache_root
 
     root = Path(root).resolve()
-    base = Path(cache_dir or synthetic_cache_dir())
+    base = Path(cache_dir or cache_root())
     key = {
         "version": CACHE_VERSION,
         "root": str(root),

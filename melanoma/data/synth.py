@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from melanoma.config import cache_root
+
 _SKIN = np.array([[236, 200, 178], [222, 178, 150], [200, 150, 118], [172, 122, 92]], float)
 _BROWNS = np.array([[150, 100, 70], [128, 84, 58], [170, 120, 85]], float)
 _MELANOMA_COLOURS = np.array(
@@ -199,12 +201,6 @@ def write_synthetic(out: Path, config: SynthConfig) -> dict:
 SYNTHETIC_PREFIX = "synthetic:"
 
 
-def synthetic_cache_dir() -> Path:
-    import os
-
-    return Path(os.environ.get("MELANOMA_CACHE", Path.home() / ".cache" / "melanoma"))
-
-
 def parse_synthetic(spec: str) -> SynthConfig:
     """``synthetic:N[:SIZE[:SEED]]`` as a data path: a generated data set, made once."""
     parts = spec[len(SYNTHETIC_PREFIX) :].split(":")
@@ -235,7 +231,7 @@ def materialize_synthetic(spec: str) -> Path:
     from filelock import FileLock
 
     config = parse_synthetic(spec)
-    root = synthetic_cache_dir()
+    root = cache_root()
     target = root / f"synthetic-n{config.n}-s{config.size}-seed{config.seed}"
     if (target / "synthetic.json").is_file():
         return target

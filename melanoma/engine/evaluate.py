@@ -13,12 +13,12 @@ from melanoma.engine.checkpoint import load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import (
     CHECKPOINTS,
-    evaluate,
     labelled,
     make_loader,
     needs_segmenter_masks,
     open_training_data,
     resolve_device,
+    validate,
 )
 from melanoma.engine.tasks import make_task, rebuild_model
 
@@ -55,7 +55,7 @@ def score_split(
         drop_last=False,
     )
     model = rebuild_model(config, weights).to(dev)
-    return evaluate(model, loader, make_task(config), None, dev, config)
+    return validate(model, loader, make_task(config), None, dev, config)
 
 
 def evaluate_run(

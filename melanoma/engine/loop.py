@@ -38,7 +38,7 @@ from melanoma.engine.checkpoint import (
 )
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.logging import RunLogger
-from melanoma.engine.optim import create_optimizer, create_scheduler
+from melanoma.engine.optim import create_lr_schedule, create_optimizer
 from melanoma.engine.tasks import ClassificationTask, SegmentationTask, build_model, make_task
 from melanoma.errors import MelanomaError
 from melanoma.metrics.intervals import classification_interval, mean_interval
@@ -204,7 +204,7 @@ def _step(t: Training, loss: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, criterion, device, config, keep: int = 0) -> tuple[dict, dict]:
+def validate(model, loader, task, criterion, device, config, keep: int = 0) -> tuple[dict, dict]:
     """Metrics over a loader, plus the first ``keep`` examples for pictures."""
     model.eval()
     meter = task.meter()
@@ -336,7 +336,7 @@ def build_training(
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = create_optimizer(config.optimizer, model)
-    schedule = create_scheduler(
+    schedule = create_lr_schedule(
         config.scheduler, optimizer, config.epochs, steps_per_epoch, config.mode
     )
     use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
@@ -396,7 +396,7 @@ def fit(
                 runtime.world_size,
             )
             keep = config.log_images if runtime.is_main else 0
-            val, examples = evaluate(
+            val, examples = validate(
                 t.model, val_loader, t.task, t.criterion, device, config, keep=keep
             )
             # Every rank follows rank 0's figure: best epoch, plateau schedule and early

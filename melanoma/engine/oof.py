@@ -118,9 +118,9 @@ def segmenter_masks(
 
 def oof_cache_dir() -> Path:
     """Where out-of-fold masks and their fold segmenters live on this machine."""
-    from melanoma.data.synth import synthetic_cache_dir
+    from melanoma.config import cache_root
 
-    return synthetic_cache_dir() / "oof"
+    return cache_root() / "oof"
 
 
 def _load_masks(path: Path, key: dict) -> dict[str, np.ndarray] | None:

@@ -8,7 +8,7 @@ from torch import nn
 
 from melanoma.names import OPTIMIZERS
 
-__all__ = ["OPTIMIZERS", "create_optimizer", "create_scheduler"]
+__all__ = ["OPTIMIZERS", "create_optimizer", "create_lr_schedule"]
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -105,7 +105,7 @@ class LRSchedule:
         self.inner.load_state_dict(state["inner"])
 
 
-def create_scheduler(
+def create_lr_schedule(
     config, optimizer, epochs: int, steps_per_epoch: int, mode: str = "max"
 ) -> LRSchedule:
     return LRSchedule(config, optimizer, epochs, steps_per_epoch, mode)

@@ -1,6 +1,6 @@
 """Model factories: segmenters (SMP) and classifiers (torchvision, timm)."""
 
-from melanoma.models.classifier import CLASSIFIERS, Classifier, classifier_spec, create_classifier
+from melanoma.models.classifier import CLASSIFIERS, Classifier, classifier_arch, create_classifier
 from melanoma.models.segmenter import SEGMENTER_ARCHS, Segmenter, create_segmenter
 from melanoma.models.weights import WeightsNotFoundError
 
@@ -10,7 +10,7 @@ __all__ = [
     "Classifier",
     "Segmenter",
     "WeightsNotFoundError",
-    "classifier_spec",
+    "classifier_arch",
     "create_classifier",
     "create_segmenter",
 ]

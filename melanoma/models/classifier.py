@@ -16,7 +16,7 @@ from melanoma.names import CLASSIFIER_SIZES, check_classifier
 
 
 @dataclass(frozen=True)
-class ClassifierSpec:
+class ClassifierArch:
     """How to build one classifier and what it expects."""
 
     build: Callable[[bool], nn.Module]  # argument: with auxiliary heads
@@ -68,14 +68,14 @@ _BUILDERS: dict[str, tuple[Callable[[bool], nn.Module], Normalization]] = {
     **{f"efficientnet_lite{v}": (_lite(v), HALF) for v in (0, 1, 2)},
 }
 # Sizes from the plain table that config validation reads (melanoma.names).
-CLASSIFIERS: dict[str, ClassifierSpec] = {
-    name: ClassifierSpec(build, s.input_size, normalization, s.min_size, s.has_aux, s.min_size_aux)
+CLASSIFIERS: dict[str, ClassifierArch] = {
+    name: ClassifierArch(build, s.input_size, normalization, s.min_size, s.has_aux, s.min_size_aux)
     for name, (build, normalization) in _BUILDERS.items()
     for s in [CLASSIFIER_SIZES[name]]
 }
 
 
-def classifier_spec(name: str) -> ClassifierSpec:
+def classifier_arch(name: str) -> ClassifierArch:
     check_classifier(name)  # raises, naming the valid classifiers
     return CLASSIFIERS[name]
 
@@ -168,7 +168,7 @@ def create_classifier(
     the offline EfficientNet-Lite packages, or the torch hub cache; nothing is downloaded.
     ``transform_input`` (inception_v3/googlenet) overrides what the weights imply.
     """
-    spec = classifier_spec(name)
+    spec = classifier_arch(name)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     if dual and in_channels != 3:
