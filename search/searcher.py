@@ -14,54 +14,107 @@ hyperparameters of every quickly stopped trial are bad or, worse, good. Here:
 
 from __future__ import annotations
 
+import math
+import pickle
+
 import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from search.experiment import Experiment
-from search.space import define_by_run
+from search.space import DefineByRun, define_by_run
+
+_DIRECTIONS = {"max": "maximize", "min": "minimize"}
 
 
-class FidelityAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that reports per-epoch values and marks scheduler-stopped trials PRUNED."""
+class FidelityAwareOptunaSearch(Searcher):
+    """Ray Tune's public ``Searcher`` over Optuna's public ask-and-tell interface: each new
+    trial asks the study for a configuration (the define-by-run space), every epoch is
+    reported as an intermediate value, and a trial ends as COMPLETE, PRUNED (cut short by
+    the scheduler) or FAIL. Its state pickles into Tune's experiment checkpoints, so a
+    resumed search goes on with the same study."""
 
-    def __init__(self, *args, max_epochs: int, time_attr: str = "epoch", **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        space: DefineByRun,
+        metric: str,
+        mode: str,
+        sampler: optuna.samplers.BaseSampler,
+        *,
+        max_epochs: int,
+        study_name: str | None = None,
+        storage=None,
+        time_attr: str = "epoch",
+    ):
+        if mode not in _DIRECTIONS:
+            raise ValueError(f"mode must be one of {list(_DIRECTIONS)}, got {mode!r}")
+        super().__init__(metric=metric, mode=mode)
+        self.space = space
         self.max_epochs = max_epochs
         self.time_attr = time_attr
-        self.pruned_trials: set[str] = set()
+        self.study = optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=sampler,
+            direction=_DIRECTIONS[mode],
+            load_if_exists=True,
+        )
+        self.trials: dict[str, optuna.Trial] = {}  # Tune trial id -> its asked Optuna trial
+        self.reported: dict[str, set[int]] = {}  # steps already reported, per trial
+        self.completed: set[str] = set()
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        # The metric and mode are fixed by the experiment when the searcher is made.
+        return True
+
+    def suggest(self, trial_id: str) -> dict:
+        trial = self.study.ask()
+        self.space(trial)
+        self.trials[trial_id] = trial
+        self.reported[trial_id] = set()
+        return dict(trial.params)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials or self.metric not in result:
-            return
-        step = int(result.get(self.time_attr, 0))
-        ot_trial = self._ot_trials[trial_id]
-        if step not in ot_trial.storage.get_trial(ot_trial._trial_id).intermediate_values:
-            ot_trial.report(result[self.metric], step)
+        if trial_id in self.trials and trial_id not in self.completed:
+            self._report(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self.completed or trial_id not in self.trials:
             return
-        if result is not None and not error:
-            # Tune hands the last epoch's result to on_trial_complete only: record it as
-            # that epoch's intermediate value too, so the study holds every epoch.
-            self.on_trial_result(trial_id, result)
-        cut_short = (
-            not error
-            and result is not None
-            and not result.get("finished", False)
-            and int(result.get(self.time_attr, 0)) < self.max_epochs
+        self.completed.add(trial_id)
+        trial = self.trials[trial_id]
+        value = None if result is None else result.get(self.metric)
+        if error or value is None or not math.isfinite(float(value)):
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return
+        # Tune hands the last epoch's result to on_trial_complete only: record it as that
+        # epoch's intermediate value too, so the study holds every epoch.
+        self._report(trial_id, result)
+        cut_short = not result.get("finished", False) and (
+            int(result.get(self.time_attr, 0)) < self.max_epochs
         )
         if cut_short:
-            try:
-                self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-            finally:
-                self._completed_trials.add(trial_id)
-                self.pruned_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            self.study.tell(trial, float(value))
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """``result``'s metric as the intermediate value at step = epoch (not Tune's
+        iteration counter, which restarts after a restore), once per epoch."""
+        value, step = result.get(self.metric), int(result.get(self.time_attr, 0))
+        if value is not None and step not in self.reported[trial_id]:
+            self.trials[trial_id].report(float(value), step)
+            self.reported[trial_id].add(step)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.__dict__, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.__dict__.update(pickle.load(fh))
 
 
 def optuna_storage(uri: str | None):
@@ -89,10 +142,10 @@ def create_searcher(
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     return FidelityAwareOptunaSearch(
-        space=define_by_run(exp.space),
-        metric=exp.metric,
-        mode=exp.mode,
-        sampler=sampler,
+        define_by_run(exp.space),
+        exp.metric,
+        exp.mode,
+        sampler,
         study_name=name,
         storage=optuna_storage(s.optuna_storage or journal),
         max_epochs=exp.search.max_epochs,

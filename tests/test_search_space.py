@@ -171,10 +171,10 @@ def test_pruned_trials_are_told_to_optuna_as_pruned():
 
     exp = experiment_from_dict(base())
     searcher = FidelityAwareOptunaSearch(
-        space=define_by_run(exp.space),
-        metric="best_val_jaccard",
-        mode="max",
-        sampler=optuna.samplers.RandomSampler(seed=0),
+        define_by_run(exp.space),
+        "best_val_jaccard",
+        "max",
+        optuna.samplers.RandomSampler(seed=0),
         max_epochs=4,
     )
     for trial_id in ("stopped", "complete", "early"):
@@ -187,12 +187,56 @@ def test_pruned_trials_are_told_to_optuna_as_pruned():
     searcher.on_trial_complete("complete", {"best_val_jaccard": 0.5, "epoch": 4, "finished": True})
     # The engine's own early stopping is a completed trial, not a pruned one.
     searcher.on_trial_complete("early", {"best_val_jaccard": 0.4, "epoch": 2, "finished": True})
-    trials = {t.number: t for t in searcher._ot_study.trials}
+    trials = {t.number: t for t in searcher.study.trials}
     assert trials[0].state == optuna.trial.TrialState.PRUNED
     assert trials[0].intermediate_values == {1: 0.9}  # step is the epoch, not Tune's iteration
     assert trials[1].state == optuna.trial.TrialState.COMPLETE and trials[1].value == 0.5
     assert trials[2].state == optuna.trial.TrialState.COMPLETE
-    assert searcher._ot_study.best_value == 0.5  # the pruned 0.9 never wins
+    assert searcher.study.best_value == 0.5  # the pruned 0.9 never wins
+
+
+def test_the_searcher_fails_errored_trials_and_resumes_from_its_checkpoint(tmp_path):
+    """Errors and non-finite values are FAIL; an epoch reported twice counts once; the
+    pickled searcher (Tune's experiment checkpoint) goes on with the same study."""
+    from search.searcher import FidelityAwareOptunaSearch
+
+    exp = experiment_from_dict(base())
+
+    def make():
+        return FidelityAwareOptunaSearch(
+            define_by_run(exp.space),
+            "best_val_jaccard",
+            "max",
+            optuna.samplers.TPESampler(seed=0, n_startup_trials=2),
+            max_epochs=2,
+        )
+
+    searcher = make()
+    config = searcher.suggest("a")
+    assert set(config) <= {spec.key for spec in exp.space} and config
+    exp.train.with_overrides(config)  # what the searcher asks for is a valid train config
+    searcher.suggest("b")
+    searcher.suggest("c")
+    for epoch in (1, 1, 2):
+        searcher.on_trial_result("a", {"best_val_jaccard": 0.1 * epoch, "epoch": epoch})
+    searcher.on_trial_complete("a", {"best_val_jaccard": 0.2, "epoch": 2})
+    searcher.on_trial_complete("b", error=True)
+    searcher.on_trial_complete("c", {"best_val_jaccard": float("nan"), "epoch": 2})
+    searcher.on_trial_complete("a", {"best_val_jaccard": 0.9, "epoch": 2})  # told once only
+    states = [t.state for t in searcher.study.trials]
+    done, fail = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+    assert states == [done, fail, fail]
+    assert searcher.study.trials[0].intermediate_values == {1: 0.1, 2: 0.2}
+    assert searcher.study.best_value == 0.2
+
+    searcher.suggest("d")
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = make()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_complete("d", {"best_val_jaccard": 0.6, "epoch": 2, "finished": True})
+    assert len(restored.study.trials) == 4 and restored.study.best_value == 0.6
+    with pytest.raises(ValueError, match="mode must be one of"):
+        FidelityAwareOptunaSearch(define_by_run(exp.space), "m", "up", None, max_epochs=1)
 
 
 def test_epoch_budget_counts_each_trial_epoch_once():
