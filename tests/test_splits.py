@@ -189,3 +189,20 @@ def test_real_isic2017_splits(real_isic2017: Path):
     # The byte-identical training/validation pair is reported, never hidden.
     assert splits.leaks and splits.leaks[0]["ids"] == ["ISIC_0012127", "ISIC_0012970"]
     splits.assert_test_isolated()
+
+
+def test_split_settings_are_written_and_read_in_one_place():
+    """A train config's data section, a cascade's record and a cache key all come from
+    SplitConfig; records without the newer options read back with their defaults."""
+    from melanoma.engine.config import DataConfig
+
+    config = SplitConfig(seed=3, val_fraction=0.2, test_fraction=0.1, val_from_train=True)
+    assert SplitConfig.from_record(config.to_record()) == config
+    data = DataConfig(path="x", split_seed=3, val_fraction=0.2, test_fraction=0.1)
+    assert data.split_config() == SplitConfig(seed=3, val_fraction=0.2, test_fraction=0.1)
+    old = {"split_seed": 3, "val_fraction": 0.2, "test_fraction": 0.1}  # before val_from_train
+    assert SplitConfig.from_record(old) == data.split_config()
+    # The cache key of a default option is the key made before that option existed.
+    assert "val_from_train" not in data.split_config().cache_key()
+    assert config.cache_key()["val_from_train"] is True
+    assert "split_seed=3" in config.describe() and "val_from_train=True" in config.describe()

@@ -198,20 +198,14 @@ def open_cascade_data(
         size,
         layout=data["layout"],
         on_bad=on_bad or data["on_bad"],
-        split_config=SplitConfig(
-            seed=data["split_seed"],
-            val_fraction=data["val_fraction"],
-            test_fraction=data["test_fraction"],
-            val_from_train=data.get("val_from_train", False),
-        ),
+        split_config=SplitConfig.from_record(data),
         external_paths=data.get("external_paths", False),
     )
 
 
 def check_same_data(seg: TrainConfig, cls: TrainConfig) -> None:
-    keys = ("path", "layout", "split_seed", "val_fraction", "test_fraction", "val_from_train")
-    a = {k: getattr(seg.data, k) for k in keys}
-    b = {k: getattr(cls.data, k) for k in keys}
+    a = {"path": seg.data.path, "layout": seg.data.layout, **seg.data.split_config().to_record()}
+    b = {"path": cls.data.path, "layout": cls.data.layout, **cls.data.split_config().to_record()}
     if a != b:
         raise ValueError(
             "the segmenter and the classifier were trained on different data or splits "
@@ -728,10 +722,7 @@ def _data_meta(config: TrainConfig, path: str | None) -> dict:
         "path": str(path or d.path),
         "layout": d.layout,
         "on_bad": d.on_bad,
-        "split_seed": d.split_seed,
-        "val_fraction": d.val_fraction,
-        "test_fraction": d.test_fraction,
-        "val_from_train": d.val_from_train,
+        **d.split_config().to_record(),
         "external_paths": d.external_paths,
     }
 

@@ -15,7 +15,7 @@ import json
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +27,6 @@ from melanoma.data.splits import SplitConfig, Splits, build_splits
 
 CACHE_VERSION = 1
 INDEX = "index.json"
-
-
-def _split_key(config: SplitConfig) -> dict:
-    """The split settings in a cache key; an option left at its default is left out, so a
-    new option does not invalidate the caches made before it existed."""
-    key = asdict(config)
-    if not config.val_from_train:
-        del key["val_from_train"]
-    return key
 
 
 def is_cache(path: Path) -> bool:
@@ -234,7 +225,7 @@ def node_cache(
         "size": size,
         "layout": layout,
         "on_bad": on_bad,
-        "split": _split_key(split_config or SplitConfig()),
+        "split": (split_config or SplitConfig()).cache_key(),
         "external_paths": external_paths,
         "files": _fingerprint(root, exclude=base),
     }

@@ -189,14 +189,6 @@ class DataBundle:
         return DataBundle(splits, self.size, self.cache)
 
 
-def _split_settings(config: SplitConfig) -> str:
-    return (
-        f"split_seed={config.seed}, val_fraction={config.val_fraction}, "
-        f"test_fraction={config.test_fraction}, keep_official={config.keep_official}, "
-        f"val_from_train={config.val_from_train}"
-    )
-
-
 def open_data(
     path: Path,
     size: int,
@@ -232,8 +224,8 @@ def open_data(
         splits = cache.splits()
         if split_config is not None and splits.config != split_config:
             raise ValueError(
-                f"cache {path} was split with {_split_settings(splits.config)} but "
-                f"{_split_settings(split_config)} was asked for; set data.split_seed and the "
+                f"cache {path} was split with {splits.config.describe()} but "
+                f"{split_config.describe()} was asked for; set data.split_seed and the "
                 "fractions to the cache's, or prepare a cache with these settings"
             )
         return DataBundle(splits, size, cache)

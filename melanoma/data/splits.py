@@ -53,6 +53,39 @@ class SplitConfig:
                 "leaves too little for training; keep the sum below 0.9"
             )
 
+    # The split settings as a train config's ``data`` section and a cascade's record name
+    # them: the one place where SplitConfig is written out and read back.
+    RECORD_NAMES = {
+        "seed": "split_seed",
+        "val_fraction": "val_fraction",
+        "test_fraction": "test_fraction",
+        "keep_official": "keep_official",
+        "val_from_train": "val_from_train",
+    }
+
+    def to_record(self) -> dict:
+        """The settings under their ``data`` names (``split_seed``, ...)."""
+        return {name: getattr(self, field) for field, name in self.RECORD_NAMES.items()}
+
+    @classmethod
+    def from_record(cls, record) -> SplitConfig:
+        """From a mapping or object with the ``data`` names; absent ones keep defaults
+        (older records lack ``val_from_train``; train configs never set keep_official)."""
+        get = record.get if isinstance(record, dict) else lambda k, d: getattr(record, k, d)
+        defaults = cls()
+        return cls(**{f: get(name, getattr(defaults, f)) for f, name in cls.RECORD_NAMES.items()})
+
+    def cache_key(self) -> dict:
+        """The settings in a cache key; an option left at its default is left out, so a
+        new option does not invalidate the caches made before it existed."""
+        key = asdict(self)
+        if not self.val_from_train:
+            del key["val_from_train"]
+        return key
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.to_record().items())
+
 
 @dataclass(frozen=True)
 class SplitEntry:

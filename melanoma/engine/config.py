@@ -68,12 +68,7 @@ class DataConfig:
         """The :class:`~melanoma.data.splits.SplitConfig` these settings describe."""
         from melanoma.data.splits import SplitConfig
 
-        return SplitConfig(
-            seed=self.split_seed,
-            val_fraction=self.val_fraction,
-            test_fraction=self.test_fraction,
-            val_from_train=self.val_from_train,
-        )
+        return SplitConfig.from_record(self)
 
 
 @dataclass(frozen=True)
