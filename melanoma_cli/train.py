@@ -87,9 +87,8 @@ def _overrides(args: argparse.Namespace) -> dict:
 def _cmd_train(args: argparse.Namespace) -> int:
     import time
 
-    from melanoma.engine.checkpoint import LAST
+    from melanoma.engine.checkpoint import CHECKPOINTS, LAST
     from melanoma.engine.config import TrainConfig
-    from melanoma.engine.loop import CHECKPOINTS
     from melanoma.engine.run import train
 
     overrides = _overrides(args)

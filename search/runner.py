@@ -495,7 +495,7 @@ def paired_to_best(rows: list[dict], exp: Experiment, top: int = 5) -> list[tupl
     """The best trial against each of the next ``top`` on the same validation images: the
     paired bootstrap of the difference in the selection metric (best minus other), from
     the validation outputs each trial's engine run kept for its best epoch."""
-    from melanoma.engine.loop import load_val_outputs
+    from melanoma.engine.saver import load_val_outputs
     from melanoma.metrics.classification import BOOTSTRAP_KEYS
     from melanoma.metrics.paired import aligned, paired_difference, paired_mean_difference
 

@@ -56,7 +56,7 @@ def _early_stopping_rank(rank: int, init_file: str, config: dict, result: str) -
         value = 0.5 + 0.1 * len(epochs) if rank == 0 else 0.5
         return {"jaccard": value, "loss": 1.0}, {}
 
-    loop.evaluate = validation
+    loop.validate = validation
     done = fit(TrainConfig.from_dict(config), _ddp_runtime(rank))
     Path(result, f"rank{rank}.json").write_text(json.dumps(len(done.history)))
 

@@ -141,7 +141,7 @@ def test_early_stopping(learn_root: Path, tmp_path: Path, monkeypatch):
     import melanoma.engine.loop as loop
 
     # The validation AUC never moves after epoch 1: with patience 1 the run stops after 2.
-    monkeypatch.setattr(loop, "evaluate", lambda *a, **kw: ({"auc": 0.7, "loss": 1.0}, {}))
+    monkeypatch.setattr(loop, "validate", lambda *a, **kw: ({"auc": 0.7, "loss": 1.0}, {}))
     cfg = config(learn_root, tmp_path / "es", "cls", **{"early_stopping": 1, "epochs": 4})
     result = fit(cfg, QUIET)
     assert result.stopped_early and [h["epoch"] for h in result.history] == [1, 2]

@@ -34,7 +34,7 @@ def stage_checkpoint(checkpoint_dir: Path) -> Path:
 def fit_resuming(config, runtime, checkpoint) -> None:
     """``fit``, resumed from a reported checkpoint (restarted or restored trial) if any.
     The local copy of its last.pt lives as long as the fit, then goes."""
-    from melanoma.engine.loop import CHECKPOINTS
+    from melanoma.engine.checkpoint import CHECKPOINTS
     from melanoma.engine.run import train
 
     if runtime.is_main:

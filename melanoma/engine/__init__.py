@@ -15,7 +15,7 @@ _EXPORTS = {
     "FitResult": "melanoma.engine.loop",
     "NonFiniteLossError": "melanoma.engine.loop",
     "Runtime": "melanoma.engine.loop",
-    "evaluate": "melanoma.engine.loop",
+    "validate": "melanoma.engine.loop",
     "fit": "melanoma.engine.loop",
     "train": "melanoma.engine.run",
 }

@@ -20,17 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from melanoma.data.splits import fold_splits
-from melanoma.engine.checkpoint import LAST, load_checkpoint
+from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.evaluate import score_split
-from melanoma.engine.loop import (
-    CHECKPOINTS,
-    Runtime,
-    labelled,
-    load_outputs,
-    open_training_data,
-)
+from melanoma.engine.loop import Runtime, labelled, open_training_data
 from melanoma.engine.run import train, training_data
+from melanoma.engine.saver import load_outputs
 from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
 

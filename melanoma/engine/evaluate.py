@@ -9,10 +9,9 @@ import numpy as np
 
 from melanoma.data.dataset import EpochSampler
 from melanoma.data.splits import Splits
-from melanoma.engine.checkpoint import load_checkpoint
+from melanoma.engine.checkpoint import CHECKPOINTS, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import (
-    CHECKPOINTS,
     labelled,
     make_loader,
     needs_segmenter_masks,

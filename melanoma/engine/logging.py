@@ -136,6 +136,40 @@ class RunLogger:
         }
         self.writer.add_hparams(clean, values, run_name=".")
 
+    def epoch(self, task: str, epoch: int, train: dict, val: dict, examples: dict) -> None:
+        """One epoch: training loss and learning rate, the validation figures, and the
+        images (mask overlays, or the classifier's inputs, confusion matrix and curves)."""
+        self.scalars(epoch, {"loss": train["loss"], "lr": train["lr"]}, "train")
+        skip = ("threshold", "n", "n_melanoma")
+        self.scalars(epoch, {k: v for k, v in val.items() if k not in skip}, "val")
+        if task == "seg" and len(examples.get("images", [])):
+            self.overlays(epoch, examples["images"], examples["masks"], examples["preds"])
+        if task == "cls":
+            if len(examples.get("inputs", [])):
+                self.inputs(epoch, examples["inputs"])
+            if "confusion_matrix" in val:
+                self.classification(
+                    epoch, examples["labels"], examples["probs"], val["confusion_matrix"]
+                )
+
+    def finish(self, config, history: list[dict], best_epoch: int) -> None:
+        """The run's hyperparameters beside its best epoch's figures (HParams), then close."""
+        if self.writer is not None and history:
+            best = next((h for h in history if h["epoch"] == best_epoch), history[-1])
+            self.hparams(_hparams(config), {f"best_{k}": v for k, v in best["val"].items()})
+        self.close()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _hparams(config) -> dict:
+    """The train config as flat HParams (``section.key``), without file paths."""
+    d = config.to_dict()
+    out = {"task": config.task, "epochs": config.epochs, "seed": config.seed}
+    for section in ("model", "optimizer", "scheduler", "loss", "data", "input"):
+        for k, v in d[section].items():
+            if k not in ("path", "weights_path") and v is not None:
+                out[f"{section}.{k}"] = v
+    return out

@@ -1,4 +1,4 @@
-"""The one training loop: train_one_epoch, evaluate and fit, for segmenters and classifiers.
+"""The one training loop: train_one_epoch, validate and fit, for segmenters and classifiers.
 
 It knows nothing of Ray: distributed training plugs in through ``Runtime`` (rank, world
 size, a model wrapper such as DDP, and a ``report`` callback called after every epoch).
@@ -6,7 +6,6 @@ size, a model wrapper such as DDP, and a ``report`` callback called after every 
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -14,7 +13,6 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,20 +24,10 @@ from melanoma.config import dump_yaml
 from melanoma.data.dataset import DataBundle, EpochSampler, open_data
 from melanoma.data.splits import Splits
 from melanoma.data.transforms import build_augmentation
-from melanoma.engine.checkpoint import (
-    BEST,
-    CHECKPOINTS,
-    LAST,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-    unwrap,
-)
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.logging import RunLogger
-from melanoma.engine.optim import create_lr_schedule, create_optimizer
-from melanoma.engine.tasks import ClassificationTask, SegmentationTask, build_model, make_task
+from melanoma.engine.saver import CheckpointSaver, RunState
+from melanoma.engine.training import Training, build_training
 from melanoma.errors import MelanomaError
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
@@ -274,84 +262,6 @@ def open_training_data(config: TrainConfig) -> DataBundle:
     )
 
 
-def _improved(value: float | None, best: float | None, mode: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best
-
-
-@dataclass
-class Training:
-    """What a run trains with: the model and its loss, optimizer, schedule and scaler."""
-
-    config: TrainConfig
-    device: torch.device
-    task: SegmentationTask | ClassificationTask
-    model: nn.Module
-    criterion: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Any
-    scaler: torch.amp.GradScaler | None
-
-
-@dataclass
-class RunState:
-    """Where a run stands: what a checkpoint restores and every epoch updates."""
-
-    epoch: int = 0  # epochs done
-    history: list[dict] = field(default_factory=list)
-    best_value: float | None = None
-    best_epoch: int = -1
-    stale: int = 0  # epochs since the best
-    splits: dict = field(default_factory=dict)  # split -> {image id: SHA-256} of the run
-
-    def update(self, value, mode: str) -> bool:
-        """Count one more epoch with validation ``value``; True when it is the best yet."""
-        self.epoch += 1
-        if _improved(value, self.best_value, mode):
-            self.best_value, self.best_epoch, self.stale = value, self.epoch, 0
-            return True
-        self.stale += 1
-        return False
-
-    def checkpoint_fields(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "history": self.history,
-            "best_value": self.best_value,
-            "best_epoch": self.best_epoch,
-            "stale": self.stale,
-            "splits": self.splits,
-        }
-
-
-def build_training(
-    config: TrainConfig, device: torch.device, train_labels, steps_per_epoch: int, pretrained: bool
-) -> Training:
-    """Model, loss (class weights from ``train_labels``), optimizer, schedule and scaler."""
-    task = make_task(config)
-    model = build_model(config, pretrained=pretrained).to(device)
-    if device.type == "cuda" and config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = create_optimizer(config.optimizer, model)
-    schedule = create_lr_schedule(
-        config.scheduler, optimizer, config.epochs, steps_per_epoch, config.mode
-    )
-    use_scaler = device.type == "cuda" and config.amp and not torch.cuda.is_bf16_supported()
-    return Training(
-        config,
-        device,
-        task,
-        model,
-        task.build_loss(train_labels).to(device),
-        optimizer,
-        schedule,
-        torch.amp.GradScaler("cuda") if use_scaler else None,
-    )
-
-
 def fit(
     config: TrainConfig,
     runtime: Runtime | None = None,
@@ -368,12 +278,13 @@ def fit(
     _seed(config, device)
     bundle = _open_run(config, runtime, data, mask_override)
     train_loader, val_loader = _loaders(config, runtime, device, bundle, mask_override)
-    checkpoint = _resume_from(config, resume)
+    saver = CheckpointSaver(config)
+    checkpoint = saver.resume_path(resume)
     # A resumed run takes every weight from its checkpoint: no ImageNet file needed.
     t = build_training(
         config, device, train_loader.dataset.labels(), len(train_loader), checkpoint is None
     )
-    state = _restore(t, checkpoint) if checkpoint else RunState()
+    state = saver.restore(t, checkpoint) if checkpoint else RunState()
     # Every checkpoint records its images: a cascade proves its test split against them.
     state.splits = bundle.splits.hashes()
     if runtime.wrap_model is not None:
@@ -415,17 +326,15 @@ def fit(
             state.history.append(record)
             checkpoint_dir = None
             if runtime.is_main:
-                _log_epoch(logger, t.task.name, state.epoch, train, val, examples)
-                checkpoint_dir = _save_epoch(t, state, improved)
-                if improved:
-                    save_val_outputs(Path(config.out), bundle, t.task.name, examples)
+                logger.epoch(t.task.name, state.epoch, train, val, examples)
+                checkpoint_dir = saver.save(t, state, improved, bundle, examples)
                 _print_epoch(config, runtime, record, value, improved)
             stopped_early = bool(config.early_stopping and state.stale >= config.early_stopping)
             _report(runtime, config, state, record, checkpoint_dir, stopped_early)
             if stopped_early:
                 break
     finally:
-        _close_log(logger, runtime, config, state)
+        logger.finish(config, state.history, state.best_epoch)
     best = next((h["val"] for h in state.history if h["epoch"] == state.best_epoch), {})
     return FitResult(
         Path(config.out), state.history, state.best_epoch, best, stopped_early, config.metric
@@ -513,86 +422,6 @@ def _require_scorable_validation(config: TrainConfig, labels: list[int | None]) 
         )
 
 
-def _resume_from(config: TrainConfig, resume: bool | Path) -> Path | None:
-    if not resume:
-        return None
-    if not isinstance(resume, bool):
-        return Path(resume)
-    last = Path(config.out) / CHECKPOINTS / LAST
-    return last if last.is_file() else None  # nothing to resume yet: a fresh start
-
-
-def _restore(t: Training, path: Path) -> RunState:
-    """Weights, optimizer, schedule, scaler and RNG from a checkpoint; where the run stood."""
-    state = load_checkpoint(path, map_location=t.device)
-    if state["config"].get("task") != t.config.task:
-        raise ValueError(
-            f"checkpoint {path} is a {state['config'].get('task')} run, not {t.config.task}"
-        )
-    unwrap(t.model).load_state_dict(state["model"])
-    t.optimizer.load_state_dict(state["optimizer"])
-    t.schedule.load_state_dict(state["scheduler"])
-    if t.scaler is not None and state.get("scaler"):
-        t.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return RunState(
-        state["epoch"], state["history"], state["best_value"], state["best_epoch"], state["stale"]
-    )
-
-
-VAL_OUTPUTS = "best_val_outputs.npz"
-
-
-def save_val_outputs(run_dir: Path, bundle: DataBundle, task: str, examples: dict) -> None:
-    """The best epoch's validation outputs per image (``id`` with ``label`` and ``prob``,
-    or the per-image mask scores), for paired comparisons of runs on the same images."""
-    entries = bundle.splits.entries["val"]
-    if task == "cls":
-        ids = [e.sample.id for e in entries]
-        values = {"label": examples.get("labels"), "prob": examples.get("probs")}
-    else:  # scored where a ground-truth mask exists
-        ids = [e.sample.id for e in entries if e.mask_sha256 is not None]
-        values = dict(examples.get("per_image") or {"jaccard": None})
-    if any(v is None or len(v) != len(ids) for v in values.values()):
-        return  # not one value per image: nothing that could be paired
-    tmp = run_dir / f".{VAL_OUTPUTS}.tmp.npz"
-    np.savez(tmp, id=np.array(ids), **values)
-    tmp.replace(run_dir / VAL_OUTPUTS)
-
-
-def load_val_outputs(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """What :func:`save_val_outputs` wrote in ``run_dir``, or None."""
-    return load_outputs(Path(run_dir) / VAL_OUTPUTS)
-
-
-def load_outputs(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a per-image outputs file (``.npz``), or None where there is none."""
-    if not Path(path).is_file():
-        return None
-    with np.load(path) as saved:
-        return {k: saved[k] for k in saved.files}
-
-
-def _save_epoch(t: Training, state: RunState, improved: bool) -> Path:
-    """best.pt when the epoch improved, last.pt (everything a resume needs), metrics.json."""
-    checkpoint_dir = Path(t.config.out) / CHECKPOINTS
-    config, fields = t.config.to_dict(), state.checkpoint_fields()
-    if improved:
-        save_checkpoint(checkpoint_dir / BEST, config=config, model=t.model, **fields)
-    save_checkpoint(
-        checkpoint_dir / LAST,
-        config=config,
-        model=t.model,
-        optimizer=t.optimizer.state_dict(),
-        scheduler=t.schedule.state_dict(),
-        scaler=t.scaler.state_dict() if t.scaler is not None else None,
-        rng=rng_state(),
-        **fields,
-    )
-    _write_metrics(Path(t.config.out), t.config, state.history, state.best_epoch)
-    return checkpoint_dir
-
-
 def _print_epoch(config: TrainConfig, runtime: Runtime, record: dict, value, improved) -> None:
     if not runtime.progress:
         return
@@ -619,13 +448,6 @@ def _report(runtime: Runtime, config: TrainConfig, state: RunState, record, wher
         )
 
 
-def _close_log(logger: RunLogger, runtime: Runtime, config: TrainConfig, state: RunState):
-    if runtime.is_main and state.history:
-        best = next((h for h in state.history if h["epoch"] == state.best_epoch), state.history[-1])
-        logger.hparams(_hparams(config), {f"best_{k}": v for k, v in best["val"].items()})
-    logger.close()
-
-
 def _flat(record: dict, best_value, metric: str) -> dict:
     flat = {
         "epoch": record["epoch"],
@@ -638,49 +460,3 @@ def _flat(record: dict, best_value, metric: str) -> dict:
         if isinstance(v, (int, float)) and not isinstance(v, bool) and v is not None:
             flat[f"val_{k}"] = v
     return flat
-
-
-def _hparams(config: TrainConfig) -> dict:
-    d = config.to_dict()
-    out = {"task": config.task, "epochs": config.epochs, "seed": config.seed}
-    for section in ("model", "optimizer", "scheduler", "loss", "data", "input"):
-        for k, v in d[section].items():
-            if k not in ("path", "weights_path") and v is not None:
-                out[f"{section}.{k}"] = v
-    return out
-
-
-def _log_epoch(
-    logger: RunLogger, task: str, epoch: int, train: dict, val: dict, examples: dict
-) -> None:
-    logger.scalars(epoch, {"loss": train["loss"]}, "train")
-    logger.scalars(epoch, {"lr": train["lr"]}, "train")
-    logger.scalars(
-        epoch, {k: v for k, v in val.items() if k not in ("threshold", "n", "n_melanoma")}, "val"
-    )
-    if task == "seg" and len(examples.get("images", [])):
-        logger.overlays(epoch, examples["images"], examples["masks"], examples["preds"])
-    if task == "cls":
-        if len(examples.get("inputs", [])):
-            logger.inputs(epoch, examples["inputs"])
-        if "confusion_matrix" in val:
-            logger.classification(
-                epoch, examples["labels"], examples["probs"], val["confusion_matrix"]
-            )
-
-
-def _write_metrics(
-    run_dir: Path, config: TrainConfig, history: list[dict], best_epoch: int
-) -> None:
-    best = next((h for h in history if h["epoch"] == best_epoch), None)
-    doc = {
-        "task": config.task,
-        "metric": config.metric,
-        "mode": config.mode,
-        "best_epoch": best_epoch,
-        "best": best["val"] if best else None,
-        "history": history,
-    }
-    tmp = run_dir / "metrics.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(run_dir / "metrics.json")

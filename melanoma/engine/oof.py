@@ -24,9 +24,9 @@ from sklearn.model_selection import GroupKFold
 from melanoma.config import ConfigError
 from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
-from melanoma.engine.checkpoint import LAST, load_checkpoint
+from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import CHECKPOINTS, fit, open_training_data
+from melanoma.engine.loop import fit, open_training_data
 from melanoma.engine.tasks import rebuild_model
 from melanoma.models.segmenter import segment_at
 
