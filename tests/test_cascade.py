@@ -708,36 +708,23 @@ def test_tta_auto_decides_each_stage_on_validation(built, tmp_path, capsys):
         assert not torch.allclose(cascade.classify(images, mask), cls_plain)
 
 
-def test_a_version_2_cascade_with_one_tta_flag_loads_with_both_stages(built, tmp_path):
+def test_a_version_4_cascade_loads_uncalibrated_and_older_ones_are_refused(built, tmp_path):
     from melanoma.cascade.build import CASCADE_FILE
 
     payload = torch.load(built["dir"] / CASCADE_FILE, map_location="cpu", weights_only=True)
-    old = tmp_path / "v2"
+    old = tmp_path / "old"
     old.mkdir()
-    torch.save(payload | {"version": 2, "tta": True}, old / CASCADE_FILE)
-    cascade, meta = load_cascade(old)
-    assert meta["tta"] == {"segmenter": True, "classifier": True}
-    assert cascade.seg_tta and cascade.cls_tta
-    # Its report still reads the one-flag TTA check it was built with.
-    check = {"mode": "auto", "val_auc_without": 0.7, "val_auc_with": 0.8, "used": True}
-    torch.save(payload | {"version": 2, "tta": True, "tta_check": check}, old / CASCADE_FILE)
-    shutil.copy(built["dir"] / "splits.json", old / "splits.json")
-    evaluate_cascade(old, resamples=20)
-    md = (old / "report.md").read_text()
-    assert "test-time augmentation on (segmenters and classifiers)" in md
-    assert "test-time augmentation (auto): validation AUC 0.800 with, 0.700 without; used" in md
-    # Version 3 had no mask clean-up: its masks are handed out as thresholded.
-    v3 = {k: v for k, v in payload.items() if not k.startswith("mask_cleanup")}
-    torch.save(v3 | {"version": 3}, old / CASCADE_FILE)
-    cascade, meta = load_cascade(old)
-    assert meta["mask_cleanup"] is False and cascade.mask_cleanup is False
     # Version 4 had no calibration: its probability is the classifiers' own.
     v4 = {k: v for k, v in payload.items() if not k.startswith("calibration")}
     torch.save(v4 | {"version": 4}, old / CASCADE_FILE)
     cascade, meta = load_cascade(old)
     assert meta["calibration"] is None and cascade.calibrate.calibration.method == "none"
-    torch.save(payload | {"version": 6}, old / CASCADE_FILE)
-    with pytest.raises(ValueError, match="not a version 1-5 melanoma cascade"):
+    for version in (3, 6):
+        torch.save(payload | {"version": version}, old / CASCADE_FILE)
+        with pytest.raises(ValueError, match=f"version {version} melanoma cascade.*versions 4-5"):
+            load_cascade(old)
+    torch.save(payload | {"format": "other"}, old / CASCADE_FILE)
+    with pytest.raises(ValueError, match="not a melanoma cascade"):
         load_cascade(old)
 
 

@@ -40,10 +40,10 @@ from melanoma.metrics.threshold import choose_threshold
 from melanoma.postprocess import CLEANUP_CHOICES, clean_masks
 
 FORMAT = "melanoma-cascade"
-# Read too: 1 (one segmenter and classifier, no TTA), 2 (one TTA flag for both), 3 (no mask
-# clean-up), 4 (no calibration). An older reader refuses a newer cascade rather than
-# ignore its clean-up or calibration.
+# Read too: 4 (no calibration). An older reader refuses a newer cascade rather than
+# ignore its calibration.
 VERSION = 5
+READABLE = (4, VERSION)
 CASCADE_FILE = "cascade.pt"
 TTA_CHOICES = ("auto", "on", "off")
 TTA_STAGES = ("segmenter", "classifier")
@@ -627,12 +627,6 @@ def cleanup_line(report: dict) -> str:
 
 def tta_line(report: dict) -> str:
     """What the test-time augmentation check compared on validation, and what it chose."""
-    if "segmenter" not in report:  # a version-2 cascade: one choice for both stages
-        used = "used" if report["used"] else "not used"
-        return (
-            f"test-time augmentation ({report['mode']}): validation AUC "
-            f"{report['val_auc_with']:.3f} with, {report['val_auc_without']:.3f} without; {used}"
-        )
 
     def word(on: bool) -> str:
         return "on" if on else "off"
@@ -865,16 +859,15 @@ def load_cascade(directory: Path) -> tuple[Cascade, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; build it with `melanoma cascade build`")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != FORMAT or payload.get("version") not in (1, 2, 3, 4, VERSION):
-        raise ValueError(f"{path} is not a version 1-{VERSION} melanoma cascade")
-    if payload["version"] == 1:  # one segmenter, one classifier, no TTA
-        payload["segmenters"] = [{**payload.pop("segmenter"), "weight": 1}]
-        payload["classifiers"] = [{**payload.pop("classifier"), "weight": 1}]
-        payload["tta"] = False
-    if isinstance(payload["tta"], bool):  # versions 1 and 2: one flag for both stages
-        payload["tta"] = dict.fromkeys(TTA_STAGES, payload["tta"])
-    payload.setdefault("mask_cleanup", False)  # versions 1-3 hand out the thresholded mask
-    payload.setdefault("calibration", None)  # versions 1-4: the classifiers' probability
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a melanoma cascade (no {FORMAT!r} format tag)")
+    if payload.get("version") not in READABLE:
+        raise ValueError(
+            f"{path} is a version {payload.get('version')} melanoma cascade; this "
+            f"melanoma-search reads versions {READABLE[0]}-{VERSION}: rebuild it with "
+            "`melanoma cascade build` (or use the melanoma-search that wrote it)"
+        )
+    payload.setdefault("calibration", None)  # version 4: the classifiers' own probability
 
     def members(entries: list[dict]) -> list[Candidate]:
         return [
