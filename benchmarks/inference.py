@@ -43,7 +43,7 @@ def main() -> int:
     from melanoma.models import create_classifier, create_segmenter
 
     if args.cascade:
-        from melanoma.cascade.build import load_cascade
+        from melanoma.cascade.store import load_cascade
 
         cascade, meta = load_cascade(args.cascade)
         size = meta["input_size"]

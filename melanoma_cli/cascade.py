@@ -11,7 +11,7 @@ from melanoma_cli.common import SEARCH_STORAGE, _add_drop_test_duplicates
 def resolve_candidates(sources: list[str], task: str, top_k: int, storage: str) -> list:
     """Candidates from paths (checkpoints, runs, cross-validation folders) and search names
     (their ``top_k`` best trials): the one place where a search name becomes checkpoints."""
-    from melanoma.cascade.build import load_candidates
+    from melanoma.cascade.members import load_candidates
 
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")

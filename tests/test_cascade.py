@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.cascade.build import build_cascade, load_cascade, run_cascade
+from melanoma.cascade.build import build_cascade
 from melanoma.cascade.calibration import Calibration
 from melanoma.cascade.evaluate import evaluate_cascade
 from melanoma.cascade.model import ProbabilityMap
+from melanoma.cascade.scoring import run_cascade
+from melanoma.cascade.store import load_cascade
 from melanoma.data.splits import LeakError, Splits
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.engine import Runtime, TrainConfig, fit
@@ -125,7 +127,7 @@ def test_masked_cascade_with_an_empty_mask_classifies_the_whole_image(built, tmp
 
 
 def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
-    import melanoma.cascade.build as build
+    import melanoma.cascade.decisions as decisions
     from melanoma.data.dataset import open_data
 
     cascade, meta = load_cascade(built["dir"])
@@ -137,7 +139,7 @@ def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
     # What the build hands the threshold rule is the validation split, and only that.
     seen = []
     monkeypatch.setattr(
-        build, "choose_threshold", lambda *args: seen.append(args[:2]) or (0.5, "x")
+        decisions, "choose_threshold", lambda *args: seen.append(args[:2]) or (0.5, "x")
     )
     build_cascade(
         str(built["root"] / "seg"), str(built["root"] / "cls"), tmp_path / "again", tta="off"
@@ -709,7 +711,7 @@ def test_tta_auto_decides_each_stage_on_validation(built, tmp_path, capsys):
 
 
 def test_a_version_4_cascade_loads_uncalibrated_and_older_ones_are_refused(built, tmp_path):
-    from melanoma.cascade.build import CASCADE_FILE
+    from melanoma.cascade.store import CASCADE_FILE
 
     payload = torch.load(built["dir"] / CASCADE_FILE, map_location="cpu", weights_only=True)
     old = tmp_path / "old"
@@ -751,7 +753,7 @@ def test_ensemble_with_tta_builds_evaluates_and_exports(built, tmp_path, capsys)
     assert len(meta["pairs"]) == 4 and meta["best_pair"]["val_auc"] == max(
         p["val_auc"] for p in meta["pairs"]
     )
-    from melanoma.cascade.build import open_cascade_data
+    from melanoma.cascade.members import open_cascade_data
 
     bundle = open_cascade_data(meta["data"], meta["input_size"])
     val = run_cascade(cascade, bundle, "val")
@@ -786,14 +788,14 @@ def test_build_refuses_models_from_different_splits(built, tmp_path):
         )
 
 
-def test_validation_with_carved_images_also_reports_the_official_part(tmp_path):
+def test_validation_with_carved_images_also_reports_theofficial_part(tmp_path):
     """With data.val_from_train the cascade's validation AUC covers carved and official
     images; the official validation images are scored on their own too."""
     from types import SimpleNamespace
 
     from sklearn.metrics import roc_auc_score
 
-    from melanoma.cascade.build import _official_part
+    from melanoma.cascade.scoring import official_part
     from melanoma.data.check import check_dataset
     from melanoma.data.splits import SplitConfig, build_splits
     from tests.conftest import write_official_isic2017
@@ -810,7 +812,7 @@ def test_validation_with_carved_images_also_reports_the_official_part(tmp_path):
             "label": np.array([e.sample.label for e in val]),
             "prob": rng.random(len(val)),
         }
-        part = _official_part(result, bundle)
+        part = official_part(result, bundle)
         if expected is None:
             assert part is None and len(val) == 14
             continue
@@ -982,7 +984,7 @@ def test_mask_cleanup_is_decided_on_validation_and_predict_applies_it(
     it raises the validation Jaccard: not here, where every image shows two lesions;
     ``on`` hands out cleaned masks in evaluation and in ``melanoma predict`` alike, while
     the classifiers still see the thresholded mask."""
-    from melanoma.cascade.build import open_cascade_data
+    from melanoma.cascade.members import open_cascade_data
     from melanoma.metrics.segmentation import segmentation_metrics
     from melanoma.postprocess import clean_masks
 
@@ -1106,8 +1108,8 @@ def test_calibration_is_chosen_on_selection_and_travels_to_export_and_predict(
     evaluation reports calibration before and after, operating points, the diagram."""
     import onnxruntime as ort
 
-    from melanoma.cascade.build import open_cascade_data
     from melanoma.cascade.calibration import calibration_line, fit_calibration
+    from melanoma.cascade.members import open_cascade_data
     from melanoma.metrics.calibration import calibration_report
 
     out = tmp_path / "calibrated"
@@ -1222,7 +1224,7 @@ def test_a_validation_copy_of_a_training_image_is_dropped_not_refused():
     training image ISIC_0012970: the build drops that validation image (and says so)
     instead of refusing every cascade on the official splits; the same id in a member's
     training split still means other splits, and is refused."""
-    from melanoma.cascade.build import Candidate, check_member_splits
+    from melanoma.cascade.members import Candidate, check_member_splits
     from melanoma.data.records import Sample
     from melanoma.data.splits import SplitConfig, SplitEntry
 

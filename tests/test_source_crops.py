@@ -197,7 +197,8 @@ def test_dual_mode_lifts_inceptions_auxiliary_head_size_limit():
 
 @pytest.mark.slow
 def test_source_crops_train_and_the_built_cascade_cuts_them_as_training_did(tmp_path):
-    from melanoma.cascade.build import build_cascade, load_cascade
+    from melanoma.cascade.build import build_cascade
+    from melanoma.cascade.store import load_cascade
     from melanoma.data.synth import SynthConfig, write_synthetic
     from melanoma.engine.checkpoint import load_checkpoint
     from melanoma.engine.tasks import rebuild_model

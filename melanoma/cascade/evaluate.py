@@ -13,16 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.cascade.build import (
-    CASCADE_FILE,
-    cleanup_line,
-    load_cascade,
-    mask_scores,
-    open_cascade_data,
-    run_cascade,
-    tta_line,
-    tta_summary,
-)
+from melanoma.cascade.decisions import cleanup_line, tta_line, tta_summary
+from melanoma.cascade.members import open_cascade_data
+from melanoma.cascade.scoring import mask_scores, run_cascade
+from melanoma.cascade.store import CASCADE_FILE, load_cascade
 from melanoma.data.io import file_sha256
 from melanoma.data.metadata import UNKNOWN, subgroup_fields, value_order
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits

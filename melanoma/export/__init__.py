@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from melanoma.cascade.build import CASCADE_FILE, load_cascade
+from melanoma.cascade.store import CASCADE_FILE, load_cascade
 from melanoma.data.io import file_sha256
 from melanoma.errors import MelanomaError
 from melanoma.export.card import (
@@ -42,7 +42,7 @@ def _sample_images(meta: dict, n: int, data: str | None) -> tuple[torch.Tensor, 
     """Images for the parity check and what they are: the cascade's test images when its
     data are reachable (``data`` replaces the recorded path), else seeded random images,
     said loudly."""
-    from melanoma.cascade.build import open_cascade_data
+    from melanoma.cascade.members import open_cascade_data
 
     path = data or meta["data"]["path"]
     try:
@@ -138,7 +138,7 @@ def export_cascade(
 
 def _validation(meta: dict, data: str | None):
     """The cascade's validation images, which calibrate and check an INT8 model."""
-    from melanoma.cascade.build import open_cascade_data
+    from melanoma.cascade.members import open_cascade_data
 
     try:
         bundle = open_cascade_data(meta["data"], meta["input_size"], path=data, on_bad="skip")

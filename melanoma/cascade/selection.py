@@ -1,0 +1,204 @@
+"""Choosing the members: every segmenter-classifier pair scored end to end, greedy
+ensembles, on validation or on pooled out-of-fold predictions."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from melanoma.cascade.decisions import choose_cleanup, choose_tta
+from melanoma.cascade.ensemble import greedy_selection, mask_jaccard, weighted_mean
+from melanoma.cascade.members import (
+    BuildContext,
+    Choice,
+    load_candidates,
+    make_cascade,
+    open_cascade_data,
+    weights_line,
+)
+from melanoma.cascade.oof_selection import (
+    best_segmenter,
+    choose_classifiers,
+    cv_candidates,
+)
+from melanoma.cascade.scoring import (
+    batched,
+    require_both_classes,
+    result_auc,
+    result_auc_interval,
+    run_cascade,
+)
+from melanoma.data.dataset import DataBundle
+from melanoma.metrics.paired import aligned, describe, paired_difference
+
+
+def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
+    """Pairs, ensemble, TTA, clean-up and threshold, all chosen on the validation split."""
+    pairs = _score_pairs(segs, clss, ctx.input_size, ctx.bundle)
+    best_pair = max(pairs, key=lambda t: t["val_auc"])
+    if ctx.ensemble_size > 1:
+        seg_w, cls_w = _select_ensemble(segs, clss, ctx.input_size, ctx.bundle, ctx.ensemble_size)
+    else:
+        seg_w, cls_w = {segs.index(best_pair["_seg"]): 1}, {clss.index(best_pair["_cls"]): 1}
+    members = ([segs[i] for i in seg_w], [clss[i] for i in cls_w])
+    weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
+    chosen, tta_report = choose_tta(members, weights, ctx.input_size, ctx.bundle, ctx.tta)
+    chosen, cleanup_report = choose_cleanup(chosen, ctx.mask_cleanup)
+    keep = chosen["label"] >= 0
+    return Choice(
+        [(segs[i], w) for i, w in seg_w.items()],
+        [(clss[i], w) for i, w in cls_w.items()],
+        chosen,
+        tta_report,
+        cleanup_report,
+        float("nan"),  # the threshold and its rule: chosen after calibration (calibrate_choice)
+        "",
+        {
+            "set": "validation",
+            "images": int(keep.sum()),
+            "melanomas": int(chosen["label"][keep].sum()),
+        },
+        {
+            "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
+            "vs_best_pair": _vs_best_pair(chosen, best_pair["_result"]),
+            "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
+        },
+        "validation",
+        chosen["label"][keep],
+        chosen["prob"][keep],
+    )
+
+
+def choose_on_oof(ctx: BuildContext, segs, seg_sources: list, cls_cv: list) -> Choice:
+    """Classifiers, their weights and the threshold chosen on pooled out-of-fold
+    predictions; the segmenter too when several come cross-validated. Nothing is chosen
+    on validation: ``auto`` leaves TTA and the clean-up off (``on`` keeps them), and the
+    validation figures are a second check."""
+    seg_cv = cv_candidates(seg_sources)
+    if seg_cv:
+        pick = seg_cv[best_segmenter(seg_cv)] if len(seg_cv) > 1 else seg_cv[0]
+        seg_members = [(m, 1) for p in pick.checkpoints for m in load_candidates(p, "seg")]
+    elif len(segs) == 1:
+        seg_members = [(segs[0], 1)]
+    else:
+        raise ValueError(
+            f"choosing among {len(segs)} segmenters without the validation split needs them "
+            "cross-validated (`melanoma cv seg ...`, then --seg CV_DIR ...), or give one --seg"
+        )
+    choice = choose_classifiers(cls_cv, ctx.ensemble_size, ctx.target_sensitivity)
+    cls_members = [
+        (m, w)
+        for i, w in choice.weights.items()
+        for p in cls_cv[i].checkpoints
+        for m in load_candidates(p, "cls")
+    ]
+    members = ([m for m, _ in seg_members], [m for m, _ in cls_members])
+    weights = {
+        "seg_weights": [w for _, w in seg_members],
+        "cls_weights": [w for _, w in cls_members],
+    }
+    fixed = "on" if ctx.tta == "on" else "off"
+    chosen, tta_report = choose_tta(members, weights, ctx.input_size, ctx.bundle, fixed)
+    chosen, cleanup_report = choose_cleanup(chosen, "on" if ctx.mask_cleanup == "on" else "off")
+    _print_oof_choice(choice, cls_cv)
+    return Choice(
+        seg_members,
+        cls_members,
+        chosen,
+        tta_report,
+        cleanup_report,
+        choice.threshold,
+        choice.rule,
+        choice.report,
+        {"best_pair": None, "vs_best_pair": None, "pairs": []},
+        "out-of-fold",
+        choice.labels,
+        choice.probs,
+    )
+
+
+def _print_oof_choice(choice, cls_cv: list) -> None:
+    r = choice.report
+    chosen = ", ".join(f"{cls_cv[i].folder} x{w}" for i, w in choice.weights.items())
+    print(
+        f"[cascade] chosen on out-of-fold predictions of {r['images']} training images "
+        f"({r['melanomas']} melanomas): classifiers {chosen}, AUC {r['auc']:.4f}",
+        flush=True,
+    )
+    what = "chosen minus best single candidate, out-of-fold AUC"
+    print(f"[cascade] {describe(r['vs_best_single'], what)}", flush=True)
+
+
+def _vs_best_pair(chosen: dict, pair: dict) -> dict:
+    """The chosen cascade's validation AUC minus the best single pair's, paired bootstrap
+    on the same validation images (zero when the chosen cascade is that pair)."""
+    keep = chosen["label"] >= 0
+    _, a, b = aligned(chosen["id"][keep], chosen["prob"][keep], pair["id"], pair["prob"])
+    return paired_difference(chosen["label"][keep], a, b)
+
+
+def validation_data(data_meta: dict, input_size: int, drop_test_duplicates: bool) -> DataBundle:
+    """The candidates' data with an isolated test split (duplicates dropped if asked) and
+    a validation split that holds both classes."""
+    bundle = open_cascade_data(data_meta, input_size)
+    bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
+    for leak in bundle.splits.dropped_test:
+        print(
+            f"[cascade] test image {leak['id']} dropped ({leak['reason']} as {leak['twin']})",
+            flush=True,
+        )
+    require_both_classes(bundle, "val")
+    return bundle
+
+
+def _score_pairs(segs, clss, input_size: int, bundle: DataBundle) -> list[dict]:
+    """Every segmenter with every classifier, end to end on validation."""
+    pairs = []
+    for s, c in itertools.product(segs, clss):
+        result = run_cascade(make_cascade([s], [c], input_size), bundle, "val")
+        auc, ci = result_auc(result), result_auc_interval(result)
+        pairs.append(
+            {"segmenter": s.origin, "classifier": c.origin, "val_auc": auc, "val_auc_ci": ci}
+            | {"_seg": s, "_cls": c, "_result": result}
+        )
+        print(
+            f"[cascade] {s.origin} + {c.origin}: validation AUC {auc:.4f} "
+            f"(95% CI {ci['low']:.3f}-{ci['high']:.3f})",
+            flush=True,
+        )
+    return pairs
+
+
+@torch.no_grad()
+def _select_ensemble(segs, clss, input_size: int, bundle: DataBundle, rounds: int):
+    """Greedy ensemble selection on validation: segmenters, then classifiers on their masks."""
+    val = bundle.dataset("val")
+    items = [val[i] for i in range(len(val))]
+    images = torch.stack([it["image"] for it in items])
+    true = torch.stack([it["mask"] for it in items])
+    has_mask = np.array([it["has_mask"] for it in items], dtype=bool)
+    labels = np.array([it["label"] for it in items])
+    seg_probs = [batched(make_cascade([s], clss[:1], input_size).segment, images) for s in segs]
+    # The members' masks are scored as the cascade will threshold them (make_cascade).
+    threshold = segs[0].config.threshold
+    seg_w, jaccard = greedy_selection(seg_probs, mask_jaccard(true, has_mask, threshold), rounds)
+    mask = torch.from_numpy(weighted_mean(seg_probs, seg_w) > threshold)
+    keep = labels >= 0
+    cls_probs = []
+    for c in clss:
+        model = make_cascade(segs[:1], [c], input_size)
+        cls_probs.append(
+            batched(lambda x, m, model=model: model.classify(x, m.to(torch.uint8)), images, mask)
+        )
+    cls_w, auc = greedy_selection(
+        cls_probs, lambda p: float(roc_auc_score(labels[keep], p[keep])), rounds
+    )
+    print(
+        f"[cascade] ensemble: segmenters {weights_line(segs, seg_w)} (validation Jaccard "
+        f"{jaccard:.4f}), classifiers {weights_line(clss, cls_w)} (validation AUC {auc:.4f})",
+        flush=True,
+    )
+    return seg_w, cls_w
