@@ -62,6 +62,8 @@ def test_a_resumed_schedule_continues_where_it_stopped():
     second.optimizer.load_state_dict(first.optimizer.state_dict())
     second.load_state_dict(first.state_dict())
     assert head + lrs(second, 13) == pytest.approx(whole)
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        build().load_state_dict({"base_lrs": [1e-3], "last_epoch": 7})  # an old LambdaLR state
 
 
 @pytest.mark.parametrize("name", ["step", "plateau", "constant"])

@@ -101,6 +101,12 @@ class LRSchedule:
         return {"updates": self.updates, "inner": self.inner.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        if "updates" not in state:
+            raise ValueError(
+                "the checkpoint's learning-rate schedule was saved by an older melanoma-search "
+                "(before the timm schedule); its weights still load for evaluation, cascades "
+                "and export, but the run cannot be resumed: start it again"
+            )
         self.updates = state["updates"]
         self.inner.load_state_dict(state["inner"])
 
