@@ -3,6 +3,7 @@ the CPU. Skipped on machines without a GPU (CI here has none); run with ``-m gpu
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,18 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
+
+
+@contextlib.contextmanager
+def full_fp32_on_cuda():
+    """cuDNN convolutions default to TF32 (10-bit mantissa) on Ampere and later, which
+    moves a segmenter's logits by about 1e-3: compare against the CPU in IEEE fp32."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +65,7 @@ def test_cuda_training_with_amp_channels_last(data, tmp_path, task, compile_mode
     model = build_model(TrainConfig.from_dict(state["config"]))
     model.load_state_dict(state["model"])
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
-    with torch.no_grad():
+    with torch.no_grad(), full_fp32_on_cuda():
         cpu = model.eval()(x)
         gpu = model.cuda()(x.cuda()).cpu()
     cpu = cpu if isinstance(cpu, torch.Tensor) else cpu[0]
