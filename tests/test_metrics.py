@@ -66,6 +66,19 @@ def test_classification_by_hand():
     assert m["sensitivity_at_specificity_0.6"] == pytest.approx(1.0)
 
 
+def test_sensitivity_at_specificity_reads_every_threshold_of_the_curve():
+    """Four tied (melanoma, benign) pairs put (FPR 0.5, TPR 0.5) on the straight line from
+    (0, 0) to (1, 1): the point a specificity of 0.5 lands on, which scikit-learn's
+    thinned curve (``drop_intermediate``) loses (it read 0.25 here before)."""
+    from melanoma.metrics.operating_points import operating_points
+
+    labels, probs = [1, 0] * 4, [0.9, 0.9, 0.7, 0.7, 0.5, 0.5, 0.3, 0.3]
+    m = classification_metrics(labels, probs, specificity=0.5)
+    assert m["sensitivity_at_specificity_0.5"] == pytest.approx(0.5)
+    points = operating_points(labels, probs, targets=(0.5,), resamples=10)
+    assert points["sensitivity_at_50"]["value"] == pytest.approx(0.5)
+
+
 def test_one_class_leaves_auc_undefined_not_wrong():
     m = classification_metrics([0, 0, 0], [0.1, 0.7, 0.2])
     assert m["auc"] is None and m["average_precision"] is None

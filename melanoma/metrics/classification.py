@@ -7,13 +7,7 @@ import torch
 from sklearn import metrics as skm
 
 from melanoma.metrics.bootstrap import percentile_interval, resample_rows
-
-
-def sensitivity_at_specificity(labels: np.ndarray, probs: np.ndarray, specificity: float) -> float:
-    """Highest sensitivity reachable with specificity >= ``specificity`` (from the ROC curve)."""
-    fpr, tpr, _ = skm.roc_curve(labels, probs)
-    ok = fpr <= 1.0 - specificity + 1e-12
-    return float(tpr[ok].max()) if ok.any() else 0.0
+from melanoma.metrics.operating_points import sensitivity_at_specificity
 
 
 def classification_metrics(

@@ -34,3 +34,12 @@ def mean_interval(values: np.ndarray, resamples: int = 1000) -> dict | None:
     if len(values) == 0:
         return None
     return percentile_interval(mean_bootstrap(values, resamples))
+
+
+def format_interval(entry) -> str:
+    """``0.812 (0.760-0.861)`` for a ``{"value", "low", "high"}`` figure, ``0.812`` without
+    an interval, ``n/a`` for none."""
+    if not isinstance(entry, dict) or entry.get("value") is None:
+        return "n/a"
+    low, high = entry.get("low"), entry.get("high")
+    return f"{entry['value']:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None else "")

@@ -13,13 +13,26 @@ TARGETS = (0.90, 0.95)
 
 def specificity_at_sensitivity(labels, probs, sensitivity: float) -> float:
     """The highest specificity of any threshold whose sensitivity reaches ``sensitivity``."""
-    fpr, tpr, _ = roc_curve(labels, probs, drop_intermediate=False)
-    return float(1.0 - fpr[tpr >= sensitivity - 1e-12].min())
+    return _specificity_at(*_roc(labels, probs), sensitivity)
 
 
 def sensitivity_at_specificity(labels, probs, specificity: float) -> float:
     """The highest sensitivity of any threshold whose specificity reaches ``specificity``."""
+    return _sensitivity_at(*_roc(labels, probs), specificity)
+
+
+def _roc(labels, probs) -> tuple[np.ndarray, np.ndarray]:
+    # Every threshold: dropping "intermediate" points on a straight stretch of the curve
+    # would lose the one a target lands on.
     fpr, tpr, _ = roc_curve(labels, probs, drop_intermediate=False)
+    return fpr, tpr
+
+
+def _specificity_at(fpr: np.ndarray, tpr: np.ndarray, sensitivity: float) -> float:
+    return float(1.0 - fpr[tpr >= sensitivity - 1e-12].min())
+
+
+def _sensitivity_at(fpr: np.ndarray, tpr: np.ndarray, specificity: float) -> float:
     return float(tpr[fpr <= 1.0 - specificity + 1e-12].max())
 
 
@@ -30,9 +43,9 @@ def _name(kind: str, target: float) -> str:
 def _points(labels: np.ndarray, probs: np.ndarray, targets) -> list[float]:
     """Specificity at each target sensitivity, then sensitivity at each target
     specificity, from one ROC curve."""
-    fpr, tpr, _ = roc_curve(labels, probs, drop_intermediate=False)
-    return [float(1.0 - fpr[tpr >= t - 1e-12].min()) for t in targets] + [
-        float(tpr[fpr <= 1.0 - t + 1e-12].max()) for t in targets
+    fpr, tpr = _roc(labels, probs)
+    return [_specificity_at(fpr, tpr, t) for t in targets] + [
+        _sensitivity_at(fpr, tpr, t) for t in targets
     ]
 
 
