@@ -46,7 +46,7 @@ def main() -> int:
         from melanoma.cascade.store import load_cascade
 
         cascade, meta = load_cascade(args.cascade)
-        size = meta["input_size"]
+        size = meta.input_size
     else:
         size = args.size
         cascade = Cascade(

@@ -19,7 +19,7 @@ from melanoma.cascade.build import build_cascade
 from melanoma.cascade.calibration import Calibration
 from melanoma.cascade.evaluate import evaluate_cascade
 from melanoma.cascade.model import ProbabilityMap
-from melanoma.cascade.scoring import run_cascade
+from melanoma.cascade.scoring import CascadeOutputs, run_cascade
 from melanoma.cascade.store import load_cascade
 from melanoma.data.splits import LeakError, Splits
 from melanoma.data.synth import SynthConfig, write_synthetic
@@ -94,7 +94,7 @@ def test_cascade_equals_the_models_run_by_hand(built):
     # The classifiers' probability, then the calibration the build chose (maybe none).
     assert torch.allclose(uncalibrated, expected, atol=1e-6)
     assert torch.allclose(prob, cascade.calibrate(expected), atol=1e-6)
-    assert cascade.calibrate.calibration.method == meta["calibration"]["method"]
+    assert cascade.calibrate.calibration.method == meta.calibration["method"]
     assert torch.equal(cascade_mask, mask)
 
 
@@ -131,11 +131,11 @@ def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
     from melanoma.data.dataset import open_data
 
     cascade, meta = load_cascade(built["dir"])
-    cfg = TrainConfig.from_dict(meta["classifiers"][0]["config"])
+    cfg = TrainConfig.from_dict(meta.classifiers[0].config)
     bundle = open_data(cfg.data.path, 64, split_config=cfg.data.split_config())
     val = run_cascade(cascade, bundle, "val")
-    threshold, rule = choose_threshold(val["label"], val["prob"], None)
-    assert meta["threshold"] == pytest.approx(threshold) and "validation" in meta["threshold_rule"]
+    threshold, rule = choose_threshold(val.label, val.prob, None)
+    assert meta.threshold == pytest.approx(threshold) and "validation" in meta.threshold_rule
     # What the build hands the threshold rule is the validation split, and only that.
     seen = []
     monkeypatch.setattr(
@@ -145,9 +145,9 @@ def test_threshold_comes_from_validation_only(built, tmp_path, monkeypatch):
         str(built["root"] / "seg"), str(built["root"] / "cls"), tmp_path / "again", tta="off"
     )
     test = run_cascade(cascade, bundle, "test")
-    assert len(seen) == 1 and np.array_equal(seen[0][0], val["label"])
-    assert np.allclose(seen[0][1], val["prob"], atol=1e-6)
-    assert not np.allclose(seen[0][1], test["prob"], atol=1e-3)
+    assert len(seen) == 1 and np.array_equal(seen[0][0], val.label)
+    assert np.allclose(seen[0][1], val.prob, atol=1e-6)
+    assert not np.allclose(seen[0][1], test.prob, atol=1e-3)
 
 
 def test_build_refuses_members_that_saw_its_test_images(built, tmp_path, capsys):
@@ -206,9 +206,9 @@ def test_ensemble_selection_scores_masks_at_the_segmenters_threshold(built, tmp_
     printed = capsys.readouterr().out
     chosen = re.search(r"ensemble: segmenters .* \(validation Jaccard ([0-9.]+)\)", printed)
     meta = load_cascade(out)[1]
-    assert float(chosen.group(1)) == pytest.approx(meta["val_jaccard"]["value"], abs=1e-4)
-    at_half = load_cascade(built["dir"])[1]["val_jaccard"]["value"]  # the same weights at 0.5
-    assert abs(at_half - meta["val_jaccard"]["value"]) > 1e-3
+    assert float(chosen.group(1)) == pytest.approx(meta.val_jaccard["value"], abs=1e-4)
+    at_half = load_cascade(built["dir"])[1].val_jaccard["value"]  # the same weights at 0.5
+    assert abs(at_half - meta.val_jaccard["value"]) > 1e-3
 
 
 def test_target_sensitivity_threshold():
@@ -374,7 +374,7 @@ def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path,
     export = tmp_path / "export"
     assert main(["export", str(built["dir"]), "--out", str(export)]) == 0
     card = json.loads((export / "model_card.json").read_text())
-    assert card["threshold"] == load_cascade(built["dir"])[1]["threshold"]
+    assert card["threshold"] == load_cascade(built["dir"])[1].threshold
     assert card["export_check"]["images_used"] == f"8 test images of {built['data']}"
     lines = (export / "checksums.sha256").read_text().splitlines()
     assert {line.split()[1] for line in lines} == {
@@ -686,10 +686,10 @@ def test_tta_auto_decides_each_stage_on_validation(built, tmp_path, capsys):
     printed = capsys.readouterr().out
     cascade, meta = load_cascade(out)
     expected = _tta_decision_by_hand(built["root"], out)
-    assert meta["tta"] == {"segmenter": expected["use_seg"], "classifier": expected["use_cls"]}
-    assert meta["val_jaccard"]["value"] == pytest.approx(expected["jaccard"], abs=1e-6)
-    assert meta["val_auc"] == pytest.approx(expected["auc"], abs=1e-6)
-    check = meta["tta_check"]
+    assert meta.tta == {"segmenter": expected["use_seg"], "classifier": expected["use_cls"]}
+    assert meta.val_jaccard["value"] == pytest.approx(expected["jaccard"], abs=1e-6)
+    assert meta.val_auc == pytest.approx(expected["auc"], abs=1e-6)
+    check = meta.tta_check
     assert check["val_jaccard_with"] == pytest.approx(expected["jaccard_with"], abs=1e-6)
     assert check["val_jaccard_without"] == pytest.approx(expected["jaccard_without"], abs=1e-6)
     assert check["val_auc_before"] == pytest.approx(expected["auc_before"], abs=1e-6)
@@ -710,6 +710,28 @@ def test_tta_auto_decides_each_stage_on_validation(built, tmp_path, capsys):
         assert not torch.allclose(cascade.classify(images, mask), cls_plain)
 
 
+def test_the_cascade_record_round_trips_and_cascade_json_is_it_without_weights(built):
+    import json
+
+    from melanoma.cascade.record import CascadeRecord
+    from melanoma.cascade.store import CASCADE_FILE
+
+    payload = torch.load(built["dir"] / CASCADE_FILE, map_location="cpu", weights_only=True)
+    record = CascadeRecord.from_payload(payload)
+    again = record.to_payload()
+    assert set(again) == set(payload)
+    assert all(
+        torch.equal(again["classifiers"][0]["model"][k], v)
+        for k, v in payload["classifiers"][0]["model"].items()
+    )
+    summary = json.loads((built["dir"] / "cascade.json").read_text())
+    assert summary == json.loads(json.dumps(record.summary()))
+    assert all(
+        set(m) == {"origin", "weight"} for m in summary["segmenters"] + summary["classifiers"]
+    )
+    assert summary["version"] == 5 and summary["threshold"] == record.threshold
+
+
 def test_a_version_4_cascade_loads_uncalibrated_and_older_ones_are_refused(built, tmp_path):
     from melanoma.cascade.store import CASCADE_FILE
 
@@ -720,7 +742,7 @@ def test_a_version_4_cascade_loads_uncalibrated_and_older_ones_are_refused(built
     v4 = {k: v for k, v in payload.items() if not k.startswith("calibration")}
     torch.save(v4 | {"version": 4}, old / CASCADE_FILE)
     cascade, meta = load_cascade(old)
-    assert meta["calibration"] is None and cascade.calibrate.calibration.method == "none"
+    assert meta.calibration is None and cascade.calibrate.calibration.method == "none"
     for version in (3, 6):
         torch.save(payload | {"version": version}, old / CASCADE_FILE)
         with pytest.raises(ValueError, match=f"version {version} melanoma cascade.*versions 4-5"):
@@ -747,19 +769,19 @@ def test_ensemble_with_tta_builds_evaluates_and_exports(built, tmp_path, capsys)
     printed = capsys.readouterr().out
     assert "[cascade] ensemble: segmenters" in printed and "(95% CI" in printed
     cascade, meta = load_cascade(out)
-    assert meta["tta"] == {"segmenter": True, "classifier": True} and cascade.tta
-    assert 1 <= sum(m["weight"] for m in meta["segmenters"]) <= 3
-    assert 1 <= sum(m["weight"] for m in meta["classifiers"]) <= 3
-    assert len(meta["pairs"]) == 4 and meta["best_pair"]["val_auc"] == max(
-        p["val_auc"] for p in meta["pairs"]
+    assert meta.tta == {"segmenter": True, "classifier": True} and cascade.tta
+    assert 1 <= sum(m.weight for m in meta.segmenters) <= 3
+    assert 1 <= sum(m.weight for m in meta.classifiers) <= 3
+    assert len(meta.pairs) == 4 and meta.best_pair["val_auc"] == max(
+        p["val_auc"] for p in meta.pairs
     )
     from melanoma.cascade.members import open_cascade_data
 
-    bundle = open_cascade_data(meta["data"], meta["input_size"])
+    bundle = open_cascade_data(meta.data, meta.input_size)
     val = run_cascade(cascade, bundle, "val")
     from sklearn.metrics import roc_auc_score
 
-    assert meta["val_auc"] == pytest.approx(roc_auc_score(val["label"], val["prob"]))
+    assert meta.val_auc == pytest.approx(roc_auc_score(val.label, val.prob))
     assert main(["cascade", "evaluate", str(out), "--bootstrap", "20"]) == 0
     md = (out / "report.md").read_text()
     assert "best single pair on validation" in md
@@ -767,7 +789,7 @@ def test_ensemble_with_tta_builds_evaluates_and_exports(built, tmp_path, capsys)
     assert "lesion masks on validation: Jaccard" in md
     assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
     card = json.loads((tmp_path / "export" / "model_card.json").read_text())
-    assert [m["origin"] for m in card["classifiers"]] == [m["origin"] for m in meta["classifiers"]]
+    assert [m["origin"] for m in card["classifiers"]] == [m.origin for m in meta.classifiers]
     assert all(v.startswith("on") for v in card["test_time_augmentation"].values())
 
 
@@ -806,19 +828,24 @@ def test_validation_with_carved_images_also_reports_theofficial_part(tmp_path):
         config = SplitConfig(val_fraction=0.2, val_from_train=carve)
         bundle = SimpleNamespace(splits=build_splits(report, config))
         val = bundle.splits.entries["val"]
-        rng = np.random.default_rng(0)
-        result = {
-            "id": np.array([e.sample.id for e in val]),
-            "label": np.array([e.sample.label for e in val]),
-            "prob": rng.random(len(val)),
-        }
+        prob = np.random.default_rng(0).random(len(val))
+        no_masks = torch.zeros(len(val), 1, 2, 2, dtype=torch.uint8)
+        result = CascadeOutputs(
+            id=np.array([e.sample.id for e in val]),
+            label=np.array([e.sample.label for e in val]),
+            prob=prob,
+            raw_prob=prob,
+            pred_mask=no_masks,
+            true_mask=no_masks,
+            has_mask=np.zeros(len(val), dtype=bool),
+        )
         part = official_part(result, bundle)
         if expected is None:
             assert part is None and len(val) == 14
             continue
         assert len(val) > 14 and part["images"] == 14
         official = np.array([e.sample.split == "val" for e in val])
-        assert part["auc"] == roc_auc_score(result["label"][official], result["prob"][official])
+        assert part["auc"] == roc_auc_score(result.label[official], result.prob[official])
         assert part["ci"]["low"] <= part["auc"] <= part["ci"]["high"]
 
 
@@ -994,44 +1021,44 @@ def test_mask_cleanup_is_decided_on_validation_and_predict_applies_it(
     assert main([*args, "--out", str(tmp_path / "auto")]) == 0  # auto is the default
     assert "mask clean-up, largest region with holes filled (auto): " in capsys.readouterr().out
     cascade, meta = load_cascade(tmp_path / "auto")
-    bundle = open_cascade_data(meta["data"], meta["input_size"])
+    bundle = open_cascade_data(meta.data, meta.input_size)
     raw = run_cascade(cascade, bundle, "val")
 
-    def jaccard(result: dict, masks: torch.Tensor) -> float:
-        keep = result["has_mask"]
-        return segmentation_metrics(masks[keep], result["true_mask"][keep])["jaccard"]
+    def jaccard(result: CascadeOutputs, masks: torch.Tensor) -> float:
+        keep = result.has_mask
+        return segmentation_metrics(masks[keep], result.true_mask[keep])["jaccard"]
 
     def clean(masks: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(clean_masks(masks.numpy()))
 
-    without, with_ = jaccard(raw, raw["pred_mask"]), jaccard(raw, clean(raw["pred_mask"]))
-    check = meta["mask_cleanup_check"]
+    without, with_ = jaccard(raw, raw.pred_mask), jaccard(raw, clean(raw.pred_mask))
+    check = meta.mask_cleanup_check
     assert check["val_jaccard_without"] == pytest.approx(without)
     assert check["val_jaccard_with"] == pytest.approx(with_)
     assert with_ < without  # keeping one of two lesions loses the other
-    assert not meta["mask_cleanup"] and not check["used"] and not cascade.mask_cleanup
-    assert meta["val_jaccard"]["value"] == pytest.approx(without)
+    assert not meta.mask_cleanup and not check["used"] and not cascade.mask_cleanup
+    assert meta.val_jaccard["value"] == pytest.approx(without)
 
     assert main([*args, "--mask-cleanup", "off", "--out", str(tmp_path / "off")]) == 0
     off = load_cascade(tmp_path / "off")[1]
-    assert not off["mask_cleanup"] and "val_jaccard_with" not in off["mask_cleanup_check"]
+    assert not off.mask_cleanup and "val_jaccard_with" not in off.mask_cleanup_check
 
     on_dir = tmp_path / "on"
     assert main([*args, "--mask-cleanup", "on", "--out", str(on_dir)]) == 0
     cascade, meta = load_cascade(on_dir)
-    assert meta["mask_cleanup"] and cascade.mask_cleanup
-    assert meta["val_jaccard"]["value"] == pytest.approx(with_)
+    assert meta.mask_cleanup and cascade.mask_cleanup
+    assert meta.val_jaccard["value"] == pytest.approx(with_)
     cleaned_test = run_cascade(cascade, bundle, "test")
     cascade.mask_cleanup = False
     raw_test = run_cascade(cascade, bundle, "test")
-    assert np.array_equal(cleaned_test["prob"], raw_test["prob"])  # classifiers: same masks
-    assert torch.equal(cleaned_test["pred_mask"], clean(raw_test["pred_mask"]))
-    assert not torch.equal(cleaned_test["pred_mask"], raw_test["pred_mask"])
+    assert np.array_equal(cleaned_test.prob, raw_test.prob)  # classifiers: same masks
+    assert torch.equal(cleaned_test.pred_mask, clean(raw_test.pred_mask))
+    assert not torch.equal(cleaned_test.pred_mask, raw_test.pred_mask)
 
     assert main(["cascade", "evaluate", str(on_dir), "--bootstrap", "20"]) == 0
     report = json.loads((on_dir / "report.json").read_text())
     assert report["segmentation"]["jaccard"]["value"] == pytest.approx(
-        jaccard(cleaned_test, cleaned_test["pred_mask"])
+        jaccard(cleaned_test, cleaned_test.pred_mask)
     )
     md = (on_dir / "report.md").read_text()
     assert "lesion masks cleaned up (largest region, holes filled)" in md
@@ -1044,14 +1071,14 @@ def test_mask_cleanup_is_decided_on_validation_and_predict_applies_it(
     assert "largest 8-connected region" in card["mask_cleanup"]["rule"]
     folder = tmp_path / "images"
     folder.mkdir()
-    for image_id in cleaned_test["id"]:
+    for image_id in cleaned_test.id:
         shutil.copy(two_lesions["data"] / "ISIC-2017_Training_Data" / f"{image_id}.jpg", folder)
     masks_out = tmp_path / "masks"
     args = ["predict", str(folder), "--model", str(export), "--out", str(tmp_path / "p.csv")]
     assert main([*args, "--masks-out", str(masks_out)]) == 0
     from PIL import Image
 
-    for image_id, expected in zip(cleaned_test["id"], cleaned_test["pred_mask"], strict=True):
+    for image_id, expected in zip(cleaned_test.id, cleaned_test.pred_mask, strict=True):
         written = np.array(Image.open(masks_out / f"{image_id}_mask.png")) > 0
         # ONNX Runtime may flip a pixel at the threshold (the export check allows 0.1%).
         assert (written == expected[0].numpy().astype(bool)).mean() >= 0.999
@@ -1120,25 +1147,25 @@ def test_calibration_is_chosen_on_selection_and_travels_to_export_and_predict(
         capsys.readouterr().out
     )
     cascade, meta = load_cascade(out)
-    calibration = Calibration.from_dict(meta["calibration"])
+    calibration = Calibration.from_dict(meta.calibration)
     assert calibration.method == "platt" and (calibration.a, calibration.b) != (1.0, 0.0)
-    assert meta["calibration_check"]["set"] == "validation"
-    assert calibration_line(meta["calibration_check"]).startswith("probabilities recalibrated")
+    assert meta.calibration_check["set"] == "validation"
+    assert calibration_line(meta.calibration_check).startswith("probabilities recalibrated")
 
     # The map and the threshold come from the validation images, as a hand computation.
     plain, _ = load_cascade(built["dir"])
     plain.calibrate = ProbabilityMap()  # the identity
-    bundle = open_cascade_data(meta["data"], meta["input_size"])
+    bundle = open_cascade_data(meta.data, meta.input_size)
     raw = run_cascade(plain, bundle, "val")
-    keep = raw["label"] >= 0
-    by_hand = fit_calibration(raw["label"][keep], raw["prob"][keep], "platt")
+    keep = raw.label >= 0
+    by_hand = fit_calibration(raw.label[keep], raw.prob[keep], "platt")
     assert calibration.a == pytest.approx(by_hand.a, rel=1e-4)
     assert calibration.b == pytest.approx(by_hand.b, abs=1e-4)
     with torch.no_grad():  # as the cascade emits them: float32, through the same map
-        emitted = ProbabilityMap(calibration)(torch.as_tensor(raw["prob"])).numpy()
-    assert np.abs(emitted - by_hand.apply(raw["prob"])).max() < 1e-5
-    expected, _ = choose_threshold(raw["label"], emitted, None)
-    assert meta["threshold"] == pytest.approx(expected, abs=1e-6)
+        emitted = ProbabilityMap(calibration)(torch.as_tensor(raw.prob)).numpy()
+    assert np.abs(emitted - by_hand.apply(raw.prob)).max() < 1e-5
+    expected, _ = choose_threshold(raw.label, emitted, None)
+    assert meta.threshold == pytest.approx(expected, abs=1e-6)
 
     report = evaluate_cascade(out, resamples=50)
     test = report["test_calibration"]

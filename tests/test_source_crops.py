@@ -214,7 +214,7 @@ def test_source_crops_train_and_the_built_cascade_cuts_them_as_training_did(tmp_
         calibration="off",
     )
     cascade, meta = load_cascade(tmp_path / "built")
-    assert meta["input_size"] == 64  # the source size: the crop is cut from it
+    assert meta.input_size == 64  # the source size: the crop is cut from it
     assert cascade.cls_specs[0].source_size == 64
 
     states = {t: load_checkpoint(tmp_path / t) for t in ("seg", "cls")}

@@ -7,8 +7,6 @@ import hashlib
 import itertools
 from pathlib import Path
 
-import torch
-
 from melanoma.cascade.calibration import (
     CALIBRATION_CHOICES,
     calibration_line,
@@ -28,7 +26,7 @@ from melanoma.cascade.oof_selection import (
     cv_candidates,
 )
 from melanoma.cascade.selection import choose_on_oof, choose_on_validation, validation_data
-from melanoma.cascade.store import CASCADE_FILE, payload_of, write_summary
+from melanoma.cascade.store import record_of, save_cascade
 from melanoma.postprocess import CLEANUP_CHOICES
 
 
@@ -74,15 +72,7 @@ def build_cascade(
     # crop from a larger copy (input.source_size) makes the cascade take that size.
     input_size = max(x.config.load_size for x in [*segs, *clss])
     data_meta = data_record(clss[0].config, data)
-    bundle = validation_data(data_meta, input_size, drop_test_duplicates)
-    splits, dropped_val = check_member_splits([*segs, *clss], bundle.splits)
-    bundle = bundle.with_splits(splits)
-    for d in dropped_val:
-        print(
-            f"[cascade] validation image {d['id']} dropped ({d['reason']} {d['twin']}, which "
-            "the members trained on)",
-            flush=True,
-        )
+    bundle, dropped_val = _members_data([*segs, *clss], data_meta, input_size, drop_test_duplicates)
     cls_cv = None if select_on == "val" else cv_candidates(as_list(cls_source))
     if select_on == "oof" and cls_cv is None:
         raise ValueError(
@@ -102,16 +92,31 @@ def build_cascade(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle.splits.save(out / "splits.json")
-    payload = {
-        **payload_of(choice, bundle, input_size),
-        "calibration": calibrated.to_dict(),
-        "calibration_check": calibration_report,
-        "dropped_val": dropped_val,
-        "data": data_meta,
-        "splits_sha256": hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
-    }
-    torch.save(payload, out / CASCADE_FILE)
-    return write_summary(payload, out)
+    record = record_of(
+        choice,
+        bundle,
+        input_size,
+        calibration=calibrated.to_dict(),
+        calibration_check=calibration_report,
+        dropped_val=dropped_val,
+        data=data_meta,
+        splits_sha256=hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
+    )
+    return save_cascade(record, out)
+
+
+def _members_data(members, data_meta: dict, input_size: int, drop_test_duplicates: bool):
+    """The data to choose on, without the validation copies of images the members trained
+    on (those dropped are returned, to be recorded)."""
+    bundle = validation_data(data_meta, input_size, drop_test_duplicates)
+    splits, dropped_val = check_member_splits(members, bundle.splits)
+    for d in dropped_val:
+        print(
+            f"[cascade] validation image {d['id']} dropped ({d['reason']} {d['twin']}, which "
+            "the members trained on)",
+            flush=True,
+        )
+    return bundle.with_splits(splits), dropped_val
 
 
 def _check_build_args(

@@ -1,5 +1,5 @@
 """What a build decides on the chosen members: test-time augmentation, mask clean-up and
-calibration, each kept only when the selection set gains; and the lines that report them."""
+calibration, each kept only when the selection set gains."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ from melanoma.cascade.calibration import (
 )
 from melanoma.cascade.members import Choice, make_cascade
 from melanoma.cascade.model import ProbabilityMap
-from melanoma.cascade.scoring import cleaned, result_auc, result_jaccard, run_cascade
+from melanoma.cascade.report import cleanup_line, tta_line
+from melanoma.cascade.scoring import CascadeOutputs, cleaned, run_cascade
 from melanoma.metrics.threshold import choose_threshold
 
 TTA_CHOICES = ("auto", "on", "off")
-
-TTA_STAGES = ("segmenter", "classifier")
 
 
 def calibrate_choice(
@@ -43,12 +42,12 @@ def calibrate_choice(
             report = {**report, "warning": note}
             print(f"[cascade] warning: {note}", flush=True)
     threshold, rule = choose_threshold(choice.labels, emitted, target_sensitivity, choice.on)
-    result = {
-        **choice.result,
-        "raw_prob": choice.result["prob"],
-        "prob": _emitted(calibration, choice.result["prob"]),
-    }
-    return replace(choice, threshold=threshold, rule=rule, result=result), calibration, report
+    outputs = replace(
+        choice.outputs,
+        raw_prob=choice.outputs.prob,
+        prob=_emitted(calibration, choice.outputs.prob),
+    )
+    return replace(choice, threshold=threshold, rule=rule, outputs=outputs), calibration, report
 
 
 def _emitted(calibration: Calibration, probs: np.ndarray) -> np.ndarray:
@@ -57,28 +56,30 @@ def _emitted(calibration: Calibration, probs: np.ndarray) -> np.ndarray:
         return ProbabilityMap(calibration)(torch.as_tensor(probs, dtype=torch.float32)).numpy()
 
 
-def choose_tta(members, weights: dict, input_size: int, bundle, tta: str) -> tuple[dict, dict]:
+def choose_tta(
+    members, weights: dict, input_size: int, bundle, tta: str
+) -> tuple[CascadeOutputs, dict]:
     """Validation outputs of the chosen members with or without test-time augmentation,
     and what was compared. ``auto`` decides per stage, in the cascade's order: the
     segmenters' TTA when it raises the validation Jaccard, then the classifiers' when it
     raises the validation AUC on the masks chosen."""
 
-    def run(seg_tta: bool, cls_tta: bool) -> dict:
+    def run(seg_tta: bool, cls_tta: bool) -> CascadeOutputs:
         cascade = make_cascade(*members, input_size, **weights, seg_tta=seg_tta, cls_tta=cls_tta)
         return run_cascade(cascade, bundle, "val")
 
     plain = run(False, False)
-    report = {"mode": tta, "val_auc_without": result_auc(plain)}
-    report["val_jaccard_without"] = result_jaccard(plain)
+    report = {"mode": tta, "val_auc_without": plain.auc()}
+    report["val_jaccard_without"] = plain.jaccard()
     if tta == "off":
         return plain, report | {"segmenter": False, "classifier": False}
     seg_on = run(True, False)
-    report["val_jaccard_with"] = result_jaccard(seg_on)
+    report["val_jaccard_with"] = seg_on.jaccard()
     use_seg = _keep(tta, report)
     base = seg_on if use_seg else plain
     both = run(use_seg, True)
-    report["val_auc_with"] = result_auc(both)
-    report["val_auc_before"] = result_auc(base)  # classifier TTA compared on the masks chosen
+    report["val_auc_with"] = both.auc()
+    report["val_auc_before"] = base.auc()  # classifier TTA compared on the masks chosen
     use_cls = tta == "on" or report["val_auc_with"] > report["val_auc_before"]
     report |= {"segmenter": use_seg, "classifier": use_cls}
     print(f"[cascade] {tta_line(report)}", flush=True)
@@ -92,54 +93,15 @@ def _keep(mode: str, report: dict) -> bool:
     return mode == "on" or (with_ is not None and with_ > without)
 
 
-def choose_cleanup(result: dict, mode: str) -> tuple[dict, dict]:
-    """The validation result with or without the mask clean-up, and what was compared:
+def choose_cleanup(outputs: CascadeOutputs, mode: str) -> tuple[CascadeOutputs, dict]:
+    """The validation outputs with or without the mask clean-up, and what was compared:
     ``auto`` keeps it when it raises the validation Jaccard (off without ground-truth
     masks to tell)."""
-    report = {"mode": mode, "val_jaccard_without": result_jaccard(result)}
+    report = {"mode": mode, "val_jaccard_without": outputs.jaccard()}
     if mode == "off":
-        return result, report | {"used": False}
-    clean = result | {"pred_mask": cleaned(result["pred_mask"])}
-    report["val_jaccard_with"] = result_jaccard(clean)
+        return outputs, report | {"used": False}
+    clean = replace(outputs, pred_mask=cleaned(outputs.pred_mask))
+    report["val_jaccard_with"] = clean.jaccard()
     used = report["used"] = _keep(mode, report)
     print(f"[cascade] {cleanup_line(report)}", flush=True)
-    return (clean if used else result), report
-
-
-def cleanup_line(report: dict) -> str:
-    """What the mask clean-up check compared on validation, and what it chose."""
-    line = f"mask clean-up, largest region with holes filled ({report['mode']}): "
-    line += "used" if report["used"] else "not used"
-    if report.get("val_jaccard_with") is not None:
-        line += (
-            f" (validation Jaccard {report['val_jaccard_with']:.4f} with, "
-            f"{report['val_jaccard_without']:.4f} without)"
-        )
-    return line
-
-
-def tta_line(report: dict) -> str:
-    """What the test-time augmentation check compared on validation, and what it chose."""
-
-    def word(on: bool) -> str:
-        return "on" if on else "off"
-
-    seg = f"segmenters {word(report['segmenter'])}"
-    if report.get("val_jaccard_with") is not None:
-        seg += (
-            f" (validation Jaccard {report['val_jaccard_with']:.3f} with, "
-            f"{report['val_jaccard_without']:.3f} without)"
-        )
-    return (
-        f"test-time augmentation ({report['mode']}): {seg}; classifiers "
-        f"{word(report['classifier'])} (validation AUC {report['val_auc_with']:.3f} with, "
-        f"{report['val_auc_before']:.3f} without)"
-    )
-
-
-def tta_summary(stages: dict[str, bool]) -> str:
-    """``test-time augmentation on (segmenters and classifiers)``, ``... off`` and so on."""
-    on = [f"{stage}s" for stage in TTA_STAGES if stages[stage]]
-    if not on:
-        return "test-time augmentation off"
-    return f"test-time augmentation on ({' and '.join(on)})"
+    return (clean if used else outputs), report

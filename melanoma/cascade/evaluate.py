@@ -13,30 +13,27 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.cascade.decisions import cleanup_line, tta_line, tta_summary
 from melanoma.cascade.members import open_cascade_data
-from melanoma.cascade.scoring import mask_scores, run_cascade
+from melanoma.cascade.record import CascadeRecord
+from melanoma.cascade.report import markdown
+from melanoma.cascade.scoring import SEG_KEYS, CascadeOutputs, run_cascade
 from melanoma.cascade.store import CASCADE_FILE, load_cascade
 from melanoma.data.io import file_sha256
 from melanoma.data.metadata import UNKNOWN, subgroup_fields, value_order
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
 from melanoma.metrics import classification_metrics
 from melanoma.metrics.bootstrap import mean_bootstrap, percentile_interval
-from melanoma.metrics.calibration import CALIBRATION_KEYS, calibration_report, draw_reliability
+from melanoma.metrics.calibration import calibration_report, draw_reliability
 from melanoma.metrics.classification import BOOTSTRAP_KEYS, metrics_with_intervals
-from melanoma.metrics.operating_points import describe_point, operating_points
-from melanoma.metrics.paired import describe
-from melanoma.metrics.subgroups import MIN_PER_CLASS, SUBGROUP_KEYS, subgroup_report
-
-CLS_KEYS = BOOTSTRAP_KEYS
-SEG_KEYS = ("jaccard", "dice", "thresholded_jaccard")
+from melanoma.metrics.operating_points import operating_points
+from melanoma.metrics.subgroups import MIN_PER_CLASS, subgroup_report
 
 
 def _cls_report(labels: np.ndarray, probs: np.ndarray, threshold: float, resamples: int) -> dict:
     point = classification_metrics(labels, probs, threshold=threshold)
     # Class-stratified resamples for the figures defined within a class, plain ones for
     # those that depend on prevalence (bootstrap_metrics).
-    out = metrics_with_intervals(labels, probs, threshold, CLS_KEYS, resamples)
+    out = metrics_with_intervals(labels, probs, threshold, BOOTSTRAP_KEYS, resamples)
     out["confusion_matrix"] = point["confusion_matrix"]
     out["n"], out["n_melanoma"], out["threshold"] = point["n"], point["n_melanoma"], threshold
     return out
@@ -113,50 +110,47 @@ def evaluate_cascade(
     ``directory``. ``drop_test_duplicates`` evaluates without the
     test images that share bytes, an id or a lesion with train/val (listed in the report)."""
     directory = Path(directory)
-    cascade, meta = load_cascade(directory)
-    bundle = _test_data(directory, meta, data, drop_test_duplicates)
+    cascade, record = load_cascade(directory)
+    bundle = _test_data(directory, record, data, drop_test_duplicates)
     result = run_cascade(cascade, bundle, "test")
-    labelled = result["label"] >= 0
-    labels, probs = result["label"][labelled], result["prob"][labelled]
-    raw_probs = result["raw_prob"][labelled]
-    threshold = meta["threshold"]
+    labelled = result.subset(result.labelled)
+    labels, probs, raw_probs = labelled.label, labelled.prob, labelled.raw_prob
+    threshold = record.threshold
     report = {
         "cascade": str(directory),
         # Binds the report to the cascade it scored: export refuses a report of another.
         "cascade_sha256": file_sha256(directory / CASCADE_FILE),
-        "data": str(data or meta["data"]["path"]),
+        "data": str(data or record.data["path"]),
         "threshold": threshold,
-        "threshold_rule": meta["threshold_rule"],
-        "val_auc": meta["val_auc"],
-        "segmenters": [{k: m[k] for k in ("origin", "weight")} for m in meta["segmenters"]],
-        "classifiers": [{k: m[k] for k in ("origin", "weight")} for m in meta["classifiers"]],
+        "threshold_rule": record.threshold_rule,
+        "val_auc": record.val_auc,
+        "segmenters": [m.summary() for m in record.segmenters],
+        "classifiers": [m.summary() for m in record.classifiers],
         "input_mode": cascade.input_mode,
-        "tta": meta["tta"],
-        "tta_check": meta.get("tta_check"),
-        "mask_cleanup": meta["mask_cleanup"],
-        "mask_cleanup_check": meta.get("mask_cleanup_check"),
-        "val_jaccard": meta.get("val_jaccard"),
-        "best_pair": meta.get("best_pair"),
-        "vs_best_pair": meta.get("vs_best_pair"),
-        "selection": meta.get("selection") or {"set": "validation"},
+        "tta": record.tta,
+        "tta_check": record.tta_check,
+        "mask_cleanup": record.mask_cleanup,
+        "mask_cleanup_check": record.mask_cleanup_check,
+        "val_jaccard": record.val_jaccard,
+        "best_pair": record.best_pair,
+        "vs_best_pair": record.vs_best_pair,
+        "selection": record.selection,
         "bootstrap_resamples": resamples,
-        "test_images": int(len(result["id"])),
+        "test_images": len(result.id),
         "dropped_test_images": bundle.splits.dropped_test,
-        "dropped_validation_images": meta.get("dropped_val") or [],
+        "dropped_validation_images": record.dropped_val,
         "classification": _cls_report(labels, probs, threshold, resamples),
         "operating_points": operating_points(labels, probs, resamples=resamples),
-        "subgroups": _subgroups(
-            bundle, result["id"][labelled], labels, probs, threshold, resamples
-        ),
+        "subgroups": _subgroups(bundle, labelled.id, labels, probs, threshold, resamples),
         "subgroup_min_per_class": MIN_PER_CLASS,
-        "calibration": meta.get("calibration") or {"method": "none"},
-        "calibration_check": meta.get("calibration_check"),
+        "calibration": record.calibration or {"method": "none"},
+        "calibration_check": record.calibration_check,
         "test_calibration": {
             "shipped": calibration_report(labels, probs, resamples=resamples),
             "uncalibrated": calibration_report(labels, raw_probs, resamples=resamples),
         },
     }
-    if result["has_mask"].any():
+    if result.has_mask.any():
         report["segmentation"] = _seg_report(result, resamples)
     curves = {f"cascade ({cascade.input_mode})": (labels, probs)}
     if cascade.needs_mask:
@@ -169,18 +163,20 @@ def evaluate_cascade(
     return report
 
 
-def _test_data(directory: Path, meta: dict, data: str | None, drop_test_duplicates: bool):
+def _test_data(
+    directory: Path, record: CascadeRecord, data: str | None, drop_test_duplicates: bool
+):
     """The data the cascade was built on, refused unless its test split is isolated from
     train/val and every split still holds the images the build recorded."""
     recorded = Splits.load(directory / "splits.json")
     try:
         recorded.assert_test_isolated()
-        bundle = open_cascade_data(meta["data"], meta["input_size"], path=data)
+        bundle = open_cascade_data(record.data, record.input_size, path=data)
         bundle = bundle.with_splits(bundle.splits.isolated(drop_test_duplicates))
     except LeakError as err:
         raise LeakError(f"refusing to evaluate {directory}: {err}") from None
     # Validation copies of training images that the build dropped (check_member_splits).
-    dropped_val = {d["id"] for d in meta.get("dropped_val") or []}
+    dropped_val = {d["id"] for d in record.dropped_val}
     for split in ("train", "val", "test"):
         ours = {
             e.image_sha256
@@ -203,9 +199,9 @@ def _test_data(directory: Path, meta: dict, data: str | None, drop_test_duplicat
     return bundle
 
 
-def _seg_report(result: dict, resamples: int) -> dict:
+def _seg_report(result: CascadeOutputs, resamples: int) -> dict:
     """Per-image Jaccard, Dice and thresholded Jaccard of the predicted masks, with intervals."""
-    per_image = mask_scores(result)
+    per_image = result.mask_scores()
     seg = {
         k: {
             "value": float(per_image[k].mean()),
@@ -213,236 +209,30 @@ def _seg_report(result: dict, resamples: int) -> dict:
         }
         for k in SEG_KEYS
     }
-    seg["n_images"] = int(result["has_mask"].sum())
+    seg["n_images"] = int(result.has_mask.sum())
     return seg
 
 
-def _mask_ablations(cascade, bundle, result: dict, threshold, resamples, curves) -> dict:
+def _mask_ablations(cascade, bundle, result: CascadeOutputs, threshold, resamples, curves) -> dict:
     """The same classifier with ground-truth masks where every test image has one: how
     much better its masks could still make it. (Whole images are no comparison for a
     classifier trained on masked or cropped ones: they are out of its distribution, so
     that figure is not reported; compare with a classifier trained on whole images.)"""
-    if not result["has_mask"].all():
+    if not result.has_mask.all():
         return {}
-    labelled = result["label"] >= 0
     oracle = run_cascade(cascade, bundle, "test", gt_masks=True)
-    curves["ground-truth masks"] = (oracle["label"][labelled], oracle["prob"][labelled])
+    oracle = oracle.subset(oracle.labelled)
+    curves["ground-truth masks"] = (oracle.label, oracle.prob)
     return {
         "classifier_with_ground_truth_masks": _cls_report(
-            oracle["label"][labelled], oracle["prob"][labelled], threshold, resamples
+            oracle.label, oracle.prob, threshold, resamples
         )
     }
 
 
-def _write_predictions(path: Path, result: dict, threshold: float) -> None:
+def _write_predictions(path: Path, result: CascadeOutputs, threshold: float) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "label", "probability", "melanoma"])
-        for i, lab, p in zip(result["id"], result["label"], result["prob"], strict=True):
+        for i, lab, p in zip(result.id, result.label, result.prob, strict=True):
             writer.writerow([i, int(lab), f"{p:.6f}", int(p >= threshold)])
-
-
-def _fmt(entry: dict) -> str:
-    if entry.get("value") is None:
-        return "n/a"
-    ci = f" ({entry['low']:.3f}-{entry['high']:.3f})" if entry.get("low") is not None else ""
-    return f"{entry['value']:.3f}{ci}"
-
-
-def _members(members: list[dict]) -> str:
-    return ", ".join(
-        f"`{m['origin']}`" + (f" x{m['weight']}" if m["weight"] != 1 else "") for m in members
-    )
-
-
-def _selection_lines(report: dict) -> list[str]:
-    """How validation chose: the best single pair beside the chosen cascade, TTA or not."""
-    lines = []
-    pair, tta = report.get("best_pair"), report.get("tta_check")
-    if pair:
-        ci = pair.get("val_auc_ci") or {}
-        lines.append(
-            f"- best single pair on validation: `{pair['segmenter']}` + `{pair['classifier']}`, "
-            f"AUC {pair['val_auc']:.3f}"
-            + (f" (95% CI {ci['low']:.3f}-{ci['high']:.3f})" if ci else "")
-        )
-    chosen_on = report.get("selection") or {}
-    if chosen_on.get("set") == "out-of-fold":
-        lines.append(
-            f"- chosen on out-of-fold predictions of {chosen_on['images']} training images "
-            f"({chosen_on['melanomas']} melanomas): AUC {chosen_on['auc']:.3f}; "
-            + describe(chosen_on["vs_best_single"], "chosen minus best single candidate")
-            + "; nothing was chosen on the validation split"
-        )
-    if report.get("vs_best_pair"):
-        lines.append(
-            "- " + describe(report["vs_best_pair"], "chosen minus best single pair, validation AUC")
-        )
-    if tta and "val_auc_with" in tta:
-        lines.append(f"- {tta_line(tta)}")
-    if report.get("mask_cleanup_check"):
-        lines.append(f"- {cleanup_line(report['mask_cleanup_check'])}")
-    jac = report.get("val_jaccard")
-    if jac:
-        lines.append(
-            f"- lesion masks on validation: Jaccard {jac['value']:.3f} "
-            f"(95% CI {jac['low']:.3f}-{jac['high']:.3f}, {jac['images']} images)"
-        )
-    return lines
-
-
-def _operating_point_lines(report: dict) -> list[str]:
-    points = report.get("operating_points")
-    if not points:
-        return []
-    return [
-        "## Operating points",
-        "",
-        "Read off the test ROC curve (a threshold that reaches them on the test images; "
-        "ship one with `cascade build --target-sensitivity`, chosen on the selection set):",
-        "",
-        "| operating point | value (95% CI) |",
-        "|---|---|",
-        *(f"| {describe_point(k)} | {_fmt(v)} |" for k, v in points.items()),
-        "",
-    ]
-
-
-def _subgroup_lines(report: dict) -> list[str]:
-    subgroups = report.get("subgroups")
-    if subgroups is None:
-        return []
-    if not subgroups:
-        return ["## Subgroups", "", "The data set records no age, sex or site.", ""]
-    lines = [
-        "## Subgroups",
-        "",
-        f"At the shipped threshold; a group with fewer than {report['subgroup_min_per_class']} "
-        "melanomas or benign images is listed as too small. Intervals resample within each "
-        "class of the group.",
-        "",
-    ]
-    for field, rows in subgroups.items():
-        lines += [
-            f"| {field} | images | melanomas | prevalence | " + " | ".join(SUBGROUP_KEYS) + " |",
-            "|---|---|---|---|" + "---|" * len(SUBGROUP_KEYS),
-        ]
-        for r in rows:
-            figures = (
-                [_fmt(r[k]) for k in SUBGROUP_KEYS]
-                if "too_small" not in r
-                else ["too small"] * len(SUBGROUP_KEYS)
-            )
-            lines.append(
-                f"| {r['group']} | {r['images']} | {r['melanomas']} | {r['prevalence']:.1%} | "
-                + " | ".join(figures)
-                + " |"
-            )
-        lines.append("")
-    return lines
-
-
-def _calibration_lines(report: dict) -> list[str]:
-    test = report.get("test_calibration")
-    if not test:
-        return []
-    from melanoma.cascade.calibration import calibration_line
-
-    method = (report.get("calibration") or {}).get("method", "none")
-    check = report.get("calibration_check")
-    lines = [
-        "## Calibration",
-        "",
-        f"- shipped map: `{method}`" + (f"; {calibration_line(check)}" if check else ""),
-        f"- ECE: {test['shipped']['binning']}; 95% intervals: plain bootstrap of the test "
-        "images (all three depend on prevalence). ECE grows with sampling noise, so its "
-        "resampled range can lie above the point figure: read it as how large the "
-        "calibration error could be",
-        "",
-        "| metric | shipped | before calibration |",
-        "|---|---|---|",
-        *(
-            f"| {k} | {_fmt(test['shipped'][k])} | {_fmt(test['uncalibrated'][k])} |"
-            for k in CALIBRATION_KEYS
-        ),
-        "",
-        "![Reliability diagram](reliability.png)",
-        "",
-    ]
-    return lines
-
-
-def markdown(report: dict) -> str:
-    lines = [
-        "# Cascade evaluation on the held-out test split",
-        "",
-        f"- cascade: `{report['cascade']}`; data: `{report['data']}`; "
-        f"{report['test_images']} test images evaluated",
-        f"- segmenters: {_members(report['segmenters'])}; classifiers: "
-        f"{_members(report['classifiers'])} (input mode `{report['input_mode']}`); "
-        f"{tta_summary(report['tta'])}; lesion masks "
-        + (
-            "cleaned up (largest region, holes filled)"
-            if report.get("mask_cleanup")
-            else "as thresholded"
-        ),
-        *_selection_lines(report),
-        f"- melanoma threshold {report['threshold']:.4f}: {report['threshold_rule']} "
-        f"(validation AUC {report['val_auc']:.3f})",
-        f"- 95% intervals: percentile bootstrap over {report['bootstrap_resamples']} "
-        "resamples of the test images (within each class for AUC, balanced accuracy, "
-        "sensitivity, specificity and recall; plain for precision, F1, accuracy and average "
-        "precision, which depend on prevalence)",
-        "",
-    ]
-    for d in report.get("dropped_validation_images") or []:
-        lines.insert(
-            -1,
-            f"- validation image {d['id']} left out of every choice ({d['reason']} "
-            f"{d['twin']}, which the members trained on)",
-        )
-    dropped = report.get("dropped_test_images") or []
-    if dropped:
-        lines += [
-            f"## {len(dropped)} test image(s) dropped ({DROP_OPTION})",
-            "",
-            f"They share bytes, an id or a lesion with a train/val image; the "
-            f"{report['test_images']} others were evaluated.",
-            "",
-            "| test image | reason | twin |",
-            "|---|---|---|",
-            *(f"| {x['id']} | {x['reason']} | {x['twin']} |" for x in dropped),
-            "",
-        ]
-    columns = [("cascade", report["classification"])]
-    if "classifier_with_ground_truth_masks" in report:
-        columns.append(("ground-truth masks", report["classifier_with_ground_truth_masks"]))
-    lines += [
-        "## Classification (melanoma vs benign)",
-        "",
-        "| metric | " + " | ".join(c for c, _ in columns) + " |",
-        "|---|" + "---|" * len(columns),
-    ]
-    for k in CLS_KEYS:
-        lines.append(f"| {k} | " + " | ".join(_fmt(col[k]) for _, col in columns) + " |")
-    cm = report["classification"]["confusion_matrix"]
-    lines += [
-        "",
-        f"Confusion matrix (cascade; rows true benign/melanoma, columns predicted): "
-        f"TN {cm[0][0]}, FP {cm[0][1]}, FN {cm[1][0]}, TP {cm[1][1]}",
-        "",
-    ]
-    lines += _operating_point_lines(report) + _calibration_lines(report)
-    lines += _subgroup_lines(report)
-    if "segmentation" in report:
-        seg = report["segmentation"]
-        lines += ["## Segmentation", "", "| metric | value (95% CI) |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(seg[k])} |" for k in SEG_KEYS]
-        lines += [
-            "",
-            f"{seg['n_images']} test images with a ground-truth mask; per-image means over all "
-            "of them (empty prediction and empty truth count 1).",
-            "",
-        ]
-    lines += ["![ROC and PR curves](curves.png)", ""]
-    return "\n".join(lines)

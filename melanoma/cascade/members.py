@@ -12,6 +12,7 @@ from melanoma.cascade.calibration import (
     Calibration,
 )
 from melanoma.cascade.model import Cascade, ClassifierSpec, SegmenterSpec
+from melanoma.cascade.scoring import CascadeOutputs
 from melanoma.data.dataset import DataBundle, open_data
 from melanoma.data.splits import LeakError, SplitConfig, Splits
 from melanoma.engine.checkpoint import load_checkpoint
@@ -204,7 +205,7 @@ class Choice:
 
     segmenters: list[tuple[Candidate, int]]
     classifiers: list[tuple[Candidate, int]]
-    result: dict
+    outputs: CascadeOutputs
     tta_report: dict
     cleanup_report: dict
     threshold: float
@@ -242,7 +243,3 @@ def data_record(config: TrainConfig, path: str | None) -> dict:
 
 def weights_line(members: list[Candidate], weights: dict[int, int]) -> str:
     return ", ".join(f"{members[i].origin} x{w}" for i, w in weights.items())
-
-
-def member_record(c: Candidate, weight: int) -> dict:
-    return {"config": c.config.to_dict(), "model": c.state, "origin": c.origin, "weight": weight}

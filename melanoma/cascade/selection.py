@@ -4,6 +4,7 @@ ensembles, on validation or on pooled out-of-fold predictions."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -13,6 +14,7 @@ from melanoma.cascade.decisions import choose_cleanup, choose_tta
 from melanoma.cascade.ensemble import greedy_selection, mask_jaccard, weighted_mean
 from melanoma.cascade.members import (
     BuildContext,
+    Candidate,
     Choice,
     load_candidates,
     make_cascade,
@@ -24,13 +26,7 @@ from melanoma.cascade.oof_selection import (
     choose_classifiers,
     cv_candidates,
 )
-from melanoma.cascade.scoring import (
-    batched,
-    require_both_classes,
-    result_auc,
-    result_auc_interval,
-    run_cascade,
-)
+from melanoma.cascade.scoring import CascadeOutputs, batched, require_both_classes, run_cascade
 from melanoma.data.dataset import DataBundle
 from melanoma.metrics.paired import aligned, describe, paired_difference
 
@@ -38,16 +34,17 @@ from melanoma.metrics.paired import aligned, describe, paired_difference
 def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
     """Pairs, ensemble, TTA, clean-up and threshold, all chosen on the validation split."""
     pairs = _score_pairs(segs, clss, ctx.input_size, ctx.bundle)
-    best_pair = max(pairs, key=lambda t: t["val_auc"])
+    best_pair = max(pairs, key=lambda t: t.val_auc)
     if ctx.ensemble_size > 1:
         seg_w, cls_w = _select_ensemble(segs, clss, ctx.input_size, ctx.bundle, ctx.ensemble_size)
     else:
-        seg_w, cls_w = {segs.index(best_pair["_seg"]): 1}, {clss.index(best_pair["_cls"]): 1}
+        seg_w = {segs.index(best_pair.segmenter): 1}
+        cls_w = {clss.index(best_pair.classifier): 1}
     members = ([segs[i] for i in seg_w], [clss[i] for i in cls_w])
     weights = {"seg_weights": list(seg_w.values()), "cls_weights": list(cls_w.values())}
     chosen, tta_report = choose_tta(members, weights, ctx.input_size, ctx.bundle, ctx.tta)
     chosen, cleanup_report = choose_cleanup(chosen, ctx.mask_cleanup)
-    keep = chosen["label"] >= 0
+    labelled = chosen.subset(chosen.labelled)
     return Choice(
         [(segs[i], w) for i, w in seg_w.items()],
         [(clss[i], w) for i, w in cls_w.items()],
@@ -58,17 +55,17 @@ def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
         "",
         {
             "set": "validation",
-            "images": int(keep.sum()),
-            "melanomas": int(chosen["label"][keep].sum()),
+            "images": len(labelled.label),
+            "melanomas": int(labelled.label.sum()),
         },
         {
-            "best_pair": {k: v for k, v in best_pair.items() if not k.startswith("_")},
-            "vs_best_pair": _vs_best_pair(chosen, best_pair["_result"]),
-            "pairs": [{k: v for k, v in t.items() if not k.startswith("_")} for t in pairs],
+            "best_pair": best_pair.summary(),
+            "vs_best_pair": _vs_best_pair(chosen, best_pair.outputs),
+            "pairs": [t.summary() for t in pairs],
         },
         "validation",
-        chosen["label"][keep],
-        chosen["prob"][keep],
+        labelled.label,
+        labelled.prob,
     )
 
 
@@ -132,12 +129,12 @@ def _print_oof_choice(choice, cls_cv: list) -> None:
     print(f"[cascade] {describe(r['vs_best_single'], what)}", flush=True)
 
 
-def _vs_best_pair(chosen: dict, pair: dict) -> dict:
+def _vs_best_pair(chosen: CascadeOutputs, pair: CascadeOutputs) -> dict:
     """The chosen cascade's validation AUC minus the best single pair's, paired bootstrap
     on the same validation images (zero when the chosen cascade is that pair)."""
-    keep = chosen["label"] >= 0
-    _, a, b = aligned(chosen["id"][keep], chosen["prob"][keep], pair["id"], pair["prob"])
-    return paired_difference(chosen["label"][keep], a, b)
+    chosen = chosen.subset(chosen.labelled)
+    _, a, b = aligned(chosen.id, chosen.prob, pair.id, pair.prob)
+    return paired_difference(chosen.label, a, b)
 
 
 def validation_data(data_meta: dict, input_size: int, drop_test_duplicates: bool) -> DataBundle:
@@ -154,16 +151,33 @@ def validation_data(data_meta: dict, input_size: int, drop_test_duplicates: bool
     return bundle
 
 
-def _score_pairs(segs, clss, input_size: int, bundle: DataBundle) -> list[dict]:
+@dataclass(frozen=True)
+class PairScore:
+    """One segmenter with one classifier, end to end on validation."""
+
+    segmenter: Candidate
+    classifier: Candidate
+    outputs: CascadeOutputs
+    val_auc: float
+    val_auc_ci: dict
+
+    def summary(self) -> dict:
+        """What the record keeps of it: the members' origins and the AUC."""
+        return {
+            "segmenter": self.segmenter.origin,
+            "classifier": self.classifier.origin,
+            "val_auc": self.val_auc,
+            "val_auc_ci": self.val_auc_ci,
+        }
+
+
+def _score_pairs(segs, clss, input_size: int, bundle: DataBundle) -> list[PairScore]:
     """Every segmenter with every classifier, end to end on validation."""
     pairs = []
     for s, c in itertools.product(segs, clss):
         result = run_cascade(make_cascade([s], [c], input_size), bundle, "val")
-        auc, ci = result_auc(result), result_auc_interval(result)
-        pairs.append(
-            {"segmenter": s.origin, "classifier": c.origin, "val_auc": auc, "val_auc_ci": ci}
-            | {"_seg": s, "_cls": c, "_result": result}
-        )
+        auc, ci = result.auc(), result.auc_interval()
+        pairs.append(PairScore(s, c, result, auc, ci))
         print(
             f"[cascade] {s.origin} + {c.origin}: validation AUC {auc:.4f} "
             f"(95% CI {ci['low']:.3f}-{ci['high']:.3f})",

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from melanoma.cascade.record import CascadeRecord
 from melanoma.cascade.store import CASCADE_FILE, load_cascade
 from melanoma.data.io import file_sha256
 from melanoma.errors import MelanomaError
@@ -38,15 +39,15 @@ class ExportMismatchError(MelanomaError):
     """The exported model's outputs differ from eager PyTorch beyond the stated tolerance."""
 
 
-def _sample_images(meta: dict, n: int, data: str | None) -> tuple[torch.Tensor, str]:
+def _sample_images(record: CascadeRecord, n: int, data: str | None) -> tuple[torch.Tensor, str]:
     """Images for the parity check and what they are: the cascade's test images when its
     data are reachable (``data`` replaces the recorded path), else seeded random images,
     said loudly."""
     from melanoma.cascade.members import open_cascade_data
 
-    path = data or meta["data"]["path"]
+    path = data or record.data["path"]
     try:
-        bundle = open_cascade_data(meta["data"], meta["input_size"], path=data, on_bad="skip")
+        bundle = open_cascade_data(record.data, record.input_size, path=data, on_bad="skip")
         dataset = bundle.dataset("test")
         if len(dataset):
             k = min(n, len(dataset))
@@ -63,7 +64,7 @@ def _sample_images(meta: dict, n: int, data: str | None) -> tuple[torch.Tensor, 
         flush=True,
     )
     g = torch.Generator().manual_seed(0)
-    s = meta["input_size"]
+    s = record.input_size
     images = torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8)
     return images, f"{n} seeded random images (the data were unreachable: {reason})"
 
@@ -114,19 +115,19 @@ def export_cascade(
     model when it scores within tolerance on the validation images (the card records it
     either way)."""
     directory, out = Path(directory), Path(out)
-    cascade, meta = load_cascade(directory)
+    cascade, record = load_cascade(directory)
     cascade.eval()
     report = _own_report(directory)
     out.mkdir(parents=True, exist_ok=True)
-    images, source = _sample_images(meta, check_images, data)
+    images, source = _sample_images(record, check_images, data)
     write_programs(cascade, images, out)
     checks = check_programs(cascade, images, out) | {"images_used": source}
     splits = json.loads((directory / "splits.json").read_text())
-    card = model_card(meta, report, checks, splits)
+    card = model_card(record, report, checks, splits)
     stale = out / INT8_FILE
     stale.unlink(missing_ok=True)  # an earlier export's INT8 model is not this cascade's
     if int8:
-        card["int8"] = int8_model(out, _validation(meta, data))
+        card["int8"] = int8_model(out, _validation(record, data))
     (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / "MODEL_CARD.md").write_text(render_markdown(card))
     files = ["cascade.onnx", "cascade.pt2", "model_card.json", "MODEL_CARD.md"]
@@ -136,16 +137,16 @@ def export_cascade(
     return card
 
 
-def _validation(meta: dict, data: str | None):
+def _validation(record: CascadeRecord, data: str | None):
     """The cascade's validation images, which calibrate and check an INT8 model."""
     from melanoma.cascade.members import open_cascade_data
 
     try:
-        bundle = open_cascade_data(meta["data"], meta["input_size"], path=data, on_bad="skip")
+        bundle = open_cascade_data(record.data, record.input_size, path=data, on_bad="skip")
     except (FileNotFoundError, ValueError) as err:
         raise FileNotFoundError(
             f"--int8 calibrates and checks the INT8 model on the cascade's validation images, "
-            f"and its data ({data or meta['data']['path']}) cannot be read: {err}. Pass "
+            f"and its data ({data or record.data['path']}) cannot be read: {err}. Pass "
             "--data DIR where the data set is now, or export without --int8"
         ) from err
     return bundle.dataset("val")

@@ -10,6 +10,8 @@ import hashlib
 import platform
 from importlib.metadata import PackageNotFoundError, version
 
+from melanoma.cascade.record import CascadeRecord, MemberRecord
+from melanoma.metrics.intervals import format_interval
 from melanoma.postprocess import CLEANUP_RULE
 
 PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
@@ -64,10 +66,10 @@ def versions() -> dict:
     return out
 
 
-def _card_member(member: dict) -> dict:
+def _card_member(member: MemberRecord) -> dict:
     """One ensemble member as the model card lists it."""
-    cfg = member["config"]
-    out = {"origin": member["origin"], "weight": member["weight"], "arch": cfg["model"]["arch"]}
+    cfg = member.config
+    out = {**member.summary(), "arch": cfg["model"]["arch"]}
     if cfg["task"] == "seg":
         out["encoder"] = cfg["model"]["encoder"]
     else:
@@ -95,11 +97,13 @@ CARD_TEST_KEYS = (
 )
 
 
-def model_card(meta: dict, report: dict, checks: dict, splits: dict | None = None) -> dict:
+def model_card(
+    record: CascadeRecord, report: dict, checks: dict, splits: dict | None = None
+) -> dict:
     """What the exported cascade is, expects, decides and scored, and how it was checked;
     ``splits``: the cascade's splits.json (its data's splits, counted and hashed)."""
-    size = meta["input_size"]
-    training_data = _training_data(meta, splits)
+    size = record.input_size
+    training_data = _training_data(record, splits)
     return {
         "name": "melanoma-search cascade",
         "intended_use": INTENDED_USE,
@@ -122,34 +126,34 @@ def model_card(meta: dict, report: dict, checks: dict, splits: dict | None = Non
         # Connected components have no ONNX operator: `melanoma predict` applies the
         # clean-up to the graph's mask (melanoma.postprocess), as evaluation did.
         "mask_cleanup": {
-            "on": bool(meta["mask_cleanup"]),
-            "rule": CLEANUP_RULE if meta["mask_cleanup"] else "none: the mask as thresholded",
+            "on": bool(record.mask_cleanup),
+            "rule": CLEANUP_RULE if record.mask_cleanup else "none: the mask as thresholded",
         },
         "calibration": {
-            **(meta.get("calibration") or {"method": "none"}),
+            **(record.calibration or {"method": "none"}),
             "applied": "inside the graph, to the ensemble's probability",
-            "check": meta.get("calibration_check"),
+            "check": record.calibration_check,
         },
-        "threshold": meta["threshold"],
-        "threshold_rule": meta["threshold_rule"],
-        "segmenters": [_card_member(m) for m in meta["segmenters"]],
-        "classifiers": [_card_member(m) for m in meta["classifiers"]],
+        "threshold": record.threshold,
+        "threshold_rule": record.threshold_rule,
+        "segmenters": [_card_member(m) for m in record.segmenters],
+        "classifiers": [_card_member(m) for m in record.classifiers],
         "ensemble": "mask probability and melanoma probability are the weighted means of the "
         "members' (weight: times chosen by the greedy selection on the selection set)",
         "test_time_augmentation": {
             f"{stage}s": "on: averaged over the 8 flips and 90-degree rotations" if on else "off"
-            for stage, on in meta["tta"].items()
+            for stage, on in record.tta.items()
         },
-        "selection": meta.get("selection") or {"set": "validation"},
-        "validation_auc": meta["val_auc"],
+        "selection": record.selection,
+        "validation_auc": record.val_auc,
         "test_metrics": {k: report[k] for k in CARD_TEST_KEYS if k in report}
         or "not evaluated: run `melanoma cascade evaluate` before export",
-        "data": meta["data"],
+        "data": record.data,
         "training_data": training_data,
-        "dropped_validation_images": meta.get("dropped_val") or [],
-        "splits_sha256": meta["splits_sha256"],
+        "dropped_validation_images": record.dropped_val,
+        "splits_sha256": record.splits_sha256,
         "subgroups": report.get("subgroups", "not evaluated"),
-        "limitations": limitations(meta, report, training_data),
+        "limitations": limitations(record, report, training_data),
         "export_check": {
             **checks,
             "probability_tolerance": PROB_TOLERANCE,
@@ -159,12 +163,12 @@ def model_card(meta: dict, report: dict, checks: dict, splits: dict | None = Non
     }
 
 
-def _training_data(meta: dict, splits: dict | None) -> dict:
+def _training_data(record: CascadeRecord, splits: dict | None) -> dict:
     """Per split: images, melanomas, and a SHA-256 over its sorted ``id:image_sha256``
     lines (two cards with the same hash trained, chose and tested on the same bytes)."""
     # The layout as detected (the build records None when it was not named).
-    layout = (splits or {}).get("dataset", {}).get("layout") or meta["data"]["layout"]
-    out = {"dataset": meta["data"]["path"], "layout": layout or "detected"}
+    layout = (splits or {}).get("dataset", {}).get("layout") or record.data["layout"]
+    out = {"dataset": record.data["path"], "layout": layout or "detected"}
     if not splits:
         return out
     for name, entries in splits["splits"].items():
@@ -180,9 +184,9 @@ def _training_data(meta: dict, splits: dict | None) -> dict:
     return out
 
 
-def limitations(meta: dict, report: dict, training_data: dict) -> list[str]:
+def limitations(record: CascadeRecord, report: dict, training_data: dict) -> list[str]:
     """What is known to limit the cascade, from what the build and evaluation recorded."""
-    size = meta["input_size"]
+    size = record.input_size
     out = [
         f"Images are squashed to {size}x{size} pixels (aspect ratio not kept): detail finer "
         "than that, which dermatologists use, is invisible to it.",
@@ -218,22 +222,15 @@ def limitations(meta: dict, report: dict, training_data: dict) -> list[str]:
         ]
         if small:
             out.append("Subgroups too small for figures: " + "; ".join(small) + ".")
-    check = meta.get("calibration_check") or {}
+    check = record.calibration_check or {}
     if check.get("before"):
-        sel = meta.get("selection") or {}
+        sel = record.selection
         out.append(
             f"Probabilities were calibrated (or checked) on the {check.get('set')} set only"
             + (f" ({sel['images']} images)" if sel.get("images") else "")
             + "; a population of another melanoma prevalence needs recalibration."
         )
     return out
-
-
-def _fmt(entry) -> str:
-    if not isinstance(entry, dict) or entry.get("value") is None:
-        return "n/a"
-    low, high = entry.get("low"), entry.get("high")
-    return f"{entry['value']:.3f}" + (f" ({low:.3f}-{high:.3f})" if low is not None else "")
 
 
 def render_markdown(card: dict) -> str:
@@ -344,15 +341,15 @@ def _result_lines(card: dict) -> list[str]:
         "",
         "| metric | value (95% CI) |",
         "|---|---|",
-        *(f"| {k} | {_fmt(v)} |" for k, v in c.items() if isinstance(v, dict)),
+        *(f"| {k} | {format_interval(v)} |" for k, v in c.items() if isinstance(v, dict)),
     ]
     for k, v in (test.get("operating_points") or {}).items():
         kind, target = k.split("_at_")
         other = "sensitivity" if kind == "specificity" else "specificity"
-        lines.append(f"| {kind} at {target}% {other} | {_fmt(v)} |")
+        lines.append(f"| {kind} at {target}% {other} | {format_interval(v)} |")
     if test.get("segmentation"):
         lines += [
-            f"| lesion {k} | {_fmt(v)} |"
+            f"| lesion {k} | {format_interval(v)} |"
             for k, v in test["segmentation"].items()
             if isinstance(v, dict)
         ]
@@ -367,7 +364,8 @@ def _result_lines(card: dict) -> list[str]:
             "| metric | shipped | before calibration |",
             "|---|---|---|",
             *(
-                f"| {k} | {_fmt(cal['shipped'][k])} | {_fmt(cal['uncalibrated'][k])} |"
+                f"| {k} | {format_interval(cal['shipped'][k])} | "
+                f"{format_interval(cal['uncalibrated'][k])} |"
                 for k in ("ece", "brier", "log_loss")
             ),
             "",
@@ -390,7 +388,7 @@ def _result_lines(card: dict) -> list[str]:
                 cells = (
                     ["too small"] * 3
                     if "too_small" in r
-                    else [_fmt(r[k]) for k in ("auc", "sensitivity", "specificity")]
+                    else [format_interval(r[k]) for k in ("auc", "sensitivity", "specificity")]
                 )
                 lines.append(
                     f"| {r['group']} | {r['images']} | {r['melanomas']} | "
