@@ -2,7 +2,8 @@
 INT8 model against the float one.
 
     python benchmarks/serve.py --model EXPORT_DIR --images DIR [--clients 8]
-        [--requests 240] [--max-batch-size 16] [--batch-wait-ms 10] [--duration 120]
+        [--requests 240] [--per-request 1] [--max-batch-size 16] [--batch-wait-ms 10]
+        [--duration 120]
 
 EXPORT_DIR is a `melanoma export` directory (with `--int8`, the INT8 model is measured too).
 Side by side in one run, on the same images (the files under DIR, sent as they are):
@@ -10,8 +11,9 @@ Side by side in one run, on the same images (the files under DIR, sent as they a
   float/INT8 throughput ratio;
 - **predict**: `melanoma.predict.predict` over the files (decoding included), batch 16;
 - **serve**: `melanoma serve`'s application on a loopback port, ``--clients`` concurrent
-  clients each posting one image at a time until ``--requests`` are answered (or
-  ``--duration`` seconds pass): images per second, p50 and p99 latency, errors, and how many
+  clients each posting one image at a time to ``/predict`` (or ``--per-request`` N images
+  to ``/predict/batch``) until ``--requests`` are answered (or ``--duration`` seconds
+  pass): images per second, p50 and p99 latency per request, errors, and how many
   ``/healthz`` checks a separate client got answered during the load (and their slowest).
 Stops by itself: a bounded number of requests, and a deadline.
 """
@@ -19,6 +21,8 @@ Stops by itself: a bounded number of requests, and a deadline.
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import socket
 import statistics
 import sys
@@ -28,6 +32,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -54,9 +59,31 @@ def predict_rate(model_dir: Path, files: list[Path], int8: bool, tmp: Path) -> f
     return len(files) / (time.perf_counter() - started)
 
 
-def _post(url: str, body: bytes) -> tuple[int, float]:
+class Payload(NamedTuple):
+    """One request the clients send: route, body and how many images it holds."""
+
+    route: str
+    content_type: str
+    body: bytes
+    images: int
+
+
+def payloads(bodies: list[bytes], per_request: int) -> list[Payload]:
+    """One image per ``/predict`` request, or ``per_request`` base64 images per
+    ``/predict/batch`` request (the images taken in turn)."""
+    if per_request == 1:
+        return [Payload("/predict", "image/jpeg", b, 1) for b in bodies]
+    out = []
+    for start in range(0, len(bodies), per_request):
+        group = [bodies[(start + k) % len(bodies)] for k in range(per_request)]
+        body = json.dumps({"images": [base64.b64encode(b).decode() for b in group]}).encode()
+        out.append(Payload("/predict/batch", "application/json", body, per_request))
+    return out
+
+
+def _post(url: str, body: bytes, content_type: str = "image/jpeg") -> tuple[int, float]:
     request = urllib.request.Request(url, data=body, method="POST")
-    request.add_header("Content-Type", "image/jpeg")
+    request.add_header("Content-Type", content_type)
     started = time.perf_counter()
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -69,13 +96,13 @@ def _post(url: str, body: bytes) -> tuple[int, float]:
     return status, time.perf_counter() - started
 
 
-def load(url: str, bodies: list[bytes], clients: int, requests: int, duration: float) -> dict:
-    """``clients`` threads post images until ``requests`` are answered or time is up; a
+def load(url: str, sent: list[Payload], clients: int, requests: int, duration: float) -> dict:
+    """``clients`` threads post requests until ``requests`` are answered or time is up; a
     separate thread checks ``/healthz`` every 0.2 s meanwhile."""
     deadline = time.monotonic() + duration
     counter = iter(range(requests))
     lock = threading.Lock()
-    results: list[tuple[int, float]] = []
+    results: list[tuple[int, float, int]] = []
     health: list[tuple[int, float]] = []
     done = threading.Event()
 
@@ -85,7 +112,9 @@ def load(url: str, bodies: list[bytes], clients: int, requests: int, duration: f
                 i = next(counter, None)
             if i is None:
                 return
-            results.append(_post(f"{url}/predict", bodies[i % len(bodies)]))
+            payload = sent[i % len(sent)]
+            status, seconds = _post(url + payload.route, payload.body, payload.content_type)
+            results.append((status, seconds, payload.images))
 
     def checker() -> None:
         while not done.is_set():
@@ -107,11 +136,13 @@ def load(url: str, bodies: list[bytes], clients: int, requests: int, duration: f
     wall = time.perf_counter() - started
     done.set()
     watcher.join()
-    latencies = sorted(t for s, t in results if s == 200)
+    latencies = sorted(t for s, t, _ in results if s == 200)
+    images = sum(n for s, _, n in results if s == 200)
     return {
         "answered": len(latencies),
-        "errors": sum(s != 200 for s, _ in results),
-        "images_per_s": len(latencies) / wall,
+        "images": images,
+        "errors": sum(s != 200 for s, _, _ in results),
+        "images_per_s": images / wall,
         "p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
         "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else float("nan"),
         "health_ok": sum(s == 200 for s, _ in health),
@@ -126,7 +157,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_run(model_dir: Path, int8: bool, bodies: list[bytes], args) -> dict:
+def serve_run(model_dir: Path, int8: bool, sent: list[Payload], args) -> dict:
     from ray import serve
 
     from serving.app import build_app
@@ -136,9 +167,9 @@ def serve_run(model_dir: Path, int8: bool, bodies: list[bytes], args) -> dict:
     )
     serve.run(app, name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{args.port}"
-    for body in bodies[: args.max_batch_size]:  # warm-up
-        _post(f"{url}/predict", body)
-    result = load(url, bodies, args.clients, args.requests, args.duration)
+    for payload in sent[: args.max_batch_size]:  # warm-up
+        _post(url + payload.route, payload.body, payload.content_type)
+    result = load(url, sent, args.clients, args.requests, args.duration)
     serve.delete("bench")
     return result
 
@@ -149,11 +180,16 @@ def main() -> int:
     parser.add_argument("--images", type=Path, required=True, help="a folder of image files")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=240)
+    parser.add_argument(
+        "--per-request", type=int, default=1, help="images per request (over 1: /predict/batch)"
+    )
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=120.0, help="deadline per served arm")
     parser.add_argument("--limit", type=int, default=160, help="images read from --images")
     args = parser.parse_args()
+    if args.per_request < 1:
+        parser.error(f"--per-request must be at least 1, got {args.per_request}")
 
     import tempfile
 
@@ -188,14 +224,17 @@ def main() -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for int8 in kinds:
             name = "int8" if int8 else "float"
-            rows[f"serve {name}"] = serve_run(args.model, int8, bodies, args)
+            rows[f"serve {name}"] = serve_run(
+                args.model, int8, payloads(bodies, args.per_request), args
+            )
     finally:
         serve.shutdown()
         ray.shutdown()
 
     print(
         f"\n{args.model} at {size} px; {len(files)} images from {args.images}; serve: "
-        f"{args.clients} clients, {args.requests} requests, batches of up to "
+        f"{args.clients} clients, {args.requests} requests of {args.per_request} image(s), "
+        f"batches of up to "
         f"{args.max_batch_size} within {args.batch_wait_ms} ms\n"
     )
     print(

@@ -166,6 +166,8 @@ def test_input_modes_configs_validate_and_compare_with_full(capsys):
 
 
 def test_serve_load_counts_answers_errors_and_health_checks():
+    import base64
+    import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -174,8 +176,8 @@ def test_serve_load_counts_answers_errors_and_health_checks():
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):  # every fourth request is refused, as a bad one would be
-            self.rfile.read(int(self.headers["Content-Length"]))
-            seen.append(1)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers["Content-Type"], body))
             self.send_response(400 if len(seen) % 4 == 0 else 200)
             self.end_headers()
             self.wfile.write(b"{}")
@@ -192,9 +194,23 @@ def test_serve_load_counts_answers_errors_and_health_checks():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}"
-        r = bench.load(url, [b"a", b"b"], clients=4, requests=20, duration=60)
+        one = bench.payloads([b"a", b"b"], 1)
+        r = bench.load(url, one, clients=4, requests=20, duration=60)
+        assert {(path, kind, body) for path, kind, body in seen} == {
+            ("/predict", "image/jpeg", b"a"),
+            ("/predict", "image/jpeg", b"b"),
+        }
+        seen.clear()
+        # Three images per /predict/batch request, taken in turn (wrapping round).
+        many = bench.payloads([b"a", b"b", b"c", b"d"], 3)
+        batched = bench.load(url, many, clients=2, requests=8, duration=60)
     finally:
         server.shutdown()
     assert r["answered"] == 15 and r["errors"] == 5  # stops at the requested count
+    assert r["images"] == 15
     assert r["health_checks"] >= 1 and r["health_ok"] == r["health_checks"]
     assert r["p50_ms"] <= r["p99_ms"] and r["images_per_s"] > 0
+    assert {(path, kind) for path, kind, _ in seen} == {("/predict/batch", "application/json")}
+    sent = {tuple(base64.b64decode(x) for x in json.loads(b)["images"]) for _, _, b in seen}
+    assert sent == {(b"a", b"b", b"c"), (b"d", b"a", b"b")}
+    assert batched["answered"] == 6 and batched["errors"] == 2 and batched["images"] == 18
