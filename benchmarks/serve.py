@@ -2,8 +2,8 @@
 INT8 model against the float one.
 
     python benchmarks/serve.py --model EXPORT_DIR --images DIR [--clients 8]
-        [--requests 240] [--per-request 1] [--max-batch-size 16] [--batch-wait-ms 10]
-        [--duration 120]
+        [--requests 240] [--per-request 1] [--replicas 1] [--replica-cpus 1]
+        [--max-batch-size 16] [--batch-wait-ms 10] [--duration 120]
 
 EXPORT_DIR is a `melanoma export` directory (with `--int8`, the INT8 model is measured too).
 Side by side in one run, on the same images (the files under DIR, sent as they are):
@@ -163,7 +163,12 @@ def serve_run(model_dir: Path, int8: bool, sent: list[Payload], args) -> dict:
     from serving.app import build_app
 
     app = build_app(
-        model_dir, int8=int8, max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms
+        model_dir,
+        int8=int8,
+        num_replicas=args.replicas,
+        replica_cpus=args.replica_cpus,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
     )
     serve.run(app, name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{args.port}"
@@ -184,6 +189,10 @@ def main() -> int:
         "--per-request", type=int, default=1, help="images per request (over 1: /predict/batch)"
     )
     parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument(
+        "--replica-cpus", type=float, default=1.0, help="CPUs (ONNX Runtime threads) per replica"
+    )
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=120.0, help="deadline per served arm")
     parser.add_argument("--limit", type=int, default=160, help="images read from --images")
@@ -234,7 +243,7 @@ def main() -> int:
     print(
         f"\n{args.model} at {size} px; {len(files)} images from {args.images}; serve: "
         f"{args.clients} clients, {args.requests} requests of {args.per_request} image(s), "
-        f"batches of up to "
+        f"{args.replicas} replica(s) of {args.replica_cpus:g} CPU, batches of up to "
         f"{args.max_batch_size} within {args.batch_wait_ms} ms\n"
     )
     print(

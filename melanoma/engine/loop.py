@@ -273,7 +273,42 @@ def fit(
     """Train ``config`` into ``config.out``: resolved config, splits, checkpoints, metrics.json
     and TensorBoard logs. ``resume=True`` continues from ``out/checkpoints/last.pt`` when it
     exists; a path resumes from that checkpoint file or directory."""
-    runtime = runtime or Runtime()
+    run = _start(config, runtime or Runtime(), resume, data, mask_override)
+    stopped_early = False
+    try:
+        for epoch in range(run.state.epoch, config.epochs):
+            stopped_early = _epoch(run, epoch)
+            if stopped_early:
+                break
+    finally:
+        run.logger.finish(config, run.state.history, run.state.best_epoch)
+    state = run.state
+    best = next((h["val"] for h in state.history if h["epoch"] == state.best_epoch), {})
+    return FitResult(
+        Path(config.out), state.history, state.best_epoch, best, stopped_early, config.metric
+    )
+
+
+@dataclass
+class _Run:
+    """What one run's epochs share: the model and its optimiser, the data, where it saves
+    and logs, and how far it has come."""
+
+    config: TrainConfig
+    runtime: Runtime
+    device: torch.device
+    training: Training
+    train_loader: DataLoader
+    val_loader: DataLoader
+    bundle: DataBundle
+    saver: CheckpointSaver
+    logger: RunLogger
+    state: RunState
+
+
+def _start(config: TrainConfig, runtime: Runtime, resume, data, mask_override) -> _Run:
+    """Seeded, with its data open and written out, its model built (or restored from the
+    checkpoint ``resume`` names) and wrapped as the runtime says."""
     device = runtime.device or resolve_device(config.device)
     _seed(config, device)
     bundle = _open_run(config, runtime, data, mask_override)
@@ -291,54 +326,44 @@ def fit(
         t.model = runtime.wrap_model(t.model)
     if config.compile and device.type == "cuda":
         t.model = torch.compile(t.model)
-
     logger = RunLogger(Path(config.out), enabled=runtime.is_main)
-    stopped_early = False
-    try:
-        for epoch in range(state.epoch, config.epochs):
-            started = time.perf_counter()
-            train_loader.sampler.set_epoch(epoch)
-            train = train_one_epoch(
-                t,
-                train_loader,
-                epoch,
-                runtime.progress and runtime.is_main,
-                runtime.on_batch,
-                runtime.world_size,
-            )
-            keep = config.log_images if runtime.is_main else 0
-            val, examples = validate(
-                t.model, val_loader, t.task, t.criterion, device, config, keep=keep
-            )
-            # Every rank follows rank 0's figure: best epoch, plateau schedule and early
-            # stopping are then decided alike (a tie that flips between ranks would leave
-            # one rank stopped and another waiting in the next epoch's all-reduce).
-            value = _from_rank0(val.get(config.metric), runtime.world_size)
-            t.schedule.step_epoch(value)
-            improved = state.update(value, config.mode)
-            record = {
-                "epoch": state.epoch,
-                "train_loss": train["loss"],
-                "lr": train["lr"],
-                "time_s": time.perf_counter() - started,
-                "val": val,
-            }
-            state.history.append(record)
-            checkpoint_dir = None
-            if runtime.is_main:
-                logger.epoch(t.task.name, state.epoch, train, val, examples)
-                checkpoint_dir = saver.save(t, state, improved, bundle, examples)
-                _print_epoch(config, runtime, record, value, improved)
-            stopped_early = bool(config.early_stopping and state.stale >= config.early_stopping)
-            _report(runtime, config, state, record, checkpoint_dir, stopped_early)
-            if stopped_early:
-                break
-    finally:
-        logger.finish(config, state.history, state.best_epoch)
-    best = next((h["val"] for h in state.history if h["epoch"] == state.best_epoch), {})
-    return FitResult(
-        Path(config.out), state.history, state.best_epoch, best, stopped_early, config.metric
+    return _Run(config, runtime, device, t, train_loader, val_loader, bundle, saver, logger, state)
+
+
+def _epoch(run: _Run, epoch: int) -> bool:
+    """Train one epoch, validate, log, save and report it; True when early stopping ends
+    the run here."""
+    config, runtime, t, state = run.config, run.runtime, run.training, run.state
+    started = time.perf_counter()
+    run.train_loader.sampler.set_epoch(epoch)
+    show = runtime.progress and runtime.is_main
+    train = train_one_epoch(t, run.train_loader, epoch, show, runtime.on_batch, runtime.world_size)
+    keep = config.log_images if runtime.is_main else 0
+    val, examples = validate(
+        t.model, run.val_loader, t.task, t.criterion, run.device, config, keep=keep
     )
+    # Every rank follows rank 0's figure: best epoch, plateau schedule and early stopping
+    # are then decided alike (a tie that flips between ranks would leave one rank stopped
+    # and another waiting in the next epoch's all-reduce).
+    value = _from_rank0(val.get(config.metric), runtime.world_size)
+    t.schedule.step_epoch(value)
+    improved = state.update(value, config.mode)
+    record = {
+        "epoch": state.epoch,
+        "train_loss": train["loss"],
+        "lr": train["lr"],
+        "time_s": time.perf_counter() - started,
+        "val": val,
+    }
+    state.history.append(record)
+    checkpoint_dir = None
+    if runtime.is_main:
+        run.logger.epoch(t.task.name, state.epoch, train, val, examples)
+        checkpoint_dir = run.saver.save(t, state, improved, run.bundle, examples)
+        _print_epoch(config, runtime, record, value, improved)
+    stopped_early = bool(config.early_stopping and state.stale >= config.early_stopping)
+    _report(runtime, config, state, record, checkpoint_dir, stopped_early)
+    return stopped_early
 
 
 def _seed(config: TrainConfig, device: torch.device) -> None:
