@@ -1316,3 +1316,37 @@ def test_int8_export_is_kept_within_tolerance_or_refused_naming_why(built, tmp_p
         plain = tmp_path / "plain"
         export_cascade(built["dir"], plain)
         predict(plain, [str(images[0])], tmp_path / "p.csv", int8=True)
+
+
+def test_int8_folds_each_activation_into_its_convolution(built, tmp_path):
+    """A ReLU or ReLU6 (Clip) right after a convolution leaves the INT8 graph: the
+    convolution's quantised output takes the activated range (from 0) instead, so ONNX
+    Runtime never dequantises the raw convolution output to float for the activation,
+    and the 256 levels cover only the values that survive it."""
+    import onnx
+
+    from melanoma.export import export_cascade
+    from melanoma.export.int8 import quantize
+
+    def activations_after_conv(graph) -> int:
+        """ReLU/Clip nodes fed by a convolution, through quantise/dequantise pairs."""
+        made_by = {out: node for node in graph.node for out in node.output}
+        qdq = ("DequantizeLinear", "QuantizeLinear")
+
+        def source(name: str) -> str:
+            while name in made_by and made_by[name].op_type in qdq:
+                name = made_by[name].input[0]
+            return made_by[name].op_type if name in made_by else "input"
+
+        return sum(
+            n.op_type in ("Relu", "Clip") and source(n.input[0]) == "Conv" for n in graph.node
+        )
+
+    export_cascade(built["dir"], tmp_path / "float")
+    plain = onnx.load(str(tmp_path / "float" / "cascade.onnx")).graph
+    assert activations_after_conv(plain) > 0, "the tiny cascade's ResNet-18 has conv + ReLU"
+    images = np.random.default_rng(0).integers(0, 256, (8, 3, 64, 64), dtype=np.uint8)
+    quantize(tmp_path / "float" / "cascade.onnx", tmp_path / "q.onnx", images)
+    quantised = onnx.load(str(tmp_path / "q.onnx")).graph
+    assert activations_after_conv(quantised) == 0
+    assert any(n.op_type == "Relu" for n in quantised.node)  # those after a residual sum stay
