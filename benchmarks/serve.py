@@ -7,8 +7,8 @@ INT8 model against the float one.
 
 EXPORT_DIR is a `melanoma export` directory (with `--int8`, the INT8 model is measured too).
 Side by side in one run, on the same images (the files under DIR, sent as they are):
-- **onnxruntime**: the exported model alone at batch 16, images already decoded: the
-  float/INT8 throughput ratio;
+- **onnxruntime**: the exported model alone at batch 16, images already decoded, float and
+  INT8 taking turns three times for 2 s each (medians): the INT8/float throughput ratio;
 - **predict**: `melanoma.predict.predict` over the files (decoding included), batch 16;
 - **serve**: `melanoma serve`'s application on a loopback port, ``--clients`` concurrent
   clients each posting one image at a time to ``/predict`` (or ``--per-request`` N images
@@ -37,17 +37,28 @@ from typing import NamedTuple
 import numpy as np
 
 
-def onnxruntime_rate(model: Path, images: np.ndarray, batch: int = 16, rounds: int = 5) -> float:
-    """Images per second of one ONNX Runtime session over decoded images."""
+def onnxruntime_rates(
+    models: dict[str, Path], images: np.ndarray, batch: int = 16, repeats: int = 3, seconds=2.0
+) -> dict[str, float]:
+    """Images per second of each ONNX Runtime model over the same decoded images at
+    ``batch``: the models take turns, ``repeats`` times for ``seconds`` each, and the
+    median is kept, so a drift of the machine's speed falls on every model alike."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     x = np.concatenate([images] * (batch // len(images) + 1))[:batch]
-    session.run(None, {"images": x})  # warm-up
-    started = time.perf_counter()
-    for _ in range(rounds):
-        session.run(None, {"images": x})
-    return rounds * batch / (time.perf_counter() - started)
+    sessions = {}
+    for name, path in models.items():
+        sessions[name] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sessions[name].run(None, {"images": x})  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            done, started = 0, time.perf_counter()
+            while done == 0 or time.perf_counter() - started < seconds:
+                session.run(None, {"images": x})
+                done += batch
+            rates[name].append(done / (time.perf_counter() - started))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def predict_rate(model_dir: Path, files: list[Path], int8: bool, tmp: Path) -> float:
@@ -218,11 +229,15 @@ def main() -> int:
     bodies = [f.read_bytes() for f in files]
     kinds = [False] + ([True] if (args.model / INT8_FILE).is_file() else [])
 
-    rows = {}
+    models = {"float": args.model / "cascade.onnx"}
+    if True in kinds:
+        models["int8"] = args.model / INT8_FILE
+    rows = {
+        f"onnxruntime {k}": {"images_per_s": v}
+        for k, v in onnxruntime_rates(models, decoded).items()
+    }
     for int8 in kinds:
         name = "int8" if int8 else "float"
-        model = args.model / (INT8_FILE if int8 else "cascade.onnx")
-        rows[f"onnxruntime {name}"] = {"images_per_s": onnxruntime_rate(model, decoded)}
         with tempfile.TemporaryDirectory() as tmp:
             rows[f"predict {name}"] = {
                 "images_per_s": predict_rate(args.model, files, int8, Path(tmp))

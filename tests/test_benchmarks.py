@@ -214,3 +214,24 @@ def test_serve_load_counts_answers_errors_and_health_checks():
     sent = {tuple(base64.b64decode(x) for x in json.loads(b)["images"]) for _, _, b in seen}
     assert sent == {(b"a", b"b", b"c"), (b"d", b"a", b"b")}
     assert batched["answered"] == 6 and batched["errors"] == 2 and batched["images"] == 18
+
+
+def test_onnxruntime_rates_run_every_model_on_the_same_batch(tmp_path):
+    """Every model gets a rate, from batches tiled out of fewer images than the batch."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    bench = load("serve")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["out"])],
+        "identity",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, [None, 3, 4, 4])],
+        [helper.make_tensor_value_info("out", TensorProto.UINT8, [None, 3, 4, 4])],
+    )
+    path = tmp_path / "identity.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    images = np.zeros((3, 3, 4, 4), dtype=np.uint8)
+    # seconds=0: one run per turn, three turns per model.
+    rates = bench.onnxruntime_rates({"a": path, "b": path}, images, batch=4, seconds=0.0)
+    assert set(rates) == {"a", "b"} and all(np.isfinite(r) and r > 0 for r in rates.values())
