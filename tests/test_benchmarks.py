@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -235,3 +236,41 @@ def test_onnxruntime_rates_run_every_model_on_the_same_batch(tmp_path):
     # seconds=0: one run per turn, three turns per model.
     rates = bench.onnxruntime_rates({"a": path, "b": path}, images, batch=4, seconds=0.0)
     assert set(rates) == {"a", "b"} and all(np.isfinite(r) and r > 0 for r in rates.values())
+
+
+def test_int8_benchmark_pairs_settings_on_the_same_images():
+    """AUC and per-image Jaccard differences are taken image by image, over the images
+    with a label and a ground-truth mask respectively."""
+    import numpy as np
+
+    bench = load("int8")
+    truth = np.zeros((4, 1, 4, 4), dtype=np.uint8)
+    truth[:, :, :2] = 1  # the top half is the lesion
+    data = {
+        "labels": np.array([1, 0, 1, -1]),
+        "truth": truth,
+        "has_mask": np.array([True, True, True, False]),
+    }
+    exact, empty = truth.copy(), np.zeros_like(truth)
+    a = (np.array([0.9, 0.1, 0.8, 0.5]), exact)
+    b = (np.array([0.1, 0.9, 0.8, 0.5]), empty)
+    assert list(bench.per_image_jaccard(exact, data)) == [1.0, 1.0, 1.0]
+    result = bench.paired(a, b, data, resamples=50)
+    assert result["auc"]["images"] == 3 and result["jaccard"]["images"] == 3
+    assert result["auc"]["difference"] == pytest.approx(1.0 - 0.0)  # b ranks the benign first
+    assert result["jaccard"]["difference"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "argv", "message"),
+    [
+        ("int8", ["--cascade", "c", "--export", "nowhere"], "give a `melanoma export` directory"),
+        ("serve", ["--model", "m", "--images", "i", "--per-request", "0"], "at least 1, got 0"),
+    ],
+)
+def test_benchmark_arguments_are_refused_with_the_fix(name, argv, message, monkeypatch, capsys):
+    bench = load(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -23,16 +23,23 @@ import numpy as np
 
 from melanoma.predict import INT8_FILE
 
-__all__ = ["INT8_FILE", "int8_model", "quantize", "run_model"]
+__all__ = ["INT8_FILE", "calibration_indices", "int8_model", "quantize", "run_model"]
 AUC_TOLERANCE = 0.005  # validation melanoma AUC the INT8 model may lose
 JACCARD_TOLERANCE = 0.01  # validation mask Jaccard it may lose
 CALIBRATION_IMAGES = 32
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Clip", "Relu"]
 
 
-def quantize(float_model: Path, out: Path, calibration: np.ndarray, batch: int = 8) -> None:
+def quantize(
+    float_model: Path,
+    out: Path,
+    calibration: np.ndarray,
+    batch: int = 8,
+    ops: list[str] = QUANTIZED_OPS,
+) -> None:
     """Write the statically quantised ``float_model`` to ``out``, activation ranges from
-    ``calibration`` (uint8 images (N, 3, S, S), the model's input)."""
+    ``calibration`` (uint8 images (N, 3, S, S), the model's input); ``ops``: the operator
+    types quantised (``benchmarks/int8.py`` compares other choices)."""
     import tempfile
 
     from onnxruntime.quantization import (
@@ -63,11 +70,17 @@ def quantize(float_model: Path, out: Path, calibration: np.ndarray, batch: int =
             str(out),
             Reader(),
             quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
+            op_types_to_quantize=ops,
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+
+
+def calibration_indices(images: int, wanted: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Which of ``images`` validation images calibrate the activation ranges: spread over
+    the split (it is ordered as the layout lists it), seeded, in order."""
+    return np.sort(np.random.default_rng(0).permutation(images)[:wanted])
 
 
 def run_model(path: Path, images: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -116,9 +129,7 @@ def int8_model(out: Path, validation, *, calibration_images: int = CALIBRATION_I
     labels = np.array([it["label"] for it in items])
     truth = np.stack([it["mask"].numpy() for it in items])
     has_mask = np.array([bool(it["has_mask"]) for it in items])
-    # Spread over the split (it is ordered as the layout lists it), seeded.
-    rng = np.random.default_rng(0)
-    chosen = np.sort(rng.permutation(len(images))[:calibration_images])
+    chosen = calibration_indices(len(images), calibration_images)
     path = Path(out) / INT8_FILE
     quantize(Path(out) / "cascade.onnx", path, images[chosen])
     float_scores = _scores(*run_model(Path(out) / "cascade.onnx", images), labels, truth, has_mask)
