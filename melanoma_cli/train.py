@@ -176,6 +176,16 @@ def _cmd_cv(args: argparse.Namespace) -> int:
                 raise ValueError(f"two candidates are both called {label!r}; give them apart")
             candidates[label], chosen_on[label] = config, cand.val_metric
             print(f"[cv] {cand.origin}: {args.folds} folds into {out / label}", flush=True)
+            uses_mask = config.task == "cls" and config.input.mode != "full"
+            if uses_mask and config.input.mask_source == "gt":
+                print(
+                    f"[cv] warning: {label} ({config.input.mode}) is scored on ground-truth "
+                    "masks: its out-of-fold figures are what perfect masks give, not what a "
+                    "cascade will score, and `cascade build` will not choose on them; train "
+                    "it with input.mask_source: SEGMENTER_RUN to cross-validate on "
+                    "predicted masks",
+                    flush=True,
+                )
     if args.local:
         from melanoma.engine.cv import cross_validate
 
@@ -231,7 +241,9 @@ def _print_cv_paired(out: Path, rows: list, task: str) -> None:
         try:
             if task == "cls" and metric in BOOTSTRAP_KEYS:
                 _, a, b = aligned(best["id"], best["prob"], other["id"], other["prob"])
-                result = paired_difference(best["label"], a, b, metric)
+                # The candidates' own decision threshold, as their figures were computed.
+                threshold = best_summary["config"].get("threshold", 0.5)
+                result = paired_difference(best["label"], a, b, metric, threshold=threshold)
             elif task == "seg":
                 key = metric if metric in best else "jaccard"
                 _, a, b = aligned(best["id"], best[key], other["id"], other[key])

@@ -857,7 +857,18 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     from melanoma.engine.cv import CV_FILE
 
     cv = tmp_path / "cv"
-    cls_run = str(built["root"] / "cls")
+    # A whole-image classifier: its folds are scored on what the cascade gives it (a
+    # mask-using one on ground-truth masks is refused below).
+    full = TrainConfig.from_dict(
+        {
+            **load_checkpoint_config(built["root"] / "cls"),
+            "input": {"mode": "full"},
+            "epochs": 1,
+            "out": str(tmp_path / "full" / "cls"),
+        }
+    )
+    fit(full, Runtime(progress=False))
+    cls_run = str(tmp_path / "full" / "cls")
     args = ["cv", "cls", cls_run, "--folds", "2", "--epochs", "1", "--out", str(cv), "--local"]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -881,6 +892,17 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
 
     oof_build = tmp_path / "oof"
     build = ["cascade", "build", "--seg", str(built["root"] / "seg"), "--cls", str(cv / "cls")]
+    # The same folds as if a crop classifier had been scored on ground-truth masks.
+    oracle = tmp_path / "oracle-cv"
+    shutil.copytree(cv / "cls", oracle)
+    record = json.loads((oracle / CV_FILE).read_text())
+    record["config"]["input"]["mode"] = "crop"
+    (oracle / CV_FILE).write_text(json.dumps(record))
+    refused = ["cascade", "build", "--seg", str(built["root"] / "seg"), "--cls", str(oracle)]
+    assert main([*refused, "--out", str(tmp_path / "refused")]) == 2
+    assert "ground-truth masks" in capsys.readouterr().err
+    assert main([*refused, "--select-on", "val", "--out", str(tmp_path / "on-val")]) == 0
+    capsys.readouterr()
     assert main([*build, "--out", str(oof_build)]) == 0
     printed = capsys.readouterr().out
     oof = load_oof_outputs(cv / "cls")
@@ -933,8 +955,12 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     assert versus["images"] == len(val_images)
     point = summary_json["val_auc"] - summary_json["best_pair"]["val_auc"]
     assert versus["difference"] == pytest.approx(point, abs=1e-6)
-    assert versus["low"] <= versus["high"]
-    assert "chosen minus best single pair, validation AUC" in capsys.readouterr().out
+    # In-sample (the validation images chose the ensemble): no interval, never "separated".
+    assert versus["in_sample"] is True and "low" not in versus
+    printed = capsys.readouterr().out
+    assert "chosen minus best single pair, validation AUC" in printed
+    gain_line = next(line for line in printed.splitlines() if "best single pair, valid" in line)
+    assert "in-sample" in gain_line and "separated" not in gain_line
     # The fold models enter as cv.json scored them: each fold run's last epoch.
     runs = {str(Path(r) / "checkpoints" / "last.pt") for r in summary["runs"]}
     assert members and {m["origin"] for m in members} <= runs
@@ -1350,3 +1376,33 @@ def test_int8_folds_each_activation_into_its_convolution(built, tmp_path):
     quantised = onnx.load(str(tmp_path / "q.onnx")).graph
     assert activations_after_conv(quantised) == 0
     assert any(n.op_type == "Relu" for n in quantised.node)  # those after a residual sum stay
+
+
+def test_an_unchosen_larger_candidate_does_not_set_the_input_size(built, tmp_path):
+    """A 128 px candidate that is not chosen leaves the cascade at its members' 64 px, with
+    the threshold and figures of the cascade built without it."""
+    from dataclasses import replace
+
+    from melanoma.cascade.members import load_candidates
+
+    seg = load_candidates(built["root"] / "seg", "seg")[0]
+    cls = load_candidates(built["root"] / "cls", "cls")[0]
+    config = replace(cls.config, input=replace(cls.config.input, source_size=128))
+    assert config.load_size == 128
+    # The classifier and its mirror (the two output rows swapped: probability 1 - p), one
+    # of which ranks validation at AUC >= 0.5; then a constant one (every weight zero,
+    # AUC 0.5) at 128 px, listed last, so never the first best pair.
+    head = [k for k, v in cls.state.items() if v.ndim and v.shape[0] == 2][-2:]
+    mirror = replace(
+        cls, state={**cls.state, **{k: cls.state[k].flip(0) for k in head}}, origin="mirror"
+    )
+    flat = {k: torch.zeros_like(v) if v.is_floating_point() else v for k, v in cls.state.items()}
+    big = replace(cls, config=config, state=flat, origin="big")
+    small = [cls, mirror]
+    alone = build_cascade(seg, small, tmp_path / "alone", tta="off", calibration="off")
+    both = build_cascade(seg, [*small, big], tmp_path / "both", tta="off", calibration="off")
+    _, record = load_cascade(tmp_path / "both")
+    assert [m.origin for m in record.classifiers] != ["big"]
+    assert record.input_size == 64
+    for key in ("val_auc", "threshold"):
+        assert both[key] == alone[key]

@@ -11,7 +11,7 @@ from melanoma.cascade.calibration import (
     CALIBRATION_CHOICES,
     calibration_line,
 )
-from melanoma.cascade.decisions import TTA_CHOICES, calibrate_choice
+from melanoma.cascade.decisions import TTA_CHOICES, at_input_size, calibrate_choice
 from melanoma.cascade.members import (
     BuildContext,
     Source,
@@ -20,10 +20,12 @@ from melanoma.cascade.members import (
     check_member_splits,
     check_same_data,
     data_record,
+    open_cascade_data,
 )
 from melanoma.cascade.oof_selection import (
     SELECT_CHOICES,
     cv_candidates,
+    refuse_oracle_masks,
 )
 from melanoma.cascade.selection import choose_on_oof, choose_on_validation, validation_data
 from melanoma.cascade.store import record_of, save_cascade
@@ -68,8 +70,9 @@ def build_cascade(
     segs, clss = candidates_of(seg_source, "seg"), candidates_of(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s.config, c.config)
-    # The largest size any member loads its images at: a classifier that cuts its lesion
-    # crop from a larger copy (input.source_size) makes the cascade take that size.
+    # The largest size any candidate loads its images at (a classifier that cuts its lesion
+    # crop from a larger copy, input.source_size, loads it larger): candidates are compared
+    # at that size; the cascade then takes the largest size of the members chosen.
     input_size = max(x.config.load_size for x in [*segs, *clss])
     data_meta = data_record(clss[0].config, data)
     bundle, dropped_val = _members_data([*segs, *clss], data_meta, input_size, drop_test_duplicates)
@@ -80,11 +83,25 @@ def build_cascade(
             "a `melanoma cv` folder (with cv.json and oof_outputs.npz); use --select-on val "
             "to choose on the validation split"
         )
+    if cls_cv:
+        refuse_oracle_masks(cls_cv)
     ctx = BuildContext(input_size, bundle, ensemble_size, tta, mask_cleanup, target_sensitivity)
     if cls_cv:
         choice = choose_on_oof(ctx, segs, as_list(seg_source), cls_cv)
     else:
         choice = choose_on_validation(ctx, segs, clss)
+    shipped_size = max(m.config.load_size for m, _ in [*choice.segmenters, *choice.classifiers])
+    if shipped_size != input_size:
+        # An unchosen candidate's larger size must not make the shipped cascade take it.
+        print(
+            f"[cascade] the chosen members load images at up to {shipped_size} px (the "
+            f"candidates at up to {input_size} px): the cascade takes {shipped_size} px; its "
+            "validation outputs are re-run at that size",
+            flush=True,
+        )
+        input_size = shipped_size
+        bundle = open_cascade_data(data_meta, input_size).with_splits(bundle.splits)
+        choice = at_input_size(choice, input_size, bundle)
     choice, calibrated, calibration_report = calibrate_choice(
         choice, calibration, target_sensitivity
     )

@@ -56,6 +56,28 @@ def _emitted(calibration: Calibration, probs: np.ndarray) -> np.ndarray:
         return ProbabilityMap(calibration)(torch.as_tensor(probs, dtype=torch.float32)).numpy()
 
 
+def at_input_size(choice: Choice, input_size: int, bundle) -> Choice:
+    """The choice's validation outputs re-run with its members and decisions (weights,
+    TTA per stage, clean-up) at ``input_size``, the size the shipped cascade takes: the
+    threshold and calibration are then fitted on what it emits."""
+    members = ([m for m, _ in choice.segmenters], [m for m, _ in choice.classifiers])
+    cascade = make_cascade(
+        *members,
+        input_size,
+        seg_weights=[w for _, w in choice.segmenters],
+        cls_weights=[w for _, w in choice.classifiers],
+        seg_tta=choice.tta_report["segmenter"],
+        cls_tta=choice.tta_report["classifier"],
+    )
+    outputs = run_cascade(cascade, bundle, "val")
+    if choice.cleanup_report["used"]:
+        outputs = replace(outputs, pred_mask=cleaned(outputs.pred_mask))
+    if choice.on != "validation":  # chosen on out-of-fold predictions: those stay
+        return replace(choice, outputs=outputs)
+    labelled = outputs.subset(outputs.labelled)
+    return replace(choice, outputs=outputs, labels=labelled.label, probs=labelled.prob)
+
+
 def choose_tta(
     members, weights: dict, input_size: int, bundle, tta: str
 ) -> tuple[CascadeOutputs, dict]:

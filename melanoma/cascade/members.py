@@ -21,7 +21,7 @@ from melanoma.engine.cv import fold_runs
 from melanoma.engine.tasks import rebuild_model
 
 
-@dataclass
+@dataclass(eq=False)  # by identity: two candidates of one config are still two
 class Candidate:
     """A trained model on offer: its config and weights, where it came from (a search
     trial, a run), and the validation figure it was selected on."""

@@ -10,6 +10,8 @@ fold models, averaged: what its pooled out-of-fold predictions estimate.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +19,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from melanoma.cascade.ensemble import greedy_selection, weighted_mean
-from melanoma.engine.cv import fold_runs, load_oof_outputs
+from melanoma.engine.cv import CV_FILE, fold_runs, load_oof_outputs
 from melanoma.metrics.intervals import classification_interval
-from melanoma.metrics.paired import aligned, paired_difference
+from melanoma.metrics.paired import aligned, in_sample, paired_difference
 from melanoma.metrics.threshold import choose_threshold
 
 SELECT_CHOICES = ("auto", "oof", "val")
@@ -27,12 +29,37 @@ SELECT_CHOICES = ("auto", "oof", "val")
 
 @dataclass(frozen=True)
 class CvCandidate:
-    """A cross-validated candidate: its folder, its fold models' checkpoints and its
-    pooled out-of-fold outputs (``id`` with ``label`` and ``prob``, or per-image scores)."""
+    """A cross-validated candidate: its folder, its fold models' checkpoints, its pooled
+    out-of-fold outputs (``id`` with ``label`` and ``prob``, or per-image scores) and the
+    configuration its folds trained (cv.json's)."""
 
     folder: Path
     checkpoints: list[Path]
     oof: dict[str, np.ndarray]
+    config: dict | None = None
+
+
+def refuse_oracle_masks(candidates: list[CvCandidate]) -> None:
+    """Refuse to choose on out-of-fold predictions that a mask-using classifier made on
+    ground-truth masks: the shipped cascade gives it predicted masks, so members,
+    threshold and calibration would be chosen on better inputs than it will ever see."""
+    oracle = [
+        c.folder
+        for c in candidates
+        if c.config
+        and c.config.get("task") == "cls"
+        and c.config.get("input", {}).get("mode", "full") != "full"
+        and c.config.get("input", {}).get("mask_source", "gt") == "gt"
+    ]
+    if oracle:
+        raise ValueError(
+            f"{', '.join(map(str, oracle))}: a mask-using classifier cross-validated on "
+            "ground-truth masks (input.mask_source: gt); its out-of-fold predictions are "
+            "scored on masks the cascade will not have. Cross-validate a classifier trained "
+            "with input.mask_source: SEGMENTER_RUN (its folds are then scored on that "
+            "segmenter's out-of-fold masks), or choose on the validation split, where the "
+            "cascade's own masks are used: --select-on val"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,7 +87,8 @@ def cv_candidates(sources: list) -> list[CvCandidate] | None:
         oof = load_oof_outputs(Path(source))
         if checkpoints is None or oof is None:
             return None
-        out.append(CvCandidate(Path(source), checkpoints, oof))
+        config = json.loads((Path(source) / CV_FILE).read_text()).get("config")
+        out.append(CvCandidate(Path(source), checkpoints, oof, config))
     return out or None
 
 
@@ -93,9 +121,19 @@ def choose_classifiers(
             {"folder": str(c.folder), "oof_auc": auc(p)}
             for c, p in zip(candidates, probs, strict=True)
         ],
-        "vs_best_single": paired_difference(labels, chosen, probs[best]),
+        # In-sample: the pooled predictions that chose the ensemble score it.
+        "vs_best_single": in_sample(paired_difference(labels, chosen, probs[best], resamples=1)),
     }
     return OofChoice(weights, threshold, rule, report, labels, chosen)
+
+
+def fold_model_weights(weights: dict[int, int], fold_counts: dict[int, int]) -> dict[int, int]:
+    """The integer weight of each fold model of each chosen candidate such that every
+    candidate's fold models together carry the weight chosen for it: a 5-fold candidate's
+    models each get 3/5 of what a 3-fold one's get, not the same (which would ship it
+    with 5/3 of the weight chosen)."""
+    common = math.lcm(*(fold_counts[i] for i in weights))
+    return {i: w * common // fold_counts[i] for i, w in weights.items()}
 
 
 def best_segmenter(candidates: list[CvCandidate]) -> int:

@@ -25,10 +25,11 @@ from melanoma.cascade.oof_selection import (
     best_segmenter,
     choose_classifiers,
     cv_candidates,
+    fold_model_weights,
 )
 from melanoma.cascade.scoring import CascadeOutputs, batched, require_both_classes, run_cascade
 from melanoma.data.dataset import DataBundle
-from melanoma.metrics.paired import aligned, describe, paired_difference
+from melanoma.metrics.paired import aligned, describe, in_sample, paired_difference
 
 
 def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
@@ -86,9 +87,12 @@ def choose_on_oof(ctx: BuildContext, segs, seg_sources: list, cls_cv: list) -> C
             "cross-validated (`melanoma cv seg ...`, then --seg CV_DIR ...), or give one --seg"
         )
     choice = choose_classifiers(cls_cv, ctx.ensemble_size, ctx.target_sensitivity)
+    per_model = fold_model_weights(
+        choice.weights, {i: len(cls_cv[i].checkpoints) for i in choice.weights}
+    )
     cls_members = [
-        (m, w)
-        for i, w in choice.weights.items()
+        (m, per_model[i])
+        for i in choice.weights
         for p in cls_cv[i].checkpoints
         for m in load_candidates(p, "cls")
     ]
@@ -130,11 +134,12 @@ def _print_oof_choice(choice, cls_cv: list) -> None:
 
 
 def _vs_best_pair(chosen: CascadeOutputs, pair: CascadeOutputs) -> dict:
-    """The chosen cascade's validation AUC minus the best single pair's, paired bootstrap
-    on the same validation images (zero when the chosen cascade is that pair)."""
+    """The chosen cascade's validation AUC minus the best single pair's on the same
+    validation images that chose both (zero when the chosen cascade is that pair):
+    in-sample, so without an interval."""
     chosen = chosen.subset(chosen.labelled)
     _, a, b = aligned(chosen.id, chosen.prob, pair.id, pair.prob)
-    return paired_difference(chosen.label, a, b)
+    return in_sample(paired_difference(chosen.label, a, b, resamples=1))
 
 
 def validation_data(data_meta: dict, input_size: int, drop_test_duplicates: bool) -> DataBundle:

@@ -54,7 +54,13 @@ def score_split(
         drop_last=False,
     )
     model = rebuild_model(config, weights).to(dev)
-    return validate(model, loader, make_task(config), None, dev, config)
+    task = make_task(config)
+    # A run selected on ``metric: loss`` is scored on the loss it was validated with
+    # (class weights from its training labels).
+    criterion = None
+    if config.metric == "loss":
+        criterion = task.build_loss(bundle.source("train").labels()).to(dev)
+    return validate(model, loader, task, criterion, dev, config)
 
 
 def evaluate_run(

@@ -24,6 +24,7 @@ from sklearn.model_selection import GroupKFold
 from melanoma.config import ConfigError
 from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
+from melanoma.data.splits import units
 from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import fit, open_training_data
@@ -142,6 +143,18 @@ def _save_masks(path: Path, key: dict, masks: dict[str, np.ndarray]) -> None:
     path.with_suffix(".json").write_text(json.dumps(key) + "\n")
 
 
+def mask_folds(entries: list, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(fit rows, held rows) per fold: images of one lesion or of identical bytes (a copy
+    under another id) stay in one fold, as in cross-validation, so no image's mask comes
+    from a segmenter that trained on its copy."""
+    content = {e.sample.id: e.image_sha256 for e in entries}
+    unit_of = {
+        s.id: n for n, unit in enumerate(units([e.sample for e in entries], content)) for s in unit
+    }
+    groups = [unit_of[e.sample.id] for e in entries]
+    return list(GroupKFold(n_splits=folds).split(entries, groups=groups))
+
+
 def _make_masks(
     config: TrainConfig, bundle: DataBundle, runtime, state: dict, folds_dir: Path
 ) -> dict[str, np.ndarray]:
@@ -179,11 +192,9 @@ def _make_masks(
             f"e.g. {missing[:3]}; train both on the same data set"
         )
     entries = [seg_train[i] for i in train_ids]
-    groups = [e.sample.group or e.sample.id for e in entries]
-    folds = GroupKFold(n_splits=config.input.oof_folds)
     cls_train_source = bundle.source("train")
     index_of = {i: n for n, i in enumerate(train_ids)}
-    for k, (fit_idx, held_idx) in enumerate(folds.split(entries, groups=groups)):
+    for k, (fit_idx, held_idx) in enumerate(mask_folds(entries, config.input.oof_folds)):
         fold_splits = replace(
             seg_bundle.splits,
             entries={

@@ -73,6 +73,14 @@ def aligned(ids_a, values_a, ids_b, values_b) -> tuple[np.ndarray, np.ndarray, n
     """The images both outputs cover, in A's order: (ids, A's values, B's values). Refuses
     outputs of different image sets, which cannot be paired."""
     ids_a, ids_b = [str(i) for i in ids_a], [str(i) for i in ids_b]
+    for name, ids in (("A", ids_a), ("B", ids_b)):
+        if len(set(ids)) != len(ids):
+            twice = sorted({i for i in ids if ids.count(i) > 1})
+            raise ValueError(
+                f"model {name}'s outputs name {len(twice)} image(s) more than once (e.g. "
+                f"{twice[:3]}); a paired comparison needs each image once: score each image "
+                "once (duplicated manifest rows, or folds that overlap)"
+            )
     if set(ids_a) != set(ids_b):
         only = sorted(set(ids_a) ^ set(ids_b))
         raise ValueError(
@@ -95,9 +103,21 @@ def _summary(point: float, diffs: np.ndarray, n: int) -> dict:
     }
 
 
+def in_sample(result: dict) -> dict:
+    """``result`` marked as measured on the images that chose A (a greedy ensemble against
+    its own first pick, which selection keeps at or above zero): the point difference
+    only, no interval, never called separated."""
+    return {"difference": result["difference"], "images": result["images"], "in_sample": True}
+
+
 def describe(result: dict, what: str = "difference") -> str:
     """``+0.012 (95% CI -0.010 to +0.034), separated`` or ``..., not separated``: separated
-    when the interval excludes zero."""
+    when the interval excludes zero; an :func:`in_sample` result says so instead."""
+    if result.get("in_sample"):
+        return (
+            f"{what} {result['difference']:+.4f} (in-sample, on the {result['images']} images "
+            "that chose it, where selection keeps it at or above zero: no interval)"
+        )
     if result["low"] is None:
         return f"{what} {result['difference']:+.4f} (no interval)"
     separated = result["low"] > 0 or result["high"] < 0
