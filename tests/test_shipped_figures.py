@@ -47,3 +47,79 @@ def test_fold_models_carry_the_weight_chosen_for_their_candidate():
         }
         assert all(isinstance(w, int) and w > 0 for w in per_model.values())
     assert fold_model_weights({3: 2}, {3: 4}) == {3: 2}  # one candidate: its own weight
+
+
+def test_cross_validation_selected_on_the_loss_scores_its_folds(synth_root, tmp_path):
+    """`metric: loss` trained every fold and then raised KeyError: folds were scored
+    without the loss function."""
+    import pytest
+
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.cv import cross_validate
+    from melanoma.engine.loop import Runtime
+
+    config = TrainConfig.from_dict(
+        {
+            "task": "cls",
+            "metric": "loss",
+            "epochs": 1,
+            "log_images": 0,
+            "out": str(tmp_path / "run"),
+            "model": {"arch": "resnet18", "pretrained": False},
+            "data": {"path": str(synth_root), "image_size": 32, "batch_size": 8},
+        }
+    )
+    summary = cross_validate({"x": config}, 2, tmp_path / "cv", Runtime(progress=False))["x"]
+    assert summary["metric"] == "loss" and len(summary["per_fold"]) == 2
+    assert all(np.isfinite(summary["per_fold"])) and min(summary["per_fold"]) > 0
+    assert summary["value"] == pytest.approx(np.mean(summary["per_fold"]))
+
+
+def test_choosing_on_out_of_fold_predictions_made_on_true_masks_is_refused():
+    import pytest
+
+    from melanoma.cascade.oof_selection import CvCandidate, refuse_oracle_masks
+
+    def candidate(mode: str, source: str) -> CvCandidate:
+        config = {"task": "cls", "input": {"mode": mode, "mask_source": source}}
+        return CvCandidate(Path(f"cv-{mode}-{source}"), [], {}, config)
+
+    refuse_oracle_masks([candidate("full", "gt"), candidate("crop", "runs/seg")])
+    with pytest.raises(ValueError, match="ground-truth masks.*--select-on val") as err:
+        refuse_oracle_masks([candidate("full", "gt"), candidate("dual", "gt")])
+    assert "cv-dual-gt" in str(err.value) and "cv-full-gt" not in str(err.value)
+
+
+def test_a_paired_comparison_refuses_an_image_named_twice():
+    import pytest
+
+    from melanoma.metrics.paired import aligned
+
+    with pytest.raises(ValueError, match="more than once.*'b'"):
+        aligned(["a", "b", "b"], [0.1, 0.2, 0.3], ["a", "b", "c"], [0.1, 0.2, 0.3])
+    ids, a, b = aligned(["a", "b"], [0.1, 0.2], ["b", "a"], [0.7, 0.6])
+    assert ids.tolist() == ["a", "b"] and b.tolist() == [0.6, 0.7]
+
+
+def test_cv_paired_comparison_uses_the_candidates_threshold(tmp_path, capsys):
+    """Sensitivity compared between cross-validated candidates at their own threshold,
+    not at 0.5."""
+    from melanoma.engine.cv import OOF_OUTPUTS
+    from melanoma.metrics.paired import paired_difference
+    from melanoma_cli.train import _print_cv_paired
+
+    ids = np.array([f"i{k}" for k in range(40)])
+    labels = np.array([0, 1] * 20)
+    rng = np.random.default_rng(0)
+    probs = {"a": rng.random(40) * 0.3 + labels * 0.1, "b": rng.random(40) * 0.3}
+    for name, p in probs.items():
+        (tmp_path / name).mkdir()
+        np.savez(tmp_path / name / OOF_OUTPUTS, id=ids, label=labels, prob=p)
+    summary = {"metric": "sensitivity", "config": {"threshold": 0.2}}
+    rows = [("a", None, {**summary, "value": 0.9}), ("b", None, {**summary, "value": 0.5})]
+    _print_cv_paired(tmp_path, rows, "cls")
+    out = capsys.readouterr().out
+    at_own = paired_difference(labels, probs["a"], probs["b"], "sensitivity", threshold=0.2)
+    at_half = paired_difference(labels, probs["a"], probs["b"], "sensitivity")
+    assert at_own["difference"] != at_half["difference"]
+    assert f"difference {at_own['difference']:+.4f}" in out
