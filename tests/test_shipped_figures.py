@@ -123,3 +123,33 @@ def test_cv_paired_comparison_uses_the_candidates_threshold(tmp_path, capsys):
     at_half = paired_difference(labels, probs["a"], probs["b"], "sensitivity")
     assert at_own["difference"] != at_half["difference"]
     assert f"difference {at_own['difference']:+.4f}" in out
+
+
+def _outputs(ids, labels, probs):
+    import torch
+
+    from melanoma.cascade.scoring import CascadeOutputs
+
+    n = len(ids)
+    masks = torch.zeros(n, 1, 4, 4, dtype=torch.uint8)
+    return CascadeOutputs(
+        np.array(ids),
+        np.array(labels),
+        np.array(probs, dtype=float),
+        np.array(probs, dtype=float),
+        masks,
+        masks,
+        np.zeros(n, dtype=bool),
+    )
+
+
+def test_the_ensembles_gain_is_measured_over_labelled_validation_images_alone():
+    """A validation image without a diagnosis (a manifest allows it) crashed the build."""
+    from melanoma.cascade.selection import _vs_best_pair
+
+    ids = ["a", "b", "c", "d", "e"]
+    chosen = _outputs(ids, [0, 1, -1, 0, 1], [0.1, 0.9, 0.5, 0.2, 0.8])
+    pair = _outputs(ids, [0, 1, -1, 0, 1], [0.3, 0.7, 0.5, 0.8, 0.6])
+    gain = _vs_best_pair(chosen, pair)
+    assert gain["images"] == 4 and gain["in_sample"]
+    assert gain["difference"] == 1.0 - 0.5  # AUC 1 against 2 of 4 pairs ranked

@@ -137,7 +137,8 @@ def _vs_best_pair(chosen: CascadeOutputs, pair: CascadeOutputs) -> dict:
     """The chosen cascade's validation AUC minus the best single pair's on the same
     validation images that chose both (zero when the chosen cascade is that pair):
     in-sample, so without an interval."""
-    chosen = chosen.subset(chosen.labelled)
+    # Over the labelled images of both: the validation split may hold unlabelled ones.
+    chosen, pair = chosen.subset(chosen.labelled), pair.subset(pair.labelled)
     _, a, b = aligned(chosen.id, chosen.prob, pair.id, pair.prob)
     return in_sample(paired_difference(chosen.label, a, b, resamples=1))
 
