@@ -25,7 +25,7 @@ from melanoma.data.check import check_dataset
 from melanoma.data.io import load_image, load_mask
 from melanoma.data.splits import SplitConfig, Splits, build_splits
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: masks resized with pixel-centre nearest neighbour (io.resize_mask)
 INDEX = "index.json"
 
 

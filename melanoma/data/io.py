@@ -65,9 +65,12 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest neighbour sampled at pixel centres (cv2's INTER_NEAREST_EXACT, torch's
+    ``nearest-exact``), aligned with the resized image: cv2's INTER_NEAREST samples at
+    pixel corners and shifts the mask by up to half a pixel against the image."""
     if mask.shape[:2] == (size, size):
         return mask
-    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 def load_image(path: Path, size: int | None = None) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 from melanoma.data.check import CheckReport
 from melanoma.data.io import file_sha256
 from melanoma.data.records import SPLITS, Sample, count_cross_split
+from melanoma.files import write_json
 
 SPLITS_VERSION = 1
 DROP_OPTION = "--drop-test-duplicates"
@@ -268,11 +269,7 @@ class Splits:
         }
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        tmp.replace(path)
+        write_json(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: Path, root: Path | None = None) -> Splits:

@@ -173,7 +173,7 @@ def apply_input_mode(
     if mode == "mask_channel":
         m = (mask > 0).to(x.dtype)
         if m.shape[-2:] != (size, size):
-            m = torch.nn.functional.interpolate(m, size=(size, size), mode="nearest")
+            m = resize_mask_tensor(m, size)
         return torch.cat([whole, m], dim=1)
     if mode == "dual":
         return torch.cat([whole, lesion_crop(x, mask, margin, size)], dim=1)
@@ -195,6 +195,14 @@ def lesion_crop(x: torch.Tensor, mask: torch.Tensor, margin: float, size: int) -
         sampling_ratio=max(2, -(-x.shape[-1] // size)),
         aligned=True,
     )
+
+
+def resize_mask_tensor(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """A mask (N, 1, H, W) resized as ``io.resize_mask`` resizes one (nearest neighbour at
+    pixel centres, aligned with the image's resize), as float."""
+    if mask.shape[-2:] == (size, size):
+        return mask.float()
+    return torch.nn.functional.interpolate(mask.float(), size=(size, size), mode="nearest-exact")
 
 
 def _resized(x: torch.Tensor, size: int) -> torch.Tensor:

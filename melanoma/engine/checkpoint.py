@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from melanoma.files import replace_atomically
+
 FORMAT = "melanoma-checkpoint"
 VERSION = 1
 LAST = "last.pt"
@@ -63,9 +65,7 @@ def save_checkpoint(path: Path, *, config: dict, model: nn.Module, **extra) -> N
         "model": unwrap(model).state_dict(),
         **extra,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    replace_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:

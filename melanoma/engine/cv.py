@@ -26,6 +26,7 @@ from melanoma.engine.evaluate import score_split
 from melanoma.engine.loop import Runtime, labelled, open_training_data
 from melanoma.engine.run import train, training_data
 from melanoma.engine.saver import load_outputs
+from melanoma.files import replace_atomically, write_json
 from melanoma.metrics.classification import resampled_metrics
 from melanoma.metrics.intervals import classification_interval, mean_interval
 
@@ -93,7 +94,7 @@ def score_folds(config: TrainConfig, folds: int, out: Path, runtime: Runtime | N
         scores.append(FoldScores(k, Path(fold.out), metrics, outputs))
     summary = summarise_folds(config, scores)
     save_oof_outputs(Path(out), config, scores)
-    (Path(out) / CV_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(Path(out) / CV_FILE, summary)
     return summary
 
 
@@ -107,7 +108,7 @@ def save_oof_outputs(out: Path, config: TrainConfig, scores: list[FoldScores]) -
     else:
         for key in scores[0].outputs["per_image"]:
             pooled[key] = np.concatenate([s.outputs["per_image"][key] for s in scores])
-    np.savez(out / OOF_OUTPUTS, **pooled)
+    replace_atomically(out / OOF_OUTPUTS, lambda tmp: np.savez(tmp, **pooled))
 
 
 def load_oof_outputs(out: Path) -> dict[str, np.ndarray] | None:
@@ -158,7 +159,7 @@ def claim_cv_dir(out: Path, plan: dict) -> None:
             "--out, or delete the folder to start over"
         )
     out.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(plan, indent=1) + "\n")
+    write_json(file, plan)
 
 
 def _differences(recorded, now, prefix: str = "") -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.loop import fit, open_training_data
 from melanoma.engine.tasks import rebuild_model
+from melanoma.files import read_json, replace_atomically, write_json
 from melanoma.models.segmenter import segment_at
 
 OOF_FILE = "oof_masks.npz"
@@ -125,10 +125,9 @@ def oof_cache_dir() -> Path:
 
 
 def _load_masks(path: Path, key: dict) -> dict[str, np.ndarray] | None:
-    key_file = path.with_suffix(".json")
-    if not (path.is_file() and key_file.is_file()):
-        return None
-    saved_key = json.loads(key_file.read_text())
+    saved_key = read_json(path.with_suffix(".json"))
+    if not path.is_file() or not isinstance(saved_key, dict):
+        return None  # absent, or a key cut short: the masks are made again
     if {k: v for k, v in saved_key.items() if k != "folds_dir"} != key:
         return None
     with np.load(path) as saved:
@@ -136,11 +135,8 @@ def _load_masks(path: Path, key: dict) -> dict[str, np.ndarray] | None:
 
 
 def _save_masks(path: Path, key: dict, masks: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **masks)
-    os.replace(tmp, path)  # whole or absent: a reader never sees half a file
-    path.with_suffix(".json").write_text(json.dumps(key) + "\n")
+    replace_atomically(path, lambda tmp: np.savez_compressed(tmp, **masks))
+    write_json(path.with_suffix(".json"), key, indent=None)
 
 
 def mask_folds(entries: list, folds: int) -> list[tuple[np.ndarray, np.ndarray]]:

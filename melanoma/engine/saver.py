@@ -5,7 +5,6 @@ loop)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from melanoma.engine.checkpoint import (
     unwrap,
 )
 from melanoma.engine.config import TrainConfig
+from melanoma.files import replace_atomically, write_json
 
 if TYPE_CHECKING:
     from melanoma.data.dataset import DataBundle
@@ -141,9 +141,7 @@ class CheckpointSaver:
             "best": best["val"] if best else None,
             "history": state.history,
         }
-        tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        tmp.replace(self.run_dir / "metrics.json")
+        write_json(self.run_dir / "metrics.json", doc)
 
 
 def save_val_outputs(run_dir: Path, bundle: DataBundle, task: str, examples: dict) -> None:
@@ -158,9 +156,7 @@ def save_val_outputs(run_dir: Path, bundle: DataBundle, task: str, examples: dic
         values = dict(examples.get("per_image") or {"jaccard": None})
     if any(v is None or len(v) != len(ids) for v in values.values()):
         return  # not one value per image: nothing that could be paired
-    tmp = run_dir / f".{VAL_OUTPUTS}.tmp.npz"
-    np.savez(tmp, id=np.array(ids), **values)
-    tmp.replace(run_dir / VAL_OUTPUTS)
+    replace_atomically(run_dir / VAL_OUTPUTS, lambda tmp: np.savez(tmp, id=np.array(ids), **values))
 
 
 def load_val_outputs(run_dir: Path) -> dict[str, np.ndarray] | None:
