@@ -30,9 +30,8 @@ SETTINGS = {
 }
 
 
-def split_arrays(bundle, split: str) -> dict[str, np.ndarray]:
-    """Images, labels, ground-truth masks and which images have one, of a split."""
-    dataset = bundle.dataset(split)
+def split_arrays(dataset) -> dict[str, np.ndarray]:
+    """Images, labels, ground-truth masks and which images have one, of a split's dataset."""
     items = [dataset[i] for i in range(len(dataset))]
     return {
         "images": np.stack([it["image"].numpy() for it in items]),
@@ -78,12 +77,13 @@ def main() -> int:
     if not float_model.is_file():
         parser.error(f"{float_model} does not exist: give a `melanoma export` directory")
 
-    from melanoma.cascade.members import open_cascade_data
+    from melanoma.cascade.evaluate import checked_test_data
     from melanoma.cascade.store import load_cascade
+    from melanoma.export import validation_set
     from melanoma.export.int8 import (
         QUANTIZED_OPS,
-        _scores,
         calibration_indices,
+        model_scores,
         quantize,
         run_model,
     )
@@ -95,8 +95,10 @@ def main() -> int:
     spec.loader.exec_module(serve_bench)
 
     _, record = load_cascade(args.cascade)
-    bundle = open_cascade_data(record.data, record.input_size, on_bad="skip")
-    val, test = split_arrays(bundle, "val"), split_arrays(bundle, "test")
+    # The test split as `cascade evaluate` checks it (isolated, the files the build
+    # recorded); validation without the copies of training images the build dropped.
+    test = split_arrays(checked_test_data(args.cascade, record, None, False).dataset("test"))
+    val = split_arrays(validation_set(record, None))
     calibration = val["images"][calibration_indices(len(val["images"]))]
     tmp = Path(tempfile.mkdtemp())
     models = {"float": float_model}
@@ -109,7 +111,7 @@ def main() -> int:
 
     outputs = {name: (score(p, val), score(p, test)) for name, p in models.items()}
     rates = serve_bench.onnxruntime_rates(models, val["images"][:16], seconds=args.seconds)
-    base = _scores(*outputs["float"][0], val["labels"], val["truth"], val["has_mask"])
+    base = model_scores(*outputs["float"][0], val["labels"], val["truth"], val["has_mask"])
     print(
         f"\n{args.export} at {record.input_size} px; {len(calibration)} calibration images; "
         f"validation {len(val['images'])} images (float AUC {base['auc']:.4f}, Jaccard "
@@ -117,7 +119,7 @@ def main() -> int:
     )
     shipped = list(SETTINGS)[-1]
     for name in SETTINGS:
-        got = _scores(*outputs[name][0], val["labels"], val["truth"], val["has_mask"])
+        got = model_scores(*outputs[name][0], val["labels"], val["truth"], val["has_mask"])
         vs_float = paired(outputs[name][1], outputs["float"][1], test)
         print(
             f"{name}: {rates[name] / rates['float']:.2f}x float throughput "

@@ -163,7 +163,7 @@ def _row(path: Path, threshold: float, *, probability=None, mask=None, mask_path
         from PIL import Image
 
         w, h = image_size(path)
-        full = cv2.resize(mask[0] * 255, (w, h), interpolation=cv2.INTER_NEAREST)
+        full = cv2.resize(mask[0] * 255, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
         Image.fromarray(full.astype(np.uint8)).save(mask_path)
         row["mask"] = str(mask_path)
     return row

@@ -102,7 +102,7 @@ def mask_png(mask: np.ndarray, width: int, height: int) -> str:
     from PIL import Image
 
     full = cv2.resize(
-        mask[0].astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_NEAREST
+        mask[0].astype(np.uint8) * 255, (width, height), interpolation=cv2.INTER_NEAREST_EXACT
     )
     buffer = io.BytesIO()
     Image.fromarray(full).save(buffer, format="PNG")

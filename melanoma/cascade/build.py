@@ -11,7 +11,13 @@ from melanoma.cascade.calibration import (
     CALIBRATION_CHOICES,
     calibration_line,
 )
-from melanoma.cascade.decisions import TTA_CHOICES, at_input_size, calibrate_choice
+from melanoma.cascade.decisions import (
+    TTA_CHOICES,
+    at_input_size,
+    calibrate_choice,
+    resize_drift,
+    threshold_drift,
+)
 from melanoma.cascade.members import (
     BuildContext,
     Source,
@@ -27,6 +33,7 @@ from melanoma.cascade.oof_selection import (
     cv_candidates,
     refuse_oracle_masks,
 )
+from melanoma.cascade.report import drift_line, resize_line
 from melanoma.cascade.selection import choose_on_oof, choose_on_validation, validation_data
 from melanoma.cascade.store import record_of, save_cascade
 from melanoma.postprocess import CLEANUP_CHOICES
@@ -69,7 +76,7 @@ def build_cascade(
     _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on, calibration)
     segs, clss = candidates_of(seg_source, "seg"), candidates_of(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
-        check_same_data(s.config, c.config)
+        check_same_data(s, c)
     # The largest size any candidate loads its images at (a classifier that cuts its lesion
     # crop from a larger copy, input.source_size, loads it larger): candidates are compared
     # at that size; the cascade then takes the largest size of the members chosen.
@@ -90,22 +97,12 @@ def build_cascade(
         choice = choose_on_oof(ctx, segs, as_list(seg_source), cls_cv)
     else:
         choice = choose_on_validation(ctx, segs, clss)
-    shipped_size = max(m.config.load_size for m, _ in [*choice.segmenters, *choice.classifiers])
-    if shipped_size != input_size:
-        # An unchosen candidate's larger size must not make the shipped cascade take it.
-        print(
-            f"[cascade] the chosen members load images at up to {shipped_size} px (the "
-            f"candidates at up to {input_size} px): the cascade takes {shipped_size} px; its "
-            "validation outputs are re-run at that size",
-            flush=True,
-        )
-        input_size = shipped_size
-        bundle = open_cascade_data(data_meta, input_size).with_splits(bundle.splits)
-        choice = at_input_size(choice, input_size, bundle)
+    choice, input_size, bundle = _at_members_size(choice, input_size, bundle, data_meta)
     choice, calibrated, calibration_report = calibrate_choice(
         choice, calibration, target_sensitivity
     )
     print(f"[cascade] {calibration_line(calibration_report)}", flush=True)
+    drift, resized = _drifts(choice, calibrated, input_size, data_meta, bundle)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle.splits.save(out / "splits.json")
@@ -116,10 +113,42 @@ def build_cascade(
         calibration=calibrated.to_dict(),
         calibration_check=calibration_report,
         dropped_val=dropped_val,
+        threshold_drift=drift,
+        resize_check=resized,
         data=data_meta,
         splits_sha256=hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
     )
     return save_cascade(record, out)
+
+
+def _at_members_size(choice, input_size: int, bundle, data_meta: dict):
+    """The choice, size and data of the cascade as it ships: at the largest size its
+    chosen members load images at (an unchosen larger candidate must not set it), its
+    validation outputs re-run there when that differs from the size it was chosen at."""
+    size = max(m.config.load_size for m, _ in [*choice.segmenters, *choice.classifiers])
+    if size == input_size:
+        return choice, input_size, bundle
+    print(
+        f"[cascade] the chosen members load images at up to {size} px (the candidates at up "
+        f"to {input_size} px): the cascade takes {size} px; its validation outputs are re-run "
+        "at that size",
+        flush=True,
+    )
+    bundle = open_cascade_data(data_meta, size).with_splits(bundle.splits)
+    return at_input_size(choice, size, bundle), size, bundle
+
+
+def _drifts(choice, calibration, input_size: int, data_meta: dict, bundle):
+    """What the shipped cascade does otherwise than what was fitted or trained on, measured
+    and said: the threshold's drift (chosen on out-of-fold predictions) and the in-graph
+    resize of members smaller than the cascade's input."""
+    drift = threshold_drift(choice, calibration, input_size, bundle)
+    if drift:
+        print(f"[cascade] {drift_line(drift)}", flush=True)
+    resized = resize_drift(choice, input_size, data_meta, bundle)
+    for r in resized:
+        print(f"[cascade] {resize_line(r, input_size)}", flush=True)
+    return drift, resized
 
 
 def _members_data(members, data_meta: dict, input_size: int, drop_test_duplicates: bool):

@@ -13,7 +13,7 @@ from melanoma.cascade.calibration import (
     choose_calibration,
 )
 from melanoma.cascade.members import Choice, make_cascade
-from melanoma.cascade.model import ProbabilityMap
+from melanoma.cascade.model import Cascade, ProbabilityMap
 from melanoma.cascade.report import cleanup_line, tta_line
 from melanoma.cascade.scoring import CascadeOutputs, cleaned, run_cascade
 from melanoma.metrics.threshold import choose_threshold
@@ -48,6 +48,83 @@ def calibrate_choice(
         prob=_emitted(calibration, choice.outputs.prob),
     )
     return replace(choice, threshold=threshold, rule=rule, outputs=outputs), calibration, report
+
+
+def resize_drift(choice: Choice, input_size: int, data_meta: dict, bundle) -> list[dict]:
+    """For each load size of the chosen members below the cascade's: how far the
+    images the cascade gives them (its input resized in the graph) are from the images
+    they trained on (each file loaded at that size: JPEG draft and area resize), on the
+    validation images, in 0-255 units. One graph input cannot give both exactly; the
+    record says how far apart they are."""
+    from melanoma.cascade.members import open_cascade_data
+
+    members = [m for m, _ in [*choice.segmenters, *choice.classifiers]]
+    sizes = sorted({m.config.load_size for m in members})
+    val = bundle.dataset("val")
+    full = torch.stack([val[i]["image"] for i in range(len(val))]).float() / 255.0
+    out = []
+    for size in (s for s in sizes if s < input_size):
+        small = open_cascade_data(data_meta, size).with_splits(bundle.splits).dataset("val")
+        trained = torch.stack([small[i]["image"] for i in range(len(small))]).float()
+        given = Cascade._resize(full, size) * 255.0
+        diff = (given - trained).abs()
+        out.append(
+            {
+                "size": size,
+                "images": len(val),
+                "mean_abs_difference": float(diff.mean()),
+                "max_abs_difference": float(diff.max()),
+            }
+        )
+    return out
+
+
+def threshold_drift(choice: Choice, calibration: Calibration, input_size: int, bundle) -> dict:
+    """For a choice made on out-of-fold predictions (None otherwise): the threshold and
+    calibration were fitted on single fold models' probabilities, and ship on their
+    weighted mean (with classifier TTA if on). On the validation images, which chose
+    nothing, the sensitivity and specificity at the shipped threshold of each fold model
+    alone (mean over them) against the shipped cascade's, with the same masks: the drift
+    that averaging and TTA cause."""
+    if choice.on != "out-of-fold":
+        return None
+    threshold = choice.threshold
+
+    def rates(labels: np.ndarray, probs: np.ndarray) -> dict:
+        flagged = probs >= threshold
+        return {
+            "sensitivity": float(flagged[labels == 1].mean()),
+            "specificity": float((~flagged[labels == 0]).mean()),
+        }
+
+    segs = [m for m, _ in choice.segmenters]
+    singles = []
+    for member, _ in choice.classifiers:
+        cascade = make_cascade(
+            segs,
+            [member],
+            input_size,
+            seg_weights=[w for _, w in choice.segmenters],
+            seg_tta=choice.tta_report["segmenter"],
+            calibration=calibration,
+        )
+        alone = run_cascade(cascade, bundle, "val")
+        alone = alone.subset(alone.labelled)
+        singles.append(rates(alone.label, alone.prob))
+    shipped = choice.outputs.subset(choice.outputs.labelled)
+    fold = {k: float(np.mean([s[k] for s in singles])) for k in ("sensitivity", "specificity")}
+    out = {
+        "threshold": threshold,
+        "images": int(len(shipped.label)),
+        "melanomas": int(shipped.label.sum()),
+        "out_of_fold": rates(choice.labels, _emitted(calibration, choice.probs)),
+        "fold_models_on_val": fold,
+        "fold_models": len(singles),
+        "shipped_on_val": rates(shipped.label, shipped.prob),
+    }
+    for k in ("sensitivity", "specificity"):
+        out[f"{k}_drift"] = out["shipped_on_val"][k] - fold[k]
+    return out
 
 
 def _emitted(calibration: Calibration, probs: np.ndarray) -> np.ndarray:

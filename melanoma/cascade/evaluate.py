@@ -17,7 +17,7 @@ from melanoma.cascade.members import open_cascade_data
 from melanoma.cascade.record import CascadeRecord
 from melanoma.cascade.report import markdown
 from melanoma.cascade.scoring import SEG_KEYS, CascadeOutputs, run_cascade
-from melanoma.cascade.store import CASCADE_FILE, load_cascade
+from melanoma.cascade.store import CASCADE_FILE, load_cascade, recorded_splits
 from melanoma.data.io import file_sha256
 from melanoma.data.metadata import UNKNOWN, subgroup_fields, value_order
 from melanoma.data.splits import DROP_OPTION, LeakError, Splits
@@ -111,7 +111,7 @@ def evaluate_cascade(
     test images that share bytes, an id or a lesion with train/val (listed in the report)."""
     directory = Path(directory)
     cascade, record = load_cascade(directory)
-    bundle = _test_data(directory, record, data, drop_test_duplicates)
+    bundle = checked_test_data(directory, record, data, drop_test_duplicates)
     result = run_cascade(cascade, bundle, "test")
     labelled = result.subset(result.labelled)
     labels, probs, raw_probs = labelled.label, labelled.prob, labelled.raw_prob
@@ -135,6 +135,9 @@ def evaluate_cascade(
         "best_pair": record.best_pair,
         "vs_best_pair": record.vs_best_pair,
         "selection": record.selection,
+        "threshold_drift": record.threshold_drift,
+        "resize_check": record.resize_check,
+        "input_size": record.input_size,
         "bootstrap_resamples": resamples,
         "test_images": len(result.id),
         "dropped_test_images": bundle.splits.dropped_test,
@@ -163,12 +166,12 @@ def evaluate_cascade(
     return report
 
 
-def _test_data(
+def checked_test_data(
     directory: Path, record: CascadeRecord, data: str | None, drop_test_duplicates: bool
 ):
     """The data the cascade was built on, refused unless its test split is isolated from
     train/val and every split still holds the images the build recorded."""
-    recorded = Splits.load(directory / "splits.json")
+    recorded = Splits.load(recorded_splits(directory, record, "evaluate"))
     try:
         recorded.assert_test_isolated()
         bundle = open_cascade_data(record.data, record.input_size, path=data)

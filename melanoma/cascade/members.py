@@ -142,22 +142,25 @@ def make_cascade(
             SegmenterSpec(s.config.data.image_size, w)
             for s, w in zip(segs, seg_weights, strict=True)
         ],
-        cls_specs=[
-            ClassifierSpec(
-                c.config.data.image_size,
-                c.config.input.mode,
-                c.config.input.crop_margin,
-                w,
-                c.config.load_size if c.config.load_size != c.config.data.image_size else None,
-            )
-            for c, w in zip(clss, cls_weights, strict=True)
-        ],
+        cls_specs=[classifier_spec(c.config, w) for c, w in zip(clss, cls_weights, strict=True)],
         mask_threshold=segs[0].config.threshold,
         seg_tta=seg_tta,
         cls_tta=cls_tta,
         mask_cleanup=mask_cleanup,
         calibration=calibration,
     ).eval()
+
+
+def classifier_spec(config: TrainConfig, weight: float = 1.0) -> ClassifierSpec:
+    """How the cascade runs a classifier trained with ``config``: as training fed it."""
+    load = config.load_size
+    return ClassifierSpec(
+        config.data.image_size,
+        config.input.mode,
+        config.input.crop_margin,
+        weight,
+        load if load != config.data.image_size else None,
+    )
 
 
 def open_cascade_data(
@@ -175,14 +178,31 @@ def open_cascade_data(
     )
 
 
-def check_same_data(seg: TrainConfig, cls: TrainConfig) -> None:
-    a = {"path": seg.data.path, "layout": seg.data.layout, **seg.data.split_config().to_record()}
-    b = {"path": cls.data.path, "layout": cls.data.layout, **cls.data.split_config().to_record()}
-    if a != b:
+def check_same_data(seg: Candidate, cls: Candidate) -> None:
+    """Refuse a segmenter and a classifier trained on different data or splits, compared
+    by content: the split settings, and the test split's images by their SHA-256 as each
+    checkpoint recorded them, so the same files under another folder (a moved or
+    re-mounted data set, another node's mount) pass. By path only when a checkpoint
+    records no splits."""
+    a, b = seg.config.data, cls.config.data
+    settings = [{"layout": d.layout, **d.split_config().to_record()} for d in (a, b)]
+    if settings[0] != settings[1]:
         raise ValueError(
-            "the segmenter and the classifier were trained on different data or splits "
-            f"({a} vs {b}); "
-            "a cascade needs one test split that neither model saw"
+            "the segmenter and the classifier were trained on different data or splits: "
+            f"layouts or split settings differ ({settings[0]} vs {settings[1]}); a cascade "
+            "needs one test split that neither model saw: train both with the same settings"
+        )
+    if seg.splits is None or cls.splits is None:
+        same, what = a.path == b.path, f"the data folders {a.path} and {b.path}"
+    else:
+        tests = [set(m.splits.get("test", {}).values()) for m in (seg, cls)]
+        same = tests[0] == tests[1]
+        what = f"their test splits ({len(tests[0] ^ tests[1])} images differ by content)"
+    if not same:
+        raise ValueError(
+            f"the segmenter ({seg.origin}) and the classifier ({cls.origin}) were trained on "
+            f"different data or splits: {what}; a cascade needs one test split that neither "
+            "model saw: train both on the same data set"
         )
 
 

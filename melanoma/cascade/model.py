@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from melanoma.cascade.calibration import CLIP, Calibration
-from melanoma.data.transforms import apply_input_mode
+from melanoma.data.transforms import apply_input_mode, resize_mask_tensor
 from melanoma.models.segmenter import segment_at
 
 
@@ -197,7 +197,7 @@ class Cascade(nn.Module):
             if load != x.shape[-1]:
                 xi = self._resize(x, load)
                 if mi is not None:
-                    mi = F.interpolate(mi.float(), size=(load, load), mode="nearest")
+                    mi = resize_mask_tensor(mi, load)
             inputs = apply_input_mode(
                 xi, mi if m != "full" else None, m, spec.crop_margin, spec.size
             )

@@ -57,6 +57,13 @@ class CascadeRecord:
     mask_cleanup_check: dict | None = None
     dropped_val: list = field(default_factory=list)
     dropped_test: list = field(default_factory=list)
+    # Chosen on out-of-fold predictions: sensitivity and specificity at the threshold on
+    # validation, of the fold models alone (what the threshold was fitted on) and as
+    # shipped (their mean, with TTA if on).
+    threshold_drift: dict | None = None
+    # Members loading images below input_size: their in-graph resize against the images
+    # they trained on (decisions.resize_drift).
+    resize_check: list = field(default_factory=list)
 
     def to_payload(self) -> dict:
         """What ``cascade.pt`` holds: the format tag, the version and every field."""

@@ -237,6 +237,8 @@ def markdown(report: dict) -> str:
         *_selection_lines(report),
         f"- melanoma threshold {report['threshold']:.4f}: {report['threshold_rule']} "
         f"(validation AUC {report['val_auc']:.3f})",
+        *([f"- {drift_line(report['threshold_drift'])}"] if report.get("threshold_drift") else []),
+        *(f"- {resize_line(r, report['input_size'])}" for r in report.get("resize_check") or []),
         f"- 95% intervals: percentile bootstrap over {report['bootstrap_resamples']} "
         "resamples of the test images (within each class for AUC, balanced accuracy, "
         "sensitivity, specificity and recall; plain for precision, F1, accuracy and average "
@@ -294,3 +296,27 @@ def markdown(report: dict) -> str:
         ]
     lines += ["![ROC and PR curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def drift_line(drift: dict) -> str:
+    """The console and report line for :func:`threshold_drift`."""
+    fold, shipped = drift["fold_models_on_val"], drift["shipped_on_val"]
+    return (
+        f"threshold {drift['threshold']:.4f} fitted on single fold models' out-of-fold "
+        f"probabilities (sensitivity {drift['out_of_fold']['sensitivity']:.3f} there); on "
+        f"{drift['images']} validation images ({drift['melanomas']} melanomas) the "
+        f"{drift['fold_models']} fold models alone give sensitivity {fold['sensitivity']:.3f}, "
+        f"specificity {fold['specificity']:.3f}; the shipped mean gives "
+        f"{shipped['sensitivity']:.3f} and {shipped['specificity']:.3f} (drift "
+        f"{drift['sensitivity_drift']:+.3f} and {drift['specificity_drift']:+.3f})"
+    )
+
+
+def resize_line(check: dict, input_size: int) -> str:
+    """The console and report line for one entry of ``decisions.resize_drift``."""
+    return (
+        f"members at {check['size']} px trained on each file loaded at {check['size']} px; the "
+        f"cascade resizes its {input_size} px input in the graph instead: on "
+        f"{check['images']} validation images they differ by {check['mean_abs_difference']:.2f} "
+        f"on average (at most {check['max_abs_difference']:.0f}) in 0-255 units"
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 from pathlib import Path
 
 import torch
@@ -14,7 +14,9 @@ from melanoma.cascade.record import TTA_STAGES, CascadeRecord, MemberRecord
 from melanoma.cascade.report import print_choice
 from melanoma.cascade.scoring import official_part
 from melanoma.data.dataset import DataBundle
+from melanoma.data.splits import LeakError
 from melanoma.engine.config import TrainConfig
+from melanoma.files import replace_atomically, write_json
 
 CASCADE_FILE = "cascade.pt"
 
@@ -53,11 +55,33 @@ def record_of(choice: Choice, bundle: DataBundle, input_size: int, **rest) -> Ca
 def save_cascade(record: CascadeRecord, out: Path) -> dict:
     """cascade.pt, cascade.json (the record without weights) and the lines that say what
     was chosen; returns the summary."""
-    torch.save(record.to_payload(), out / CASCADE_FILE)
+    payload = record.to_payload()
+    replace_atomically(out / CASCADE_FILE, lambda tmp: torch.save(payload, tmp))
     summary = record.summary()
-    (out / "cascade.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out / "cascade.json", summary)
     print_choice(record, out)
     return summary
+
+
+def recorded_splits(directory: Path, record: CascadeRecord, command: str) -> Path:
+    """``directory/splits.json``, refused unless it is the file the build wrote beside
+    ``cascade.pt`` (its SHA-256 is in the record): a splits file replaced or edited since
+    would make ``command`` score or describe another test split than the cascade's."""
+    path = Path(directory) / "splits.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: `melanoma cascade build` writes it beside {CASCADE_FILE}; "
+            "rebuild the cascade into this folder"
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != record.splits_sha256:
+        raise LeakError(
+            f"refusing to {command} {directory}: {path} (SHA-256 {digest[:12]}...) is not the "
+            f"splits file {CASCADE_FILE} was built with ({record.splits_sha256[:12]}...); it "
+            "was replaced or edited after the build. Restore it, or rebuild the cascade "
+            f"(`melanoma cascade build ... --out {directory}`)"
+        )
+    return path
 
 
 def load_cascade(directory: Path) -> tuple[Cascade, CascadeRecord]:

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from melanoma.cascade.record import CascadeRecord
-from melanoma.cascade.store import CASCADE_FILE, load_cascade
+from melanoma.cascade.store import CASCADE_FILE, load_cascade, recorded_splits
 from melanoma.data.io import file_sha256
 from melanoma.errors import MelanomaError
 from melanoma.export.card import (
@@ -122,12 +123,12 @@ def export_cascade(
     images, source = _sample_images(record, check_images, data)
     write_programs(cascade, images, out)
     checks = check_programs(cascade, images, out) | {"images_used": source}
-    splits = json.loads((directory / "splits.json").read_text())
+    splits = json.loads(recorded_splits(directory, record, "export").read_text())
     card = model_card(record, report, checks, splits)
     stale = out / INT8_FILE
     stale.unlink(missing_ok=True)  # an earlier export's INT8 model is not this cascade's
     if int8:
-        card["int8"] = int8_model(out, _validation(record, data))
+        card["int8"] = int8_model(out, validation_set(record, data), record.threshold)
     (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
     (out / "MODEL_CARD.md").write_text(render_markdown(card))
     files = ["cascade.onnx", "cascade.pt2", "model_card.json", "MODEL_CARD.md"]
@@ -137,7 +138,7 @@ def export_cascade(
     return card
 
 
-def _validation(record: CascadeRecord, data: str | None):
+def validation_set(record: CascadeRecord, data: str | None):
     """The cascade's validation images, which calibrate and check an INT8 model."""
     from melanoma.cascade.members import open_cascade_data
 
@@ -149,7 +150,12 @@ def _validation(record: CascadeRecord, data: str | None):
             f"and its data ({data or record.data['path']}) cannot be read: {err}. Pass "
             "--data DIR where the data set is now, or export without --int8"
         ) from err
-    return bundle.dataset("val")
+    # Without the validation copies of training images that the build dropped: the
+    # members trained on them (check_member_splits).
+    dropped = {d["id"] for d in record.dropped_val}
+    val = [e for e in bundle.splits.entries["val"] if e.sample.id not in dropped]
+    splits = replace(bundle.splits, entries={**bundle.splits.entries, "val": val})
+    return bundle.with_splits(splits).dataset("val")
 
 
 def _own_report(directory: Path) -> dict:

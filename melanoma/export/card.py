@@ -11,6 +11,7 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 
 from melanoma.cascade.record import CascadeRecord, MemberRecord
+from melanoma.export.int8 import int8_card_lines
 from melanoma.metrics.intervals import format_interval
 from melanoma.postprocess import CLEANUP_RULE
 
@@ -250,32 +251,7 @@ def render_markdown(card: dict) -> str:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items() if v),
         "",
     ]
-    return "\n".join(lines + _int8_lines(card.get("int8")))
-
-
-def _int8_lines(q: dict | None) -> list[str]:
-    if not q:
-        return []
-
-    def cell(v) -> str:
-        return "-" if v is None else f"{v:.4f}"
-
-    verdict = f"kept as `{q['file']}`" if q["kept"] else f"refused, not shipped: {q['refused']}"
-    return [
-        "## INT8 model",
-        "",
-        f"{q['method']}; calibrated on {q['calibration_images']} validation images, scored "
-        f"on all {q['validation_images']}: {verdict}.",
-        "",
-        "| validation | float | INT8 | lost | tolerance |",
-        "|---|---|---|---|---|",
-        *(
-            f"| {name} | {cell(q['float'][k])} | {cell(q['int8'][k])} | {cell(q['lost'][k])} | "
-            f"{q['tolerance'][k]} |"
-            for k, name in (("auc", "melanoma AUC"), ("jaccard", "mask Jaccard"))
-        ),
-        "",
-    ]
+    return "\n".join(lines + int8_card_lines(card.get("int8")))
 
 
 def _model_lines(card: dict) -> list[str]:
