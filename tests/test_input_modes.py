@@ -70,13 +70,19 @@ def test_the_mask_channel_starts_as_the_rgb_network_and_then_follows_the_mask(na
 
 
 def test_apply_input_mode_adds_the_mask_at_the_input_size():
-    image = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    mask = torch.zeros(2, 1, 32, 32, dtype=torch.uint8)
-    mask[0, :, 8:16, 8:24] = 1  # the second image: no lesion found
+    image = torch.randint(0, 256, (2, 3, 48, 48), dtype=torch.uint8)
+    mask = torch.zeros(2, 1, 48, 48, dtype=torch.uint8)
+    # Source rows and columns 13-16: output pixels 4 (source 12-14) and 5 (15-17) each
+    # two-thirds lesion. Sampled at pixel centres (3i + 1), as the image is resized, both
+    # are lesion; at pixel corners (3i, torch's "nearest") only pixel 5 is: a mask
+    # shifted by a third of an output pixel against the image.
+    mask[0, :, 13:17, 13:17] = 1  # the second image: no lesion found
     x = apply_input_mode(image, mask, "mask_channel", size=16)
     assert x.shape == (2, 4, 16, 16)
     assert torch.allclose(x[:, :3], apply_input_mode(image, None, "full", size=16))
-    assert torch.equal(x[0, 3], torch.nn.functional.interpolate(mask.float(), size=16)[0, 0])
+    expected = torch.zeros(16, 16)
+    expected[4:6, 4:6] = 1
+    assert torch.equal(x[0, 3], expected)
     assert x[1, 3].sum() == 0
     with pytest.raises(ValueError, match="input mode 'mask_channel' needs a mask"):
         apply_input_mode(image, None, "mask_channel")

@@ -170,10 +170,16 @@ def test_a_concurrent_burst_is_answered_in_full_while_health_answers(service, ex
     paths = exported["images"]
     bodies = [paths[i % len(paths)].read_bytes() for i in range(36)]
     with ThreadPoolExecutor(max_workers=12) as pool:
-        answers = list(pool.map(lambda b: _request(f"{service}/predict", b, "image/jpeg"), bodies))
-        # Health answers while the burst is served (submitted after it, from another thread).
-        health = pool.submit(_request, f"{service}/healthz").result()
-    assert health[0] == 200
+        burst = [pool.submit(_request, f"{service}/predict", b, "image/jpeg") for b in bodies]
+        # /healthz polled from this thread while the burst is in flight: each answer that
+        # came back before the burst's last one was answered during the burst.
+        during = []
+        while not all(f.done() for f in burst):
+            status, _ = _request(f"{service}/healthz")
+            if not all(f.done() for f in burst):
+                during.append(status)
+        answers = [f.result() for f in burst]
+    assert during and set(during) == {200}, during
     assert [status for status, _ in answers] == [200] * 36
     first = [a["probability"] for s, a in answers[: len(paths)]]
     again = [a["probability"] for s, a in answers[len(paths) : 2 * len(paths)]]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 from melanoma.data.records import Sample
 from melanoma.data.splits import SplitEntry
@@ -153,3 +155,132 @@ def test_the_ensembles_gain_is_measured_over_labelled_validation_images_alone():
     gain = _vs_best_pair(chosen, pair)
     assert gain["images"] == 4 and gain["in_sample"]
     assert gain["difference"] == 1.0 - 0.5  # AUC 1 against 2 of 4 pairs ranked
+
+
+def test_a_record_is_replaced_whole_or_not_at_all(tmp_path):
+    import pytest
+
+    from melanoma.files import replace_atomically, write_json
+
+    path = tmp_path / "cv.json"
+    write_json(path, {"runs": [1, 2]})
+
+    def dies_half_way(tmp: Path) -> None:
+        tmp.write_text('{"runs": [')
+        raise KeyboardInterrupt  # the process killed mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        replace_atomically(path, dies_half_way)
+    assert path.read_text() == '{\n "runs": [\n  1,\n  2\n ]\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["cv.json"]  # no temporary left behind
+    replace_atomically(tmp_path / "x.npz", lambda tmp: np.savez(tmp, a=np.arange(3)))
+    assert np.load(tmp_path / "x.npz")["a"].tolist() == [0, 1, 2]  # savez kept the name
+
+
+def test_a_truncated_out_of_fold_key_is_remade_not_fatal(tmp_path):
+    """A cache key cut short (a run killed while writing it) broke every later run until
+    deleted by hand; it now reads as absent, so the masks are made again."""
+    from melanoma.engine.oof import _load_masks, _save_masks
+
+    masks = {"a": np.ones((4, 4), dtype=np.uint8)}
+    key = {"segmenter": "seg.pt", "folds": 3, "size": 64}
+    path = tmp_path / "oof_masks_64.npz"
+    _save_masks(path, key, masks)
+    assert _load_masks(path, key)["a"].sum() == 16
+    key_file = path.with_suffix(".json")
+    key_file.write_text(key_file.read_text()[:10])
+    assert _load_masks(path, key) is None
+    _save_masks(path, key, masks)
+    assert _load_masks(path, key) is not None
+
+
+def test_members_on_the_same_files_under_another_folder_are_one_data_set():
+    """A moved or re-mounted data set (another node's mount) is the same data by content;
+    a real difference of the test split is still refused."""
+    from dataclasses import replace
+
+    import pytest
+
+    from melanoma.cascade.members import Candidate, check_same_data
+    from melanoma.engine.config import TrainConfig
+
+    splits = {"train": {"a": "h1", "b": "h2"}, "val": {"c": "h3"}, "test": {"d": "h4"}}
+
+    def member(task: str, path: str, recorded=splits) -> Candidate:
+        config = TrainConfig.from_dict({"task": task, "out": "x", "data": {"path": path}})
+        return Candidate(config, {}, f"{task}@{path}", None, recorded)
+
+    check_same_data(member("seg", "/mnt/node1/isic"), member("cls", "/data/isic"))
+    other = {**splits, "test": {"d": "h4", "e": "h5"}}
+    with pytest.raises(ValueError, match="different data or splits.*1 images differ"):
+        check_same_data(member("seg", "/data/isic"), member("cls", "/data/isic", other))
+    # Without recorded splits, only the folder can tell.
+    with pytest.raises(ValueError, match="the data folders /a and /b"):
+        check_same_data(member("seg", "/a", None), member("cls", "/b", None))
+    seeded = member("cls", "/data/isic")
+    seeded = replace(
+        seeded, config=replace(seeded.config, data=replace(seeded.config.data, split_seed=9))
+    )
+    with pytest.raises(ValueError, match="split settings differ"):
+        check_same_data(member("seg", "/data/isic"), seeded)
+
+
+class _Recorder(torch.nn.Module):
+    """A classifier that keeps what it was given and answers 'benign'."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen = x.detach().clone()
+        return torch.zeros(x.shape[0], 2)
+
+
+@pytest.mark.parametrize("mode", ["full", "masked", "crop", "mask_channel", "dual"])
+def test_the_cascade_gives_a_classifier_what_training_gave_it(synth_root, mode):
+    """The same images through training's path (the dataset at the member's load size,
+    the task's inputs) and through the cascade's (the files loaded as `predict` loads them,
+    the classifier spec the build writes) reach the classifier bit for bit."""
+    from torch.utils.data import default_collate
+
+    from melanoma.cascade.members import classifier_spec
+    from melanoma.cascade.model import Cascade, SegmenterSpec
+    from melanoma.data.io import load_image
+    from melanoma.engine.config import TrainConfig
+    from melanoma.engine.loop import open_training_data
+    from melanoma.engine.tasks import make_task
+
+    source = 64 if mode in ("crop", "dual") else None
+    config = TrainConfig.from_dict(
+        {
+            "task": "cls",
+            "out": "x",
+            "model": {"arch": "resnet18", "pretrained": False},
+            "data": {"path": str(synth_root), "image_size": 32},
+            "input": {"mode": mode, "source_size": source, "crop_margin": 0.2},
+        }
+    )
+    bundle = open_training_data(config)
+    dataset = bundle.dataset("val")
+    batch = default_collate([dataset[i] for i in range(4)])
+    assert batch["mask"].flatten(1).any(dim=1).all()  # lesions to mask and crop
+    trained_on = make_task(config).inputs(batch, torch.device("cpu"))
+
+    files = {e.sample.id: e.sample.image_path for e in bundle.splits.entries["val"]}
+    loaded = torch.stack(
+        [
+            torch.from_numpy(
+                np.ascontiguousarray(load_image(files[i], config.load_size).transpose(2, 0, 1))
+            )
+            for i in batch["id"]
+        ]
+    )
+    assert torch.equal(loaded, batch["image"])
+    recorder = _Recorder()
+    cascade = Cascade(
+        [torch.nn.Identity()],
+        [recorder],
+        input_size=config.load_size,
+        seg_specs=[SegmenterSpec(32)],
+        cls_specs=[classifier_spec(config)],
+    )
+    with torch.no_grad():
+        cascade.classify_uncalibrated(loaded, batch["mask"])
+    assert torch.equal(recorder.seen, trained_on)
