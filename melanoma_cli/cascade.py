@@ -71,6 +71,7 @@ def _cmd_cascade_evaluate(args: argparse.Namespace) -> int:
         data=args.data,
         resamples=args.bootstrap,
         drop_test_duplicates=args.drop_test_duplicates,
+        submission=args.submission,
     )
     print((Path(args.dir) / "report.md").read_text())
     print(
@@ -154,5 +155,11 @@ def register(sub) -> None:
     p.add_argument("dir")
     p.add_argument("--data")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument(
+        "--submission",
+        type=Path,
+        help="also write the test predictions as ISIC Challenge submission files (a "
+        "classification CSV, mask PNGs at each image's size) into this new folder",
+    )
     _add_drop_test_duplicates(p)
     p.set_defaults(func=_cmd_cascade_evaluate)

@@ -936,6 +936,23 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     )
     assert chosen_json["tta"] == {"segmenter": False, "classifier": False}
     assert chosen_json["best_pair"] is None and "second check" in printed
+    # The threshold was fitted on single fold models; its drift as shipped is measured on
+    # validation: the shipped figures are the cascade's own there.
+    from melanoma.cascade.members import open_cascade_data
+
+    drift = chosen_json["threshold_drift"]
+    assert drift["fold_models"] == 2 and drift["threshold"] == chosen_json["threshold"]
+    shipped, record = load_cascade(oof_build)
+    val_bundle = open_cascade_data(record.data, record.input_size).with_splits(
+        Splits.load(oof_build / "splits.json")
+    )
+    val = run_cascade(shipped, val_bundle, "val")
+    flagged = val.prob >= record.threshold
+    assert drift["shipped_on_val"]["sensitivity"] == pytest.approx(flagged[val.label == 1].mean())
+    assert drift["sensitivity_drift"] == pytest.approx(
+        drift["shipped_on_val"]["sensitivity"] - drift["fold_models_on_val"]["sensitivity"]
+    )
+    assert "fitted on single fold models" in printed
     report = evaluate_cascade(oof_build, resamples=20)
     assert "chosen on out-of-fold predictions" in (oof_build / "report.md").read_text()
     assert report["selection"]["set"] == "out-of-fold"
@@ -1241,6 +1258,10 @@ def test_calibration_is_chosen_on_selection_and_travels_to_export_and_predict(
     assert np.abs(session.run(None, {"images": images.numpy()})[0] - eager).max() < 1e-4
     card = json.loads((export / "model_card.json").read_text())
     assert card["calibration"]["method"] == "platt"
+    # Operating points were read off the test ROC curve, and the card says so.
+    card_md = (export / "MODEL_CARD.md").read_text()
+    assert "specificity at 90% sensitivity, read off the test ROC curve*" in card_md
+    assert "not a figure the shipped threshold promises" in card_md
     # The card says what it is for and not, what it learnt from, how it did per subgroup
     # and what limits it; MODEL_CARD.md says the same to people.
     assert "not a medical device" in " ".join(card["not_intended_use"])
@@ -1459,3 +1480,49 @@ def test_evaluate_and_export_refuse_a_splits_file_that_is_not_the_builds(built, 
     (copy / "splits.json").unlink()
     with pytest.raises(FileNotFoundError, match="splits.json is missing"):
         evaluate_cascade(copy, resamples=10)
+
+
+def test_evaluate_writes_challenge_submission_files_the_report_agrees_with(built, tmp_path):
+    """`cascade evaluate --submission DIR`: every test image's probability (the threshold
+    mapped to the scorer's 0.5) and its mask at the image's own size."""
+    from PIL import Image
+    from sklearn.metrics import roc_auc_score
+
+    copy = tmp_path / "copy"
+    shutil.copytree(built["dir"], copy)
+    out = tmp_path / "submission"
+    args = ["cascade", "evaluate", str(copy), "--bootstrap", "20", "--submission", str(out)]
+    assert main(args) == 0
+    report = json.loads((copy / "report.json").read_text())
+    with open(copy / "test_predictions.csv") as fh:
+        predictions = {r["id"]: r for r in csv.DictReader(fh)}
+    with open(out / "classification.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["image"] for r in rows) == sorted(predictions)
+    labels = [int(predictions[r["image"]]["label"]) for r in rows]
+    written = [float(r["melanoma"]) for r in rows]
+    auc = report["classification"]["auc"]["value"]
+    assert roc_auc_score(labels, written) == pytest.approx(auc, abs=1e-6)
+    flagged = [float(r["melanoma"]) > 0.5 for r in rows]  # the scorer's rule
+    assert flagged == [predictions[r["image"]]["melanoma"] == "1" for r in rows]
+    masks = sorted((out / "segmentation").glob("*_segmentation.png"))
+    assert len(masks) == len(rows)
+    image = next(built["data"].glob(f"ISIC-2017_Training_Data/{rows[0]['image']}.jpg"))
+    assert Image.open(out / "segmentation" / f"{rows[0]['image']}_segmentation.png").size == (
+        Image.open(image).size
+    )
+
+
+def test_the_int8_check_leaves_out_validation_copies_the_build_dropped(built):
+    """The validation images the export calibrates and checks INT8 on are the build's:
+    without the copies of training images it dropped (the members trained on them)."""
+    from dataclasses import replace
+
+    from melanoma.export import validation_set
+
+    _, record = load_cascade(built["dir"])
+    everything = validation_set(record, None)
+    ids = [everything[i]["id"] for i in range(len(everything))]
+    dropped = replace(record, dropped_val=[{"id": ids[0], "reason": "x", "twin": "y"}])
+    kept = validation_set(dropped, None)
+    assert [kept[i]["id"] for i in range(len(kept))] == ids[1:]

@@ -104,15 +104,20 @@ def evaluate_cascade(
     data: str | None = None,
     resamples: int = 1000,
     drop_test_duplicates: bool = False,
+    submission: Path | None = None,
 ) -> dict:
     """Evaluate on the test split; write report.json, report.md, curves.png,
     reliability.png (also in ``directory/tensorboard``) and test_predictions.csv into
     ``directory``. ``drop_test_duplicates`` evaluates without the
-    test images that share bytes, an id or a lesion with train/val (listed in the report)."""
+    test images that share bytes, an id or a lesion with train/val (listed in the report).
+    ``submission``: also write the test predictions as ISIC Challenge submission files
+    there (``melanoma.cascade.submission``), for the official scorer."""
     directory = Path(directory)
     cascade, record = load_cascade(directory)
     bundle = checked_test_data(directory, record, data, drop_test_duplicates)
     result = run_cascade(cascade, bundle, "test")
+    if submission is not None:
+        _write_submission(Path(submission), result, bundle, record.threshold)
     labelled = result.subset(result.labelled)
     labels, probs, raw_probs = labelled.label, labelled.prob, labelled.raw_prob
     threshold = record.threshold
@@ -164,6 +169,23 @@ def evaluate_cascade(
     (directory / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (directory / "report.md").write_text(markdown(report))
     return report
+
+
+def _write_submission(out: Path, result: CascadeOutputs, bundle, threshold: float) -> None:
+    """Every test image's probability and mask, the masks at each image's own size."""
+    from melanoma.cascade.submission import write_submission
+    from melanoma.data.io import image_size
+
+    paths = {e.sample.id: e.sample.image_path for e in bundle.splits.entries["test"]}
+    sizes = {str(i): image_size(paths[str(i)])[::-1] for i in result.id}  # (height, width)
+    written = write_submission(
+        out, result.id, result.prob, result.pred_mask, threshold=threshold, sizes=sizes
+    )
+    print(
+        f"ISIC Challenge submission files: {', '.join(str(p) for p in written.values())} "
+        "(score them with `isic-challenge-scoring`; see docs/cascade.md)",
+        flush=True,
+    )
 
 
 def checked_test_data(

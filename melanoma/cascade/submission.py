@@ -192,7 +192,7 @@ def _write_masks(
         if sizes is not None:
             height, width = (int(v) for v in sizes[image_id])
             if (height, width) != mask.shape:
-                mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+                mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
         Image.fromarray(mask * np.uint8(255)).save(  # 2-D uint8: 8-bit greyscale, "L"
             folder / f"{image_id}_segmentation.png"
         )

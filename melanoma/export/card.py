@@ -13,6 +13,7 @@ from importlib.metadata import PackageNotFoundError, version
 from melanoma.cascade.record import CascadeRecord, MemberRecord
 from melanoma.export.int8 import int8_card_lines
 from melanoma.metrics.intervals import format_interval
+from melanoma.metrics.operating_points import describe_point
 from melanoma.postprocess import CLEANUP_RULE
 
 PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
@@ -319,10 +320,10 @@ def _result_lines(card: dict) -> list[str]:
         "|---|---|",
         *(f"| {k} | {format_interval(v)} |" for k, v in c.items() if isinstance(v, dict)),
     ]
-    for k, v in (test.get("operating_points") or {}).items():
-        kind, target = k.split("_at_")
-        other = "sensitivity" if kind == "specificity" else "specificity"
-        lines.append(f"| {kind} at {target}% {other} | {format_interval(v)} |")
+    points = test.get("operating_points") or {}
+    for k, v in points.items():
+        label = f"{describe_point(k)}, read off the test ROC curve*"
+        lines.append(f"| {label} | {format_interval(v)} |")
     if test.get("segmentation"):
         lines += [
             f"| lesion {k} | {format_interval(v)} |"
@@ -330,6 +331,13 @@ def _result_lines(card: dict) -> list[str]:
             if isinstance(v, dict)
         ]
     lines.append("")
+    if points:
+        lines += [
+            "\\* At a threshold that reaches it on the test images themselves, so not a "
+            "figure the shipped threshold promises; ship an operating point with "
+            "`cascade build --target-sensitivity`, chosen on the selection set.",
+            "",
+        ]
     cal = test.get("test_calibration")
     if cal:
         lines += [
