@@ -1,45 +1,67 @@
 """Does the lesion mask help the classifier? The whole image against each mask-using input
-mode, on images nobody chose on.
+mode, on images nobody chose on, with the resolution held fixed by two control arms, and
+scored out of distribution on HAM10000 through the cascade as it ships.
 
     python benchmarks/input_modes.py --data ../shared/data/isic2017 [--seeds 0 1 2]
         [--epochs 4] [--image-size 64] [--source-size 128]
-        [--modes full crop masked mask_channel dual] [--experiment isic2017_cpu_cls]
+        [--arms full crop masked mask_channel dual full@128 dual@64/64]
+        [--ham ../shared/data/ham10000] [--experiment isic2017_cpu_cls]
         [--segmenter RUN] [--seg-epochs 4] [--json out.json] [--log train.log]
         [--keep DIR]
     # GPU-sized: --image-size 224 --source-size 448 --epochs 12 --seg-epochs 10
     #            --experiment isic2017_gpu_cls
 
 On the real ISIC 2017 images, through the project's own training (``melanoma.engine.run.
-train``, in this process, no search), one classifier per mode and seed from the shipped
-experiment's train config, each for ``--epochs`` epochs: ``full`` (the whole image),
-``crop`` and ``dual`` cutting the lesion crop from a ``--source-size`` copy (the detail the
-downsized image lost), ``masked`` and ``mask_channel``. Every mask-using mode trains on the
-out-of-fold masks of one segmenter (trained once for the run, ``--seg-epochs`` at
-``--image-size``, or ``--segmenter RUN``) and is validated and tested on that segmenter's
-predicted masks, as the cascade runs it. Each model's best epoch (on validation) is scored
-once on the lesion-grouped test split carved from the training images, which nothing chose
-on: its AUC and the paired bootstrap of its AUC minus ``full``'s on the same images, with
-the 95% interval, per seed and over seeds.
+train``, in this process, no search), one classifier per arm and seed from the shipped
+experiment's train config, each for ``--epochs`` epochs. An arm is an input mode at sizes,
+named ``MODE@SIZE`` or, for the crop modes, ``MODE@SIZE/SOURCE`` (the crop cut from a
+``SOURCE`` px copy): a bare ``MODE`` is at ``--image-size`` (crops from
+``--source-size``), ``full@S`` the whole image at S px, ``crop@S`` / ``dual@S`` a crop cut
+from the S px image itself. The default arms are ``full`` (the whole image), ``crop`` and
+``dual`` (their crop from the ``--source-size`` copy: the detail the downsized image
+lost), ``masked``, ``mask_channel``, and two controls for that extra detail: ``full`` at
+the source size (the whole image with every pixel the crop could use) and ``dual`` with
+its crop cut from the image size (the mask's help without the larger copy). Every
+mask-using arm trains on the out-of-fold masks of one segmenter (trained once for the run,
+``--seg-epochs`` at ``--image-size``, or ``--segmenter RUN``) and is validated and tested
+on that segmenter's predicted masks, as the cascade runs it. Each model's best epoch (on
+validation) is scored once on the lesion-grouped test split carved from the training
+images, which nothing chose on: its AUC and the paired bootstrap of its AUC minus
+``full``'s (at ``--image-size``) on the same images with the 95% interval, and, where the
+arm loads its images at another size, minus ``full`` at that size (``full@128`` for
+``dual@64/128``: the same pixels in, the mask's help alone).
+
+``--ham DIR`` (a folder with ``manifest.csv``: ``image,label,...``) also scores every arm
+there, never choosing anything on it: the run's segmenter and the arm's classifier put
+together by ``melanoma.cascade.members.make_cascade`` at the cascade's input size (the
+largest size a member loads at, as ``cascade build`` sets it), no TTA, no calibration, on
+images read by ``melanoma.data.io.load_image`` at that size (as ``melanoma predict``
+reads them), mask-using arms on the segmenter's thresholded masks. The images are decoded
+once per size and reused by every arm and seed.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import importlib.util
 import json
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 MODES = ("full", "crop", "masked", "mask_channel", "dual")
 CROP_MODES = ("crop", "dual")
+SETS = ("test", "ham")  # the carved ISIC 2017 test split; HAM10000 (out of distribution)
 
 
 def _real_search():
-    """The sibling benchmark, whose segmenter, scoring and experiment helpers this reuses."""
+    """The sibling benchmark, whose segmenter, scoring and experiment helpers this reuses.
+    (Loaded by path: importing a shared module instead would mean editing real_search.py.)"""
     path = Path(__file__).with_name("real_search.py")
     spec = importlib.util.spec_from_file_location("bench_real_search", path)
     module = importlib.util.module_from_spec(spec)
@@ -47,114 +69,380 @@ def _real_search():
     return module
 
 
-def train_config(base: dict, mode: str, seed: int, args, out: Path) -> dict:
-    """The shipped experiment's train config for one mode and seed at the benchmark's
-    sizes; mask-using modes on the segmenter's masks, crops from the source size."""
+@dataclass(frozen=True)
+class Arm:
+    """One classifier of the comparison: an input mode at a size, the crop modes with the
+    size of the copy their crop is cut from."""
+
+    mode: str
+    size: int
+    source: int | None = None  # crop modes only
+
+    @property
+    def load_size(self) -> int:
+        """The size its images (and masks) are loaded at."""
+        return self.source or self.size
+
+    @property
+    def name(self) -> str:
+        if self.mode in CROP_MODES:
+            return f"{self.mode}@{self.size}/{self.load_size}"
+        return f"{self.mode}@{self.size}"
+
+
+def parse_arm(spec: str, image_size: int, source_size: int) -> Arm:
+    """``MODE``, ``MODE@SIZE`` or ``MODE@SIZE/SOURCE`` (crop modes) as an Arm; a bare mode is
+    at ``image_size``, its crop from ``source_size``; ``MODE@SIZE`` crops from SIZE itself."""
+    mode, at, sizes = spec.partition("@")
+    if mode not in MODES:
+        raise ValueError(f"arm {spec!r}: unknown mode {mode!r}; valid: {', '.join(MODES)}")
+    if not at:
+        return Arm(mode, image_size, source_size if mode in CROP_MODES else None)
+    parts = sizes.split("/")
+    if len(parts) > 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"arm {spec!r}: write MODE@SIZE or MODE@SIZE/SOURCE, sizes in px")
+    if len(parts) == 2 and mode not in CROP_MODES:
+        raise ValueError(
+            f"arm {spec!r}: only {' and '.join(CROP_MODES)} cut a crop from a larger copy; "
+            f"write {mode}@{parts[0]}"
+        )
+    size = int(parts[0])
+    source = int(parts[-1]) if mode in CROP_MODES else None
+    if source is not None and source < size:
+        raise ValueError(f"arm {spec!r}: the crop's source ({source}) is smaller than {size}")
+    if mode != "full" and size != image_size:
+        raise ValueError(
+            f"arm {spec!r}: mask-using arms run at --image-size ({image_size}), the size the "
+            "segmenter's masks are made at; only full takes another size"
+        )
+    return Arm(mode, size, source)
+
+
+def default_arms(image_size: int, source_size: int) -> list[str]:
+    """Every mode, and the two resolution controls (when the source is larger)."""
+    controls = [f"full@{source_size}", f"dual@{image_size}/{image_size}"]
+    return [*MODES, *(controls if source_size > image_size else [])]
+
+
+def parse_arms(specs: list[str], image_size: int, source_size: int) -> list[Arm]:
+    """The arms in order, duplicates dropped, the reference (``full`` at the image size)
+    first; raises ValueError when it is missing or a spec is bad."""
+    arms = list(dict.fromkeys(parse_arm(s, image_size, source_size) for s in specs))
+    ref = reference(image_size)
+    if ref not in arms:
+        raise ValueError(f"the arms must include {ref.name} (full): every arm is compared with it")
+    return [ref, *[a for a in arms if a != ref]]
+
+
+def reference(image_size: int) -> Arm:
+    return Arm("full", image_size)
+
+
+def same_pixels(arm: Arm, arms: list[Arm]) -> Arm | None:
+    """The whole-image arm that loads images at this arm's load size (the resolution
+    control), when the run has it; None for whole-image arms."""
+    if arm.mode == "full":
+        return None
+    control = Arm("full", arm.load_size)
+    return control if control in arms else None
+
+
+def train_config(base: dict, arm: Arm, seed: int, args, out: Path) -> dict:
+    """The shipped experiment's train config for one arm and seed; mask-using modes on the
+    segmenter's masks, crops from the arm's source size."""
     config = json.loads(json.dumps(base["train"]))
     config.update(task="cls", seed=seed, epochs=args.epochs, log_images=0, out=str(out))
-    config["data"] = {**config["data"], "path": args.data, "image_size": args.image_size}
+    config["data"] = {**config["data"], "path": args.data, "image_size": arm.size}
     config["input"] = {
         **config.get("input", {}),
-        "mode": mode,
-        "mask_source": "gt" if mode == "full" else args.mask_source,
-        "source_size": args.source_size if mode in CROP_MODES else None,
+        "mode": arm.mode,
+        "mask_source": "gt" if arm.mode == "full" else args.mask_source,
+        "source_size": arm.source if arm.mode in CROP_MODES else None,
     }
     return config
 
 
-def run_mode(base: dict, mode: str, seed: int, args, tmp: Path, log, bench) -> dict:
-    """Train one mode's classifier; its validation and held-out predictions and cost."""
+class Ham:
+    """An out-of-distribution set read from its manifest.csv (``image,label,...``), decoded
+    once per size (the cascade's input size) and kept in memory; the segmenter's masks
+    kept per size too (one segmenter per run)."""
+
+    def __init__(self, root: Path, limit: int | None = None):
+        self.root = Path(root)
+        with open(self.root / "manifest.csv", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("label", "") in ("0", "1")]
+        if limit and limit < len(rows):
+            rows = _subset(rows, limit)
+        self.paths = [self.root / r["image"] for r in rows]
+        self.ids = [r.get("id") or Path(r["image"]).stem for r in rows]
+        import numpy as np
+
+        self.labels = np.array([int(r["label"]) for r in rows])
+        if len(set(self.labels.tolist())) < 2:
+            raise ValueError(f"{root}: the scored images need melanomas and benign lesions")
+        self._images: dict[int, object] = {}
+        self._masks: dict[int, object] = {}
+        self.decode_s: dict[int, float] = {}
+
+    def images(self, size: int):
+        """(N, 3, S, S) uint8, each image read as ``melanoma predict`` reads it."""
+        import numpy as np
+
+        from melanoma.data.io import load_image
+
+        if size not in self._images:
+            started = time.perf_counter()
+            out = np.empty((len(self.paths), 3, size, size), dtype=np.uint8)
+            for i, path in enumerate(self.paths):
+                out[i] = load_image(path, size).transpose(2, 0, 1)
+            self._images[size] = out
+            self.decode_s[size] = time.perf_counter() - started
+        return self._images[size]
+
+    def masks(self, cascade, batch: int):
+        """The cascade's thresholded lesion masks (N, 1, S, S), as its forward makes them;
+        the same segmenter for every arm of a run, so made once per input size."""
+        import numpy as np
+        import torch
+
+        size = cascade.input_size
+        if size not in self._masks:
+            images = self.images(size)
+            out = np.empty((len(images), 1, size, size), dtype=np.uint8)
+            with torch.inference_mode():
+                for i in range(0, len(images), batch):
+                    x = torch.from_numpy(images[i : i + batch])
+                    mask = cascade.segment(x) > cascade.mask_threshold
+                    out[i : i + batch] = mask.to(torch.uint8).numpy()
+            self._masks[size] = out
+        return self._masks[size]
+
+
+def _subset(rows: list[dict], limit: int) -> list[dict]:
+    """About ``limit`` rows spread evenly over each label's rows in turn (a quick look, never
+    the figure to report), in the manifest's order."""
+    keep = []
+    for label in ("0", "1"):
+        of = [i for i, r in enumerate(rows) if r["label"] == label]
+        n = max(1, round(limit * len(of) / len(rows)))
+        keep += [of[int(j * len(of) / n)] for j in range(min(n, len(of)))]
+    return [rows[i] for i in sorted(keep)]
+
+
+def ham_predictions(segmenter: Path, checkpoint: Path, ham: Ham, batch: int = 64) -> dict:
+    """The melanoma probability of every ``ham`` image from the cascade of ``segmenter`` and
+    the classifier of ``checkpoint``, as ``cascade build`` would assemble the pair."""
+    import numpy as np
+    import torch
+
+    from melanoma.cascade.members import load_candidates, make_cascade
+
+    segs, clss = load_candidates(segmenter, "seg"), load_candidates(checkpoint, "cls")
+    size = max(c.config.load_size for c in [*segs, *clss])  # as cascade build sets it
+    cascade = make_cascade(segs, clss, size)
+    images = ham.images(size)
+    masks = ham.masks(cascade, batch) if cascade.needs_mask else None
+    probs = np.empty(len(images), dtype=np.float64)
+    with torch.inference_mode():
+        for i in range(0, len(images), batch):
+            x = torch.from_numpy(images[i : i + batch])
+            m = torch.from_numpy(masks[i : i + batch]) if masks is not None else None
+            probs[i : i + batch] = cascade.classify(x, m).numpy()
+        # The cached masks give exactly what the cascade's own forward gives.
+        check = cascade(torch.from_numpy(images[:4]))[0].numpy()
+    if not np.allclose(check, probs[:4], atol=1e-5):
+        raise AssertionError(f"HAM scoring differs from the cascade's forward: {check}")
+    return {"id": np.array(ham.ids), "label": ham.labels, "prob": probs, "input_size": size}
+
+
+def run_arm(base: dict, arm: Arm, seed: int, args, tmp: Path, log, bench, ham) -> dict:
+    """Train one arm's classifier; its validation, held-out and HAM predictions and cost."""
     from melanoma.engine.checkpoint import BEST, CHECKPOINTS
     from melanoma.engine.config import TrainConfig
     from melanoma.engine.loop import Runtime
     from melanoma.engine.run import train
 
-    out = tmp / f"{mode}-{seed}"
-    config = TrainConfig.from_dict(train_config(base, mode, seed, args, out))
+    out = tmp / f"{arm.name.replace('@', '-').replace('/', '-')}-{seed}"
+    config = TrainConfig.from_dict(train_config(base, arm, seed, args, out))
     started = time.perf_counter()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         train(config, Runtime(progress=False))
         wall = time.perf_counter() - started
         best = out / CHECKPOINTS / BEST
-        val, test = bench.predictions(best, "val"), bench.predictions(best, "test")
-    return {"val": val, "test": test, "wall_s": wall}
+        result = {"val": bench.predictions(best, "val"), "test": bench.predictions(best, "test")}
+        if ham is not None:
+            started = time.perf_counter()
+            result["ham"] = ham_predictions(Path(args.segmenter_run), best, ham)
+            result["ham_s"] = time.perf_counter() - started
+    return {**result, "wall_s": wall}
 
 
-def run_seed(base: dict, seed: int, args, tmp: Path, log, bench) -> dict[str, dict]:
+def compare(preds: dict, other: dict) -> dict:
+    """The paired bootstrap of AUC(preds) minus AUC(other) on the images both scored."""
     from melanoma.metrics.paired import aligned, paired_difference
 
-    trained = {m: run_mode(base, m, seed, args, tmp, log, bench) for m in args.modes}
-    reference = trained["full"]["test"]
+    _, a, b = aligned(preds["id"], preds["prob"], other["id"], other["prob"])
+    return paired_difference(preds["label"], a, b)
+
+
+def interval(vs: dict) -> str:
+    return f"{vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
+
+
+def records_of(trained: dict[Arm, dict], seed: int, bench) -> dict[str, dict]:
+    """Each arm's figures for one seed: AUCs, paired differences against ``full`` at the
+    image size and against ``full`` at the arm's load size, on each scored set."""
+    arms = list(trained)
+    ref = arms[0]
     results = {}
-    for mode, t in trained.items():
+    for arm, t in trained.items():
+        control = same_pixels(arm, arms)
         record = {
             "seed": seed,
+            "arm": arm.name,
+            "mode": arm.mode,
+            "image_size": arm.size,
+            "load_size": arm.load_size,
             "val_auc": bench.auc(t["val"]),
             "test_auc": bench.auc(t["test"]),
             "wall_s": t["wall_s"],
             "test": {k: t["test"][k].tolist() for k in ("id", "label", "prob")},
         }
-        line = ""
-        if mode != "full":
-            ours, full = t["test"], reference
-            _, a, b = aligned(ours["id"], ours["prob"], full["id"], full["prob"])
-            vs = paired_difference(t["test"]["label"], a, b)
-            record["vs_full"] = vs
-            line = f", minus full {vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
-        results[mode] = record
+        if control is not None:
+            record["control"] = control.name
+        scored = [s for s in SETS if s in t]
+        for s in scored:
+            if s != "test":
+                record[f"{s}_auc"] = bench.auc(t[s])
+            if arm != ref:
+                record[f"{s}_vs_full"] = compare(t[s], trained[ref][s])
+            if control is not None:
+                # The same pixels in: for an arm loading at the image size, that is full.
+                record[f"{s}_vs_control"] = (
+                    record[f"{s}_vs_full"] if control == ref else compare(t[s], trained[control][s])
+                )
+        if "ham" in t:
+            record["ham_s"] = t["ham_s"]
+            record["ham_input_size"] = t["ham"]["input_size"]
+            record["ham_prob"] = [round(float(p), 6) for p in t["ham"]["prob"]]
+        results[arm.name] = record
+        line = "".join(
+            f"; {s} {record[f'{s}_auc']:.4f}"
+            + "".join(
+                f", minus {what} {interval(record[key])}"
+                for what, key in (
+                    (ref.name, f"{s}_vs_full"),
+                    (record.get("control"), f"{s}_vs_control"),
+                )
+                if key in record and (key.endswith("_full") or what != ref.name)
+            )
+            for s in scored
+        )
         print(
-            f"seed {seed} {mode:12}: val {record['val_auc']:.4f}, held-out "
-            f"{record['test_auc']:.4f}{line}; {record['wall_s']:.0f} s",
+            f"seed {seed} {arm.name:16}: val {record['val_auc']:.4f}{line}; "
+            f"{record['wall_s']:.0f} s",
             flush=True,
         )
     return results
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    """Per mode over seeds: held-out AUC, paired gain over ``full`` (how often positive,
-    how often its interval excludes zero), validation AUC, cost."""
+    """Per arm over seeds, on each scored set: AUC, paired gain over ``full`` at the image
+    size and over ``full`` at the arm's load size (how often positive, how often its
+    interval excludes zero either way); validation AUC and cost."""
     summary = {}
-    for mode, rs in runs.items():
-        vs = [r["vs_full"] for r in rs if r.get("vs_full")]
-        summary[mode] = {
-            "test_auc": [r["test_auc"] for r in rs],
+    for name, rs in runs.items():
+        if not rs:
+            continue
+        s = {
             "val_auc": [r["val_auc"] for r in rs],
-            "gain_vs_full": [v["difference"] for v in vs],
-            "wins": sum(v["difference"] > 0 for v in vs),
-            "separated_wins": sum(v["low"] > 0 for v in vs),
-            "separated_losses": sum(v["high"] < 0 for v in vs),
             "wall_s": statistics.mean(r["wall_s"] for r in rs),
+            "control": rs[0].get("control"),
         }
+        for which in SETS:
+            if f"{which}_auc" not in rs[0]:
+                continue
+            s[f"{which}_auc"] = [r[f"{which}_auc"] for r in rs]
+            for against in ("full", "control"):
+                vs = [r[f"{which}_vs_{against}"] for r in rs if r.get(f"{which}_vs_{against}")]
+                if vs:
+                    s[f"{which}_vs_{against}"] = {
+                        "gain": [v["difference"] for v in vs],
+                        "low": [v["low"] for v in vs],
+                        "high": [v["high"] for v in vs],
+                        "wins": sum(v["difference"] > 0 for v in vs),
+                        "separated_wins": sum(v["low"] > 0 for v in vs),
+                        "separated_losses": sum(v["high"] < 0 for v in vs),
+                    }
+        if "ham_s" in rs[0]:
+            s["ham_s"] = statistics.mean(r["ham_s"] for r in rs)
+        summary[name] = s
     return summary
 
 
-def print_table(summary: dict, seeds: int, bench) -> None:
+TITLES = {
+    "test": "held-out: the lesion-grouped test split carved from the ISIC 2017 training images",
+    "ham": "out of distribution: HAM10000 + ISIC 2018 Task 3 test, through the cascade",
+}
+
+
+def _gain(vs: dict | None, seeds: int) -> tuple[str, str, str]:
+    """(gain over seeds, or the one seed's with its interval; wins; interval>0/<0 counts)."""
+    if not vs:
+        return "-", "-", "-"
+    if len(vs["gain"]) == 1:
+        g = f"{vs['gain'][0]:+.4f} ({vs['low'][0]:+.3f} to {vs['high'][0]:+.3f})"
+    else:
+        g = _spread(vs["gain"])
+    return g, f"{vs['wins']}/{seeds}", f"{vs['separated_wins']}/{vs['separated_losses']}"
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.mean(values):+.4f} ({min(values):+.4f} to {max(values):+.4f})"
+
+
+def _mean_range(values: list[float]) -> str:
+    return f"{statistics.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
+
+
+def print_table(summary: dict, seeds: int, which: str = "test", ref: str | None = None) -> None:
+    """One scored set's table: AUC, gain over ``full`` at the image size (``ref``, the
+    first arm) and over ``full`` at the arm's load size, the same pixels in."""
+    ref = ref or next(iter(summary))
+    arms = {n: s for n, s in summary.items() if f"{which}_auc" in s}
+    if not arms:
+        return
+    auc_head = "AUC, mean (min-max)" if seeds > 1 else "AUC"
+    gain_head = ", mean (min-max)" if seeds > 1 else " (95% CI)"
+    cost = "ham s" if which == "ham" else "wall s"
+    print(f"{TITLES[which]} ({seeds} seed{'s' if seeds > 1 else ''})")
     print(
-        f"{'mode':12} | {'held-out AUC, mean (min-max)':>30} | {'paired gain vs full':>34} | "
-        f"{'wins':>5} | {'interval > 0':>12} | {'interval < 0':>12} | "
-        f"{'val AUC, mean':>13} | {'wall s':>6}"
+        f"{'arm':16} | {auc_head:>24} | {f'minus {ref}{gain_head}':>36} | {'>0':>4} | "
+        f"{'CI >0/<0':>8} | {'control':>9} | {f'minus control{gain_head}':>36} | {'>0':>4} | "
+        f"{'CI >0/<0':>8} | {'val AUC':>7} | {cost:>6}"
     )
-    print("-" * 148)
-    for mode, s in summary.items():
-        tests = bench.mean_range(s["test_auc"])
-        counts = [
-            "-" if mode == "full" else f"{s[key]}/{seeds}"
-            for key in ("wins", "separated_wins", "separated_losses")
-        ]
+    print("-" * 187)
+    for name, s in arms.items():
+        auc = _mean_range(s[f"{which}_auc"]) if seeds > 1 else f"{s[f'{which}_auc'][0]:.4f}"
+        g1, w1, c1 = _gain(s.get(f"{which}_vs_full"), seeds)
+        g2, w2, c2 = _gain(s.get(f"{which}_vs_control"), seeds)
+        control = s.get("control") or "-"
         print(
-            f"{mode:12} | {tests:>30} | {bench.spread(s['gain_vs_full']):>34} | {counts[0]:>5} | "
-            f"{counts[1]:>12} | {counts[2]:>12} | {statistics.mean(s['val_auc']):13.4f} | "
-            f"{s['wall_s']:6.0f}"
+            f"{name:16} | {auc:>24} | {g1:>36} | {w1:>4} | {c1:>8} | {control:>9} | {g2:>36} | "
+            f"{w2:>4} | {c2:>8} | {statistics.mean(s['val_auc']):7.4f} | "
+            f"{s.get('ham_s' if which == 'ham' else 'wall_s', 0):6.0f}"
         )
     print(
-        "wins: seeds where the mode's held-out AUC is above full's on the same images; "
-        "interval > 0 / < 0: seeds whose paired 95% interval excludes zero that way"
+        f"control: full at the arm's load size, the same pixels in ({ref} itself for an arm "
+        "at the image size; '-': not run); >0: seeds where the arm's AUC is above the "
+        "other's on the same images; CI >0/<0: seeds whose paired 95% interval excludes "
+        "zero that way\n"
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the ISIC 2017 folder")
+    parser.add_argument("--data", help="the ISIC 2017 folder")
     parser.add_argument("--experiment", default="isic2017_cpu_cls")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=4)
@@ -162,45 +450,117 @@ def main() -> int:
     parser.add_argument(
         "--source-size", type=int, default=128, help="crop and dual: cut the crop from this size"
     )
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument(
+        "--arms",
+        "--modes",
+        nargs="+",
+        help="MODE, MODE@SIZE or MODE@SIZE/SOURCE (default: every mode, full at the source "
+        "size and dual cropping from the image size)",
+    )
+    parser.add_argument("--ham", type=Path, help="also score every arm on this manifest.csv set")
+    parser.add_argument("--ham-limit", type=int, help="score only this many of its images")
     parser.add_argument("--segmenter", type=Path, help="a segmenter run to reuse")
     parser.add_argument("--seg-epochs", type=int, default=4, help="epochs of the segmenter trained")
     parser.add_argument("--log", type=Path, default=None, help="training output (default: hidden)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="results, rewritten after every seed")
     parser.add_argument(
         "--keep", type=Path, help="keep the segmenter and every classifier run in this folder"
     )
+    parser.add_argument(
+        "--tables", type=Path, help="print the tables of a --json results file (its seeds so far)"
+    )
     args = parser.parse_args()
-    if "full" not in args.modes:
-        parser.error("--modes must include full: every mode is compared with it")
+    if args.tables is not None:
+        return print_tables(json.loads(args.tables.read_text()))
+    if args.data is None:
+        parser.error("--data is required (the ISIC 2017 folder), or give --tables RESULTS")
+    if args.image_size < 1 or args.epochs < 1:
+        parser.error("--image-size and --epochs must be at least 1")
     if args.source_size < args.image_size:
         parser.error(f"--source-size must be at least --image-size ({args.image_size})")
-    args.modes = ["full", *[m for m in args.modes if m != "full"]]
+    try:
+        arms = parse_arms(
+            args.arms or default_arms(args.image_size, args.source_size),
+            args.image_size,
+            args.source_size,
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    if args.ham is not None and not (args.ham / "manifest.csv").is_file():
+        parser.error(f"--ham {args.ham} has no manifest.csv (image,label,... per image)")
     bench = _real_search()
     base = bench.base_experiment(args.experiment)
     if base["task"] != "cls":
         parser.error(f"--experiment {args.experiment} is a {base['task']} search; give a cls one")
+    ham = Ham(args.ham, args.ham_limit) if args.ham is not None else None
 
-    runs: dict[str, list[dict]] = {m: [] for m in args.modes}
+    runs: dict[str, list[dict]] = {a.name: [] for a in arms}
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         where = args.keep or Path(tmp)
-        args.mask_source = str(args.segmenter or bench.train_segmenter(args, where, log))
+        args.segmenter_run = args.segmenter or bench.train_segmenter(args, where, log)
+        args.mask_source = str(args.segmenter_run)
         for seed in args.seeds:
-            for mode, record in run_seed(base, seed, args, where, log, bench).items():
-                runs[mode].append(record)
+            trained = {a: run_arm(base, a, seed, args, where, log, bench, ham) for a in arms}
+            for name, record in records_of(trained, seed, bench).items():
+                runs[name].append(record)
+            if args.json:
+                write_json(args, arms, runs, ham, time.perf_counter() - started)
     log.close()
     masks = args.segmenter or f"a segmenter trained for {args.seg_epochs} epochs"
     print(
-        f"\n{args.experiment}'s train config on {args.data}: {args.epochs} epochs at "
-        f"{args.image_size} px, crops from {args.source_size} px; seeds {args.seeds}; masks "
-        f"predicted by {masks}\n"
+        f"\n{args.experiment}'s train config on {args.data}: {args.epochs} epochs; arms "
+        f"{', '.join(a.name for a in arms)}; seeds {args.seeds}; masks predicted by {masks}"
+        f"{f'; scored on {args.ham} too ({len(ham.ids)} images)' if ham else ''}\n"
     )
     summary = summarise(runs)
-    print_table(summary, len(args.seeds), bench)
-    if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    for which in SETS:
+        print_table(summary, len(args.seeds), which)
     return 0
+
+
+def print_tables(results: dict) -> int:
+    """The tables of a results file written by --json, over the seeds it holds."""
+    settings = results["settings"]
+    print(
+        f"{settings['experiment']}'s train config on {settings['data']}: {settings['epochs']} "
+        f"epochs; seeds {settings['seeds_done']} of {settings['seeds']}\n"
+    )
+    for which in SETS:
+        print_table(results["summary"], len(settings["seeds_done"]), which)
+    return 0
+
+
+def write_json(args, arms: list[Arm], runs: dict, ham: Ham | None, wall: float) -> None:
+    """The settings, the summary and every record so far (rewritten after each seed)."""
+    done = {n: rs for n, rs in runs.items() if rs}
+    payload = {
+        "settings": {
+            "data": str(args.data),
+            "experiment": args.experiment,
+            "epochs": args.epochs,
+            "image_size": args.image_size,
+            "source_size": args.source_size,
+            "seg_epochs": args.seg_epochs,
+            "segmenter": str(args.segmenter_run),
+            "seeds": args.seeds,
+            "seeds_done": sorted({r["seed"] for rs in done.values() for r in rs}),
+            "arms": [a.name for a in arms],
+            "wall_s": wall,
+        },
+        "summary": summarise(done),
+        "runs": done,
+    }
+    if ham is not None:
+        payload["ham"] = {
+            "path": str(ham.root),
+            "id": ham.ids,
+            "label": ham.labels.tolist(),
+            "decode_s": ham.decode_s,
+        }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(payload, indent=1))
 
 
 if __name__ == "__main__":

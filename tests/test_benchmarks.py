@@ -17,6 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defined
     spec.loader.exec_module(module)
     return module
 
@@ -116,54 +117,282 @@ def test_real_search_summary_counts_paired_wins_per_seed():
     assert bench.auc(mean) == 1.0
 
 
-def test_input_modes_configs_validate_and_compare_with_full(capsys):
+def test_input_modes_arms_are_parsed_and_named_with_their_sizes():
+    bench = load("input_modes")
+
+    def name(spec):
+        return bench.parse_arm(spec, 64, 128).name
+
+    # A bare mode is at the image size, its crop from the source size; MODE@S crops from
+    # the S px image itself; every name says its sizes.
+    assert [name(m) for m in bench.MODES] == [
+        "full@64",
+        "crop@64/128",
+        "masked@64",
+        "mask_channel@64",
+        "dual@64/128",
+    ]
+    assert name("full@128") == "full@128" and bench.parse_arm("full@128", 64, 128).load_size == 128
+    assert name("dual@64") == name("dual@64/64") == "dual@64/64"
+    assert bench.parse_arm("dual@64/64", 64, 128).load_size == 64
+    assert name("crop@64/256") == "crop@64/256"
+    for spec, message in [
+        ("flip", "unknown mode"),
+        ("dual@x", "MODE@SIZE"),
+        ("dual@64/128/256", "MODE@SIZE"),
+        ("full@0", "MODE@SIZE"),
+        ("full@64/128", "only crop and dual"),
+        ("dual@64/32", "smaller than 64"),
+        ("masked@128", r"mask-using arms run at --image-size \(64\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bench.parse_arm(spec, 64, 128)
+    # The defaults: every mode plus the two resolution controls, the reference first,
+    # duplicates dropped; without a larger source there is nothing to control for.
+    arms = bench.parse_arms(bench.default_arms(64, 128), 64, 128)
+    assert [a.name for a in arms] == [
+        "full@64",
+        "crop@64/128",
+        "masked@64",
+        "mask_channel@64",
+        "dual@64/128",
+        "full@128",
+        "dual@64/64",
+    ]
+    assert bench.default_arms(64, 64) == list(bench.MODES)
+    arms = bench.parse_arms(["dual", "full@256", "dual@128", "full", "dual@128/256"], 128, 256)
+    assert [a.name for a in arms] == ["full@128", "dual@128/256", "full@256", "dual@128/128"]
+    with pytest.raises(ValueError, match="must include full@64"):
+        bench.parse_arms(["dual", "full@128"], 64, 128)
+    # The resolution control of each arm: full at its load size, when the run has it.
+    control = {a.name: bench.same_pixels(a, arms) for a in arms}
+    assert control["dual@128/256"].name == "full@256" and control["full@256"] is None
+    assert control["dual@128/128"].name == "full@128" and control["full@128"] is None
+    assert bench.same_pixels(bench.parse_arm("crop", 128, 512), arms) is None
+
+
+def test_input_modes_configs_validate():
     from melanoma.engine.config import TrainConfig
 
     bench = load("input_modes")
     base = load("real_search").base_experiment("isic2017_cpu_cls")
-    args = argparse.Namespace(
-        data="synthetic:40:64:0", image_size=64, source_size=128, epochs=3, mask_source="/r/seg"
-    )
-    configs = {
-        mode: TrainConfig.from_dict(bench.train_config(base, mode, 1, args, Path("x")))
-        for mode in bench.MODES
-    }
-    for mode, c in configs.items():
+    args = argparse.Namespace(data="synthetic:40:64:0", epochs=3, mask_source="/r/seg")
+    arms = bench.parse_arms(bench.default_arms(64, 128), 64, 128)
+    for arm in arms:
+        c = TrainConfig.from_dict(bench.train_config(base, arm, 1, args, Path("x")))
         # The shipped train config, changed only in mode, masks, crop source and sizes.
         assert c.model.arch == base["train"]["model"]["arch"] and c.epochs == 3 and c.seed == 1
-        assert c.input.mode == mode and c.data.image_size == 64
-        assert c.input.mask_source == ("gt" if mode == "full" else "/r/seg")
-        assert c.load_size == (128 if mode in ("crop", "dual") else 64)
+        assert c.input.mode == arm.mode and c.data.image_size == arm.size
+        assert c.input.mask_source == ("gt" if arm.mode == "full" else "/r/seg")
+        assert (
+            c.load_size
+            == arm.load_size
+            == {"full@128": 128, "crop@64/128": 128}.get(
+                arm.name, 128 if arm.name == "dual@64/128" else 64
+            )
+        )
 
-    def record(diff, low, high):
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--source-size", "32"], "--source-size must be at least --image-size (64)"),
+        (["--arms", "dual", "crop"], "must include full@64"),
+        (["--modes", "full", "masked@128"], "mask-using arms run at --image-size"),
+        (["--arms", "full", "dual@64/32"], "smaller than 64"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--ham", "nowhere"], "has no manifest.csv"),
+        (["--seeds", "0"], "--data is required"),
+    ],
+)
+def test_input_modes_arguments_are_refused_with_the_fix(argv, message, monkeypatch, capsys):
+    bench = load("input_modes")
+    data = [] if "--seeds" in argv else ["--data", "d"]
+    monkeypatch.setattr(sys, "argv", ["input_modes.py", *data, *argv])
+    with pytest.raises(SystemExit) as exit_:
+        bench.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def _predictions(probs, labels, prefix="ISIC_"):
+    import numpy as np
+
+    ids = np.array([f"{prefix}{i}" for i in range(len(labels))])
+    return {"id": ids, "label": np.asarray(labels), "prob": np.asarray(probs, dtype=float)}
+
+
+def test_input_modes_records_pair_each_arm_with_full_and_its_control(capsys):
+    import numpy as np
+
+    bench = load("input_modes")
+    arms = bench.parse_arms(["full", "dual", "full@128", "dual@64"], 64, 128)
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1] * 20)
+    noise = {a: rng.normal(0, 1.0, len(labels)) for a in arms}
+    good = {"full@64": 0.5, "dual@64/128": 2.0, "full@128": 1.0, "dual@64/64": 0.5}
+    trained = {}
+    for a in arms:
+        probs = 1 / (1 + np.exp(-(good[a.name] * (2 * labels - 1) + noise[a])))
+        trained[a] = {
+            "val": _predictions(probs, labels),
+            "test": _predictions(probs[::-1], labels[::-1]),  # any order: paired by id
+            "ham": {**_predictions(probs, labels, "HAM_"), "input_size": a.load_size},
+            "ham_s": 2.0,
+            "wall_s": 10.0,
+        }
+    records = bench.records_of(trained, 0, load("real_search"))
+    dual, control = records["dual@64/128"], records["dual@64/64"]
+    assert dual["control"] == "full@128" and control["control"] == "full@64"
+    assert "control" not in records["full@128"] and "test_vs_full" not in records["full@64"]
+    # The control of an arm at the image size is full itself: the same comparison.
+    assert control["ham_vs_control"] == control["ham_vs_full"]
+    expected = bench.compare(trained[arms[1]]["ham"], trained[arms[2]]["ham"])
+    assert dual["ham_vs_control"] == expected
+    assert dual["ham_auc"] == load("real_search").auc(trained[arms[1]]["ham"])
+    assert dual["ham_input_size"] == 128 and len(dual["ham_prob"]) == len(labels)
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith("seed 0 dual@64/128     : val ") and "minus full@128" in line
+    assert line.count("minus full@64") == 2  # once per scored set, not again as control
+
+
+def row(table: str, name: str) -> list[str]:
+    """The cells after the name of ``name``'s row of a printed table."""
+    (line,) = [x for x in table.splitlines() if x.startswith(f"{name} ")]
+    return [cell.strip() for cell in line.split("|")[1:]]
+
+
+def test_input_modes_summary_and_tables_show_held_out_and_ham(capsys, tmp_path, monkeypatch):
+    import json
+
+    bench = load("input_modes")
+
+    def vs(diff, low, high):
+        return {"difference": diff, "low": low, "high": high}
+
+    def record(test_vs, ham_vs, control="full@128"):
         return {
-            "test_auc": 0.7,
             "val_auc": 0.8,
-            "wall_s": 1.0,
-            "vs_full": {"difference": diff, "low": low, "high": high},
+            "wall_s": 100.0,
+            "ham_s": 20.0,
+            "test_auc": 0.75,
+            "ham_auc": 0.65,
+            "control": control,
+            "test_vs_full": test_vs,
+            "test_vs_control": vs(0.01, -0.03, 0.05),
+            "ham_vs_full": ham_vs,
+            "ham_vs_control": vs(-0.02, -0.04, -0.01),
         }
 
-    full = {"test_auc": 0.7, "val_auc": 0.8, "wall_s": 1.0}
-    summary = bench.summarise(
-        {
-            "full": [full] * 3,
-            "dual": [
-                record(0.04, 0.01, 0.06),
-                record(0.02, -0.02, 0.05),
-                record(-0.03, -0.06, -0.01),
-            ],
-        }
-    )
-    d = summary["dual"]
-    assert d["wins"] == 2 and d["separated_wins"] == 1 and d["separated_losses"] == 1
-    assert d["gain_vs_full"] == [0.04, 0.02, -0.03]
-    bench.print_table(summary, 3, load("real_search"))
-    table = capsys.readouterr().out
-    assert (
-        "dual         |         0.7000 (0.7000-0.7000) |       +0.0100 (-0.0300 to +0.0400)"
-        in table
-    )
-    assert "|   2/3 |          1/3 |          1/3 |" in table
+    full = {"val_auc": 0.8, "wall_s": 50.0, "ham_s": 10.0, "test_auc": 0.7, "ham_auc": 0.6}
+    runs = {
+        "full@64": [full] * 3,
+        "dual@64/128": [
+            record(vs(0.04, 0.01, 0.06), vs(0.03, 0.01, 0.05)),
+            record(vs(0.02, -0.02, 0.05), vs(0.01, -0.01, 0.03)),
+            record(vs(-0.03, -0.06, -0.01), vs(0.02, 0.00, 0.04)),
+        ],
+        "masked@64": [],  # not run yet (a seed cut short): left out
+    }
+    summary = bench.summarise(runs)
+    assert set(summary) == {"full@64", "dual@64/128"}
+    d = summary["dual@64/128"]
+    assert d["test_vs_full"]["wins"] == 2 and d["test_vs_full"]["separated_wins"] == 1
+    assert d["test_vs_full"]["separated_losses"] == 1
+    assert d["test_vs_full"]["gain"] == [0.04, 0.02, -0.03]
+    assert d["ham_vs_full"]["separated_wins"] == 1 and d["ham_vs_control"]["separated_losses"] == 3
+    assert d["ham_s"] == 20.0 and d["wall_s"] == 100.0 and d["control"] == "full@128"
+    for which in bench.SETS:
+        bench.print_table(summary, 3, which)
+    out = capsys.readouterr().out
+    held_out, ham = out.split("out of distribution")
+    assert "held-out" in held_out and "HAM10000" in ham
+    assert row(held_out, "dual@64/128") == [
+        "0.7500 (0.7500-0.7500)",
+        "+0.0100 (-0.0300 to +0.0400)",
+        "2/3",
+        "1/1",
+        "full@128",
+        "+0.0100 (+0.0100 to +0.0100)",
+        "3/3",
+        "0/0",
+        "0.8000",
+        "100",
+    ]
+    assert row(ham, "dual@64/128") == [
+        "0.6500 (0.6500-0.6500)",
+        "+0.0200 (+0.0100 to +0.0300)",
+        "3/3",
+        "1/0",
+        "full@128",
+        "-0.0200 (-0.0200 to -0.0200)",
+        "0/3",
+        "0/3",
+        "0.8000",
+        "20",
+    ]
+    assert row(ham, "full@64")[:3] == ["0.6000 (0.6000-0.6000)", "-", "-"]
+    assert "minus full@64, mean (min-max)" in ham and "ham s" in ham
+    # One seed: each gain with its 95% interval instead of a spread over seeds.
+    one = bench.summarise({k: v[:1] for k, v in runs.items()})
+    bench.print_table(one, 1, "ham")
+    out = capsys.readouterr().out
+    assert row(out, "dual@64/128")[:2] == ["0.6500", "+0.0300 (+0.010 to +0.050)"]
+    assert "minus full@64 (95% CI)" in out
+    # A run without --ham prints no HAM table.
+    # --tables reprints a results file's tables over the seeds it holds so far.
+    results = tmp_path / "results.json"
+    settings = {"experiment": "e", "data": "d", "epochs": 3, "seeds": [0, 1], "seeds_done": [0]}
+    results.write_text(json.dumps({"settings": settings, "summary": one}))
+    monkeypatch.setattr(sys, "argv", ["input_modes.py", "--tables", str(results)])
+    assert bench.main() == 0
+    out = capsys.readouterr().out
+    assert "seeds [0] of [0, 1]" in out and "HAM10000" in out
+    assert row(out.split("out of distribution")[1], "dual@64/128")[:2] == [
+        "0.6500",
+        "+0.0300 (+0.010 to +0.050)",
+    ]
+    no_ham = {k: v for k, v in full.items() if not k.startswith("ham")}
+    bench.print_table(bench.summarise({"full@64": [no_ham]}), 1, "ham")
+    assert "out of distribution" not in capsys.readouterr().out
+
+
+def test_input_modes_ham_set_is_decoded_once_per_size_as_predict_reads_it(tmp_path):
+    import numpy as np
+    import torch
+
+    from melanoma.data.io import load_image
+    from tests.conftest import write_image
+
+    bench = load("input_modes")
+    (tmp_path / "images").mkdir()
+    rows = ["image,label,diagnosis,id"]
+    for i, label in enumerate([0, 1, 0, 1, 0]):
+        write_image(tmp_path / "images" / f"H_{i}.jpg", size=(50 + i, 40), seed=i)
+        rows.append(f"images/H_{i}.jpg,{label},x,H_{i}")
+    rows.append("images/H_9.jpg,,unlabelled,H_9")  # no label: not scored
+    (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
+    ham = bench.Ham(tmp_path)
+    assert ham.ids == [f"H_{i}" for i in range(5)] and ham.labels.tolist() == [0, 1, 0, 1, 0]
+    images = ham.images(16)
+    assert images.shape == (5, 3, 16, 16) and images.dtype == np.uint8
+    assert np.array_equal(images[2], load_image(tmp_path / "images/H_2.jpg", 16).transpose(2, 0, 1))
+    assert ham.images(16) is images and set(ham.decode_s) == {16}  # decoded once
+
+    class Cascade:  # the part of melanoma.cascade.model.Cascade the masks use
+        input_size, mask_threshold, calls = 16, 0.5, 0
+
+        def segment(self, x):
+            Cascade.calls += 1
+            return x.float().mean(dim=1, keepdim=True) / 255.0
+
+    masks = ham.masks(Cascade(), batch=2)
+    expected = torch.from_numpy(images).float().mean(dim=1, keepdim=True) / 255.0 > 0.5
+    assert masks.shape == (5, 1, 16, 16) and np.array_equal(masks, expected.numpy())
+    assert ham.masks(Cascade(), batch=2) is masks and Cascade.calls == 3  # made once
+    assert len(bench.Ham(tmp_path, limit=2).ids) == 2
+    (tmp_path / "manifest.csv").write_text("image,label\nimages/H_0.jpg,0\n")
+    with pytest.raises(ValueError, match="melanomas and benign"):
+        bench.Ham(tmp_path)
 
 
 def test_serve_load_counts_answers_errors_and_health_checks():

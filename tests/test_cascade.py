@@ -257,10 +257,11 @@ def test_evaluation_report(built):
         rows = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
         aucs.append(roc_auc_score(labels[rows], probs[rows]))
         sens.append(decided[rows][labels[rows] == 1].mean())
-    for key, values in (("auc", aucs), ("sensitivity", sens)):
+    # Sensitivity moves in steps of one melanoma: its percentiles may differ by a step.
+    for key, values, tol in (("auc", aucs, 0.06), ("sensitivity", sens, 1 / len(pos) + 0.01)):
         low, high = np.percentile(values, [2.5, 97.5])
-        assert c[key]["low"] == pytest.approx(low, abs=0.06), key
-        assert c[key]["high"] == pytest.approx(high, abs=0.06), key
+        assert c[key]["low"] == pytest.approx(low, abs=tol), key
+        assert c[key]["high"] == pytest.approx(high, abs=tol), key
     for key in ("specificity", "precision", "f1"):
         assert 0 <= c[key]["low"] <= c[key]["high"] <= 1, key
     assert "segmentation" in report and "classifier_with_ground_truth_masks" in report
