@@ -113,6 +113,23 @@ def predict(
     return rows
 
 
+def _check_program(model: Path, card: dict) -> None:
+    """Refuse a model file that is not the one the card describes (its threshold and
+    calibration would be another cascade's)."""
+    import hashlib
+
+    recorded = (card.get("programs") or {}).get(model.name)
+    if recorded is None:
+        return  # exported before cards named their programs
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    if digest != recorded:
+        raise ValueError(
+            f"{model} (SHA-256 {digest[:12]}...) is not the model its model_card.json "
+            f"describes ({recorded[:12]}...): the export was interrupted or the files were "
+            "mixed; export the cascade again"
+        )
+
+
 def open_exported(model_dir: Path, *, int8: bool = False, threads: int | None = None):
     """(ONNX Runtime session, model card) of an exported cascade; ``int8``: of its
     quantised model, which ``melanoma export --int8`` writes when it is within tolerance.
@@ -140,6 +157,7 @@ def open_exported(model_dir: Path, *, int8: bool = False, threads: int | None = 
                 f"{model_dir} has no INT8 model ({INT8_FILE}): {why}; use the float model "
                 "(leave out --int8) or export again with --int8"
             )
+    _check_program(model, card)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads

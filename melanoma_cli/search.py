@@ -126,7 +126,7 @@ def ranking_masks(exp) -> str | None:
 
 def _print_paired(rows: list[dict], exp) -> None:
     """The best trial against the next ones, paired on the same validation images."""
-    from melanoma.metrics.paired import describe
+    from melanoma.metrics.paired import describe, in_sample
     from search.runner import paired_to_best
 
     compared = paired_to_best(rows, exp)
@@ -135,7 +135,9 @@ def _print_paired(rows: list[dict], exp) -> None:
     print(f"best minus the next trials, {exp.train.metric} on the same validation images:")
     close = []
     for trial_id, result in compared:
-        print(f"  {trial_id}: {describe(result)}")
+        # Validation ranked the trials: in-sample for the best one (even so, an interval
+        # reaching zero says the ranking cannot tell them apart).
+        print(f"  {trial_id}: {describe(in_sample(result, keep_interval=True))}")
         if result["low"] is not None and result["low"] <= 0:
             close.append(trial_id)
     if close:

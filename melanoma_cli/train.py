@@ -224,6 +224,7 @@ def _print_cv_paired(out: Path, rows: list, task: str) -> None:
     from melanoma.metrics.paired import (
         aligned,
         describe,
+        in_sample,
         paired_difference,
         paired_mean_difference,
     )
@@ -242,7 +243,7 @@ def _print_cv_paired(out: Path, rows: list, task: str) -> None:
             if task == "cls" and metric in BOOTSTRAP_KEYS:
                 _, a, b = aligned(best["id"], best["prob"], other["id"], other["prob"])
                 # The candidates' own decision threshold, as their figures were computed.
-                threshold = best_summary["config"].get("threshold", 0.5)
+                threshold = best_summary.get("config", {}).get("threshold", 0.5)
                 result = paired_difference(best["label"], a, b, metric, threshold=threshold)
             elif task == "seg":
                 key = metric if metric in best else "jaccard"
@@ -253,7 +254,8 @@ def _print_cv_paired(out: Path, rows: list, task: str) -> None:
         except ValueError as err:  # trained on other data: not on the same images
             print(f"  {label}: not compared ({err})")
             continue
-        print(f"  {label}: {describe(result)}")
+        # The pooled figures ranked them: the best is in-sample against the others.
+        print(f"  {label}: {describe(in_sample(result, keep_interval=True))}")
 
 
 def register(sub) -> None:

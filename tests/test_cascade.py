@@ -950,9 +950,18 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     val = run_cascade(shipped, val_bundle, "val")
     flagged = val.prob >= record.threshold
     assert drift["shipped_on_val"]["sensitivity"] == pytest.approx(flagged[val.label == 1].mean())
-    assert drift["sensitivity_drift"] == pytest.approx(
-        drift["shipped_on_val"]["sensitivity"] - drift["fold_models_on_val"]["sensitivity"]
-    )
+    # ...and the fold models' are each fold model alone in the cascade, on the same masks.
+    from melanoma.cascade.members import load_candidates, make_cascade
+
+    segs = load_candidates(built["root"] / "seg", "seg")
+    alone = []
+    for run in summary["runs"]:
+        fold = load_candidates(Path(run) / "checkpoints" / "last.pt", "cls")
+        calibration = Calibration.from_dict(record.calibration)
+        single = make_cascade(segs, fold, record.input_size, calibration=calibration)
+        out = run_cascade(single, val_bundle, "val")
+        alone.append((out.prob >= record.threshold)[out.label == 1].mean())
+    assert drift["fold_models_on_val"]["sensitivity"] == pytest.approx(np.mean(alone))
     assert "fitted on single fold models" in printed
     report = evaluate_cascade(oof_build, resamples=20)
     assert "chosen on out-of-fold predictions" in (oof_build / "report.md").read_text()
@@ -1342,7 +1351,7 @@ def test_a_validation_copy_of_a_training_image_is_dropped_not_refused():
 
 
 def test_int8_export_is_kept_within_tolerance_or_refused_naming_why(built, tmp_path, monkeypatch):
-    from melanoma.export import export_cascade
+    from melanoma.export import export_cascade, validation_set
     from melanoma.export import int8 as quantised
     from melanoma.predict import INT8_FILE, predict
 
@@ -1353,14 +1362,22 @@ def test_int8_export_is_kept_within_tolerance_or_refused_naming_why(built, tmp_p
     q = export_cascade(built["dir"], out, int8=True)["int8"]
     # Checked on validation images outside the calibration sample.
     val_images = len(json.loads((built["dir"] / "splits.json").read_text())["splits"]["val"])
-    assert 0 < q["calibration_images"] <= val_images // 2
-    assert q["validation_images"] == val_images - q["calibration_images"]
+    assert 0 < q["calibration_images"] <= val_images // 2 and q["validation_images"] == val_images
+    assert q["checked_images"] == val_images - q["calibration_images"]
     for key in ("auc", "jaccard"):  # lost is float minus INT8, each scored on validation
         assert q["lost"][key] == pytest.approx(q["float"][key] - q["int8"][key])
     _, record = load_cascade(built["dir"])
     d = q["decisions"]
-    assert d["threshold"] == record.threshold and 0 <= d["flip_rate"] <= 1
-    assert d["flipped_images"] == round(d["flip_rate"] * q["validation_images"])
+    assert d["threshold"] == record.threshold
+    # The flips, counted here from both models' outputs on the images outside the sample.
+    validation = validation_set(record, None)
+    images = np.stack([validation[i]["image"].numpy() for i in range(len(validation))])
+    outside = np.setdiff1d(np.arange(len(images)), quantised.calibration_indices(len(images)))
+    f_probs = quantised.run_model(out / "cascade.onnx", images[outside])[0]
+    q_probs = quantised.run_model(out / INT8_FILE, images[outside])[0]
+    flips = int(((f_probs >= record.threshold) != (q_probs >= record.threshold)).sum())
+    assert d["flipped_images"] == flips and d["flip_rate"] == flips / len(outside)
+    assert d["max_probability_change"] == pytest.approx(np.abs(f_probs - q_probs).max())
     assert q["kept"] and (out / INT8_FILE).is_file()
     card = (out / "MODEL_CARD.md").read_text()
     assert "## INT8 model" in card and "decisions flipped at the threshold" in card

@@ -147,7 +147,7 @@ def _outputs(ids, labels, probs):
 
 def test_the_ensembles_gain_is_measured_over_labelled_validation_images_alone():
     """A validation image without a diagnosis (a manifest allows it) crashed the build."""
-    from melanoma.cascade.selection import _vs_best_pair
+    from melanoma.cascade.scoring import in_sample_gain as _vs_best_pair
 
     ids = ["a", "b", "c", "d", "e"]
     chosen = _outputs(ids, [0, 1, -1, 0, 1], [0.1, 0.9, 0.5, 0.2, 0.8])
@@ -211,8 +211,12 @@ def test_members_on_the_same_files_under_another_folder_are_one_data_set():
         return Candidate(config, {}, f"{task}@{path}", None, recorded)
 
     check_same_data(member("seg", "/mnt/node1/isic"), member("cls", "/data/isic"))
-    other = {**splits, "test": {"d": "h4", "e": "h5"}}
-    with pytest.raises(ValueError, match="different data or splits.*1 images differ"):
+    # The classifier records its labelled images only: a test image without a diagnosis
+    # is in the segmenter's test split alone.
+    unlabelled = {**splits, "test": {"d": "h4", "e": "h5"}}
+    check_same_data(member("seg", "/data/isic", unlabelled), member("cls", "/data/isic"))
+    other = {**splits, "test": {"d": "h9"}}  # the same id with other bytes
+    with pytest.raises(ValueError, match="different data or splits.*1 images of one"):
         check_same_data(member("seg", "/data/isic"), member("cls", "/data/isic", other))
     # Without recorded splits, only the folder can tell.
     with pytest.raises(ValueError, match="the data folders /a and /b"):
@@ -284,3 +288,32 @@ def test_the_cascade_gives_a_classifier_what_training_gave_it(synth_root, mode):
     with torch.no_grad():
         cascade.classify_uncalibrated(loaded, batch["mask"])
     assert torch.equal(recorder.seen, trained_on)
+
+
+def test_out_of_fold_masks_of_another_segmenter_than_the_shipped_one_are_named():
+    from melanoma.cascade.oof_selection import CvCandidate, mask_source_warnings
+
+    def candidate(mode: str, source: str) -> CvCandidate:
+        config = {"task": "cls", "input": {"mode": mode, "mask_source": source}}
+        return CvCandidate(Path(f"cv-{mode}"), [], {}, config)
+
+    shipped = ["/runs/seg/checkpoints/best.pt"]
+    assert mask_source_warnings([candidate("crop", shipped[0])], shipped) == []
+    assert mask_source_warnings([candidate("full", "/runs/other.pt")], shipped) == []
+    (line,) = mask_source_warnings([candidate("dual", "/runs/other.pt")], shipped)
+    assert "cv-dual" in line and "/runs/other.pt" in line and "--seg /runs/other.pt" in line
+
+
+def test_masks_are_resized_at_pixel_centres_like_the_image_on_every_path():
+    """Training's cv2 resize and the graph's torch resize sample a mask at pixel centres,
+    so the mask stays aligned with the image (cv2's INTER_NEAREST samples at corners)."""
+    from melanoma.data.io import resize_mask
+    from melanoma.data.transforms import resize_mask_tensor
+
+    mask = np.zeros((48, 48), dtype=np.uint8)
+    mask[13:17, 13:17] = 1  # output pixels 4 and 5 are each two-thirds lesion
+    expected = np.zeros((16, 16), dtype=np.uint8)
+    expected[4:6, 4:6] = 1
+    assert np.array_equal(resize_mask(mask, 16), expected)
+    graph = resize_mask_tensor(torch.from_numpy(mask)[None, None], 16)[0, 0].numpy()
+    assert np.array_equal(graph.astype(np.uint8), expected)

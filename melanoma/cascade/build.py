@@ -92,7 +92,9 @@ def build_cascade(
         )
     if cls_cv:
         refuse_oracle_masks(cls_cv)
-    ctx = BuildContext(input_size, bundle, ensemble_size, tta, mask_cleanup, target_sensitivity)
+    ctx = BuildContext(
+        input_size, bundle, data_meta, ensemble_size, tta, mask_cleanup, target_sensitivity
+    )
     if cls_cv:
         choice = choose_on_oof(ctx, segs, as_list(seg_source), cls_cv)
     else:

@@ -15,7 +15,7 @@ from melanoma.cascade.calibration import (
 from melanoma.cascade.members import Choice, make_cascade
 from melanoma.cascade.model import Cascade, ProbabilityMap
 from melanoma.cascade.report import cleanup_line, tta_line
-from melanoma.cascade.scoring import CascadeOutputs, cleaned, run_cascade
+from melanoma.cascade.scoring import CascadeOutputs, cleaned, in_sample_gain, run_cascade
 from melanoma.metrics.threshold import choose_threshold
 
 TTA_CHOICES = ("auto", "on", "off")
@@ -152,7 +152,9 @@ def at_input_size(choice: Choice, input_size: int, bundle) -> Choice:
     if choice.on != "validation":  # chosen on out-of-fold predictions: those stay
         return replace(choice, outputs=outputs)
     labelled = outputs.subset(outputs.labelled)
-    return replace(choice, outputs=outputs, labels=labelled.label, probs=labelled.prob)
+    # The gain over the best pair, both as they would ship (each at its own size).
+    extra = {**choice.extra, "vs_best_pair": in_sample_gain(outputs, choice.best_pair_outputs)}
+    return replace(choice, outputs=outputs, labels=labelled.label, probs=labelled.prob, extra=extra)
 
 
 def choose_tta(

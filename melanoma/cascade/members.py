@@ -195,9 +195,12 @@ def check_same_data(seg: Candidate, cls: Candidate) -> None:
     if seg.splits is None or cls.splits is None:
         same, what = a.path == b.path, f"the data folders {a.path} and {b.path}"
     else:
-        tests = [set(m.splits.get("test", {}).values()) for m in (seg, cls)]
-        same = tests[0] == tests[1]
-        what = f"their test splits ({len(tests[0] ^ tests[1])} images differ by content)"
+        # (id, SHA-256) pairs: a classifier records its labelled images only, so its test
+        # split may be part of the segmenter's (images without a diagnosis), never other.
+        tests = [set(m.splits.get("test", {}).items()) for m in (seg, cls)]
+        small, large = sorted(tests, key=len)
+        same = small <= large
+        what = f"their test splits ({len(small - large)} images of one are not in the other)"
     if not same:
         raise ValueError(
             f"the segmenter ({seg.origin}) and the classifier ({cls.origin}) were trained on "
@@ -212,6 +215,7 @@ class BuildContext:
 
     input_size: int
     bundle: DataBundle
+    data_meta: dict  # the data set the candidates share (reopened at other sizes)
     ensemble_size: int
     tta: str
     mask_cleanup: str
@@ -236,6 +240,8 @@ class Choice:
     on: str
     labels: np.ndarray
     probs: np.ndarray
+    # The best single pair's validation outputs, at its own size (validation choice).
+    best_pair_outputs: CascadeOutputs | None = None
 
 
 def as_list(source) -> list:

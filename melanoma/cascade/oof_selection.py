@@ -139,3 +139,28 @@ def fold_model_weights(weights: dict[int, int], fold_counts: dict[int, int]) -> 
 def best_segmenter(candidates: list[CvCandidate]) -> int:
     """The cross-validated segmenter of the highest pooled out-of-fold Jaccard."""
     return int(np.argmax([float(np.mean(c.oof["jaccard"])) for c in candidates]))
+
+
+def mask_source_warnings(candidates: list[CvCandidate], segmenter_origins: list[str]) -> list[str]:
+    """A line for each mask-using candidate whose out-of-fold predictions were made on the
+    masks of another segmenter than the one the cascade ships (its figures then describe
+    masks the cascade will not give it)."""
+    from melanoma.engine.checkpoint import load_checkpoint
+
+    lines = []
+    for c in candidates:
+        source = ((c.config or {}).get("input") or {}).get("mask_source", "gt")
+        if (c.config or {}).get("input", {}).get("mode", "full") == "full" or source == "gt":
+            continue
+        try:
+            made_by = str(load_checkpoint(Path(source))["path"])
+        except (FileNotFoundError, OSError, KeyError):
+            made_by = str(source)
+        if segmenter_origins != [made_by]:
+            lines.append(
+                f"{c.folder}: its out-of-fold predictions were made on masks of the segmenter "
+                f"{made_by} (out of fold), and the cascade ships {', '.join(segmenter_origins)}; "
+                "the out-of-fold figures describe other masks than the shipped cascade's. "
+                f"Build with --seg {source} to ship the segmenter that made them"
+            )
+    return lines

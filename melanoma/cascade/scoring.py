@@ -150,3 +150,14 @@ def batched(fn, images: torch.Tensor, *more: torch.Tensor, size: int = 16) -> np
         for i in range(0, len(images), size)
     ]
     return torch.cat(parts).numpy()
+
+
+def in_sample_gain(chosen: CascadeOutputs, pair: CascadeOutputs) -> dict:
+    """The chosen cascade's validation AUC minus the best single pair's on the labelled
+    validation images that chose both (zero when the chosen cascade is that pair):
+    in-sample, so without an interval."""
+    from melanoma.metrics.paired import aligned, in_sample, paired_difference
+
+    chosen, pair = chosen.subset(chosen.labelled), pair.subset(pair.labelled)
+    _, a, b = aligned(chosen.id, chosen.prob, pair.id, pair.prob)
+    return in_sample(paired_difference(chosen.label, a, b, resamples=1))

@@ -26,15 +26,22 @@ from melanoma.cascade.oof_selection import (
     choose_classifiers,
     cv_candidates,
     fold_model_weights,
+    mask_source_warnings,
 )
-from melanoma.cascade.scoring import CascadeOutputs, batched, require_both_classes, run_cascade
+from melanoma.cascade.scoring import (
+    CascadeOutputs,
+    batched,
+    in_sample_gain,
+    require_both_classes,
+    run_cascade,
+)
 from melanoma.data.dataset import DataBundle
-from melanoma.metrics.paired import aligned, describe, in_sample, paired_difference
+from melanoma.metrics.paired import describe
 
 
 def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
     """Pairs, ensemble, TTA, clean-up and threshold, all chosen on the validation split."""
-    pairs = _score_pairs(segs, clss, ctx.input_size, ctx.bundle)
+    pairs = _score_pairs(segs, clss, ctx)
     best_pair = max(pairs, key=lambda t: t.val_auc)
     if ctx.ensemble_size > 1:
         seg_w, cls_w = _select_ensemble(segs, clss, ctx.input_size, ctx.bundle, ctx.ensemble_size)
@@ -61,12 +68,13 @@ def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
         },
         {
             "best_pair": best_pair.summary(),
-            "vs_best_pair": _vs_best_pair(chosen, best_pair.outputs),
+            "vs_best_pair": in_sample_gain(chosen, best_pair.outputs),
             "pairs": [t.summary() for t in pairs],
         },
         "validation",
         labelled.label,
         labelled.prob,
+        best_pair.outputs,
     )
 
 
@@ -86,6 +94,8 @@ def choose_on_oof(ctx: BuildContext, segs, seg_sources: list, cls_cv: list) -> C
             f"choosing among {len(segs)} segmenters without the validation split needs them "
             "cross-validated (`melanoma cv seg ...`, then --seg CV_DIR ...), or give one --seg"
         )
+    for line in mask_source_warnings(cls_cv, [m.origin for m, _ in seg_members]):
+        print(f"[cascade] warning: {line}", flush=True)
     choice = choose_classifiers(cls_cv, ctx.ensemble_size, ctx.target_sensitivity)
     per_model = fold_model_weights(
         choice.weights, {i: len(cls_cv[i].checkpoints) for i in choice.weights}
@@ -133,16 +143,6 @@ def _print_oof_choice(choice, cls_cv: list) -> None:
     print(f"[cascade] {describe(r['vs_best_single'], what)}", flush=True)
 
 
-def _vs_best_pair(chosen: CascadeOutputs, pair: CascadeOutputs) -> dict:
-    """The chosen cascade's validation AUC minus the best single pair's on the same
-    validation images that chose both (zero when the chosen cascade is that pair):
-    in-sample, so without an interval."""
-    # Over the labelled images of both: the validation split may hold unlabelled ones.
-    chosen, pair = chosen.subset(chosen.labelled), pair.subset(pair.labelled)
-    _, a, b = aligned(chosen.id, chosen.prob, pair.id, pair.prob)
-    return in_sample(paired_difference(chosen.label, a, b, resamples=1))
-
-
 def validation_data(data_meta: dict, input_size: int, drop_test_duplicates: bool) -> DataBundle:
     """The candidates' data with an isolated test split (duplicates dropped if asked) and
     a validation split that holds both classes."""
@@ -177,11 +177,16 @@ class PairScore:
         }
 
 
-def _score_pairs(segs, clss, input_size: int, bundle: DataBundle) -> list[PairScore]:
-    """Every segmenter with every classifier, end to end on validation."""
+def _score_pairs(segs, clss, ctx: BuildContext) -> list[PairScore]:
+    """Every segmenter with every classifier, end to end on validation, each pair at the
+    size a cascade of it alone would take (the larger of its two load sizes)."""
+    bundles = {ctx.input_size: ctx.bundle}
     pairs = []
     for s, c in itertools.product(segs, clss):
-        result = run_cascade(make_cascade([s], [c], input_size), bundle, "val")
+        size = max(s.config.load_size, c.config.load_size)
+        if size not in bundles:
+            bundles[size] = open_cascade_data(ctx.data_meta, size).with_splits(ctx.bundle.splits)
+        result = run_cascade(make_cascade([s], [c], size), bundles[size], "val")
         auc, ci = result.auc(), result.auc_interval()
         pairs.append(PairScore(s, c, result, auc, ci))
         print(

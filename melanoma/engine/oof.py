@@ -94,6 +94,9 @@ def segmenter_masks(
         "segmenter": state["path"],
         "segmenter_sha256": file_sha256(Path(state["path"])),
         "folds": config.input.oof_folds,
+        # Folds keep lesions and byte copies together (mask_folds): fold segmenters and
+        # masks made with lesion-only folds are not reused.
+        "fold_grouping": "lesion+bytes",
         "images": sorted(e.sample.id for items in bundle.splits.entries.values() for e in items),
     }
     key = {

@@ -34,6 +34,9 @@ from melanoma.export.card import (
     render_markdown,
 )
 from melanoma.export.int8 import INT8_FILE, int8_model
+from melanoma.files import write_json, write_text
+
+PROGRAM_FILES = ("cascade.onnx", INT8_FILE)
 
 
 class ExportMismatchError(MelanomaError):
@@ -118,23 +121,37 @@ def export_cascade(
     directory, out = Path(directory), Path(out)
     cascade, record = load_cascade(directory)
     cascade.eval()
+    # Every refusal before anything is written: a refused export leaves the one in
+    # ``out`` as it was.
     report = _own_report(directory)
+    splits = json.loads(recorded_splits(directory, record, "export").read_text())
+    validation = validation_set(record, data) if int8 else None
+    if validation is not None and len(validation) < 2:
+        raise ValueError(
+            "an INT8 model is calibrated on some of the cascade's validation images and "
+            f"checked on the others, and its validation split holds {len(validation)}; "
+            "export without --int8"
+        )
     out.mkdir(parents=True, exist_ok=True)
     images, source = _sample_images(record, check_images, data)
     write_programs(cascade, images, out)
     checks = check_programs(cascade, images, out) | {"images_used": source}
-    splits = json.loads(recorded_splits(directory, record, "export").read_text())
     card = model_card(record, report, checks, splits)
     stale = out / INT8_FILE
     stale.unlink(missing_ok=True)  # an earlier export's INT8 model is not this cascade's
     if int8:
-        card["int8"] = int8_model(out, validation_set(record, data), record.threshold)
-    (out / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
-    (out / "MODEL_CARD.md").write_text(render_markdown(card))
+        card["int8"] = int8_model(out, validation, record.threshold)
+    # The card names the programs it describes: `predict` refuses a program that is not
+    # the card's (an export killed between writing the two).
+    card["programs"] = {
+        name: file_sha256(out / name) for name in PROGRAM_FILES if (out / name).is_file()
+    }
+    write_json(out / "model_card.json", card)
+    write_text(out / "MODEL_CARD.md", render_markdown(card))
     files = ["cascade.onnx", "cascade.pt2", "model_card.json", "MODEL_CARD.md"]
     if (out / INT8_FILE).is_file():
         files.append(INT8_FILE)
-    (out / "checksums.sha256").write_text("".join(f"{file_sha256(out / f)}  {f}\n" for f in files))
+    write_text(out / "checksums.sha256", "".join(f"{file_sha256(out / f)}  {f}\n" for f in files))
     return card
 
 

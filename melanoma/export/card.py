@@ -141,7 +141,9 @@ def model_card(
         "segmenters": [_card_member(m) for m in record.segmenters],
         "classifiers": [_card_member(m) for m in record.classifiers],
         "ensemble": "mask probability and melanoma probability are the weighted means of the "
-        "members' (weight: times chosen by the greedy selection on the selection set)",
+        "members' (weight: times chosen by the greedy selection on the selection set; the "
+        "fold models of a cross-validated candidate share its weight, each in proportion "
+        "to 1 / its fold count)",
         "test_time_augmentation": {
             f"{stage}s": "on: averaged over the 8 flips and 90-degree rotations" if on else "off"
             for stage, on in record.tta.items()

@@ -9,10 +9,10 @@ range), so no integer output is turned back into float for the activation, and t
 levels cover only values that survive it. That was both faster and closer to the float
 model than quantising the convolutions alone (at 224 px on 2 cores, 2.2x instead of
 1.5-1.65x the float throughput, and 1.9% instead of 6.1% of mask pixels changed;
-docs/results.md). The classifier heads (Gemm), the resizes, the lesion crop, the
-softmax, the ensemble mean and the calibration stay in float, so the logits and the
-probability keep their full resolution (a quantised Gemm output would give the logits 256
-levels and tie images at the threshold).
+docs/results.md; measured while the heads were quantised too). The classifier heads
+(Gemm), the resizes, the lesion crop, the softmax, the ensemble mean and the calibration
+stay in float, so the logits and the probability keep their full resolution (a quantised
+Gemm output would give the logits 256 levels and tie images at the threshold).
 
 The check is made on validation images outside the calibration sample, on what the INT8
 model is used for: AUC and Jaccard, and the decisions at the cascade's threshold
@@ -193,7 +193,8 @@ def int8_model(
         "uint8 activations for Conv and MatMul, a ReLU or ReLU6 after a convolution "
         "folded into its output range; the classifier heads (Gemm) and the rest in float",
         "calibration_images": int(len(chosen)),
-        "validation_images": int(len(check)),  # scored: those outside the calibration sample
+        "validation_images": int(len(images)),
+        "checked_images": int(len(check)),  # scored: those outside the calibration sample
         "float": float_scores,
         "int8": int8_scores,
         "lost": lost,
@@ -226,7 +227,7 @@ def int8_card_lines(q: dict | None) -> list[str]:
         "## INT8 model",
         "",
         f"{q['method']}; calibrated on {q['calibration_images']} validation images, scored "
-        f"on {q['validation_images']} others: {verdict}.",
+        f"on {q.get('checked_images', q['validation_images'])} others: {verdict}.",
         "",
         "| validation | float | INT8 | lost | tolerance |",
         "|---|---|---|---|---|",

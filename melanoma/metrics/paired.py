@@ -103,16 +103,29 @@ def _summary(point: float, diffs: np.ndarray, n: int) -> dict:
     }
 
 
-def in_sample(result: dict) -> dict:
-    """``result`` marked as measured on the images that chose A (a greedy ensemble against
-    its own first pick, which selection keeps at or above zero): the point difference
-    only, no interval, never called separated."""
-    return {"difference": result["difference"], "images": result["images"], "in_sample": True}
+def in_sample(result: dict, *, keep_interval: bool = False) -> dict:
+    """``result`` marked as measured on the images that chose A: a greedy ensemble against
+    its own first pick (selection keeps it at or above zero: the point difference only),
+    or the best-ranked candidate against the others on the images that ranked them
+    (``keep_interval``: the interval still shows the noise). Never called separated."""
+    kept = {k: result[k] for k in ("low", "high")} if keep_interval else {}
+    return {
+        "difference": result["difference"],
+        "images": result["images"],
+        "in_sample": True,
+        **kept,
+    }
 
 
 def describe(result: dict, what: str = "difference") -> str:
     """``+0.012 (95% CI -0.010 to +0.034), separated`` or ``..., not separated``: separated
     when the interval excludes zero; an :func:`in_sample` result says so instead."""
+    if result.get("in_sample") and result.get("low") is not None:
+        return (
+            f"{what} {result['difference']:+.4f} (paired 95% CI {result['low']:+.3f} to "
+            f"{result['high']:+.3f}, {result['images']} images; in-sample: these images "
+            "ranked them, so it leans in the winner's favour and is not called separated)"
+        )
     if result.get("in_sample"):
         return (
             f"{what} {result['difference']:+.4f} (in-sample, on the {result['images']} images "
