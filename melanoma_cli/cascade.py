@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from melanoma_cli.common import SEARCH_STORAGE, _add_drop_test_duplicates
 
+AUTO = "auto"
 
-def resolve_candidates(sources: list[str], task: str, top_k: int, storage: str) -> list:
+
+def handoff_size(trials: int) -> int:
+    """How many of a search's best trials a cascade build takes by default: a third of
+    the trials that have a checkpoint, at least 1 and at most 5 (a search of 8 trials
+    hands on its best 3). One pick chosen on 30 validation melanomas is mostly noise; an
+    ensemble of the few best is what the search's own benchmark supports."""
+    return max(1, min(5, math.ceil(trials / 3)))
+
+
+def ensemble_rounds(candidates: int) -> int:
+    """Greedy ensemble rounds by default: 2k - 1 for k classifier candidates (a member
+    may be chosen more than once), at most 9; one candidate, no ensemble."""
+    return max(1, min(9, 2 * candidates - 1))
+
+
+def resolve_candidates(sources: list[str], task: str, top_k: int | str, storage: str) -> list:
     """Candidates from paths (checkpoints, runs, cross-validation folders) and search names
-    (their ``top_k`` best trials): the one place where a search name becomes checkpoints."""
+    (their ``top_k`` best trials; ``auto``: :func:`handoff_size` of the search's trials):
+    the one place where a search name becomes checkpoints."""
     from melanoma.cascade.members import load_candidates
 
-    if top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    if top_k != AUTO and top_k < 1:
+        raise ValueError(f"--top-k must be at least 1 or auto, got {top_k}")
     out = []
     for source in sources:
         if Path(source).exists():
@@ -29,7 +47,11 @@ def resolve_candidates(sources: list[str], task: str, top_k: int, storage: str) 
                 f"{source} is neither a checkpoint, run directory or cross-validation folder "
                 f"nor a search in {search_path(storage, source)}; check the name or --storage"
             ) from None
-        for path, origin, value in best_checkpoints(source, task, top_k, storage):
+        ranked = best_checkpoints(source, task, 10**9, storage)
+        k = handoff_size(len(ranked)) if top_k == AUTO else top_k
+        if top_k == AUTO:
+            print(f"[cascade] {source}: the best {k} of its {len(ranked)} trials", flush=True)
+        for path, origin, value in ranked[:k]:
             out += load_candidates(path, task, origin, value)
     return out
 
@@ -47,15 +69,25 @@ def _sources(sources: list[str], task: str, top_k: int, storage: str) -> list:
 def _cmd_cascade_build(args: argparse.Namespace) -> int:
     from melanoma.cascade.build import build_cascade
 
+    segs = _sources(args.seg, "seg", args.top_k, args.storage)
+    clss = _sources(args.cls, "cls", args.top_k, args.storage)
+    rounds = args.ensemble_size
+    if rounds == AUTO:
+        rounds = ensemble_rounds(len(clss))
+        print(
+            f"[cascade] greedy ensemble of {rounds} round(s) over {len(clss)} classifier "
+            "candidate(s) (--ensemble-size auto)",
+            flush=True,
+        )
     build_cascade(
-        _sources(args.seg, "seg", args.top_k, args.storage),
-        _sources(args.cls, "cls", args.top_k, args.storage),
+        segs,
+        clss,
         Path(args.out),
         select_on=args.select_on,
         target_sensitivity=args.target_sensitivity,
         data=args.data,
         drop_test_duplicates=args.drop_test_duplicates,
-        ensemble_size=args.ensemble_size,
+        ensemble_size=rounds,
         tta=args.tta,
         mask_cleanup=args.mask_cleanup,
         calibration=args.calibration,
@@ -102,13 +134,20 @@ def register(sub) -> None:
         nargs="+",
         help="classifier search name(s), run director(ies) or checkpoint(s)",
     )
-    p.add_argument("--top-k", type=int, default=1, help="evaluate the K x K best pairs end to end")
+    p.add_argument(
+        "--top-k",
+        type=_count_or_auto,
+        default=AUTO,
+        help="the K best trials of each search are candidates (auto, the default: a third "
+        "of its trials, 1 to 5)",
+    )
     p.add_argument(
         "--ensemble-size",
-        type=int,
-        default=1,
-        help="rounds of greedy ensemble selection over the top-k models of each search "
-        "(members chosen with replacement on validation; 1: the best single pair)",
+        type=_count_or_auto,
+        default=AUTO,
+        help="rounds of greedy ensemble selection over the candidates (members chosen with "
+        "replacement on the selection set; 1: the best single pair; auto, the default: "
+        "2k - 1 rounds for k classifier candidates, at most 9)",
     )
     p.add_argument(
         "--tta",
@@ -163,3 +202,14 @@ def register(sub) -> None:
     )
     _add_drop_test_duplicates(p)
     p.set_defaults(func=_cmd_cascade_evaluate)
+
+
+def _count_or_auto(value: str) -> int | str:
+    if value == AUTO:
+        return AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number or auto, got {value!r}"
+        ) from None

@@ -81,6 +81,9 @@ def _print_results(
         low, high = r.get("ci_low"), r.get("ci_high")
         r["95% CI"] = f"{low:.3f}-{high:.3f}" if low is not None else "-"
     table = [[_fmt(r.get(k)) for k in header] for r in shown]
+    for r, row in zip(shown, table, strict=True):
+        if r.get("default"):  # the experiment's own configuration, trial 0
+            row[0] += " (default)"
     widths = [
         max(len(h), *(len(row[i]) for row in table)) if table else len(h)
         for i, h in enumerate(header)
@@ -90,6 +93,8 @@ def _print_results(
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     if top and len(rows) > top:
         print(f"... {len(rows) - top} more (melanoma search results {name})")
+    if any(r.get("default") for r in rows):
+        print("(default): the experiment's own train configuration, run to max_epochs")
     masks = ranking_masks(exp)
     if masks:
         print(f"masks that ranked the mask-using trials: {masks}")

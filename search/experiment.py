@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from melanoma.config import ConfigError, from_dict, load_yaml, to_dict
 from melanoma.engine.config import TrainConfig
-from search.space import ParamSpec, parse_space
+from search.space import ParamSpec, default_point, parse_space
 
 DEFAULT_STORAGE = "runs/search"  # where searches live unless the YAML or --storage says
 
@@ -69,6 +69,11 @@ class SearchConfig:
     # reported epoch of every trial counts once): a fixed compute budget, whatever the
     # scheduler does with it. None: num_samples trials, each up to max_epochs.
     budget_epochs: int | None = None
+    # Evaluate the experiment's own train configuration first (trial 0, enqueued in the
+    # Optuna study so TPE learns from it, and run to max_epochs whatever ASHA says): the
+    # population then holds the default, and the hand-off cannot lose to it but through
+    # selection noise.
+    default_first: bool = True
     searcher: SearcherConfig = field(default_factory=SearcherConfig)
     scheduler: TrialSchedulerConfig = field(default_factory=TrialSchedulerConfig)
 
@@ -162,6 +167,12 @@ class Experiment:
     def mode(self) -> str:
         return self.search.mode or self.train.mode
 
+    @property
+    def default_params(self) -> dict | None:
+        """The space's parameters at the train config's own values (trial 0), or None
+        when the experiment opts out (search.default_first: false)."""
+        return default_point(self.space, self.train) if self.search.default_first else None
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,
@@ -201,6 +212,11 @@ def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
         raise ConfigError(f"{source}: train: {err}") from None
     space = parse_space(data.get("space") or {}, train)
     _check_timm_encoders(train, space, source)
+    if search.default_first:
+        try:
+            default_point(space, train)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
     return Experiment(
         name=str(data.get("name") or Path(source).stem),
         task=task,

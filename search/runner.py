@@ -15,7 +15,7 @@ from ray import tune
 
 from melanoma.config import dump_yaml, load_yaml
 from search.experiment import DEFAULT_STORAGE, Experiment, experiment_from_dict
-from search.searcher import create_searcher, create_trial_scheduler
+from search.searcher import create_searcher, create_trial_scheduler, is_default
 from search.tracking import stopped_early
 from trainables.driver import tune_driver
 from trainables.meta import META, TrialMeta, train_run_name, train_storage
@@ -422,6 +422,7 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
     analysis = ExperimentAnalysis(root)
     metric, mode = exp.metric, exp.mode
     keys = [p.key for p in exp.space]
+    default = exp.default_params
     rows = []
     frames = analysis.trial_dataframes
     for trial in analysis.trials:
@@ -469,6 +470,8 @@ def trial_table(name: str, storage: str = DEFAULT_STORAGE) -> tuple[list[dict], 
         rows.append(
             {
                 "trial_id": trial.trial_id,
+                # The experiment's own configuration (trial 0 unless the experiment opts out).
+                "default": is_default(params, default) and len(params) == len(default or {}),
                 "state": state,
                 "epochs": epochs,
                 metric: best_value,

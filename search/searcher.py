@@ -45,6 +45,7 @@ class FidelityAwareOptunaSearch(Searcher):
         study_name: str | None = None,
         storage=None,
         time_attr: str = "epoch",
+        first: dict | None = None,
     ):
         if mode not in _DIRECTIONS:
             raise ValueError(f"mode must be one of {list(_DIRECTIONS)}, got {mode!r}")
@@ -59,6 +60,10 @@ class FidelityAwareOptunaSearch(Searcher):
             direction=_DIRECTIONS[mode],
             load_if_exists=True,
         )
+        if first is not None and not self.study.trials:
+            # The experiment's own configuration is the study's first trial: TPE learns
+            # from it like from any other, and the population holds the default.
+            self.study.enqueue_trial(first, user_attrs={"default": True})
         self.trials: dict[str, optuna.Trial] = {}  # Tune trial id -> its asked Optuna trial
         self.reported: dict[str, set[int]] = {}  # steps already reported, per trial
         self.completed: set[str] = set()
@@ -149,19 +154,45 @@ def create_searcher(
         study_name=name,
         storage=optuna_storage(s.optuna_storage or journal),
         max_epochs=exp.search.max_epochs,
+        first=exp.default_params,
     )
 
 
+def is_default(config: dict, default: dict | None) -> bool:
+    """Whether a trial's parameters are the experiment's own configuration (trial 0)."""
+    return bool(default) and all(config.get(k) == v for k, v in default.items())
+
+
+class DefaultKeepingASHA(ASHAScheduler):
+    """ASHA that never stops the experiment's own configuration: its results fill the
+    rungs the other trials are compared against, but it always trains to max_epochs.
+    Why: ASHA's early rungs are noisy (one or two epochs on 30 validation melanomas), and
+    a default stopped there would leave the search's population without the one
+    configuration the hand-off must never lose to; it costs one full trial."""
+
+    def __init__(self, *args, default: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if is_default(trial.config, self.default):
+            return self.CONTINUE
+        return decision
+
+
 def create_trial_scheduler(exp: Experiment):
-    """ASHA on the reported epoch (restores keep counting right), or FIFO."""
+    """ASHA on the reported epoch (restores keep counting right), keeping the default
+    trial to the end (DefaultKeepingASHA), or FIFO."""
     s = exp.search.scheduler
     if s.name == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(
+    return DefaultKeepingASHA(
         time_attr="epoch",
         metric=exp.metric,
         mode=exp.mode,
         max_t=exp.search.max_epochs,
         grace_period=min(s.grace_period, exp.search.max_epochs),
         reduction_factor=s.reduction_factor,
+        default=exp.default_params,
     )

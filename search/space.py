@@ -151,3 +151,31 @@ class DefineByRun:
 
 def define_by_run(space: tuple[ParamSpec, ...]) -> DefineByRun:
     return DefineByRun(space)
+
+
+def default_point(space: tuple[ParamSpec, ...], base) -> dict[str, Any]:
+    """The space's parameters at the values of the train config ``base``, the experiment's
+    own configuration: what the search evaluates first (its trial 0). Refuses a value
+    outside its distribution, naming the key and the fix."""
+    values = base.to_dict()
+    params: dict[str, Any] = {}
+    for spec in space:
+        if not spec.active(params):
+            continue
+        node = values
+        for part in spec.key.split("."):
+            node = node[part]
+        inside = (
+            node in spec.values
+            if spec.kind == "choice"
+            else node is not None and spec.values[0] <= node <= spec.values[1]
+        )
+        if not inside:
+            raise ConfigError(
+                f"space.{spec.key}: the train config's own value {node!r} is outside "
+                f"{spec.to_dict()}, so the search cannot evaluate the experiment's "
+                "configuration as its first trial; widen the space to hold it, change "
+                f"train.{spec.key}, or set search.default_first: false"
+            )
+        params[spec.key] = int(node) if spec.kind == "int" else node
+    return params

@@ -154,6 +154,11 @@ def test_search_with_a_worker_failure_completes(local_ray, tmp_path: Path, capfd
         == 0
     )
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 3
+    # Trial 0 is the experiment's own train configuration, and the table marks it.
+    (default,) = [r for r in rows if r["default"]]
+    assert default["trial_id"].endswith("00000")
+    assert (default["optimizer.name"], default["optimizer.lr"]) == ("adamw", 1e-3)
+    assert f"{default['trial_id']} (default)" in capfd.readouterr().out
     # Starting the same search again is refused with the way out.
     assert main(["search", "seg", "--experiment", str(exp)]) == 2
     assert "melanoma search resume tiny" in capfd.readouterr().err

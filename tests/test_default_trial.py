@@ -1,0 +1,145 @@
+"""The default is trial 0: every search evaluates its experiment's own train configuration
+first (enqueued in the Optuna study, so TPE learns from it), ASHA never stops it, and
+`search results` marks it (issue 34)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from melanoma.config import ConfigError
+from search.experiment import experiment_from_dict
+from search.searcher import DefaultKeepingASHA, create_searcher, create_trial_scheduler
+
+
+def experiment(space: dict | None = None, **search) -> object:
+    return experiment_from_dict(
+        {
+            "name": "x",
+            "task": "cls",
+            "train": {
+                "model": {"arch": "resnet18"},
+                "optimizer": {"name": "adamw", "lr": 1e-3},
+                "input": {"mode": "crop", "crop_margin": 0.2},
+            },
+            "space": space
+            or {
+                "input.mode": {"choice": ["full", "crop", "dual"]},
+                "input.crop_margin": {"uniform": [0.05, 0.5], "when": {"input.mode": ["crop"]}},
+                "optimizer.lr": {"loguniform": [1e-4, 1e-2]},
+            },
+            "search": {"num_samples": 4, "max_epochs": 4, **search},
+        }
+    )
+
+
+def test_the_first_suggestion_is_the_experiments_own_configuration():
+    exp = experiment()
+    assert exp.default_params == {
+        "input.mode": "crop",
+        "input.crop_margin": 0.2,
+        "optimizer.lr": 1e-3,
+    }
+    searcher = create_searcher(exp, "x")
+    assert searcher.suggest("t0") == exp.default_params
+    assert searcher.study.trials[0].user_attrs == {"default": True}
+    later = [searcher.suggest(f"t{i}") for i in range(1, 4)]
+    assert exp.default_params not in later  # then the sampler's own
+
+
+def test_a_resumed_study_is_not_given_its_default_twice(tmp_path):
+    exp = experiment()
+    journal = str(tmp_path / "study.log")
+    first = create_searcher(exp, "x", journal)
+    assert first.suggest("t0") == exp.default_params
+    again = create_searcher(exp, "x", journal)  # the same study, read back from its journal
+    assert again.suggest("t1") != exp.default_params
+    marked = [t for t in again.study.trials if t.user_attrs.get("default")]
+    assert len(marked) == 1
+
+
+def test_an_experiment_may_opt_out_and_a_default_outside_its_space_names_the_fix():
+    exp = experiment(default_first=False)
+    assert exp.default_params is None
+    assert create_searcher(exp, "x").suggest("t0") != {"input.mode": "crop"}  # sampled
+    outside = {"optimizer.lr": {"loguniform": [1e-2, 1e-1]}}
+    with pytest.raises(
+        ConfigError,
+        match=r"optimizer.lr: the train config's own value 0.001 .*"
+        r"default_first: false",
+    ):
+        experiment(outside)
+    assert experiment(outside, default_first=False).default_params is None
+
+
+def _trial(trial_id: str, config: dict):
+    return SimpleNamespace(trial_id=trial_id, config=config, evaluated_params=config)
+
+
+def test_asha_never_stops_the_default_but_it_still_fills_the_rungs():
+    """The sequence plain ASHA stops the default on, DefaultKeepingASHA continues."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    exp = experiment(scheduler={"name": "asha", "grace_period": 1, "reduction_factor": 2})
+    kept = create_trial_scheduler(exp)
+    assert isinstance(kept, DefaultKeepingASHA) and kept.default == exp.default_params
+    settings = {"time_attr": "epoch", "metric": "m", "mode": "max", "max_t": 4}
+    plain = ASHAScheduler(**settings, grace_period=1, reduction_factor=2)
+    decisions = {}
+    for name, scheduler in (("plain", plain), ("kept", kept)):
+        scheduler.set_search_properties("m", "max")
+        good = [_trial(f"g{i}", {"input.mode": "full", "optimizer.lr": 0.005}) for i in range(3)]
+        default = _trial("d", dict(exp.default_params))
+        for t in [*good, default]:
+            scheduler.on_trial_add(None, t)
+        for t in good:
+            scheduler.on_trial_result(None, t, {"epoch": 1, "m": 0.9})
+        decisions[name] = scheduler.on_trial_result(None, default, {"epoch": 1, "m": 0.1})
+    assert decisions == {"plain": TrialScheduler.STOP, "kept": TrialScheduler.CONTINUE}
+
+
+def test_the_default_hand_off_is_the_best_few_trials_in_a_greedy_ensemble(monkeypatch, capsys):
+    """`cascade build --cls SEARCH` without --top-k takes a third of the search's trials
+    (1 to 5), and --ensemble-size auto runs 2k - 1 rounds over them."""
+    import search.runner as runner
+    from melanoma_cli import cascade as cli
+
+    assert [cli.handoff_size(n) for n in (1, 2, 3, 4, 8, 16, 40)] == [1, 1, 1, 2, 3, 5, 5]
+    assert [cli.ensemble_rounds(k) for k in (1, 2, 3, 5, 8)] == [1, 3, 5, 9, 9]
+    ranked = [(f"/s/{i}/checkpoint.pt", f"s/{i}", 0.9 - i / 100) for i in range(8)]
+    monkeypatch.setattr(runner, "load_search_experiment", lambda name, storage: None)
+    monkeypatch.setattr(runner, "best_checkpoints", lambda name, task, k, storage: ranked[:k])
+    loaded = []
+    monkeypatch.setattr(
+        "melanoma.cascade.members.load_candidates",
+        lambda path, task, origin=None, value=None: loaded.append(origin) or [origin],
+    )
+    assert cli.resolve_candidates(["s"], "cls", cli.AUTO, "runs") == ["s/0", "s/1", "s/2"]
+    assert "the best 3 of its 8 trials" in capsys.readouterr().out
+    assert cli.resolve_candidates(["s"], "cls", 1, "runs") == ["s/0"]
+
+
+def test_expected_best_of_n_trials_equals_the_brute_force_mean_over_subsets():
+    import itertools
+
+    import numpy as np
+
+    from melanoma.metrics.budget import expected_best
+
+    rng = np.random.default_rng(4)
+    val = rng.random(7)
+    held = rng.random(7)
+    rows = expected_best(val, held)
+    for n in range(1, 8):
+        subsets = list(itertools.combinations(range(7), n))
+        best = [max(s, key=lambda i: val[i]) for s in subsets]
+        assert rows[n - 1]["validation"] == pytest.approx(np.mean([val[i] for i in best]))
+        assert rows[n - 1]["held_out"] == pytest.approx(np.mean([held[i] for i in best]))
+    assert (
+        rows[0]["validation"] == pytest.approx(val.mean()) and rows[-1]["validation"] == val.max()
+    )
+    with pytest.raises(ValueError, match="between 1 and 7"):
+        from melanoma.metrics.budget import pick_weights
+
+        pick_weights(7, 0)
