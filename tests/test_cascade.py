@@ -1486,15 +1486,28 @@ def test_evaluate_and_export_refuse_a_splits_file_that_is_not_the_builds(built, 
     """splits.json is bound to cascade.pt by its SHA-256: the same splits rewritten (here
     only re-indented) or another build's file is refused by evaluate and export."""
     from melanoma.export import export_cascade
+    from melanoma.predict import predict
 
     copy = tmp_path / "copy"
     shutil.copytree(built["dir"], copy)
+    export = tmp_path / "export"
+    export_cascade(copy, export, check_images=2)
+    onnx_file = export / "cascade.onnx"
+    written = onnx_file.stat().st_mtime_ns
     doc = json.loads((copy / "splits.json").read_text())
     (copy / "splits.json").write_text(json.dumps(doc, indent=2))
     with pytest.raises(LeakError, match="refusing to evaluate .*replaced or edited.*rebuild"):
         evaluate_cascade(copy, resamples=10)
     with pytest.raises(LeakError, match="refusing to export .*replaced or edited"):
-        export_cascade(copy, tmp_path / "export")
+        export_cascade(copy, export)
+    assert onnx_file.stat().st_mtime_ns == written  # refused before writing anything
+    # A program that is not the one its card describes (an export killed between the
+    # two) is refused by predict.
+    image = next(built["data"].glob("ISIC-2017_Training_Data/*.jpg"))
+    assert predict(export, [str(image)], tmp_path / "ok.csv")[0]["error"] == ""
+    onnx_file.write_bytes(onnx_file.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="is not the model its model_card.json describes"):
+        predict(export, [str(image)], tmp_path / "p.csv")
     (copy / "splits.json").unlink()
     with pytest.raises(FileNotFoundError, match="splits.json is missing"):
         evaluate_cascade(copy, resamples=10)
