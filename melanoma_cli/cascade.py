@@ -190,6 +190,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True)
     _add_drop_test_duplicates(p)
     p.set_defaults(func=_cmd_cascade_build)
+    _register_evaluate(cascade_sub)
+
+
+def _register_evaluate(cascade_sub) -> None:
     p = cascade_sub.add_parser("evaluate", help="test-split report with 95%% intervals")
     p.add_argument("dir")
     p.add_argument("--data")

@@ -83,15 +83,7 @@ def build_cascade(
     input_size = max(x.config.load_size for x in [*segs, *clss])
     data_meta = data_record(clss[0].config, data)
     bundle, dropped_val = _members_data([*segs, *clss], data_meta, input_size, drop_test_duplicates)
-    cls_cv = None if select_on == "val" else cv_candidates(as_list(cls_source))
-    if select_on == "oof" and cls_cv is None:
-        raise ValueError(
-            "--select-on oof chooses on out-of-fold predictions: every --cls source must be "
-            "a `melanoma cv` folder (with cv.json and oof_outputs.npz); use --select-on val "
-            "to choose on the validation split"
-        )
-    if cls_cv:
-        refuse_oracle_masks(cls_cv)
+    cls_cv = _cv_sources(cls_source, select_on)
     ctx = BuildContext(
         input_size, bundle, data_meta, ensemble_size, tta, mask_cleanup, target_sensitivity
     )
@@ -121,6 +113,21 @@ def build_cascade(
         splits_sha256=hashlib.sha256((out / "splits.json").read_bytes()).hexdigest(),
     )
     return save_cascade(record, out)
+
+
+def _cv_sources(cls_source, select_on: str):
+    """The cross-validation folders to choose on out-of-fold (None: choose on validation);
+    refuses ``oof`` without them, and out-of-fold predictions made on true masks."""
+    cls_cv = None if select_on == "val" else cv_candidates(as_list(cls_source))
+    if select_on == "oof" and cls_cv is None:
+        raise ValueError(
+            "--select-on oof chooses on out-of-fold predictions: every --cls source must be "
+            "a `melanoma cv` folder (with cv.json and oof_outputs.npz); use --select-on val "
+            "to choose on the validation split"
+        )
+    if cls_cv:
+        refuse_oracle_masks(cls_cv)
+    return cls_cv
 
 
 def _at_members_size(choice, input_size: int, bundle, data_meta: dict):
