@@ -272,19 +272,30 @@ def test_evaluation_report(built):
     assert "| auc |" in md and "unmasked" not in md and "plain for precision" in md
 
 
+def _rewrite_splits(directory: Path, doc: dict) -> None:
+    """splits.json replaced and cascade.pt re-bound to it (as a hand-made or older cascade
+    would be): what evaluate's own leak checks must still catch."""
+    import hashlib
+
+    (directory / "splits.json").write_text(json.dumps(doc))
+    payload = torch.load(directory / "cascade.pt", weights_only=True)
+    payload["splits_sha256"] = hashlib.sha256((directory / "splits.json").read_bytes()).hexdigest()
+    torch.save(payload, directory / "cascade.pt")
+
+
 def test_evaluation_refuses_a_leaking_split(built, tmp_path):
     leaky = tmp_path / "leaky"
     shutil.copytree(built["dir"], leaky)
     doc = json.loads((leaky / "splits.json").read_text())
     doc["splits"]["test"].append(doc["splits"]["train"][0])
-    (leaky / "splits.json").write_text(json.dumps(doc))
+    _rewrite_splits(leaky, doc)
     with pytest.raises(LeakError, match="(?s)refusing to evaluate.*is also in train"):
         evaluate_cascade(leaky, resamples=10)
     # A test split that no longer matches the data is refused too.
     doc = json.loads((built["dir"] / "splits.json").read_text())
     moved = doc["splits"]["test"].pop()
     doc["splits"]["val"].append(moved)
-    (leaky / "splits.json").write_text(json.dumps(doc))
+    _rewrite_splits(leaky, doc)
     with pytest.raises(LeakError, match="split of the data now differs"):
         evaluate_cascade(leaky, resamples=10)
 
