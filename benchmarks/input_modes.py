@@ -289,9 +289,10 @@ def interval(vs: dict) -> str:
     return f"{vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
 
 
-def records_of(trained: dict[Arm, dict], seed: int, bench) -> dict[str, dict]:
+def records_of(trained: dict[Arm, dict], seed: int, bench, echo: bool = True) -> dict[str, dict]:
     """Each arm's figures for one seed: AUCs, paired differences against ``full`` at the
-    image size and against ``full`` at the arm's load size, on each scored set."""
+    image size and against ``full`` at the arm's load size, on each scored set (those
+    trained so far: a control not trained yet is left out); ``echo`` prints a line each."""
     arms = list(trained)
     ref = arms[0]
     results = {}
@@ -338,6 +339,8 @@ def records_of(trained: dict[Arm, dict], seed: int, bench) -> dict[str, dict]:
             )
             for s in scored
         )
+        if not echo:
+            continue
         print(
             f"seed {seed} {arm.name:16}: val {record['val_auc']:.4f}{line}; "
             f"{record['wall_s']:.0f} s",
@@ -467,6 +470,12 @@ def main() -> int:
         "--keep", type=Path, help="keep the segmenter and every classifier run in this folder"
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default torch's: every core; 1 where other work shares them, "
+        "whose threads would otherwise wait on each other)",
+    )
+    parser.add_argument(
         "--tables", type=Path, help="print the tables of a --json results file (its seeds so far)"
     )
     args = parser.parse_args()
@@ -493,6 +502,10 @@ def main() -> int:
     if base["task"] != "cls":
         parser.error(f"--experiment {args.experiment} is a {base['task']} search; give a cls one")
     ham = Ham(args.ham, args.ham_limit) if args.ham is not None else None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     runs: dict[str, list[dict]] = {a.name: [] for a in arms}
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
@@ -502,7 +515,16 @@ def main() -> int:
         args.segmenter_run = args.segmenter or bench.train_segmenter(args, where, log)
         args.mask_source = str(args.segmenter_run)
         for seed in args.seeds:
-            trained = {a: run_arm(base, a, seed, args, where, log, bench, ham) for a in arms}
+            trained = {}
+            for arm in arms:
+                trained[arm] = run_arm(base, arm, seed, args, where, log, bench, ham)
+                if args.json and arm != arms[-1]:  # the seed so far, should it be cut short
+                    partial = records_of(trained, seed, bench, echo=False)
+                    so_far = {
+                        n: [*rs, *([partial[n]] if n in partial else [])] for n, rs in runs.items()
+                    }
+                    wall = time.perf_counter() - started
+                    write_json(args, arms, so_far, ham, wall, partial=(seed, list(partial)))
             for name, record in records_of(trained, seed, bench).items():
                 runs[name].append(record)
             if args.json:
@@ -527,14 +549,22 @@ def print_tables(results: dict) -> int:
         f"{settings['experiment']}'s train config on {settings['data']}: {settings['epochs']} "
         f"epochs; seeds {settings['seeds_done']} of {settings['seeds']}\n"
     )
+    if settings.get("in_progress"):
+        p = settings["in_progress"]
+        print(f"(seed {p['seed']} cut short: only {', '.join(p['arms'])} of it)\n")
+    seeds = max(len(s["val_auc"]) for s in results["summary"].values())
     for which in SETS:
-        print_table(results["summary"], len(settings["seeds_done"]), which)
+        print_table(results["summary"], seeds, which)
     return 0
 
 
-def write_json(args, arms: list[Arm], runs: dict, ham: Ham | None, wall: float) -> None:
-    """The settings, the summary and every record so far (rewritten after each seed)."""
+def write_json(
+    args, arms: list[Arm], runs: dict, ham: Ham | None, wall: float, partial=None
+) -> None:
+    """The settings, the summary and every record so far (rewritten after each arm);
+    ``partial``: (seed, arms done) of a seed still running, whose records are included."""
     done = {n: rs for n, rs in runs.items() if rs}
+    seeds = sorted({r["seed"] for rs in done.values() for r in rs})
     payload = {
         "settings": {
             "data": str(args.data),
@@ -545,7 +575,9 @@ def write_json(args, arms: list[Arm], runs: dict, ham: Ham | None, wall: float) 
             "seg_epochs": args.seg_epochs,
             "segmenter": str(args.segmenter_run),
             "seeds": args.seeds,
-            "seeds_done": sorted({r["seed"] for rs in done.values() for r in rs}),
+            "seeds_done": [x for x in seeds if partial is None or x != partial[0]],
+            "in_progress": None if partial is None else {"seed": partial[0], "arms": partial[1]},
+            "threads": args.threads,
             "arms": [a.name for a in arms],
             "wall_s": wall,
         },

@@ -155,8 +155,9 @@ def define_by_run(space: tuple[ParamSpec, ...]) -> DefineByRun:
 
 def default_point(space: tuple[ParamSpec, ...], base) -> dict[str, Any]:
     """The space's parameters at the values of the train config ``base``, the experiment's
-    own configuration: what the search evaluates first (its trial 0). Refuses a value
-    outside its distribution, naming the key and the fix."""
+    own configuration: what the search evaluates first (its trial 0). A number outside
+    its range is kept (Optuna evaluates a fixed value outside the range, and warns); a
+    choice that is not among the space's choices is refused, naming the key and the fix."""
     values = base.to_dict()
     params: dict[str, Any] = {}
     for spec in space:
@@ -165,12 +166,7 @@ def default_point(space: tuple[ParamSpec, ...], base) -> dict[str, Any]:
         node = values
         for part in spec.key.split("."):
             node = node[part]
-        inside = (
-            node in spec.values
-            if spec.kind == "choice"
-            else node is not None and spec.values[0] <= node <= spec.values[1]
-        )
-        if not inside:
+        if spec.kind == "choice" and node not in spec.values:
             raise ConfigError(
                 f"space.{spec.key}: the train config's own value {node!r} is outside "
                 f"{spec.to_dict()}, so the search cannot evaluate the experiment's "

@@ -339,14 +339,25 @@ def test_input_modes_summary_and_tables_show_held_out_and_ham(capsys, tmp_path, 
     assert row(out, "dual@64/128")[:2] == ["0.6500", "+0.0300 (+0.010 to +0.050)"]
     assert "minus full@64 (95% CI)" in out
     # A run without --ham prints no HAM table.
-    # --tables reprints a results file's tables over the seeds it holds so far.
+    # The results file is written after every arm, a seed cut short marked as such, and
+    # --tables reprints its tables over the records it holds.
     results = tmp_path / "results.json"
-    settings = {"experiment": "e", "data": "d", "epochs": 3, "seeds": [0, 1], "seeds_done": [0]}
-    results.write_text(json.dumps({"settings": settings, "summary": one}))
+    args = argparse.Namespace(
+        data="d", experiment="e", epochs=3, image_size=64, source_size=128, seg_epochs=4,
+        segmenter_run="seg", seeds=[0, 1], threads=1, json=results,
+    )  # fmt: skip
+    arms = bench.parse_arms(["full", "dual"], 64, 128)
+    so_far = {k: [{**r, "seed": 0} for r in v[:1]] for k, v in runs.items()}
+    bench.write_json(args, arms, so_far, None, 12.0, partial=(0, ["full@64", "dual@64/128"]))
+    saved = json.loads(results.read_text())
+    assert saved["settings"]["seeds_done"] == [] and saved["settings"]["threads"] == 1
+    assert saved["settings"]["in_progress"] == {"seed": 0, "arms": ["full@64", "dual@64/128"]}
+    assert set(saved["runs"]) == {"full@64", "dual@64/128"} and "ham" not in saved
     monkeypatch.setattr(sys, "argv", ["input_modes.py", "--tables", str(results)])
     assert bench.main() == 0
     out = capsys.readouterr().out
-    assert "seeds [0] of [0, 1]" in out and "HAM10000" in out
+    assert "seeds [] of [0, 1]" in out and "seed 0 cut short: only full@64, dual@64/128" in out
+    assert "HAM10000" in out
     assert row(out.split("out of distribution")[1], "dual@64/128")[:2] == [
         "0.6500",
         "+0.0300 (+0.010 to +0.050)",

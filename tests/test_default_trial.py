@@ -63,14 +63,17 @@ def test_an_experiment_may_opt_out_and_a_default_outside_its_space_names_the_fix
     exp = experiment(default_first=False)
     assert exp.default_params is None
     assert create_searcher(exp, "x").suggest("t0") != {"input.mode": "crop"}  # sampled
-    outside = {"optimizer.lr": {"loguniform": [1e-2, 1e-1]}}
+    # A number outside its range is the user's own setting (--set train.optimizer.lr=...):
+    # evaluated as given. A choice the space does not offer cannot be: refused.
+    wide = experiment({"optimizer.lr": {"loguniform": [1e-2, 1e-1]}})
+    assert wide.default_params == {"optimizer.lr": 1e-3}
+    assert create_searcher(wide, "x").suggest("t0") == {"optimizer.lr": 1e-3}
+    other = {"input.mode": {"choice": ["full", "dual"]}}
     with pytest.raises(
-        ConfigError,
-        match=r"optimizer.lr: the train config's own value 0.001 .*"
-        r"default_first: false",
+        ConfigError, match=r"input.mode: the train config's own value 'crop' .*default_first: false"
     ):
-        experiment(outside)
-    assert experiment(outside, default_first=False).default_params is None
+        experiment(other)
+    assert experiment(other, default_first=False).default_params is None
 
 
 def _trial(trial_id: str, config: dict):
