@@ -7,7 +7,8 @@ scored out of distribution on HAM10000 through the cascade as it ships.
         [--arms full crop masked mask_channel dual full@128 dual@64/64]
         [--ham ../shared/data/ham10000] [--experiment isic2017_cpu_cls]
         [--segmenter RUN] [--seg-epochs 4] [--json out.json] [--log train.log]
-        [--keep DIR]
+        [--keep DIR] [--threads 1]
+    python benchmarks/input_modes.py --tables out.json   # its tables, a cut-short seed too
     # GPU-sized: --image-size 224 --source-size 448 --epochs 12 --seg-epochs 10
     #            --experiment isic2017_gpu_cls
 
