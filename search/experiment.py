@@ -212,11 +212,6 @@ def experiment_from_dict(data: dict, source: str = "experiment") -> Experiment:
         raise ConfigError(f"{source}: train: {err}") from None
     space = parse_space(data.get("space") or {}, train)
     _check_timm_encoders(train, space, source)
-    if search.default_first:
-        try:
-            default_point(space, train)
-        except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
     return Experiment(
         name=str(data.get("name") or Path(source).stem),
         task=task,

@@ -157,7 +157,8 @@ def default_point(space: tuple[ParamSpec, ...], base) -> dict[str, Any]:
     """The space's parameters at the values of the train config ``base``, the experiment's
     own configuration: what the search evaluates first (its trial 0). A number outside
     its range is kept (Optuna evaluates a fixed value outside the range, and warns); a
-    choice that is not among the space's choices is refused, naming the key and the fix."""
+    choice the space does not offer takes the space's first choice (a space of one choice
+    is how an experiment overrides its train value for the whole search)."""
     values = base.to_dict()
     params: dict[str, Any] = {}
     for spec in space:
@@ -167,11 +168,6 @@ def default_point(space: tuple[ParamSpec, ...], base) -> dict[str, Any]:
         for part in spec.key.split("."):
             node = node[part]
         if spec.kind == "choice" and node not in spec.values:
-            raise ConfigError(
-                f"space.{spec.key}: the train config's own value {node!r} is outside "
-                f"{spec.to_dict()}, so the search cannot evaluate the experiment's "
-                "configuration as its first trial; widen the space to hold it, change "
-                f"train.{spec.key}, or set search.default_first: false"
-            )
+            node = spec.values[0]
         params[spec.key] = int(node) if spec.kind == "int" else node
     return params

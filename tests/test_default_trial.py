@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from melanoma.config import ConfigError
 from search.experiment import experiment_from_dict
 from search.searcher import DefaultKeepingASHA, create_searcher, create_trial_scheduler
 
@@ -59,7 +58,7 @@ def test_a_resumed_study_is_not_given_its_default_twice(tmp_path):
     assert len(marked) == 1
 
 
-def test_an_experiment_may_opt_out_and_a_default_outside_its_space_names_the_fix():
+def test_an_experiment_may_opt_out_and_a_default_outside_its_space_stays_inside_it():
     exp = experiment(default_first=False)
     assert exp.default_params is None
     assert create_searcher(exp, "x").suggest("t0") != {"input.mode": "crop"}  # sampled
@@ -68,12 +67,13 @@ def test_an_experiment_may_opt_out_and_a_default_outside_its_space_names_the_fix
     wide = experiment({"optimizer.lr": {"loguniform": [1e-2, 1e-1]}})
     assert wide.default_params == {"optimizer.lr": 1e-3}
     assert create_searcher(wide, "x").suggest("t0") == {"optimizer.lr": 1e-3}
-    other = {"input.mode": {"choice": ["full", "dual"]}}
-    with pytest.raises(
-        ConfigError, match=r"input.mode: the train config's own value 'crop' .*default_first: false"
-    ):
-        experiment(other)
-    assert experiment(other, default_first=False).default_params is None
+    # A choice the space does not offer: its first choice (a one-choice space overrides
+    # the train value for the whole search).
+    other = experiment({"input.mode": {"choice": ["dual", "full"]}})
+    assert other.default_params == {"input.mode": "dual"}
+    assert (
+        experiment({"input.mode": {"choice": ["dual"]}}, default_first=False).default_params is None
+    )
 
 
 def _trial(trial_id: str, config: dict):
