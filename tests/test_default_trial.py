@@ -146,3 +146,13 @@ def test_expected_best_of_n_trials_equals_the_brute_force_mean_over_subsets():
         from melanoma.metrics.budget import pick_weights
 
         pick_weights(7, 0)
+
+
+def test_top_k_and_ensemble_size_take_a_count_or_auto(tmp_path, capsys):
+    from melanoma_cli import main
+
+    args = ["cascade", "build", "--seg", "a", "--cls", "b", "--out", str(tmp_path)]
+    for option in ("--top-k", "--ensemble-size"):
+        with pytest.raises(SystemExit):
+            main([*args, option, "many"])
+        assert "expected a whole number or auto, got 'many'" in capsys.readouterr().err
