@@ -20,7 +20,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
             for k in ("auc", "jaccard")
             if q["float"][k] is not None
         )
-        print(f"INT8 model {verdict}; on {q['validation_images']} validation images: {scores}")
+        checked = q.get("checked_images", q["validation_images"])
+        print(
+            f"INT8 model {verdict}; on {checked} validation images outside its calibration "
+            f"sample: {scores}"
+        )
     print(
         f"checked on {check['images_used']}: "
         f"ONNX max |dp| {check['onnxruntime']['max_probability_difference']:.1e}, "

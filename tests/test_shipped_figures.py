@@ -317,3 +317,16 @@ def test_masks_are_resized_at_pixel_centres_like_the_image_on_every_path():
     assert np.array_equal(resize_mask(mask, 16), expected)
     graph = resize_mask_tensor(torch.from_numpy(mask)[None, None], 16)[0, 0].numpy()
     assert np.array_equal(graph.astype(np.uint8), expected)
+
+
+def test_the_same_segmenter_under_a_relative_path_is_not_named(tmp_path, monkeypatch):
+    """Found running the CLI: `--seg runs/seg` against a cv folder that recorded the
+    absolute path warned of another segmenter."""
+    from melanoma.cascade.oof_selection import CvCandidate, mask_source_warnings
+
+    monkeypatch.chdir(tmp_path)
+    absolute = str(tmp_path / "runs" / "seg.pt")
+    config = {"task": "cls", "input": {"mode": "dual", "mask_source": absolute}}
+    candidate = CvCandidate(Path("cv"), [], {}, config)
+    assert mask_source_warnings([candidate], ["runs/seg.pt"]) == []
+    assert mask_source_warnings([candidate], ["runs/other.pt"])

@@ -156,7 +156,8 @@ def mask_source_warnings(candidates: list[CvCandidate], segmenter_origins: list[
             made_by = str(load_checkpoint(Path(source))["path"])
         except (FileNotFoundError, OSError, KeyError):
             made_by = str(source)
-        if segmenter_origins != [made_by]:
+        # The same file under a relative and an absolute path is one segmenter.
+        if [str(Path(o).resolve()) for o in segmenter_origins] != [str(Path(made_by).resolve())]:
             lines.append(
                 f"{c.folder}: its out-of-fold predictions were made on masks of the segmenter "
                 f"{made_by} (out of fold), and the cascade ships {', '.join(segmenter_origins)}; "
