@@ -45,8 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import importlib.util
 import json
 import statistics
 import sys
@@ -55,19 +53,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import benchlib as bench
+from benchlib import Ham, compare, ham_predictions, interval
+
 MODES = ("full", "crop", "masked", "mask_channel", "dual")
 CROP_MODES = ("crop", "dual")
 SETS = ("test", "ham")  # the carved ISIC 2017 test split; HAM10000 (out of distribution)
-
-
-def _real_search():
-    """The sibling benchmark, whose segmenter, scoring and experiment helpers this reuses.
-    (Loaded by path: importing a shared module instead would mean editing real_search.py.)"""
-    path = Path(__file__).with_name("real_search.py")
-    spec = importlib.util.spec_from_file_location("bench_real_search", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -163,99 +154,6 @@ def train_config(base: dict, arm: Arm, seed: int, args, out: Path) -> dict:
     return config
 
 
-class Ham:
-    """An out-of-distribution set read from its manifest.csv (``image,label,...``), decoded
-    once per size (the cascade's input size) and kept in memory; the segmenter's masks
-    kept per size too (one segmenter per run)."""
-
-    def __init__(self, root: Path, limit: int | None = None):
-        self.root = Path(root)
-        with open(self.root / "manifest.csv", newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("label", "") in ("0", "1")]
-        if limit and limit < len(rows):
-            rows = _subset(rows, limit)
-        self.paths = [self.root / r["image"] for r in rows]
-        self.ids = [r.get("id") or Path(r["image"]).stem for r in rows]
-        import numpy as np
-
-        self.labels = np.array([int(r["label"]) for r in rows])
-        if len(set(self.labels.tolist())) < 2:
-            raise ValueError(f"{root}: the scored images need melanomas and benign lesions")
-        self._images: dict[int, object] = {}
-        self._masks: dict[int, object] = {}
-        self.decode_s: dict[int, float] = {}
-
-    def images(self, size: int):
-        """(N, 3, S, S) uint8, each image read as ``melanoma predict`` reads it."""
-        import numpy as np
-
-        from melanoma.data.io import load_image
-
-        if size not in self._images:
-            started = time.perf_counter()
-            out = np.empty((len(self.paths), 3, size, size), dtype=np.uint8)
-            for i, path in enumerate(self.paths):
-                out[i] = load_image(path, size).transpose(2, 0, 1)
-            self._images[size] = out
-            self.decode_s[size] = time.perf_counter() - started
-        return self._images[size]
-
-    def masks(self, cascade, batch: int):
-        """The cascade's thresholded lesion masks (N, 1, S, S), as its forward makes them;
-        the same segmenter for every arm of a run, so made once per input size."""
-        import numpy as np
-        import torch
-
-        size = cascade.input_size
-        if size not in self._masks:
-            images = self.images(size)
-            out = np.empty((len(images), 1, size, size), dtype=np.uint8)
-            with torch.inference_mode():
-                for i in range(0, len(images), batch):
-                    x = torch.from_numpy(images[i : i + batch])
-                    mask = cascade.segment(x) > cascade.mask_threshold
-                    out[i : i + batch] = mask.to(torch.uint8).numpy()
-            self._masks[size] = out
-        return self._masks[size]
-
-
-def _subset(rows: list[dict], limit: int) -> list[dict]:
-    """About ``limit`` rows spread evenly over each label's rows in turn (a quick look, never
-    the figure to report), in the manifest's order."""
-    keep = []
-    for label in ("0", "1"):
-        of = [i for i, r in enumerate(rows) if r["label"] == label]
-        n = max(1, round(limit * len(of) / len(rows)))
-        keep += [of[int(j * len(of) / n)] for j in range(min(n, len(of)))]
-    return [rows[i] for i in sorted(keep)]
-
-
-def ham_predictions(segmenter: Path, checkpoint: Path, ham: Ham, batch: int = 64) -> dict:
-    """The melanoma probability of every ``ham`` image from the cascade of ``segmenter`` and
-    the classifier of ``checkpoint``, as ``cascade build`` would assemble the pair."""
-    import numpy as np
-    import torch
-
-    from melanoma.cascade.members import load_candidates, make_cascade
-
-    segs, clss = load_candidates(segmenter, "seg"), load_candidates(checkpoint, "cls")
-    size = max(c.config.load_size for c in [*segs, *clss])  # as cascade build sets it
-    cascade = make_cascade(segs, clss, size)
-    images = ham.images(size)
-    masks = ham.masks(cascade, batch) if cascade.needs_mask else None
-    probs = np.empty(len(images), dtype=np.float64)
-    with torch.inference_mode():
-        for i in range(0, len(images), batch):
-            x = torch.from_numpy(images[i : i + batch])
-            m = torch.from_numpy(masks[i : i + batch]) if masks is not None else None
-            probs[i : i + batch] = cascade.classify(x, m).numpy()
-        # The cached masks give exactly what the cascade's own forward gives.
-        check = cascade(torch.from_numpy(images[:4]))[0].numpy()
-    if not np.allclose(check, probs[:4], atol=1e-5):
-        raise AssertionError(f"HAM scoring differs from the cascade's forward: {check}")
-    return {"id": np.array(ham.ids), "label": ham.labels, "prob": probs, "input_size": size}
-
-
 def run_arm(base: dict, arm: Arm, seed: int, args, tmp: Path, log, bench, ham) -> dict:
     """Train one arm's classifier; its validation, held-out and HAM predictions and cost."""
     from melanoma.engine.checkpoint import BEST, CHECKPOINTS
@@ -276,18 +174,6 @@ def run_arm(base: dict, arm: Arm, seed: int, args, tmp: Path, log, bench, ham) -
             result["ham"] = ham_predictions(Path(args.segmenter_run), best, ham)
             result["ham_s"] = time.perf_counter() - started
     return {**result, "wall_s": wall}
-
-
-def compare(preds: dict, other: dict) -> dict:
-    """The paired bootstrap of AUC(preds) minus AUC(other) on the images both scored."""
-    from melanoma.metrics.paired import aligned, paired_difference
-
-    _, a, b = aligned(preds["id"], preds["prob"], other["id"], other["prob"])
-    return paired_difference(preds["label"], a, b)
-
-
-def interval(vs: dict) -> str:
-    return f"{vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
 
 
 def records_of(trained: dict[Arm, dict], seed: int, bench, echo: bool = True) -> dict[str, dict]:
@@ -498,7 +384,6 @@ def main() -> int:
         parser.error(str(err))
     if args.ham is not None and not (args.ham / "manifest.csv").is_file():
         parser.error(f"--ham {args.ham} has no manifest.csv (image,label,... per image)")
-    bench = _real_search()
     base = bench.base_experiment(args.experiment)
     if base["task"] != "cls":
         parser.error(f"--experiment {args.experiment} is a {base['task']} search; give a cls one")

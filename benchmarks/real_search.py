@@ -1,37 +1,43 @@
-"""Does the search hand on a model that beats one sensible run on images nobody chose on?
+"""What each step of search budget buys, on images nobody chose on (the budget curve).
 
-    python benchmarks/real_search.py --data ../shared/data/isic2017 [--seeds 0 1 2]
-        [--budget 12] [--max-epochs 4] [--image-size 64] [--top-k 2] [--folds 3]
-        [--experiment isic2017_cpu_cls] [--masks predicted|gt] [--segmenter RUN]
-        [--seg-epochs 4] [--json out.json] [--log search.log]
-    # GPU-sized: --image-size 256 --budget 60 --max-epochs 10 --folds 5 --top-k 3
-    #            --seg-epochs 10 --experiment isic2017_gpu_cls (resources as it says)
+    python benchmarks/real_search.py --data ../shared/data/isic2017 --seeds 0
+        [--budgets 8 32] [--max-epochs 4] [--image-size 64] [--source-size 128]
+        [--cv-top 2] [--folds 2] [--experiment isic2017_cpu_cls] [--masks predicted|gt]
+        [--segmenter RUN] [--seg-epochs 4] [--ham ../shared/data/ham10000]
+        [--ham-limit N] [--work DIR] [--json benchmarks/results/budget_curve_seed0.json]
+        [--log search.log]
+    python benchmarks/real_search.py --combine benchmarks/results/budget_curve_seed*.json
+    # GPU-sized: --image-size 256 --source-size 512 --budgets 30 120 --max-epochs 10
+    #            --folds 5 --seg-epochs 10 --experiment isic2017_gpu_cls
 
 On the real ISIC 2017 images, through the project's own stack (the shipped experiment and
-its space, the inline launcher, ``melanoma cv`` as Tune trials, the paired bootstrap), five
-arms per seed, each handing on a model or an ensemble:
-- **default run**: the experiment's train config as shipped, one run of ``--budget``
-  epochs on both cores;
-- **seed ensemble**: ``--budget / --max-epochs`` default runs of ``--max-epochs`` epochs
-  with other seeds, averaged: the search's compute without a search;
-- **search pick**: TPE + ASHA over the experiment's space for ``--budget`` trial-epochs,
-  its best trial's best checkpoint;
-- **search + ensemble**: the same search's trials, ensembled greedily on validation;
-- **search + cv**: the search's ``--top-k`` trials cross-validated on ``--folds`` folds of
-  the training split, fold models ensembled and chosen (members, weights) on the pooled
-  out-of-fold predictions (``cascade build --select-on oof``'s selection).
-Each arm's pick is scored once on the lesion-grouped test split carved from the training
-images, which nothing selected on: its AUC, its paired bootstrap differences to the default
-run and to the seed ensemble on the same images with the 95% interval of each, and the
-gap between the figure it was chosen on (validation AUC, or out-of-fold AUC for the cv arm)
-and held-out.
+its space, the inline launcher, ``melanoma cv`` as Tune trials, the paired bootstrap), per
+seed and for each budget B (trial-epochs):
+- **default run**: the experiment's train config as shipped, one run of ``--max-epochs``
+  (what the search's trial 0 trains);
+- **seed ensemble @B**: B / ``--max-epochs`` such runs with other seeds (the default run
+  first), averaged: the search's compute without a search;
+- **search pick @B**: TPE + ASHA over the experiment's space, B trial-epochs, the default
+  as trial 0; its best trial's best checkpoint;
+- **hand-off @B**: what ``cascade build --cls SEARCH`` hands on by default: the best
+  ``handoff_size`` trials, greedily ensembled on validation in ``ensemble_rounds`` rounds;
+- **hand-off + cv @B**: the search's best ``--cv-top`` trials cross-validated on
+  ``--folds`` folds, fold models ensembled and chosen on pooled out-of-fold predictions
+  (``cascade build --select-on oof``): the choice made on every training melanoma;
+- **the curve**: from each search's trial table, the expected best validation AUC of n
+  random trials and the expected held-out AUC of their validation pick (Dodge et al.
+  2019), n = 1..N.
 
-Lesion crops and masked images see the masks the cascade would give them (``--masks
-predicted``, the default): one segmenter of the shipped segmenter experiment is trained
-once for the whole run (``--seg-epochs`` at the benchmark's image size, or ``--segmenter
-RUN`` reuses one), and every classifier trains on its out-of-fold masks and is validated
-and tested on its predicted masks. ``--masks gt`` measures with ground-truth masks, which
-the cascade never has (an oracle: it flatters crop classifiers).
+Each arm is scored once on the lesion-grouped test split carved from the training images,
+which nothing selected on, and (``--ham``) on an out-of-distribution set through the
+cascade: its AUC, its paired bootstrap differences to the default run and to the seed
+ensemble of the same budget on the same images, with the 95% interval of each, and the gap
+between the figure it was chosen on and held-out. Mask-using classifiers see the masks the
+cascade would give them (``--masks predicted``): one segmenter of the shipped segmenter
+experiment per command, out of fold on training.
+
+One seed per command keeps each seed's JSON whole; ``--combine`` prints the table over
+several.
 """
 
 from __future__ import annotations
@@ -39,41 +45,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import yaml
+import benchlib as bl
+from budget_table import DEFAULT, check_targets, print_curves, print_table, summarise
 
-DEFAULT = "default run"
-SEEDS = "seed ensemble"
-ARMS = (DEFAULT, SEEDS, "search pick", "search + ensemble", "search + cv")
-SEGMENTER_EXPERIMENT = {
-    "isic2017_cpu_cls": "isic2017_cpu_seg",
-    "isic2017_gpu_cls": "isic2017_gpu_seg",
-}
 SEARCH = {"searcher": "optuna", "scheduler": "asha"}
-ENSEMBLE_ROUNDS = 5
+SETS = ("test", "ham")
 
 
-def base_experiment(name: str) -> dict:
-    """The shipped experiment as a plain dict."""
-    from experiments import resolve
-
-    return yaml.safe_load(resolve(name).read_text())
-
-
-def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int) -> dict:
+def experiment(base: dict, kind: str, seed: int, args, storage: str, budget: int = 0) -> dict:
     """The benchmark's version of ``base``: ``kind`` "default" (the train config, one run
-    of ``epochs``) or "search" (TPE + ASHA over its space, ``args.budget`` trial-epochs)."""
+    of ``--max-epochs`` on both cores) or "search" (TPE + ASHA over its space for
+    ``budget`` trial-epochs, two trials at a time, the default as trial 0)."""
     train = json.loads(json.dumps(base["train"]))
     train["seed"] = seed
     train["log_images"] = 0
     train["data"] = {**train["data"], "path": args.data, "image_size": args.image_size}
     train["input"] = {**train.get("input", {}), "mask_source": args.mask_source}
+    if train["input"].get("source_size"):
+        train["input"]["source_size"] = args.source_size
     exp = {"name": f"{kind}-{seed}", "task": base["task"], "storage": storage, "train": train}
     if kind == "default":
         return {
@@ -81,7 +75,7 @@ def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int
             "space": {},
             "search": {
                 "num_samples": 1,
-                "max_epochs": epochs,
+                "max_epochs": args.max_epochs,
                 "searcher": {"name": "random", "seed": seed},
                 "scheduler": {"name": "fifo"},
             },
@@ -89,17 +83,19 @@ def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int
         }
     return {
         **exp,
+        "name": f"search-{seed}-{budget}",
         "space": base["space"],
         "search": {
             # Enough trials that the budget, not the trial count, ends the search.
-            "num_samples": args.budget,
+            "num_samples": budget,
             "max_epochs": args.max_epochs,
             "max_concurrent": 2,
-            "budget_epochs": args.budget,
+            "budget_epochs": budget,
+            "default_first": True,
             "searcher": {
                 "name": SEARCH["searcher"],
                 "seed": seed,
-                "n_startup_trials": max(2, args.budget // args.max_epochs // 2),
+                "n_startup_trials": max(2, budget // args.max_epochs // 2),
             },
             "scheduler": {"name": SEARCH["scheduler"], "grace_period": 1, "reduction_factor": 2},
         },
@@ -108,350 +104,290 @@ def experiment(base: dict, kind: str, seed: int, args, storage: str, epochs: int
     }
 
 
-def train_segmenter(args, tmp: Path, log) -> Path:
-    """One segmenter of the shipped segmenter experiment at the benchmark's image size,
-    whose masks every mask-using classifier of the run trains (out of fold), validates
-    and is tested on."""
-    from melanoma.engine.config import TrainConfig
-    from melanoma.engine.loop import Runtime
-    from melanoma.engine.run import train
-
-    name = SEGMENTER_EXPERIMENT.get(args.experiment, "isic2017_cpu_seg")
-    config = json.loads(json.dumps(base_experiment(name)["train"]))
-    config["data"] = {**config["data"], "path": args.data, "image_size": args.image_size}
-    config.update(epochs=args.seg_epochs, log_images=0, out=str(tmp / "segmenter"))
-    started = time.perf_counter()
-    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        result = train(TrainConfig.from_dict(config), Runtime(progress=False))
-    print(
-        f"segmenter ({name}, {args.seg_epochs} epochs): validation Jaccard "
-        f"{result.best_metrics[result.metric]:.4f}, {time.perf_counter() - started:.0f} s",
-        flush=True,
-    )
-    return Path(config["out"])
+def member_seed(seed: int, j: int) -> int:
+    """The train seed of the seed ensemble's ``j``-th run of ``seed`` (0: the default run,
+    whose seed is the search's); never another seed's default run nor member."""
+    return seed if j == 0 else 10_000 + seed * 1000 + j
 
 
-def member_name(seed: int, j: int) -> str:
-    """The search name of the seed ensemble's ``j``-th member run of ``seed``."""
-    return f"member-{seed}-{j}"
+class Scorer:
+    """Each checkpoint's predictions on validation, the carved test split and (``ham``)
+    the out-of-distribution set, computed once per checkpoint."""
+
+    def __init__(self, segmenter: Path | None, ham: bl.Ham | None):
+        self.segmenter, self.ham, self._seen = segmenter, ham, {}
+        self.ham_s = 0.0
+
+    def __call__(self, checkpoint: Path) -> dict[str, dict]:
+        key = str(checkpoint)
+        if key not in self._seen:
+            out = {split: bl.predictions(checkpoint, split) for split in ("val", "test")}
+            if self.ham is not None:
+                started = time.perf_counter()
+                out["ham"] = bl.ham_predictions(self.segmenter, checkpoint, self.ham)
+                self.ham_s += time.perf_counter() - started
+            self._seen[key] = out
+        return self._seen[key]
 
 
-def predictions(checkpoint: Path, split: str) -> dict[str, np.ndarray]:
-    """A checkpoint's melanoma probabilities on ``split`` of its data as split for the
-    search (a fold model on the official validation and test splits too)."""
-    from melanoma.engine.checkpoint import load_checkpoint
-    from melanoma.engine.config import TrainConfig
-    from melanoma.engine.evaluate import score_split
-    from melanoma.engine.loop import Runtime
-    from melanoma.engine.run import training_data
-
-    state = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(state["config"])
-    # The official splits, also for a fold model; the masks it ran on (predicted on val
-    # and test when it names a segmenter).
-    whole = config.with_overrides({"data.folds": 0, "data.fold": 0})
-    bundle, masks = training_data(whole, Runtime(progress=False), keep_copy=False)
-    _, out = score_split(config, state["model"], bundle, split, "cpu", masks=masks)
-    ids = np.array([e.sample.id for e in bundle.splits.entries[split]])
-    return {"id": ids, "label": out["labels"], "prob": out["probs"]}
+def ensemble(parts: list[dict[str, dict]], weights: list[float] | None = None) -> dict:
+    """The weighted mean of several checkpoints' predictions, on every scored set."""
+    return {s: bl.mean_of([p[s] for p in parts], weights) for s in parts[0]}
 
 
-def mean_of(parts: list[dict], weights: list[float] | None = None) -> dict:
-    """The weighted mean probability of several models' predictions of the same images."""
-    from melanoma.metrics.paired import aligned
-
-    weights = weights or [1.0] * len(parts)
-    first = parts[0]
-    total = sum(
-        w * aligned(first["id"], first["prob"], p["id"], p["prob"])[2]
-        for p, w in zip(parts, weights, strict=True)
-    )
-    return {"id": first["id"], "label": first["label"], "prob": total / sum(weights)}
+def arm(preds: dict, chosen_on: float, epochs: int, wall: float, **extra) -> dict:
+    return {"preds": preds, "chosen_on": chosen_on, "epochs": epochs, "wall_s": wall, **extra}
 
 
-def auc(pred: dict) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(pred["label"], pred["prob"]))
-
-
-def run_exp(exp_dict: dict) -> tuple[list[dict], float]:
-    """Run one experiment; its trials (best first) and the wall time."""
-    from search.experiment import experiment_from_dict
-    from search.runner import run_search, trial_table
-
-    exp = experiment_from_dict(exp_dict)
-    started = time.perf_counter()
-    run_search(exp)
-    rows, _ = trial_table(exp.name, exp.storage)
-    return [r for r in rows if r["checkpoint"]], time.perf_counter() - started
+def default_runs(base, seed, args, storage, score: Scorer) -> list[tuple[dict, float]]:
+    """The seed ensemble's members, the default run first: (predictions, wall) each."""
+    out = []
+    for j in range(max(args.budgets) // args.max_epochs):
+        exp = experiment(base, "default", member_seed(seed, j), args, storage)
+        exp["name"] = f"default-{seed}-{j}"
+        rows, wall = bl.run_exp(exp)
+        out.append((score(bl.checkpoint_file(rows[0])), wall))
+    return out
 
 
-def checkpoint_file(row: dict) -> Path:
-    from trainables.train_loop import CHECKPOINT_FILE
-
-    return Path(row["checkpoint"]) / CHECKPOINT_FILE
-
-
-def arm_default(base, seed, args, storage) -> dict:
-    rows, wall = run_exp(experiment(base, "default", seed, args, storage, args.budget))
-    ckpt = checkpoint_file(rows[0])
-    val = predictions(ckpt, "val")
-    return {
-        "chosen_on": auc(val),
-        "val": val,
-        "test": predictions(ckpt, "test"),
-        "epochs": args.budget,
-        "wall_s": wall,
-    }
-
-
-def arm_seed_ensemble(base, seed, args, storage) -> dict:
-    members, wall = args.budget // args.max_epochs, 0.0
-    vals, tests = [], []
-    for j in range(members):
-        exp = experiment(base, "default", seed * 1000 + j + 1, args, storage, args.max_epochs)
-        exp["name"] = member_name(seed, j)  # not default-<seed>: the next seed's default run
-        rows, took = run_exp(exp)
-        wall += took
-        vals.append(predictions(checkpoint_file(rows[0]), "val"))
-        tests.append(predictions(checkpoint_file(rows[0]), "test"))
-    val = mean_of(vals)
-    return {
-        "chosen_on": auc(val),
-        "val": val,
-        "test": mean_of(tests),
-        "epochs": members * args.max_epochs,
-        "wall_s": wall,
-    }
-
-
-def arms_of_the_search(base, seed, args, storage, tmp: Path) -> dict[str, dict]:
-    """The search pick, the search + greedy validation ensemble, and the search's top-k
-    cross-validated and chosen on out-of-fold predictions: from one search."""
+def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[str, dict]:
+    """From one search of ``budget`` trial-epochs: its pick, its default hand-off, the
+    hand-off chosen on out-of-fold predictions, and its trials for the curve."""
     from melanoma.cascade.ensemble import greedy_selection
     from melanoma.cascade.oof_selection import choose_classifiers, cv_candidates
     from melanoma.engine.checkpoint import load_checkpoint
     from melanoma.engine.config import TrainConfig
+    from melanoma_cli.cascade import ensemble_rounds, handoff_size
     from search.cv import run_cv
     from search.experiment import ResourcesConfig
 
-    rows, wall = run_exp(experiment(base, "search", seed, args, storage, args.max_epochs))
-    vals = [predictions(checkpoint_file(r), "val") for r in rows]
-    tests = [predictions(checkpoint_file(r), "test") for r in rows]
-    out = {
-        "search pick": {
-            "chosen_on": auc(vals[0]),
-            "val": vals[0],
-            "test": tests[0],
-            "epochs": args.budget,
-            "wall_s": wall,
+    rows, wall = bl.run_exp(experiment(base, "search", seed, args, storage, budget))
+    preds = [score(bl.checkpoint_file(r)) for r in rows]
+    trials = [
+        {
+            "trial_id": r["trial_id"],
+            "default": bool(r.get("default")),
+            "epochs": r["epochs"],
+            "val_auc": bl.auc(p["val"]),
+            "test_auc": bl.auc(p["test"]),
         }
-    }
-    probs = [_pair(vals[0], v)[2] for v in vals]  # every trial's, in the first one's order
-    labels = vals[0]["label"]
-    weights, _ = greedy_selection(
-        probs, lambda p: auc({"label": labels, "prob": p}), ENSEMBLE_ROUNDS
+        for r, p in zip(rows, preds, strict=True)
+    ]
+    out = {"search pick": arm(preds[0], trials[0]["val_auc"], budget, wall)}
+
+    k = handoff_size(len(rows))
+    labels = preds[0]["val"]["label"]
+    probs = [bl.pair(preds[0]["val"], p["val"])[2] for p in preds[:k]]
+    weights, value = greedy_selection(
+        probs, lambda p: bl.auc({"label": labels, "prob": p}), ensemble_rounds(k)
     )
-    picked = list(weights)
-    val = mean_of([vals[i] for i in picked], [weights[i] for i in picked])
-    out["search + ensemble"] = {
-        "chosen_on": auc(val),
-        "val": val,
-        "test": mean_of([tests[i] for i in picked], [weights[i] for i in picked]),
-        "epochs": args.budget,
-        "wall_s": wall,
-    }
+    picked = sorted(weights)
+    out["hand-off"] = arm(
+        ensemble([preds[i] for i in picked], [weights[i] for i in picked]),
+        value,
+        budget,
+        wall,
+        members=[trials[i]["trial_id"] for i in picked],
+        default_in=any(trials[i]["default"] for i in picked),
+    )
 
     started = time.perf_counter()
     candidates = {}
-    for r in rows[: args.top_k]:
-        config = TrainConfig.from_dict(load_checkpoint(checkpoint_file(r))["config"])
+    for r in rows[: args.cv_top]:
+        config = TrainConfig.from_dict(load_checkpoint(bl.checkpoint_file(r))["config"])
         candidates[r["trial_id"]] = config.with_overrides({"epochs": args.max_epochs})
-    cv_dir = tmp / f"cv-{seed}"
+    cv_dir = tmp / f"cv-{seed}-{budget}"
     run_cv(candidates, args.folds, cv_dir, resources=ResourcesConfig(cpus_per_worker=1))
     folders = cv_candidates([cv_dir / label for label in candidates])
-    choice = choose_classifiers(folders, ENSEMBLE_ROUNDS, None)
-    groups = list(choice.weights)
-    group_preds = {
-        split: [mean_of([predictions(c, split) for c in folders[i].checkpoints]) for i in groups]
-        for split in ("val", "test")
-    }
-    w = [choice.weights[i] for i in groups]
-    out["search + cv"] = {
-        "chosen_on": choice.report["auc"],
-        "val": mean_of(group_preds["val"], w),
-        "test": mean_of(group_preds["test"], w),
-        "epochs": args.budget + len(candidates) * args.folds * args.max_epochs,
-        "wall_s": wall + time.perf_counter() - started,
-    }
-    return out
-
-
-def summarise(runs: dict[str, list[dict]]) -> dict:
-    """Per arm over seeds: held-out AUC, paired gain over the default run (with how often
-    it is positive and its interval excludes zero), chosen-on minus held-out gap, cost."""
-    summary = {}
-    for name, rs in runs.items():
-        gains = [r["vs_default"]["difference"] for r in rs if r.get("vs_default")]
-        over_seeds = [r["vs_seeds"] for r in rs if r.get("vs_seeds")]
-        summary[name] = {
-            "test_auc": [r["test_auc"] for r in rs],
-            "val_auc": [r["val_auc"] for r in rs],
-            "gap": [r["chosen_on"] - r["test_auc"] for r in rs],
-            "gain_vs_default": gains,
-            "wins": sum(g > 0 for g in gains),
-            "separated_wins": sum(r["vs_default"]["low"] > 0 for r in rs if r.get("vs_default")),
-            "gain_vs_seeds": [v["difference"] for v in over_seeds],
-            "wins_vs_seeds": sum(v["difference"] > 0 for v in over_seeds),
-            "separated_wins_vs_seeds": sum(v["low"] > 0 for v in over_seeds),
-            "epochs": statistics.mean(r["epochs"] for r in rs),
-            "wall_s": statistics.mean(r["wall_s"] for r in rs),
-        }
-    return summary
-
-
-def mean_range(values: list[float]) -> str:
-    """A figure over seeds: mean (min-max)."""
-    return f"{statistics.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
-
-
-def spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    return f"{statistics.mean(values):+.4f} ({min(values):+.4f} to {max(values):+.4f})"
-
-
-def print_table(summary: dict, seeds: int) -> None:
-    print(
-        f"{'arm':18} | {'held-out AUC, mean (min-max)':>30} | {'paired gain vs default':>34} | "
-        f"{'wins':>5} | {'paired gain vs seed ensemble':>34} | {'wins':>5} | "
-        f"{'chosen-on minus held-out':>34} | {'epochs':>6} | {'wall s':>6}"
+    choice = choose_classifiers(folders, ensemble_rounds(len(folders)), None)
+    groups = sorted(choice.weights)
+    members = [ensemble([score(c) for c in folders[i].checkpoints]) for i in groups]
+    out["hand-off + cv"] = arm(
+        ensemble(members, [choice.weights[i] for i in groups]),
+        choice.report["auc"],
+        budget + len(candidates) * args.folds * args.max_epochs,
+        wall + time.perf_counter() - started,
     )
-    print("-" * 198)
-    for name, s in summary.items():
-        tests = mean_range(s["test_auc"])
-        wins = "-" if name == DEFAULT else f"{s['wins']}/{seeds}"
-        wins_seeds = "-" if name == SEEDS else f"{s.get('wins_vs_seeds', 0)}/{seeds}"
-        print(
-            f"{name:18} | {tests:>30} | {spread(s['gain_vs_default']):>34} | {wins:>5} | "
-            f"{spread(s.get('gain_vs_seeds', [])):>34} | {wins_seeds:>5} | "
-            f"{spread(s['gap']):>34} | {s['epochs']:6.0f} | {s['wall_s']:6.0f}"
-        )
-    print(
-        "wins: seeds where the arm's held-out AUC is above the other's, paired on the same "
-        "images; the intervals are in each seed's line above"
-    )
+    return {"arms": out, "trials": trials}
 
 
-def run_seed(base, seed: int, args, tmp: Path, log) -> dict[str, dict]:
-    from melanoma.metrics.paired import paired_difference
-
-    storage = str(tmp / "search")
+def run_seed(base, seed: int, args, tmp: Path, log, score: Scorer) -> dict:
+    """Every arm of one seed as records (AUCs, paired gains, per-image probabilities),
+    and each budget's trial table."""
+    storage = str(tmp / f"search-{seed}")
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        arms = {DEFAULT: arm_default(base, seed, args, storage)}
-        arms["seed ensemble"] = arm_seed_ensemble(base, seed, args, storage)
-        arms.update(arms_of_the_search(base, seed, args, storage, tmp))
-    default, seeds = arms[DEFAULT]["test"], arms[SEEDS]["test"]
-    results = {}
-    for name, arm in arms.items():
-        record = {
-            "seed": seed,
-            "test_auc": auc(arm["test"]),
-            "val_auc": auc(arm["val"]),
-            "chosen_on": arm["chosen_on"],
-            "epochs": arm["epochs"],
-            "wall_s": arm["wall_s"],
-        }
-        for key, other, other_name in (
-            ("vs_default", default, DEFAULT),
-            ("vs_seeds", seeds, SEEDS),
-        ):
-            if name != other_name:
-                _, a, b = _pair(arm["test"], other)  # in the arm's order, as its labels
-                record[key] = paired_difference(arm["test"]["label"], a, b)
-        # Each image's held-out probability, for paired comparisons made later.
-        record["test"] = {k: arm["test"][k].tolist() for k in ("id", "label", "prob")}
-        results[name] = record
-        paired = "".join(
-            f", minus {what} {vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
-            for what, vs in (
-                ("default", record.get("vs_default")),
-                ("seeds", record.get("vs_seeds")),
-            )
-            if vs is not None
+        members = default_runs(base, seed, args, storage, score)
+    first, first_wall = members[0]
+    arms = {DEFAULT: arm(first, bl.auc(first["val"]), args.max_epochs, first_wall)}
+    trials = {}
+    for budget in args.budgets:
+        n = budget // args.max_epochs
+        seeds = ensemble([p for p, _ in members[:n]])
+        arms[f"seed ensemble @{budget}"] = arm(
+            seeds, bl.auc(seeds["val"]), n * args.max_epochs, sum(w for _, w in members[:n])
         )
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            found = search_arms(base, seed, budget, args, storage, tmp, score)
+        trials[str(budget)] = found["trials"]
+        arms.update({f"{name} @{budget}": a for name, a in found["arms"].items()})
+    return {"seed": seed, "arms": records(arms, seed), "trials": trials}
+
+
+def records(arms: dict[str, dict], seed: int) -> dict[str, dict]:
+    """Per arm: AUC on each scored set, paired gains over the default run and over the
+    seed ensemble of its budget, cost, and each image's probability."""
+    out = {}
+    for name, a in arms.items():
+        budget = name.rsplit("@", 1)[1] if "@" in name else None
+        record = {k: a[k] for k in a if k != "preds"}
+        record["val_auc"] = bl.auc(a["preds"]["val"])
+        for s in SETS:
+            if s not in a["preds"]:
+                continue
+            record[f"{s}_auc"] = bl.auc(a["preds"][s])
+            if name != DEFAULT:
+                record[f"{s}_vs_default"] = bl.compare(a["preds"][s], arms[DEFAULT]["preds"][s])
+            ref = f"seed ensemble @{budget}"
+            if budget and name != ref:
+                record[f"{s}_vs_seeds"] = bl.compare(a["preds"][s], arms[ref]["preds"][s])
+            record[f"{s}_prob"] = [round(float(p), 6) for p in a["preds"][s]["prob"]]
+            record[f"{s}_id"] = [str(i) for i in a["preds"][s]["id"]]
+            record[f"{s}_label"] = [int(v) for v in a["preds"][s]["label"]]
+        out[name] = record
+        gains = "".join(
+            f", {s} minus {what} {bl.interval(record[f'{s}_vs_{what}'])}"
+            for s in SETS
+            for what in ("default", "seeds")
+            if f"{s}_vs_{what}" in record
+        )
+        ham = f", ham {record['ham_auc']:.4f}" if "ham_auc" in record else ""
         print(
-            f"seed {seed} {name:18}: chosen on {record['chosen_on']:.4f}, val "
-            f"{record['val_auc']:.4f}, held-out {record['test_auc']:.4f}{paired}; "
+            f"seed {seed} {name:22}: chosen on {record['chosen_on']:.4f}, val "
+            f"{record['val_auc']:.4f}, held-out {record['test_auc']:.4f}{ham}{gains}; "
             f"{record['epochs']} epochs, {record['wall_s']:.0f} s",
             flush=True,
         )
-    return results
+    return out
 
 
-def _pair(a: dict, b: dict):
-    from melanoma.metrics.paired import aligned
-
-    return aligned(a["id"], a["prob"], b["id"], b["prob"])
-
-
-def main() -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="the ISIC 2017 folder")
+    parser.add_argument("--data", help="the ISIC 2017 folder")
+    parser.add_argument("--combine", type=Path, nargs="+", help="per-seed JSONs to tabulate")
     parser.add_argument("--experiment", default="isic2017_cpu_cls")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budget", type=int, default=12, help="trial-epochs of the search")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--budgets", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--max-epochs", type=int, default=4)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--top-k", type=int, default=2, help="search trials cross-validated")
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument(
-        "--masks",
-        choices=("predicted", "gt"),
-        default="predicted",
-        help="masks of crop/masked classifiers: a segmenter's (as the cascade runs) or the "
-        "ground truth (an oracle)",
-    )
-    parser.add_argument(
-        "--segmenter", type=Path, help="a segmenter run to reuse (with --masks predicted)"
-    )
-    parser.add_argument("--seg-epochs", type=int, default=4, help="epochs of the segmenter trained")
-    parser.add_argument("--log", type=Path, default=None, help="search output (default: hidden)")
+    parser.add_argument("--source-size", type=int, help="crop modes' copy (default: 2 x size)")
+    parser.add_argument("--cv-top", type=int, default=2, help="search trials cross-validated")
+    parser.add_argument("--folds", type=int, default=2)
+    parser.add_argument("--masks", choices=("predicted", "gt"), default="predicted")
+    parser.add_argument("--segmenter", type=Path, help="a segmenter run to reuse")
+    parser.add_argument("--seg-epochs", type=int, default=4)
+    parser.add_argument("--ham", type=Path, help="also score every arm on this manifest.csv set")
+    parser.add_argument("--ham-limit", type=int, help="score only this many of its images")
+    parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--log", type=Path, help="search output (default: hidden)")
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-    if args.budget < args.max_epochs:
-        parser.error("--budget must hold at least one full trial (>= --max-epochs)")
-    base = base_experiment(args.experiment)
+    args = parser.parse_args(argv)
+    if args.combine:
+        return args
+    if args.data is None:
+        parser.error("give --data DIR (the ISIC 2017 folder), or --combine JSON... to tabulate")
+    if len(set(args.budgets)) != len(args.budgets) or sorted(args.budgets) != args.budgets:
+        parser.error(f"--budgets must be distinct and increasing, got {args.budgets}")
+    for budget in args.budgets:
+        if budget < args.max_epochs or budget % args.max_epochs:
+            parser.error(
+                f"--budgets {budget}: each budget must be a whole number of --max-epochs "
+                f"({args.max_epochs}) runs, so the seed ensemble matches its compute"
+            )
+    if args.cv_top < 1 or args.folds < 2:
+        parser.error(f"--cv-top must be >= 1 and --folds >= 2, got {args.cv_top}, {args.folds}")
+    args.source_size = args.source_size or 2 * args.image_size
+    if args.source_size < args.image_size:
+        parser.error(f"--source-size {args.source_size} is below --image-size {args.image_size}")
+    if args.ham is not None and not (args.ham / "manifest.csv").is_file():
+        parser.error(f"--ham {args.ham} has no manifest.csv (image,label,... per image)")
+    if args.masks == "gt" and args.ham is not None:
+        parser.error("--ham scores through the cascade, which needs a segmenter: --masks predicted")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.combine:
+        results = [json.loads(p.read_text()) for p in args.combine]
+        return tabulate(results)
+    base = bl.base_experiment(args.experiment)
     if base["task"] != "cls":
-        parser.error(f"--experiment {args.experiment} is a {base['task']} search; give a cls one")
+        sys.exit(f"--experiment {args.experiment} is a {base['task']} search; give a cls one")
 
     import ray
 
     from search.runner import connect
 
-    runs: dict[str, list[dict]] = {name: [] for name in ARMS}
+    ham = bl.Ham(args.ham, args.ham_limit) if args.ham is not None else None
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
-    with tempfile.TemporaryDirectory() as tmp:
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         args.mask_source = "gt"
         if args.masks == "predicted":
-            args.mask_source = str(args.segmenter or train_segmenter(args, Path(tmp), log))
+            args.mask_source = str(args.segmenter or bl.train_segmenter(args, work, log))
+        score = Scorer(Path(args.mask_source) if ham else None, ham)
         connect(None)
+        results = []
         for seed in args.seeds:
-            for name, record in run_seed(base, seed, args, Path(tmp), log).items():
-                runs[name].append(record)
+            result = run_seed(base, seed, args, work, log, score)
+            result["settings"] = settings(args, ham, time.perf_counter() - started, score)
+            results.append(result)
+            if args.json:
+                path = args.json if len(args.seeds) == 1 else args.json.with_suffix(f".{seed}.json")
+                bl.write_json(path, result)
         ray.shutdown()
     log.close()
+    return tabulate(results)
+
+
+def settings(args, ham, wall: float, score: Scorer) -> dict:
+    import os
+
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+        "load_average": os.getloadavg(),
+        **{
+            k: str(v) if isinstance(v, Path) else v
+            for k, v in vars(args).items()
+            if k not in ("combine", "log", "json")
+        },
+        "ham_images": len(ham.ids) if ham else 0,
+        "ham_s": score.ham_s,
+        "wall_s": wall,
+    }
+
+
+def tabulate(results: list[dict]) -> int:
+    first = results[0]["settings"]
     print(
-        f"\n{args.experiment} on {args.data} at {args.image_size} px; search {args.budget} "
-        f"trial-epochs (trials up to {args.max_epochs}); cv of the top {args.top_k} on "
-        f"{args.folds} folds; seeds {args.seeds}; masks: {args.masks}"
-        f"{'' if args.masks == 'gt' else ' by ' + args.mask_source}\n"
+        f"\n{first['experiment']} on {first['data']} at {first['image_size']} px; budgets "
+        f"{first['budgets']} trial-epochs (trials up to {first['max_epochs']}); cv of the top "
+        f"{first['cv_top']} on {first['folds']} folds; seeds {[r['seed'] for r in results]}; "
+        f"masks {first['masks']} ({first['mask_source']})"
     )
-    summary = summarise(runs)
-    print_table(summary, len(args.seeds))
-    if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "runs": runs}, indent=1))
+    for r in results:
+        s = r["settings"]
+        print(
+            f"  seed {r['seed']}: {s['date']} UTC, load {s['load_average'][0]:.1f}, "
+            f"{s['wall_s'] / 60:.0f} min"
+        )
+    summary = summarise(results)
+    for which in SETS:
+        print_table(summary, len(results), which)
+    print_curves(results)
+    for line in check_targets(summary, first["budgets"]):
+        print(line)
     return 0
 
 

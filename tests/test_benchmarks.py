@@ -12,9 +12,14 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SHARED = ("benchlib", "budget_table")  # modules the scripts share, not benchmarks
 
 
 def load(name: str):
+    # The scripts import their shared modules (benchlib, budget_table) as siblings, as
+    # ``python benchmarks/NAME.py`` lets them.
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while defined
@@ -24,6 +29,8 @@ def load(name: str):
 
 def test_every_benchmark_has_a_usage_docstring():
     for path in sorted(BENCHMARKS.glob("*.py")):
+        if path.stem in SHARED:
+            continue
         doc = load(path.stem).__doc__
         assert doc and f"python benchmarks/{path.name}" in doc, path.name
 
@@ -40,39 +47,49 @@ def test_train_overhead_configs_validate(task):
     assert set(bench.LAUNCHERS) == {"train", "inline"}
 
 
+def _args(**over):
+    values = dict(
+        max_epochs=4,
+        data="synthetic:40:64:0",
+        image_size=64,
+        source_size=128,
+        mask_source="/r/seg",
+    )
+    return argparse.Namespace(**(values | over))
+
+
 def test_real_search_experiments_validate_and_count_right():
     from search.experiment import experiment_from_dict
 
-    bench = load("real_search")
-    base = bench.base_experiment("isic2017_cpu_cls")
-    args = argparse.Namespace(
-        budget=12, max_epochs=4, data="synthetic:40:64:0", image_size=64, mask_source="/r/seg"
-    )
-    default = experiment_from_dict(bench.experiment(base, "default", 2, args, "runs/x", 12))
-    # The default run is the shipped train config, unsearched, for the whole budget, with
-    # the benchmark's own segmenter's masks.
+    bench, lib = load("real_search"), load("benchlib")
+    base = lib.base_experiment("isic2017_cpu_cls")
+    default = experiment_from_dict(bench.experiment(base, "default", 2, _args(), "runs/x"))
+    # The default run is the shipped train config, unsearched, for one trial's epochs, with
+    # the benchmark's own segmenter's masks and crops cut from its source size.
     assert default.space == () and default.search.num_samples == 1
     assert base_input(base).mask_source == "search:isic2017_cpu_seg"
-    assert default.train.epochs == 12
-    assert default.train.input == replace(base_input(base), mask_source="/r/seg")
+    assert default.train.epochs == 4
+    expected = replace(base_input(base), mask_source="/r/seg", source_size=128)
+    assert default.train.input == expected
     assert default.train.seed == 2 and default.resources.launcher == "inline"
     assert default.train.data.image_size == 64 and default.train.data.path == "synthetic:40:64:0"
-    search = experiment_from_dict(bench.experiment(base, "search", 2, args, "runs/x", 4))
-    assert search.search.budget_epochs == 12 and search.search.searcher.seed == 2
+    search = experiment_from_dict(bench.experiment(base, "search", 2, _args(), "runs/x", 32))
+    assert search.search.budget_epochs == 32 and search.search.searcher.seed == 2
     assert search.search.scheduler.name == "asha" and search.search.searcher.name == "optuna"
     assert {p.key for p in search.space} == set(base["space"])
-    assert bench.ARMS[0] == bench.DEFAULT and len(bench.ARMS) == 5
-    # Every run of every seed has a search name of its own (they share one storage).
+    # The search's trial 0 is the default run's configuration.
+    assert search.default_params["input.mode"] == default.train.input.mode
+    assert search.default_params["optimizer.lr"] == default.train.optimizer.lr
+    # Every run of every seed and budget has a search name of its own (one storage).
     names = [
-        name
+        bench.experiment(base, "search", seed, _args(), "runs/x", budget)["name"]
         for seed in range(3)
-        for name in (
-            bench.experiment(base, "default", seed, args, "runs/x", 12)["name"],
-            bench.experiment(base, "search", seed, args, "runs/x", 4)["name"],
-            *(bench.member_name(seed, j) for j in range(3)),
-        )
+        for budget in (8, 32)
     ]
     assert len(set(names)) == len(names)
+    # The seed ensemble's first member is the default run; the others' seeds differ.
+    seeds = [bench.member_seed(s, j) for s in range(3) for j in range(8)]
+    assert bench.member_seed(5, 0) == 5 and len(set(seeds)) == len(seeds)
 
 
 def base_input(base: dict):
@@ -81,40 +98,156 @@ def base_input(base: dict):
     return InputConfig(**base["train"]["input"])
 
 
-def test_real_search_summary_counts_paired_wins_per_seed():
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budgets", "8", "30"], "--budgets 30: each budget must be a whole number"),
+        (["--budgets", "2"], "--budgets 2: each budget must be a whole number"),
+        (["--budgets", "32", "8"], "must be distinct and increasing"),
+        (["--budgets", "8", "8"], "must be distinct and increasing"),
+        (["--folds", "1"], "--folds >= 2"),
+        (["--cv-top", "0"], "--cv-top must be >= 1"),
+        (["--source-size", "32"], "--source-size 32 is below --image-size 64"),
+        (["--ham", "nowhere"], "has no manifest.csv"),
+        (["--masks", "gt", "--ham", "."], "needs a segmenter"),
+        (["--no-data"], "give --data DIR"),
+    ],
+)
+def test_real_search_arguments_are_refused_with_the_fix(argv, message, capsys, tmp_path):
+    bench = load("real_search")
+    if "." in argv:
+        (tmp_path / "manifest.csv").write_text("image,label\n")
+        argv = [str(tmp_path) if a == "." else a for a in argv]
+    data = [] if argv == ["--no-data"] else ["--data", "d", *argv]
+    with pytest.raises(SystemExit) as exit_:
+        bench.parse_args(data)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+    # The defaults are accepted: budgets 8 and 32 of 4-epoch trials, crops from 2x.
+    args = bench.parse_args(["--data", "d"])
+    assert args.budgets == [8, 32] and args.source_size == 128
+
+
+def _record(test, chosen_on, vs_default=None, vs_seeds=None, epochs=8):
+    record = {"test_auc": test, "val_auc": chosen_on, "chosen_on": chosen_on}
+    record |= {"epochs": epochs, "wall_s": 60.0}
+    for key, vs in (("test_vs_default", vs_default), ("test_vs_seeds", vs_seeds)):
+        if vs is not None:
+            record[key] = {"difference": vs[0], "low": vs[1], "high": vs[2]}
+    return record
+
+
+def _seed(seed, handoff_vs_default, handoff_vs_seeds, trials):
+    arms = {
+        "default run": _record(0.70, 0.80, epochs=4),
+        "seed ensemble @8": _record(0.71, 0.79, (0.01, -0.02, 0.04)),
+        "hand-off @8": _record(0.72, 0.75, handoff_vs_default, handoff_vs_seeds),
+    }
+    return {
+        "seed": seed,
+        "arms": arms,
+        "trials": {"8": trials},
+        "settings": {"budgets": [8]},
+    }
+
+
+def test_budget_table_counts_paired_gains_and_checks_the_targets(capsys):
+    table = load("budget_table")
+    trial = {"val_auc": 0.8, "test_auc": 0.7, "epochs": 4}
+    results = [
+        _seed(0, (0.02, 0.005, 0.04), (0.03, 0.01, 0.05), [trial]),
+        _seed(1, (-0.03, -0.06, -0.001), (0.01, -0.02, 0.04), [trial]),
+    ]
+    summary = table.summarise(results)
+    handoff = summary["hand-off @8"]
+    assert handoff["test_vs_default"]["above"] == 1
+    assert handoff["test_vs_default"]["separated"] == 1 and handoff["test_vs_default"]["below"] == 1
+    assert handoff["test_vs_seeds"]["separated"] == 1
+    assert handoff["gap"] == pytest.approx([0.03, 0.03])
+    assert "test_vs_default" not in results[0]["arms"]["default run"]
+    assert summary["default run"]["test_vs_default"]["difference"] == []
+    lines = table.check_targets(summary, [8])
+    # Mean -0.005 is inside the tolerance, but seed 1's interval lies below zero: missed.
+    (vs_default,) = [x for x in lines if "vs default" in x]
+    assert vs_default.startswith("- MISSED") and "1 seed(s) with CI below 0" in vs_default
+    (matched,) = [x for x in lines if "vs seed ensemble" in x]
+    # The mean (+0.02) is enough, but only one of two seeds' intervals is above zero.
+    assert matched.startswith("- MISSED") and "+0.0200 mean" in matched
+    assert "CI above 0 in 1 of 2" in matched
+    (gap,) = [x for x in lines if "chosen-on minus held-out" in x]
+    assert gap.startswith("- met") and "+0.0300" in gap
+    # Both seeds clear of zero and at least +0.02 over the seed ensemble: met.
+    results[1] = _seed(1, (0.01, -0.01, 0.03), (0.04, 0.01, 0.07), [trial])
+    lines = table.check_targets(table.summarise(results), [8])
+    assert all(x.startswith("- met") for x in lines if x.startswith("- ")), lines
+    table.print_table(table.summarise(results), 2)
+    out = capsys.readouterr().out
+    cells = [
+        c.strip()
+        for c in next(x for x in out.splitlines() if x.startswith("| hand-off @8 ")).split("|")
+    ]
+    assert cells[2] == "0.720 (0.720 / 0.720)"
+    assert cells[3] == "+0.015 (+0.020 [+0.005, +0.040]; +0.010 [-0.010, +0.030])"
+    assert cells[4] == "2/1/0" and cells[6] == "2/2/0"
+
+
+def test_budget_curve_is_the_expected_maximum_over_each_seeds_trials():
+    import itertools
+
     import numpy as np
 
-    bench = load("real_search")
+    table = load("budget_table")
+    rng = np.random.default_rng(3)
 
-    def run(seed, test, chosen_on, diff=None, low=None):
-        record = {"seed": seed, "test_auc": test, "val_auc": chosen_on, "chosen_on": chosen_on}
-        record |= {"epochs": 12, "wall_s": 1.0}
-        if diff is not None:
-            record["vs_default"] = {"difference": diff, "low": low, "high": diff + 0.05}
-        return record
+    def trials(n):
+        return [
+            {"val_auc": float(v), "test_auc": float(t), "epochs": int(e)}
+            for v, t, e in zip(rng.random(n), rng.random(n), rng.integers(1, 5, n), strict=True)
+        ]
 
-    runs = {
-        bench.DEFAULT: [run(0, 0.72, 0.75), run(1, 0.70, 0.80)],
-        "search + cv": [run(0, 0.71, 0.76, -0.01, -0.04), run(1, 0.75, 0.74, 0.05, 0.01)],
+    results = [_seed(0, None, None, trials(5)), _seed(1, None, None, trials(3))]
+    rows = table.curves(results)[8]
+    assert [r["seeds"] for r in rows] == [2, 2, 2, 1, 1]
+
+    def brute(ts, n):
+        subsets = list(itertools.combinations(ts, n))
+        picks = [max(s, key=lambda t: t["val_auc"]) for s in subsets]
+        return np.mean([p["val_auc"] for p in picks]), np.mean([p["test_auc"] for p in picks])
+
+    for n in range(1, 6):
+        per_seed = [brute(r["trials"]["8"], n) for r in results if len(r["trials"]["8"]) >= n]
+        assert rows[n - 1]["validation"] == pytest.approx(np.mean([v for v, _ in per_seed]))
+        assert rows[n - 1]["held_out"] == pytest.approx(np.mean([t for _, t in per_seed]))
+    mean_epochs = np.mean([t["epochs"] for t in results[0]["trials"]["8"]])
+    assert rows[4]["trial_epochs"] == pytest.approx(5 * mean_epochs)
+
+
+def test_real_search_records_pair_every_arm_with_the_default_and_its_seed_ensemble(capsys):
+    import numpy as np
+
+    bench, lib = load("real_search"), load("benchlib")
+    labels = np.array([0, 1] * 30)
+    rng = np.random.default_rng(1)
+
+    def preds(strength):
+        probs = 1 / (1 + np.exp(-(strength * (2 * labels - 1) + rng.normal(0, 1, len(labels)))))
+        return {s: _predictions(probs, labels, f"{s}_") for s in ("val", "test", "ham")}
+
+    arms = {
+        "default run": bench.arm(preds(0.5), 0.8, 4, 10.0),
+        "seed ensemble @8": bench.arm(preds(1.0), 0.8, 8, 20.0),
+        "hand-off @8": bench.arm(preds(2.0), 0.9, 8, 30.0, members=["a"]),
     }
-    # Against the seed ensemble: ahead in both seeds, clearly (interval above 0) in one.
-    runs["search + cv"][0]["vs_seeds"] = {"difference": 0.02, "low": -0.01, "high": 0.05}
-    runs["search + cv"][1]["vs_seeds"] = {"difference": 0.04, "low": 0.01, "high": 0.07}
-    summary = bench.summarise(runs)
-    cv = summary["search + cv"]
-    assert cv["wins"] == 1 and cv["separated_wins"] == 1
-    assert cv["wins_vs_seeds"] == 2 and cv["separated_wins_vs_seeds"] == 1
-    assert summary[bench.DEFAULT]["wins_vs_seeds"] == 0
-    assert np.allclose(cv["gap"], [0.05, -0.01]) and np.allclose(
-        cv["gain_vs_default"], [-0.01, 0.05]
-    )
-    bench.print_table(summary, seeds=2)
-    # Predictions of several models pooled in different orders are averaged per image.
-    a = {"id": np.array(["x", "y"]), "label": np.array([0, 1]), "prob": np.array([0.2, 0.8])}
-    b = {"id": np.array(["y", "x"]), "label": np.array([1, 0]), "prob": np.array([0.6, 0.4])}
-    mean = bench.mean_of([a, b], [1, 3])
-    assert np.allclose(mean["prob"], [(0.2 + 3 * 0.4) / 4, (0.8 + 3 * 0.6) / 4])
-    assert bench.auc(mean) == 1.0
+    records = bench.records(arms, 0)
+    handoff = records["hand-off @8"]
+    assert "test_vs_default" not in records["default run"]
+    assert "test_vs_seeds" not in records["seed ensemble @8"]
+    for s in ("test", "ham"):
+        assert handoff[f"{s}_vs_seeds"] == lib.compare(
+            arms["hand-off @8"]["preds"][s], arms["seed ensemble @8"]["preds"][s]
+        )
+        assert handoff[f"{s}_auc"] == lib.auc(arms["hand-off @8"]["preds"][s])
+    assert handoff["members"] == ["a"] and len(handoff["ham_prob"]) == len(labels)
+    assert "ham 0." in capsys.readouterr().out
 
 
 def test_input_modes_arms_are_parsed_and_named_with_their_sizes():
@@ -175,7 +308,7 @@ def test_input_modes_configs_validate():
     from melanoma.engine.config import TrainConfig
 
     bench = load("input_modes")
-    base = load("real_search").base_experiment("isic2017_cpu_cls")
+    base = load("benchlib").base_experiment("isic2017_cpu_cls")
     args = argparse.Namespace(data="synthetic:40:64:0", epochs=3, mask_source="/r/seg")
     arms = bench.parse_arms(bench.default_arms(64, 128), 64, 128)
     for arm in arms:
@@ -240,7 +373,7 @@ def test_input_modes_records_pair_each_arm_with_full_and_its_control(capsys):
             "ham_s": 2.0,
             "wall_s": 10.0,
         }
-    records = bench.records_of(trained, 0, load("real_search"))
+    records = bench.records_of(trained, 0, load("benchlib"))
     dual, control = records["dual@64/128"], records["dual@64/64"]
     assert dual["control"] == "full@128" and control["control"] == "full@64"
     assert "control" not in records["full@128"] and "test_vs_full" not in records["full@64"]
@@ -248,7 +381,7 @@ def test_input_modes_records_pair_each_arm_with_full_and_its_control(capsys):
     assert control["ham_vs_control"] == control["ham_vs_full"]
     expected = bench.compare(trained[arms[1]]["ham"], trained[arms[2]]["ham"])
     assert dual["ham_vs_control"] == expected
-    assert dual["ham_auc"] == load("real_search").auc(trained[arms[1]]["ham"])
+    assert dual["ham_auc"] == load("benchlib").auc(trained[arms[1]]["ham"])
     assert dual["ham_input_size"] == 128 and len(dual["ham_prob"]) == len(labels)
     line = capsys.readouterr().out.splitlines()[1]
     assert line.startswith("seed 0 dual@64/128     : val ") and "minus full@128" in line

@@ -1,0 +1,192 @@
+"""The budget curve's tables, from per-seed records: what ``real_search.py`` prints, and
+the issue's targets checked against them. No training here (tested without it)."""
+
+from __future__ import annotations
+
+import statistics
+
+import numpy as np
+
+DEFAULT = "default run"
+ARM_KINDS = ("seed ensemble", "search pick", "hand-off", "hand-off + cv")
+SET_NAMES = {
+    "test": "held-out: the lesion-grouped test split carved from ISIC 2017 training",
+    "ham": "out of distribution: HAM10000, through the cascade",
+}
+TOLERANCE = 0.005  # the hand-off may trail the default by this much mean AUC, no more
+MATCHED_GAIN = 0.02  # at the largest budget, over the compute-matched seed ensemble
+GAP = 0.05  # chosen-on minus held-out of the recommended hand-off
+
+
+def arm_order(budgets: list[int]) -> list[str]:
+    return [DEFAULT, *(f"{kind} @{b}" for b in budgets for kind in ARM_KINDS)]
+
+
+def _paired(rs: list[dict], key: str) -> dict:
+    vs = [r[key] for r in rs if key in r]
+    return {
+        "difference": [v["difference"] for v in vs],
+        "low": [v["low"] for v in vs],
+        "high": [v["high"] for v in vs],
+        "above": sum(v["difference"] > 0 for v in vs),
+        "separated": sum(v["low"] > 0 for v in vs),
+        "below": sum(v["high"] < 0 for v in vs),
+    }
+
+
+def summarise(results: list[dict]) -> dict[str, dict]:
+    """Per arm over seeds: AUC on each set, paired gains with their intervals and counts,
+    the chosen-on minus held-out gap, trial-epochs and wall time."""
+    budgets = results[0]["settings"]["budgets"]
+    summary = {}
+    for name in arm_order(budgets):
+        rs = [r["arms"][name] for r in results if name in r["arms"]]
+        if not rs:
+            continue
+        s = {
+            "seeds": [r["seed"] for r in results if name in r["arms"]],
+            "val_auc": [r["val_auc"] for r in rs],
+            "gap": [r["chosen_on"] - r["test_auc"] for r in rs],
+            "epochs": statistics.mean(r["epochs"] for r in rs),
+            "wall_s": statistics.mean(r["wall_s"] for r in rs),
+        }
+        for which in ("test", "ham"):
+            if all(f"{which}_auc" in r for r in rs):
+                s[f"{which}_auc"] = [r[f"{which}_auc"] for r in rs]
+                s[f"{which}_vs_default"] = _paired(rs, f"{which}_vs_default")
+                s[f"{which}_vs_seeds"] = _paired(rs, f"{which}_vs_seeds")
+        summary[name] = s
+    return summary
+
+
+def _mean_per_seed(values: list[float], signed: bool = False) -> str:
+    if not values:
+        return "-"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(statistics.mean(values))} ({' / '.join(f.format(v) for v in values)})"
+
+
+def _gain(p: dict) -> str:
+    if not p["difference"]:
+        return "-"
+    per = "; ".join(
+        f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        for d, lo, hi in zip(p["difference"], p["low"], p["high"], strict=True)
+    )
+    return f"{statistics.mean(p['difference']):+.3f} ({per})"
+
+
+def _counts(p: dict) -> str:
+    return f"{p['above']}/{p['separated']}/{p['below']}" if p["difference"] else "-"
+
+
+def print_table(summary: dict, seeds: int, which: str = "test") -> None:
+    """One markdown table: every arm's AUC on ``which``, its paired gains and its cost."""
+    if not any(f"{which}_auc" in s for s in summary.values()):
+        return
+    print(f"\n{SET_NAMES[which]} ({seeds} seed(s))\n")
+    print(
+        "| arm | AUC, mean (per seed) | gain vs default, mean (per seed [95% CI]) | "
+        "> 0 / CI > 0 / CI < 0 | gain vs seed ensemble of its budget | > 0 / CI > 0 / CI < 0 "
+        "| chosen-on minus held-out | trial-epochs | wall min |"
+    )
+    print("| --- " * 9 + "|")
+    for name, s in summary.items():
+        if f"{which}_auc" not in s:
+            continue
+        print(
+            f"| {name} | {_mean_per_seed(s[f'{which}_auc'])} | "
+            f"{_gain(s[f'{which}_vs_default'])} | {_counts(s[f'{which}_vs_default'])} | "
+            f"{_gain(s[f'{which}_vs_seeds'])} | {_counts(s[f'{which}_vs_seeds'])} | "
+            f"{_mean_per_seed(s['gap'], signed=True)} | {s['epochs']:.0f} | "
+            f"{s['wall_s'] / 60:.0f} |"
+        )
+    print(
+        "\n> 0 / CI > 0 / CI < 0: seeds where the paired difference is positive, where its "
+        "interval lies above zero, and where it lies below zero"
+    )
+
+
+def curves(results: list[dict]) -> dict[int, list[dict]]:
+    """Per budget, per n trials: the expected best validation AUC of n random trials and
+    the expected held-out AUC of their validation pick, averaged over seeds (seeds whose
+    search has at least n trials), with n times the mean trial-epochs of a trial."""
+    from melanoma.metrics.budget import expected_best
+
+    out = {}
+    for budget in results[0]["settings"]["budgets"]:
+        per_seed = []
+        for r in results:
+            trials = r["trials"].get(str(budget), [])
+            if trials:
+                rows = expected_best(
+                    np.array([t["val_auc"] for t in trials]),
+                    np.array([t["test_auc"] for t in trials]),
+                )
+                mean_epochs = statistics.mean(t["epochs"] for t in trials)
+                per_seed.append(
+                    [{**row, "trial_epochs": row["trials"] * mean_epochs} for row in rows]
+                )
+        longest = max((len(p) for p in per_seed), default=0)
+        out[budget] = [
+            {
+                key: statistics.mean(p[n][key] for p in per_seed if len(p) > n)
+                for key in ("trials", "trial_epochs", "validation", "held_out")
+            }
+            | {"seeds": sum(len(p) > n for p in per_seed)}
+            for n in range(longest)
+        ]
+    return out
+
+
+def print_curves(results: list[dict]) -> None:
+    for budget, rows in curves(results).items():
+        print(f"\nexpected best of n trials, search of {budget} trial-epochs (Dodge et al.)\n")
+        print(
+            "| n trials | trial-epochs | best validation AUC | held-out AUC of the pick | seeds |"
+        )
+        print("| --- " * 5 + "|")
+        for row in rows:
+            print(
+                f"| {row['trials']:.0f} | {row['trial_epochs']:.1f} | {row['validation']:.3f} "
+                f"| {row['held_out']:.3f} | {row['seeds']} |"
+            )
+
+
+def check_targets(summary: dict, budgets: list[int]) -> list[str]:
+    """The issue's targets, each as one line saying met or missed and by what."""
+    lines = ["", "targets (predicted masks, paired):"]
+    for which in ("test", "ham"):
+        for budget in budgets:
+            s = summary.get(f"hand-off @{budget}")
+            if not s or f"{which}_vs_default" not in s:
+                continue
+            p = s[f"{which}_vs_default"]
+            mean = statistics.mean(p["difference"])
+            ok = mean >= -TOLERANCE and p["below"] == 0
+            lines.append(
+                f"- {'met' if ok else 'MISSED'}: {which}, hand-off @{budget} vs default "
+                f"{mean:+.4f} mean (>= -{TOLERANCE}), {p['below']} seed(s) with CI below 0 "
+                "(0 allowed)"
+            )
+        top = summary.get(f"hand-off @{budgets[-1]}")
+        if top and f"{which}_vs_seeds" in top:
+            p = top[f"{which}_vs_seeds"]
+            mean = statistics.mean(p["difference"])
+            need = min(2, len(p["difference"]))
+            ok = mean >= MATCHED_GAIN and p["separated"] >= need
+            lines.append(
+                f"- {'met' if ok else 'MISSED'}: {which}, hand-off @{budgets[-1]} vs seed "
+                f"ensemble {mean:+.4f} mean (>= +{MATCHED_GAIN}), CI above 0 in "
+                f"{p['separated']} of {len(p['difference'])} seed(s) (>= {need})"
+            )
+    for kind in ("hand-off", "hand-off + cv"):
+        for budget in budgets:
+            s = summary.get(f"{kind} @{budget}")
+            if s:
+                gap = statistics.mean(s["gap"])
+                lines.append(
+                    f"- {'met' if gap <= GAP else 'MISSED'}: {kind} @{budget} chosen-on minus "
+                    f"held-out {gap:+.4f} mean (<= {GAP}, for the recommended hand-off)"
+                )
+    return lines
