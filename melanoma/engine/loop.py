@@ -48,6 +48,9 @@ class Runtime:
     progress: bool = True
     # Called with (epoch, batch) before each training step: tracing, fault injection.
     on_batch: Callable[[int, dict], None] | None = None
+    # Called with each finished epoch's record; True ends the run there (a wall-clock
+    # budget: `melanoma run` stops a run that would not finish another epoch in time).
+    should_stop: Callable[[dict], bool] | None = None
 
     @property
     def is_main(self) -> bool:
@@ -274,18 +277,28 @@ def fit(
     and TensorBoard logs. ``resume=True`` continues from ``out/checkpoints/last.pt`` when it
     exists; a path resumes from that checkpoint file or directory."""
     run = _start(config, runtime or Runtime(), resume, data, mask_override)
-    stopped_early = False
+    stopped_early = stopped_for_time = False
     try:
         for epoch in range(run.state.epoch, config.epochs):
             stopped_early = _epoch(run, epoch)
             if stopped_early:
+                break
+            stop = run.runtime.should_stop
+            if stop is not None and epoch + 1 < config.epochs and stop(run.state.history[-1]):
+                stopped_for_time = True
                 break
     finally:
         run.logger.finish(config, run.state.history, run.state.best_epoch)
     state = run.state
     best = next((h["val"] for h in state.history if h["epoch"] == state.best_epoch), {})
     return FitResult(
-        Path(config.out), state.history, state.best_epoch, best, stopped_early, config.metric
+        Path(config.out),
+        state.history,
+        state.best_epoch,
+        best,
+        stopped_early,
+        config.metric,
+        {"stopped_for_time": stopped_for_time},
     )
 
 

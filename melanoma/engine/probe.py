@@ -1,0 +1,78 @@
+"""What a training epoch costs on this machine, measured before anything trains: a few
+optimiser steps of the run's own model at each candidate size, and the decoding of a few
+of its files. ``melanoma run`` plans its budget from these figures."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from melanoma.engine.config import TrainConfig
+from melanoma.engine.optim import create_optimizer
+from melanoma.engine.tasks import build_model
+
+STEPS = 3  # timed steps after one warm-up; the median is kept
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds per image of one training step and of one inference pass, at one size."""
+
+    size: int
+    train_s: float
+    infer_s: float
+
+
+def step_cost(config: TrainConfig, size: int, batch: int | None = None) -> StepCost:
+    """Time ``config``'s model at ``size`` px: training steps (forward, backward, update)
+    and inference passes on random images of the run's batch size (content does not change
+    the cost). Weights are not loaded: the cost is the architecture's."""
+    batch = batch or config.data.batch_size
+    model = build_model(config, pretrained=False)
+    optimizer = create_optimizer(config.optimizer, model)
+    channels = 4 if config.task == "cls" and config.input.mode == "mask_channel" else 3
+    views = 2 if config.task == "cls" and config.input.mode == "dual" else 1
+    x = torch.rand(batch, channels, size, size)
+    inputs = (x, x) if views == 2 else (x,)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(*inputs)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().mean().backward()
+        optimizer.step()
+
+    def infer_step() -> None:
+        with torch.inference_mode():
+            model(*inputs)
+
+    model.train()
+    train_s = _median_time(train_step) / batch
+    model.eval()
+    infer_s = _median_time(infer_step) / batch
+    return StepCost(size, train_s, infer_s)
+
+
+def decode_cost(files: list[Path], size: int) -> float:
+    """Seconds per file to read and resize one image as training loads it."""
+    from melanoma.data.io import load_image
+
+    if not files:
+        return 0.0
+    started = time.perf_counter()
+    for path in files:
+        load_image(path, size)
+    return (time.perf_counter() - started) / len(files)
+
+
+def _median_time(step) -> float:
+    step()  # warm-up: allocator, kernels chosen
+    times = []
+    for _ in range(STEPS):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]

@@ -1,0 +1,399 @@
+"""melanoma run: a data folder to an evaluated, exported cascade within a wall-clock budget.
+
+Stages, each recorded in ``OUT/run.json`` when it ends (a rerun of the same command goes
+on from the first unfinished one, a run inside a stage from its last epoch):
+check (the data, refused as ``data check`` refuses it), plan (the probe, then
+``plan.json``), train (segmenter and classifier lanes), build, evaluate, export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+from melanoma_cli.cascade import ensemble_rounds
+
+RUN_FILE = "run.json"
+PLAN_FILE = "plan.json"
+STAGES = ("check", "plan", "train", "build", "evaluate", "export")
+EXPERIMENTS = {"seg": "isic2017_cpu_seg", "cls": "isic2017_cpu_cls"}
+
+
+class RunRecord:
+    """``OUT/run.json``: what the run was asked (refused when a rerun asks otherwise) and
+    each finished stage's planned and actual seconds."""
+
+    def __init__(self, out: Path, inputs: dict):
+        self.path = Path(out) / RUN_FILE
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            changed = {
+                k: (self.data["inputs"].get(k), v)
+                for k, v in inputs.items()
+                if self.data["inputs"].get(k) != v
+            }
+            if changed:
+                what = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
+                raise ValueError(
+                    f"{out} holds a run asked otherwise ({what}); rerun it as it was asked, "
+                    "or pass --out NEW_DIR"
+                )
+        else:
+            # Written when the first stage ends: a run refused at its data check leaves
+            # nothing that would refuse the corrected command.
+            self.data = {"inputs": inputs, "stages": {}}
+
+    def save(self) -> None:
+        from melanoma.files import write_json
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(self.path, self.data)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["stages"]
+
+    def finish(self, stage: str, actual_s: float, planned_s: float | None, **extra) -> None:
+        self.data["stages"][stage] = {"actual_s": actual_s, "planned_s": planned_s, **extra}
+        self.save()
+
+    @property
+    def spent_s(self) -> float:
+        return sum(s["actual_s"] for s in self.data["stages"].values())
+
+
+class Clock:
+    """The budget as it runs down: seconds left, and a line saying where the run is."""
+
+    def __init__(self, budget_s: float, spent_s: float):
+        self.budget_s, self.started = budget_s, time.time() - spent_s
+
+    def elapsed(self) -> float:
+        return time.time() - self.started
+
+    def left(self) -> float:
+        return self.budget_s - self.elapsed()
+
+    def line(self, stage: str, detail: str = "") -> str:
+        return (
+            f"[run] {stage}{': ' + detail if detail else ''} | {_mmss(self.elapsed())} elapsed, "
+            f"{_mmss(max(self.left(), 0))} left of {_mmss(self.budget_s)}"
+        )
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+def base_configs(data: str, seed: int, experiments: dict[str, str]) -> dict:
+    """Each task's train config from its experiment (YAML, then these overrides): the data
+    folder, the seed, and the classifier on whole images (search.plan's rule)."""
+    from experiments import resolve
+    from search.experiment import load_experiment
+
+    out = {}
+    for task, name in experiments.items():
+        overrides = {"train.data.path": data, "train.seed": seed, "train.log_images": 0}
+        if task == "cls":
+            overrides |= {"train.input.mode": "full", "train.input.mask_source": "gt"}
+        exp = load_experiment(resolve(name), overrides)
+        if exp.task != task:
+            raise ValueError(
+                f"--{task}-experiment {name} is a {exp.task} experiment; give a {task} one"
+            )
+        out[task] = exp.train
+    return out
+
+
+def check_data(config) -> dict:
+    """The data's splits as training will see them; bad files refused before anything
+    trains, as ``melanoma data check`` reports them."""
+    from melanoma.data.check import check_dataset
+    from melanoma.data.dataset import open_data
+    from melanoma.data.synth import SYNTHETIC_PREFIX, materialize_synthetic
+
+    d = config.data
+    path = Path(materialize_synthetic(d.path) if d.path.startswith(SYNTHETIC_PREFIX) else d.path)
+    if not path.exists():
+        raise ValueError(f"--data {d.path}: no such folder; give the data set's folder")
+    report = check_dataset(path, d.layout, on_bad="skip", external_paths=d.external_paths)
+    if report.errors:
+        shown = "\n  ".join(str(p) for p in report.errors[:5])
+        raise ValueError(
+            f"{len(report.errors)} bad file(s) in {d.path}:\n  {shown}\nfix or remove them "
+            f"(melanoma data check {d.path} lists them all); nothing was trained"
+        )
+    bundle = open_data(path, d.image_size, layout=d.layout, split_config=d.split_config())
+    entries = bundle.splits.entries
+    labelled = {s: sum(e.sample.label is not None for e in entries[s]) for s in entries}
+    if min(labelled.get("train", 0), labelled.get("val", 0), labelled.get("test", 0)) == 0:
+        raise ValueError(
+            f"{d.path}: the run needs labelled training, validation and test images, got "
+            f"{labelled}; add diagnoses or change the experiment's split fractions"
+        )
+    files = [e.sample.image_path for e in entries["train"][:16]]
+    return {
+        "images": {s: len(v) for s, v in entries.items()},
+        "labelled": labelled,
+        "files": [str(f) for f in files],
+    }
+
+
+def probe(configs: dict, data: dict, machine) -> object:
+    """This machine's costs at 64 px with one lane's threads (search.plan scales them)."""
+    import torch
+
+    from melanoma.engine.probe import decode_cost, step_cost
+    from search.plan import Costs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(machine.threads_per_lane)
+    try:
+        seg = step_cost(configs["seg"], 64)
+        cls = step_cost(configs["cls"], 64)
+    finally:
+        torch.set_num_threads(threads)
+    n = data["labelled"]
+    return Costs(
+        64,
+        seg.train_s,
+        seg.infer_s,
+        cls.train_s,
+        cls.infer_s,
+        decode_cost([Path(f) for f in data["files"]], 64),
+        data["images"]["train"],
+        n["val"],
+        n["test"],
+    )
+
+
+def print_plan(plan) -> None:
+    s, c = plan.segmenter, plan.classifier
+    print(
+        f"[plan] {plan.lanes} lane(s), {plan.threads_per_lane} thread(s) each, {plan.size} px\n"
+        f"[plan] segmenter: {s.epochs} epochs, about {s.seconds / 60:.0f} min ({s.why})\n"
+        f"[plan] classifier: {c.runs} run(s) of {c.epochs} epochs, about {c.seconds / 60:.0f} "
+        f"min ({c.why})\n"
+        f"[plan] build, evaluate, export: about {plan.finish_s / 60:.0f} min, TTA "
+        f"{'on' if plan.tta else 'off'}",
+        flush=True,
+    )
+    for note in plan.notes:
+        print(f"[plan] {note}", flush=True)
+
+
+def lane_configs(configs: dict, plan, out: Path) -> dict[str, list]:
+    """Each lane's train configs: the segmenter's one run, the classifier's seeds."""
+    seg = configs["seg"].with_overrides(
+        {"epochs": plan.segmenter.epochs, "data.image_size": plan.size, "out": str(out / "seg")}
+    )
+    cls = [
+        configs["cls"].with_overrides(
+            {
+                "epochs": plan.classifier.epochs,
+                "data.image_size": plan.size,
+                "seed": configs["cls"].seed + j,
+                "out": str(out / "cls" / f"run-{j}"),
+            }
+        )
+        for j in range(plan.classifier.runs)
+    ]
+    return {"segmenter": [seg], "classifier": cls}
+
+
+def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: bool) -> None:
+    """Train one lane's runs one after another (each from its last epoch when it has one),
+    stopping a run that would not finish another epoch before ``deadline``."""
+    import torch
+
+    from melanoma.engine.loop import Runtime
+    from melanoma.engine.run import train
+
+    torch.set_num_threads(threads)
+    for j, config in enumerate(configs):
+        # Later runs share what is left of the lane's time.
+        share = deadline - (len(configs) - j - 1) * (deadline - time.time()) / (len(configs) - j)
+
+        def should_stop(record: dict, share: float = share) -> bool:
+            return time.time() + 1.1 * record["time_s"] > share
+
+        def report(flat: dict, _where, j: int = j, config=config) -> None:
+            if not quiet:
+                value = flat.get(f"best_val_{config.metric}")
+                left = max(deadline - time.time(), 0)
+                print(
+                    f"[{name}{f' {j + 1}/{len(configs)}' if len(configs) > 1 else ''}] epoch "
+                    f"{flat['epoch']}/{config.epochs}, best val {config.metric} {value:.4f}, "
+                    f"lane ends in {_mmss(left)}",
+                    flush=True,
+                )
+
+        result = train(
+            config, Runtime(progress=False, report=report, should_stop=should_stop), resume=True
+        )
+        if result.extra.get("stopped_for_time"):
+            print(
+                f"[{name}] {config.out}: stopped at epoch {len(result.history)} for time",
+                flush=True,
+            )
+
+
+def run_lanes(lanes: dict[str, list], plan, clock: Clock, out: Path, quiet: bool) -> None:
+    """The lanes side by side (one process each) or one after another."""
+    finish_at = time.time() + clock.left() - plan.finish_s - plan.budget_s * 0.02
+    if plan.lanes == 1:
+        seg_share = plan.segmenter.seconds / (plan.segmenter.seconds + plan.classifier.seconds)
+        split = time.time() + seg_share * (finish_at - time.time())
+        train_lane("segmenter", lanes["segmenter"], plan.threads_per_lane, split, quiet)
+        train_lane("classifier", lanes["classifier"], plan.threads_per_lane, finish_at, quiet)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    procs = {
+        name: ctx.Process(
+            target=train_lane, args=(name, configs, plan.threads_per_lane, finish_at, quiet)
+        )
+        for name, configs in lanes.items()
+    }
+    for p in procs.values():
+        p.start()
+    try:
+        for p in procs.values():
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs.values():
+            p.terminate()
+        raise
+    failed = [n for n, p in procs.items() if p.exitcode != 0]
+    if failed:
+        raise ValueError(f"the {', '.join(failed)} lane failed (its error is printed above)")
+
+
+def run_pipeline(
+    data: str,
+    budget: str,
+    out: Path,
+    *,
+    seed: int = 0,
+    quiet: bool = False,
+    experiments: dict[str, str] | None = None,
+    started: float | None = None,
+) -> dict:
+    """Every stage of the run, from where an earlier run of the same command stopped;
+    the budget counts from ``started`` (default: now), plus what earlier runs spent."""
+    started = time.time() if started is None else started
+    from melanoma.files import write_json
+    from search.plan import Machine, Plan, make_plan, parse_budget
+
+    out = Path(out)
+    experiments = experiments or EXPERIMENTS
+    budget_s = parse_budget(budget)
+    configs = base_configs(data, seed, experiments)
+    record = RunRecord(
+        out, {"data": data, "budget_s": budget_s, "seed": seed, "experiments": experiments}
+    )
+    clock = Clock(budget_s, record.spent_s + time.time() - started)
+    machine = Machine(cpus=multiprocessing.cpu_count())
+
+    def stage(name: str, planned: float | None, work):
+        if record.done(name):
+            print(f"[run] {name}: done in an earlier run", flush=True)
+            return record.data["stages"][name].get("result")
+        print(clock.line(name), flush=True)
+        started = time.time()
+        result = work()
+        record.finish(name, time.time() - started, planned, result=result)
+        return result
+
+    found = stage("check", None, lambda: check_data(configs["cls"]))
+
+    def planning():
+        plan = make_plan(budget_s, machine, probe(configs, found, machine), clock.elapsed())
+        return plan.to_dict()
+
+    plan = Plan.from_dict(stage("plan", None, planning))
+    write_json(out / PLAN_FILE, plan.to_dict())
+    print_plan(plan)
+    lanes = lane_configs(configs, plan, out)
+    train_s = max(plan.segmenter.seconds, plan.classifier.seconds)
+    stage("train", train_s, lambda: run_lanes(lanes, plan, clock, out, quiet))
+    return finish(out, plan, lanes, clock, record, stage)
+
+
+def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage) -> dict:
+    """Build, evaluate once, export, and the summary."""
+    from melanoma.cascade.build import build_cascade
+    from melanoma.cascade.evaluate import evaluate_cascade
+    from melanoma.export import export_cascade
+
+    cascade, export = out / "cascade", out / "export"
+    clss = [Path(c.out) for c in lanes["classifier"]]
+    rounds = ensemble_rounds(len(clss))
+    share = plan.finish_s / 3
+    stage(
+        "build",
+        share,
+        lambda: bool(
+            build_cascade(
+                [Path(lanes["segmenter"][0].out)],
+                clss,
+                cascade,
+                ensemble_size=rounds,
+                tta="auto" if plan.tta else "off",
+            )
+        ),
+    )
+    report = stage("evaluate", share, lambda: evaluate_cascade(cascade))
+    stage("export", share, lambda: bool(export_cascade(cascade, export, int8=True)))
+    summary(out, plan, record, report, clock)
+    return report
+
+
+def summary(out: Path, plan, record: RunRecord, report: dict, clock: Clock) -> None:
+    c = report["classification"]
+    seg = report.get("segmentation", {})
+    print(f"\n[run] finished in {_mmss(clock.elapsed())} of a {_mmss(plan.budget_s)} budget")
+    print("| stage | planned | actual |\n| --- | --- | --- |")
+    for name, s in record.data["stages"].items():
+        planned = "-" if s["planned_s"] is None else _mmss(s["planned_s"])
+        print(f"| {name} | {planned} | {_mmss(s['actual_s'])} |")
+    auc = c["auc"]
+    jac = seg.get("jaccard", {})
+    print(
+        f"test AUC {auc['value']:.3f} (95% CI {auc['low']:.3f}-{auc['high']:.3f})"
+        + (f", lesion Jaccard {jac['value']:.3f}" if jac else "")
+        + f"; on {c.get('n', '?')} test images nothing chose on"
+    )
+    print(f"report:       {out / 'cascade' / 'report.md'}")
+    print(f"model card:   {out / 'export' / 'MODEL_CARD.md'}")
+    print(f"TensorBoard:  tensorboard --logdir {out}")
+    print(f"exported:     {out / 'export'} (melanoma predict --model {out / 'export'} IMAGES...)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from melanoma_cli import STARTED
+
+    experiments = {"seg": args.seg_experiment, "cls": args.cls_experiment}
+    run_pipeline(
+        args.data,
+        args.budget,
+        Path(args.out),
+        seed=args.seed,
+        quiet=args.quiet,
+        experiments=experiments,
+        started=STARTED,
+    )
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("run", help="a data folder to an exported cascade within a time budget")
+    p.add_argument("--data", required=True, help="the data set's folder (or synthetic:N:SIZE:SEED)")
+    p.add_argument("--budget", required=True, help="wall-clock budget: 90m, 1h30m, 600s")
+    p.add_argument("--out", required=True, help="where the run writes (a rerun goes on there)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seg-experiment", default=EXPERIMENTS["seg"])
+    p.add_argument("--cls-experiment", default=EXPERIMENTS["cls"])
+    p.add_argument("--quiet", action="store_true", help="stage lines only, no epoch lines")
+    p.set_defaults(func=_cmd_run)

@@ -1,0 +1,252 @@
+"""How ``melanoma run`` spends a wall-clock budget: pure rules, budget and machine in, a
+plan out (tested without training). Each rule says which measurement it follows
+(docs/running.md lists them with their figures).
+
+- **Lanes.** The segmenter and a whole-image classifier do not depend on each other, so
+  they train at once, each on its share of the cores (two one-thread trials beat one
+  two-thread run on two cores: docs/results.md, "Reproducing ISIC 2017").
+- **Whole images.** The classifier sees the whole image: controlled for resolution, the
+  mask's gain was mostly resolution (docs/results.md, "Does the lesion mask help"), and a
+  mask-using classifier would first need three out-of-fold segmenters.
+- **Resolution before repetitions.** The largest image size at which both lanes train at
+  least ``MIN_EPOCHS`` epochs; more time then buys more classifier runs (a seed
+  ensemble) of at most ``RUN_EPOCHS`` epochs, which ties or beats one longer run at equal
+  compute (the budget curve, docs/results.md).
+- **Default settings, not a search,** at the budgets a CPU affords: the budget curve
+  found no budget measured where the search's hand-off beats the compute-matched seed
+  ensemble; ``melanoma search`` stays for larger budgets.
+- **The end is reserved first**: build, evaluation and export, estimated from the
+  measured inference cost, with the images they score, plus ``SLACK`` of the budget.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+
+SIZES = (64, 96, 128, 160, 192, 224, 256)
+MIN_EPOCHS = 6  # below this at 64 px the plan is cut down and says so; below 2, refused
+RUN_EPOCHS = 12  # a classifier run's epochs at most; more time buys more runs
+MAX_RUNS = 5
+SLACK = 0.03  # of the budget, kept back for what the estimates miss
+FINISH_FIXED_S = (
+    120.0  # export: two programs traced and checked, INT8 calibrated (103 s at 64 px, loaded)
+)
+FINISH_PASSES = 3  # build, evaluation and export each score the images again
+TTA_VIEWS = 8
+
+
+class PlanError(ValueError):
+    """The budget cannot hold what the run needs; the message says what would."""
+
+
+@dataclass(frozen=True)
+class Machine:
+    """What trains: CPU cores, GPUs, and how many runs may train at once."""
+
+    cpus: int
+    gpus: int = 0
+
+    @property
+    def lanes(self) -> int:
+        """Runs that train at once: segmenter and classifier side by side when there are
+        cores (or GPUs) for both."""
+        return 2 if max(self.cpus, self.gpus) >= 2 else 1
+
+    @property
+    def threads_per_lane(self) -> int:
+        return max(1, self.cpus // self.lanes)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Measured before planning, per lane's share of the machine: seconds per image of a
+    training step and of an inference pass for each task at ``size`` (other sizes scale
+    with the pixels), per image decoded, and the images the run sees."""
+
+    size: int
+    seg_train_s: float
+    seg_infer_s: float
+    cls_train_s: float
+    cls_infer_s: float
+    decode_s: float
+    train_images: int
+    val_images: int
+    test_images: int
+
+    def epoch_s(self, task: str, size: int) -> float:
+        """One epoch of ``task`` at ``size``: its training steps and its validation pass
+        (images are decoded once per run, counted in :meth:`start_s`)."""
+        scale = (size / self.size) ** 2
+        train, infer = (
+            (self.seg_train_s, self.seg_infer_s)
+            if task == "seg"
+            else (self.cls_train_s, self.cls_infer_s)
+        )
+        return scale * (self.train_images * train + self.val_images * infer)
+
+    def start_s(self) -> float:
+        """What a run costs before its first epoch: decoding its images."""
+        return self.decode_s * (self.train_images + self.val_images + self.test_images)
+
+    def finish_s(self, tta: bool, size: int, members: int) -> float:
+        """Build, evaluation and export: the segmenter and every classifier member over
+        validation and test, each pass ``TTA_VIEWS`` times with TTA."""
+        scale = (size / self.size) ** 2
+        per_image = scale * (self.seg_infer_s + members * self.cls_infer_s)
+        views = TTA_VIEWS if tta else 1
+        images = self.val_images + self.test_images
+        return FINISH_FIXED_S + FINISH_PASSES * views * images * per_image
+
+
+@dataclass(frozen=True)
+class Lane:
+    task: str
+    size: int
+    epochs: int
+    runs: int
+    seconds: float  # planned wall time, runs one after another
+    why: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    budget_s: float
+    lanes: int
+    threads_per_lane: int
+    size: int
+    segmenter: Lane
+    classifier: Lane
+    tta: bool
+    finish_s: float
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        d = dict(d)
+        d["segmenter"], d["classifier"] = Lane(**d["segmenter"]), Lane(**d["classifier"])
+        d["notes"] = tuple(d.get("notes", ()))
+        return cls(**d)
+
+
+def parse_budget(text: str) -> float:
+    """Seconds from ``90m``, ``1h30m``, ``45s``, ``2h`` or a bare number of minutes."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text) * 60
+    parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or parts is None or not any(parts.groups()):
+        raise PlanError(f"--budget {text!r} is not a duration; write it as 90m, 1h30m, 2h or 600s")
+    h, m, s = (float(g or 0) for g in parts.groups())
+    return h * 3600 + m * 60 + s
+
+
+def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 0.0) -> Plan:
+    """The plan for ``budget_s`` seconds of which ``spent_s`` are already gone (data check,
+    the probe): lanes, image size, epochs and runs, TTA, the reserved end."""
+    left = budget_s * (1 - SLACK) - spent_s
+    notes = []
+    if machine.lanes == 1:
+        notes.append("one lane: the segmenter, then the classifier, on the whole machine")
+    for size in sorted(SIZES, reverse=True):
+        fits = _lanes_at(size, left, machine, costs)
+        if fits is not None and min(fits[0].epochs, fits[1].epochs) >= MIN_EPOCHS:
+            break
+    else:
+        size = SIZES[0]
+        fits = _lanes_at(size, left, machine, costs)
+        need = _needed_s(size, MIN_EPOCHS, machine, costs) + spent_s
+        if fits is None or min(fits[0].epochs, fits[1].epochs) < 2:
+            raise PlanError(
+                f"--budget {budget_s / 60:.0f}m leaves {max(left, 0) / 60:.1f} min to train "
+                f"here, too little for 2 epochs of each model at {size} px; give --budget "
+                f"{math.ceil(need / 60 / (1 - SLACK))}m or more"
+            )
+        notes.append(
+            f"cut down: {fits[0].epochs} segmenter and {fits[1].epochs} classifier epochs at "
+            f"{size} px, below the {MIN_EPOCHS} the plan aims for; --budget "
+            f"{math.ceil(need / 60 / (1 - SLACK))}m would give {MIN_EPOCHS}"
+        )
+    seg, cls, tta, finish = fits
+    return Plan(
+        budget_s,
+        machine.lanes,
+        machine.threads_per_lane,
+        size,
+        seg,
+        cls,
+        tta,
+        finish,
+        tuple(notes),
+    )
+
+
+def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
+    """The two lanes at ``size`` with ``left`` seconds, or None when not even the end fits."""
+    for tta in (True, False):
+        # TTA only when its end costs at most a tenth of what is left: its gain is small.
+        finish = costs.finish_s(tta, size, MAX_RUNS)
+        if tta and finish > 0.1 * left:
+            continue
+        train = left - finish
+        if train <= 0:
+            return None
+        seg_time, cls_time = (train, train) if machine.lanes == 2 else _split(train, size, costs)
+        seg_epochs = _epochs(seg_time, "seg", size, costs, runs=1)
+        epochs = _epochs(cls_time, "cls", size, costs, runs=1)
+        runs = 1
+        if epochs > RUN_EPOCHS:
+            runs = min(MAX_RUNS, max(1, _fit_runs(cls_time, size, costs)))
+            epochs = min(RUN_EPOCHS, _epochs(cls_time, "cls", size, costs, runs=runs))
+        seg = Lane(
+            "seg",
+            size,
+            seg_epochs,
+            1,
+            _lane_s("seg", size, seg_epochs, 1, costs),
+            "the segmenter experiment's train config, every epoch the lane holds",
+        )
+        cls = Lane(
+            "cls",
+            size,
+            epochs,
+            runs,
+            _lane_s("cls", size, epochs, runs, costs),
+            "the classifier experiment's train config on whole images"
+            + (f"; {runs} seeds averaged (seed ensemble)" if runs > 1 else ""),
+        )
+        return seg, cls, tta, finish
+    return None
+
+
+def _split(train: float, size: int, costs: Costs) -> tuple[float, float]:
+    """One lane: time shared between the two models in proportion to their epoch cost,
+    so each gets the same number of epochs."""
+    seg, cls = costs.epoch_s("seg", size), costs.epoch_s("cls", size)
+    return train * seg / (seg + cls), train * cls / (seg + cls)
+
+
+def _epochs(seconds: float, task: str, size: int, costs: Costs, runs: int) -> int:
+    per_run = seconds / runs - costs.start_s()
+    return max(0, math.floor(per_run / costs.epoch_s(task, size)))
+
+
+def _fit_runs(seconds: float, size: int, costs: Costs) -> int:
+    """Runs of ``RUN_EPOCHS`` epochs that fit in ``seconds``."""
+    per_run = costs.start_s() + RUN_EPOCHS * costs.epoch_s("cls", size)
+    return math.floor(seconds / per_run)
+
+
+def _lane_s(task: str, size: int, epochs: int, runs: int, costs: Costs) -> float:
+    return runs * (costs.start_s() + epochs * costs.epoch_s(task, size))
+
+
+def _needed_s(size: int, epochs: int, machine: Machine, costs: Costs) -> float:
+    seg = costs.start_s() + epochs * costs.epoch_s("seg", size)
+    cls = costs.start_s() + epochs * costs.epoch_s("cls", size)
+    train = max(seg, cls) if machine.lanes == 2 else seg + cls
+    return train + costs.finish_s(False, size, MAX_RUNS)  # as _lanes_at reserves it

@@ -1,0 +1,191 @@
+"""`melanoma run`: the plan's rules without training, then the command on synthetic data:
+its budget, its resume after an interruption, and its refusals before training."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from search.plan import (
+    MAX_RUNS,
+    MIN_EPOCHS,
+    RUN_EPOCHS,
+    SIZES,
+    Costs,
+    Machine,
+    Plan,
+    PlanError,
+    make_plan,
+    parse_budget,
+)
+
+# Seconds per image at 64 px on one core, about what ISIC 2017 measured here.
+COSTS = Costs(64, 0.15, 0.03, 0.08, 0.02, 0.004, 1527, 150, 323)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90m", 5400), ("1h30m", 5400), ("2h", 7200), ("45s", 45), ("1.5h", 5400), ("30", 1800)],
+)
+def test_budgets_are_read_as_durations(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "ninety", "90x", "m", "1h-5m"])
+def test_a_budget_that_is_no_duration_is_refused_with_the_fix(text):
+    with pytest.raises(PlanError, match="write it as 90m, 1h30m, 2h or 600s"):
+        parse_budget(text)
+
+
+def test_more_budget_buys_resolution_first_then_seeds():
+    plans = [make_plan(m * 60, Machine(2), COSTS) for m in (30, 90, 180, 480, 2400)]
+    sizes = [p.size for p in plans]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    for p in plans:
+        # Both lanes get at least the epochs the plan aims for, and fit with the end.
+        assert min(p.segmenter.epochs, p.classifier.epochs) >= MIN_EPOCHS
+        assert max(p.segmenter.seconds, p.classifier.seconds) + p.finish_s <= p.budget_s
+        assert p.classifier.epochs <= RUN_EPOCHS and 1 <= p.classifier.runs <= MAX_RUNS
+        assert p.lanes == 2 and p.threads_per_lane == 1
+    # Seeds only once the largest size holds a full run: resolution comes first.
+    assert all(p.classifier.runs == 1 for p in plans if p.size < SIZES[-1])
+    assert plans[-1].size == SIZES[-1] and plans[-1].classifier.runs > 1
+    assert "seed ensemble" in plans[-1].classifier.why
+
+
+def test_one_lane_shares_its_time_so_both_models_get_the_same_epochs():
+    plan = make_plan(90 * 60, Machine(1), COSTS)
+    assert plan.lanes == 1 and abs(plan.segmenter.epochs - plan.classifier.epochs) <= 1
+    assert plan.segmenter.seconds + plan.classifier.seconds + plan.finish_s <= plan.budget_s
+    assert any("one lane" in n for n in plan.notes)
+
+
+def test_tta_only_when_its_end_costs_a_tenth_of_the_time_at_most():
+    cheap = Costs(**{**COSTS.__dict__, "seg_infer_s": 1e-4, "cls_infer_s": 1e-4})
+    assert make_plan(90 * 60, Machine(2), cheap).tta
+    assert not make_plan(90 * 60, Machine(2), COSTS).tta
+
+
+def test_time_already_spent_is_not_planned_again():
+    fresh, late = make_plan(3600, Machine(2), COSTS), make_plan(3600, Machine(2), COSTS, 1200)
+    assert late.segmenter.seconds < fresh.segmenter.seconds or late.size < fresh.size
+
+
+def test_a_small_budget_is_cut_down_and_says_so_and_a_tiny_one_is_refused():
+    small = make_plan(20 * 60, Machine(2), COSTS)
+    assert small.size == SIZES[0] and min(small.segmenter.epochs, small.classifier.epochs) < 6
+    (note,) = [n for n in small.notes if n.startswith("cut down")]
+    needed = int(note.rsplit("--budget ", 1)[1].split("m")[0])
+    assert make_plan(needed * 60, Machine(2), COSTS).notes == ()  # the budget it names holds
+    with pytest.raises(PlanError, match=r"too little for 2 epochs .* give --budget \d+m or more"):
+        make_plan(5 * 60, Machine(2), COSTS)
+
+
+def test_the_plan_is_written_and_read_back_whole():
+    plan = make_plan(90 * 60, Machine(2), COSTS)
+    again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert again == plan
+
+
+# The command on synthetic data. A 5-minute budget on CI's 2 idle cores; on a machine
+# shared with other work an epoch can take twice as long as the probe measured, which the
+# lanes absorb by stopping early, and the end (build, evaluation, export) is estimated, not
+# stopped: the test allows 5% plus 45 s for that.
+BUDGET_S = 300
+TOLERANCE_S = 0.05 * BUDGET_S + 45
+DATA = "synthetic:160:64:0"
+
+
+def _mtimes(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in root.rglob("*.pt")}
+
+
+@pytest.mark.slow
+def test_run_holds_its_budget_and_a_rerun_after_an_interruption_trains_nothing_again(
+    tmp_path, monkeypatch, capsys
+):
+    import melanoma.cascade.evaluate as evaluate
+    from melanoma_cli import main
+    from melanoma_cli import run as run_module
+
+    out = tmp_path / "run"
+    args = ["run", "--data", DATA, "--budget", f"{BUDGET_S}s", "--out", str(out), "--quiet"]
+    real = evaluate.evaluate_cascade
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate, "evaluate_cascade", interrupted)
+    started = time.time()
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    first_s = time.time() - started
+    record = json.loads((out / "run.json").read_text())
+    assert list(record["stages"]) == ["check", "plan", "train", "build"]
+    plan = json.loads((out / "plan.json").read_text())
+    trained = _mtimes(out)
+    assert any("/seg/" in p for p in trained) and any("/cls/run-0/" in p for p in trained)
+
+    monkeypatch.setattr(evaluate, "evaluate_cascade", real)
+    capsys.readouterr()
+    started = time.time()
+    assert main(args) == 0
+    second_s = time.time() - started
+    printed = capsys.readouterr().out
+    for stage in ("check", "plan", "train", "build"):
+        assert f"[run] {stage}: done in an earlier run" in printed
+    assert _mtimes(out) == trained  # nothing trained or rebuilt again
+    assert (out / "export" / "cascade.onnx").is_file()
+    assert (out / "cascade" / "report.md").is_file()
+    assert json.loads((out / "plan.json").read_text()) == plan
+    assert "| train |" in printed and "test AUC" in printed
+    assert first_s + second_s <= BUDGET_S + TOLERANCE_S, (first_s, second_s)
+    assert run_module.RunRecord(out, json.loads((out / "run.json").read_text())["inputs"])
+
+    # The same --out asked otherwise is refused, naming what differs.
+    changed = ["run", "--data", DATA, "--budget", "6m", "--out", str(out)]
+    assert main(changed) == 2
+    assert "budget_s: 300.0 then, 360.0 now" in capsys.readouterr().err
+
+
+def test_a_budget_too_small_for_any_stage_is_refused_before_training(tmp_path, capsys):
+    from melanoma_cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--data", DATA, "--budget", "20s", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "too little for 2 epochs" in err and "give --budget" in err
+    assert not (out / "seg").exists() and not (out / "cls").exists()
+
+
+def test_an_unknown_experiment_is_refused_listing_the_shipped_ones(tmp_path, capsys):
+    from melanoma_cli import main
+
+    argv = ["run", "--data", DATA, "--budget", "10m", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--cls-experiment", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "experiment file nope does not exist" in err and "isic2017_cpu_cls" in err
+    assert main([*argv, "--cls-experiment", "isic2017_cpu_seg"]) == 2
+    assert "is a seg experiment; give a cls one" in capsys.readouterr().err
+
+
+def test_a_data_folder_with_bad_files_is_refused_before_training(tmp_path, capsys):
+    import shutil
+
+    from melanoma.data.synth import materialize_synthetic
+    from melanoma_cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(materialize_synthetic("synthetic:40:64:0"), data)
+    image = sorted(data.rglob("*.jpg"))[0]
+    image.write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(data), "--budget", "10m", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad file(s)" in err and image.stem in err and "melanoma data check" in err
+    assert not (out / "seg").exists() and not (out / "run.json").exists()
+    missing = ["run", "--data", str(tmp_path / "nowhere"), "--budget", "10m", "--out", str(out)]
+    assert main(missing) == 2 and "no such folder" in capsys.readouterr().err
