@@ -12,6 +12,7 @@ import argparse
 import json
 import multiprocessing
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from melanoma_cli.cascade import ensemble_rounds
@@ -20,6 +21,8 @@ RUN_FILE = "run.json"
 PLAN_FILE = "plan.json"
 STAGES = ("check", "plan", "train", "build", "evaluate", "export")
 EXPERIMENTS = {"seg": "isic2017_cpu_seg", "cls": "isic2017_cpu_cls"}
+PROBE_SIZES = (64, 128)
+PROBE_BATCH = 8  # per-image cost barely changes above it; the probe stays under a minute
 
 
 class RunRecord:
@@ -142,35 +145,54 @@ def check_data(config) -> dict:
 
 
 def probe(configs: dict, data: dict, machine) -> object:
-    """This machine's costs at 64 px with one lane's threads (search.plan scales them)."""
+    """This machine's costs with one lane's threads: each model at 64 and 128 px (the
+    plan scales between and beyond them by the measured exponent)."""
     import torch
 
     from melanoma.engine.probe import decode_cost, step_cost
-    from search.plan import Costs
+    from search.plan import Costs, size_exponent
 
     threads = torch.get_num_threads()
     torch.set_num_threads(machine.threads_per_lane)
     try:
-        seg = step_cost(configs["seg"], 64)
-        cls = step_cost(configs["cls"], 64)
+        cost = {
+            (task, size): step_cost(configs[task], size, batch=PROBE_BATCH)
+            for task in ("seg", "cls")
+            for size in PROBE_SIZES
+        }
     finally:
         torch.set_num_threads(threads)
+    small, large = PROBE_SIZES
+    exponent = (
+        sum(
+            size_exponent((small, cost[t, small].train_s), (large, cost[t, large].train_s))
+            for t in ("seg", "cls")
+        )
+        / 2
+    )
     n = data["labelled"]
     return Costs(
-        64,
-        seg.train_s,
-        seg.infer_s,
-        cls.train_s,
-        cls.infer_s,
-        decode_cost([Path(f) for f in data["files"]], 64),
+        small,
+        cost["seg", small].train_s,
+        cost["seg", small].infer_s,
+        cost["cls", small].train_s,
+        cost["cls", small].infer_s,
+        decode_cost([Path(f) for f in data["files"]], small),
         data["images"]["train"],
         n["val"],
         n["test"],
+        exponent,
     )
 
 
-def print_plan(plan) -> None:
+def print_plan(plan, costs: dict) -> None:
     s, c = plan.segmenter, plan.classifier
+    print(
+        f"[plan] probe at {costs['size']} px, per image: segmenter {costs['seg_train_s']:.3f} s, "
+        f"classifier {costs['cls_train_s']:.3f} s a training step; cost grows as size^"
+        f"{costs['exponent']:.2f}",
+        flush=True,
+    )
     print(
         f"[plan] {plan.lanes} lane(s), {plan.threads_per_lane} thread(s) each, {plan.size} px\n"
         f"[plan] segmenter: {s.epochs} epochs, about {s.seconds / 60:.0f} min ({s.why})\n"
@@ -309,12 +331,14 @@ def run_pipeline(
     found = stage("check", None, lambda: check_data(configs["cls"]))
 
     def planning():
-        plan = make_plan(budget_s, machine, probe(configs, found, machine), clock.elapsed())
-        return plan.to_dict()
+        costs = probe(configs, found, machine)
+        plan = make_plan(budget_s, machine, costs, clock.elapsed())
+        return {"plan": plan.to_dict(), "costs": asdict(costs)}
 
-    plan = Plan.from_dict(stage("plan", None, planning))
-    write_json(out / PLAN_FILE, plan.to_dict())
-    print_plan(plan)
+    planned = stage("plan", None, planning)
+    plan = Plan.from_dict(planned["plan"])
+    write_json(out / PLAN_FILE, planned)
+    print_plan(plan, planned["costs"])
     lanes = lane_configs(configs, plan, out)
     train_s = max(plan.segmenter.seconds, plan.classifier.seconds)
     stage("train", train_s, lambda: run_lanes(lanes, plan, clock, out, quiet))

@@ -62,8 +62,10 @@ class Machine:
 @dataclass(frozen=True)
 class Costs:
     """Measured before planning, per lane's share of the machine: seconds per image of a
-    training step and of an inference pass for each task at ``size`` (other sizes scale
-    with the pixels), per image decoded, and the images the run sees."""
+    training step and of an inference pass for each task at ``size``, per image decoded,
+    and the images the run sees. Other sizes scale as ``(s / size) ** exponent``, the
+    exponent measured between two probed sizes: small images use a CPU less well, so the
+    cost grows slower than the pixels (at most 2, pixels; at least 1)."""
 
     size: int
     seg_train_s: float
@@ -74,11 +76,15 @@ class Costs:
     train_images: int
     val_images: int
     test_images: int
+    exponent: float = 2.0
+
+    def scale(self, size: int) -> float:
+        return (size / self.size) ** self.exponent
 
     def epoch_s(self, task: str, size: int) -> float:
         """One epoch of ``task`` at ``size``: its training steps and its validation pass
         (images are decoded once per run, counted in :meth:`start_s`)."""
-        scale = (size / self.size) ** 2
+        scale = self.scale(size)
         train, infer = (
             (self.seg_train_s, self.seg_infer_s)
             if task == "seg"
@@ -93,7 +99,7 @@ class Costs:
     def finish_s(self, tta: bool, size: int, members: int) -> float:
         """Build, evaluation and export: the segmenter and every classifier member over
         validation and test, each pass ``TTA_VIEWS`` times with TTA."""
-        scale = (size / self.size) ** 2
+        scale = self.scale(size)
         per_image = scale * (self.seg_infer_s + members * self.cls_infer_s)
         views = TTA_VIEWS if tta else 1
         images = self.val_images + self.test_images
@@ -131,6 +137,14 @@ class Plan:
         d["segmenter"], d["classifier"] = Lane(**d["segmenter"]), Lane(**d["classifier"])
         d["notes"] = tuple(d.get("notes", ()))
         return cls(**d)
+
+
+def size_exponent(small: tuple[int, float], large: tuple[int, float]) -> float:
+    """How cost grows with image size, from two (size, seconds) probes: between 1 and 2."""
+    (s1, c1), (s2, c2) = small, large
+    if s2 <= s1 or c1 <= 0 or c2 <= 0:
+        return 2.0
+    return min(2.0, max(1.0, math.log(c2 / c1) / math.log(s2 / s1)))
 
 
 def parse_budget(text: str) -> float:

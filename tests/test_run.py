@@ -20,6 +20,7 @@ from search.plan import (
     PlanError,
     make_plan,
     parse_budget,
+    size_exponent,
 )
 
 # Seconds per image at 64 px on one core, about what ISIC 2017 measured here.
@@ -84,6 +85,17 @@ def test_a_small_budget_is_cut_down_and_says_so_and_a_tiny_one_is_refused():
         make_plan(5 * 60, Machine(2), COSTS)
 
 
+def test_cost_grows_with_size_between_linearly_and_with_the_pixels():
+    assert size_exponent((64, 1.0), (128, 4.0)) == pytest.approx(2.0)
+    assert size_exponent((64, 1.0), (128, 2.0**1.5)) == pytest.approx(1.5)
+    assert size_exponent((64, 1.0), (128, 1.0)) == 1.0  # never cheaper than linear
+    assert size_exponent((64, 1.0), (128, 9.0)) == 2.0  # a noisy probe, capped
+    assert size_exponent((64, 0.0), (128, 1.0)) == 2.0
+    slower = Costs(**{**COSTS.__dict__, "exponent": 2.0})
+    faster = Costs(**{**COSTS.__dict__, "exponent": 1.2})
+    assert make_plan(90 * 60, Machine(2), faster).size > make_plan(90 * 60, Machine(2), slower).size
+
+
 def test_the_plan_is_written_and_read_back_whole():
     plan = make_plan(90 * 60, Machine(2), COSTS)
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
@@ -126,6 +138,7 @@ def test_run_holds_its_budget_and_a_rerun_after_an_interruption_trains_nothing_a
     record = json.loads((out / "run.json").read_text())
     assert list(record["stages"]) == ["check", "plan", "train", "build"]
     plan = json.loads((out / "plan.json").read_text())
+    assert plan["plan"]["size"] in SIZES and plan["costs"]["seg_train_s"] > 0
     trained = _mtimes(out)
     assert any("/seg/" in p for p in trained) and any("/cls/run-0/" in p for p in trained)
 
