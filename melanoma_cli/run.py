@@ -16,13 +16,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from melanoma_cli.cascade import ensemble_rounds
+from melanoma_cli.lanes import has_checkpoint, lane_configs, mmss, probe, run_lanes
 
 RUN_FILE = "run.json"
 PLAN_FILE = "plan.json"
 STAGES = ("check", "plan", "train", "build", "evaluate", "export")
 EXPERIMENTS = {"seg": "isic2017_cpu_seg", "cls": "isic2017_cpu_cls"}
-PROBE_SIZES = (64, 128)
-PROBE_BATCH = 8  # per-image cost barely changes above it; the probe stays under a minute
 
 
 class RunRecord:
@@ -81,13 +80,9 @@ class Clock:
 
     def line(self, stage: str, detail: str = "") -> str:
         return (
-            f"[run] {stage}{': ' + detail if detail else ''} | {_mmss(self.elapsed())} elapsed, "
-            f"{_mmss(max(self.left(), 0))} left of {_mmss(self.budget_s)}"
+            f"[run] {stage}{': ' + detail if detail else ''} | {mmss(self.elapsed())} elapsed, "
+            f"{mmss(max(self.left(), 0))} left of {mmss(self.budget_s)}"
         )
-
-
-def _mmss(seconds: float) -> str:
-    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 def base_configs(data: str, seed: int, experiments: dict[str, str]) -> dict:
@@ -144,47 +139,6 @@ def check_data(config) -> dict:
     }
 
 
-def probe(configs: dict, data: dict, machine) -> object:
-    """This machine's costs with one lane's threads: each model at 64 and 128 px (the
-    plan scales between and beyond them by the measured exponent)."""
-    import torch
-
-    from melanoma.engine.probe import decode_cost, step_cost
-    from search.plan import Costs, size_exponent
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(machine.threads_per_lane)
-    try:
-        cost = {
-            (task, size): step_cost(configs[task], size, batch=PROBE_BATCH)
-            for task in ("seg", "cls")
-            for size in PROBE_SIZES
-        }
-    finally:
-        torch.set_num_threads(threads)
-    small, large = PROBE_SIZES
-    exponent = (
-        sum(
-            size_exponent((small, cost[t, small].train_s), (large, cost[t, large].train_s))
-            for t in ("seg", "cls")
-        )
-        / 2
-    )
-    n = data["labelled"]
-    return Costs(
-        small,
-        cost["seg", small].train_s,
-        cost["seg", small].infer_s,
-        cost["cls", small].train_s,
-        cost["cls", small].infer_s,
-        decode_cost([Path(f) for f in data["files"]], small),
-        data["images"]["train"],
-        n["val"],
-        n["test"],
-        exponent,
-    )
-
-
 def print_plan(plan, costs: dict) -> None:
     s, c = plan.segmenter, plan.classifier
     print(
@@ -204,92 +158,6 @@ def print_plan(plan, costs: dict) -> None:
     )
     for note in plan.notes:
         print(f"[plan] {note}", flush=True)
-
-
-def lane_configs(configs: dict, plan, out: Path) -> dict[str, list]:
-    """Each lane's train configs: the segmenter's one run, the classifier's seeds."""
-    seg = configs["seg"].with_overrides(
-        {"epochs": plan.segmenter.epochs, "data.image_size": plan.size, "out": str(out / "seg")}
-    )
-    cls = [
-        configs["cls"].with_overrides(
-            {
-                "epochs": plan.classifier.epochs,
-                "data.image_size": plan.size,
-                "seed": configs["cls"].seed + j,
-                "out": str(out / "cls" / f"run-{j}"),
-            }
-        )
-        for j in range(plan.classifier.runs)
-    ]
-    return {"segmenter": [seg], "classifier": cls}
-
-
-def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: bool) -> None:
-    """Train one lane's runs one after another (each from its last epoch when it has one),
-    stopping a run that would not finish another epoch before ``deadline``."""
-    import torch
-
-    from melanoma.engine.loop import Runtime
-    from melanoma.engine.run import train
-
-    torch.set_num_threads(threads)
-    for j, config in enumerate(configs):
-        # Later runs share what is left of the lane's time.
-        share = deadline - (len(configs) - j - 1) * (deadline - time.time()) / (len(configs) - j)
-
-        def should_stop(record: dict, share: float = share) -> bool:
-            return time.time() + 1.1 * record["time_s"] > share
-
-        def report(flat: dict, _where, j: int = j, config=config) -> None:
-            if not quiet:
-                value = flat.get(f"best_val_{config.metric}")
-                left = max(deadline - time.time(), 0)
-                print(
-                    f"[{name}{f' {j + 1}/{len(configs)}' if len(configs) > 1 else ''}] epoch "
-                    f"{flat['epoch']}/{config.epochs}, best val {config.metric} {value:.4f}, "
-                    f"lane ends in {_mmss(left)}",
-                    flush=True,
-                )
-
-        result = train(
-            config, Runtime(progress=False, report=report, should_stop=should_stop), resume=True
-        )
-        if result.extra.get("stopped_for_time"):
-            print(
-                f"[{name}] {config.out}: stopped at epoch {len(result.history)} for time",
-                flush=True,
-            )
-
-
-def run_lanes(lanes: dict[str, list], plan, clock: Clock, out: Path, quiet: bool) -> None:
-    """The lanes side by side (one process each) or one after another."""
-    finish_at = time.time() + clock.left() - plan.finish_s - plan.budget_s * 0.02
-    if plan.lanes == 1:
-        seg_share = plan.segmenter.seconds / (plan.segmenter.seconds + plan.classifier.seconds)
-        split = time.time() + seg_share * (finish_at - time.time())
-        train_lane("segmenter", lanes["segmenter"], plan.threads_per_lane, split, quiet)
-        train_lane("classifier", lanes["classifier"], plan.threads_per_lane, finish_at, quiet)
-        return
-    ctx = multiprocessing.get_context("spawn")
-    procs = {
-        name: ctx.Process(
-            target=train_lane, args=(name, configs, plan.threads_per_lane, finish_at, quiet)
-        )
-        for name, configs in lanes.items()
-    }
-    for p in procs.values():
-        p.start()
-    try:
-        for p in procs.values():
-            p.join()
-    except KeyboardInterrupt:
-        for p in procs.values():
-            p.terminate()
-        raise
-    failed = [n for n, p in procs.items() if p.exitcode != 0]
-    if failed:
-        raise ValueError(f"the {', '.join(failed)} lane failed (its error is printed above)")
 
 
 def run_pipeline(
@@ -341,7 +209,7 @@ def run_pipeline(
     print_plan(plan, planned["costs"])
     lanes = lane_configs(configs, plan, out)
     train_s = max(plan.segmenter.seconds, plan.classifier.seconds)
-    stage("train", train_s, lambda: run_lanes(lanes, plan, clock, out, quiet))
+    stage("train", train_s, lambda: run_lanes(lanes, plan, clock.left(), quiet))
     return finish(out, plan, lanes, clock, record, stage)
 
 
@@ -352,9 +220,15 @@ def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage)
     from melanoma.export import export_cascade
 
     cascade, export = out / "cascade", out / "export"
-    clss = [Path(c.out) for c in lanes["classifier"]]
+    # The runs that trained (a lane cut down for time may not have started its last ones).
+    clss = [Path(c.out) for c in lanes["classifier"] if has_checkpoint(c)]
     rounds = ensemble_rounds(len(clss))
     share = plan.finish_s / 3
+    tta = plan.tta
+    if tta and not record.done("build") and clock.left() < plan.finish_s:
+        # Training ran long: the eight-view end would not fit what is left.
+        print(f"[run] re-planned: TTA off, {mmss(clock.left())} left for the end", flush=True)
+        tta = False
     stage(
         "build",
         share,
@@ -364,7 +238,7 @@ def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage)
                 clss,
                 cascade,
                 ensemble_size=rounds,
-                tta="auto" if plan.tta else "off",
+                tta="auto" if tta else "off",
             )
         ),
     )
@@ -377,11 +251,11 @@ def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage)
 def summary(out: Path, plan, record: RunRecord, report: dict, clock: Clock) -> None:
     c = report["classification"]
     seg = report.get("segmentation", {})
-    print(f"\n[run] finished in {_mmss(clock.elapsed())} of a {_mmss(plan.budget_s)} budget")
+    print(f"\n[run] finished in {mmss(clock.elapsed())} of a {mmss(plan.budget_s)} budget")
     print("| stage | planned | actual |\n| --- | --- | --- |")
     for name, s in record.data["stages"].items():
-        planned = "-" if s["planned_s"] is None else _mmss(s["planned_s"])
-        print(f"| {name} | {planned} | {_mmss(s['actual_s'])} |")
+        planned = "-" if s["planned_s"] is None else mmss(s["planned_s"])
+        print(f"| {name} | {planned} | {mmss(s['actual_s'])} |")
     auc = c["auc"]
     jac = seg.get("jaccard", {})
     print(
