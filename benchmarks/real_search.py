@@ -112,22 +112,24 @@ def member_seed(seed: int, j: int) -> int:
 
 class Scorer:
     """Each checkpoint's predictions on validation, the carved test split and (``ham``)
-    the out-of-distribution set, computed once per checkpoint."""
+    the out-of-distribution set, computed once per checkpoint; the out-of-distribution
+    set only for the checkpoints an arm hands on (``ham=True``), not for every trial of
+    the curve."""
 
     def __init__(self, segmenter: Path | None, ham: bl.Ham | None):
         self.segmenter, self.ham, self._seen = segmenter, ham, {}
         self.ham_s = 0.0
 
-    def __call__(self, checkpoint: Path) -> dict[str, dict]:
+    def __call__(self, checkpoint: Path, ham: bool = True) -> dict[str, dict]:
         key = str(checkpoint)
         if key not in self._seen:
-            out = {split: bl.predictions(checkpoint, split) for split in ("val", "test")}
-            if self.ham is not None:
-                started = time.perf_counter()
-                out["ham"] = bl.ham_predictions(self.segmenter, checkpoint, self.ham)
-                self.ham_s += time.perf_counter() - started
-            self._seen[key] = out
-        return self._seen[key]
+            self._seen[key] = {s: bl.predictions(checkpoint, s) for s in ("val", "test")}
+        out = self._seen[key]
+        if ham and self.ham is not None and "ham" not in out:
+            started = time.perf_counter()
+            out["ham"] = bl.ham_predictions(self.segmenter, checkpoint, self.ham)
+            self.ham_s += time.perf_counter() - started
+        return out
 
 
 def ensemble(parts: list[dict[str, dict]], weights: list[float] | None = None) -> dict:
@@ -162,7 +164,8 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
     from search.experiment import ResourcesConfig
 
     rows, wall = bl.run_exp(experiment(base, "search", seed, args, storage, budget))
-    preds = [score(bl.checkpoint_file(r)) for r in rows]
+    files = [bl.checkpoint_file(r) for r in rows]
+    preds = [score(f, ham=False) for f in files]
     trials = [
         {
             "trial_id": r["trial_id"],
@@ -173,7 +176,7 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
         }
         for r, p in zip(rows, preds, strict=True)
     ]
-    out = {"search pick": arm(preds[0], trials[0]["val_auc"], budget, wall)}
+    out = {"search pick": arm(score(files[0]), trials[0]["val_auc"], budget, wall)}
 
     k = handoff_size(len(rows))
     labels = preds[0]["val"]["label"]
@@ -183,7 +186,7 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
     )
     picked = sorted(weights)
     out["hand-off"] = arm(
-        ensemble([preds[i] for i in picked], [weights[i] for i in picked]),
+        ensemble([score(files[i]) for i in picked], [weights[i] for i in picked]),
         value,
         budget,
         wall,

@@ -647,3 +647,32 @@ def test_benchmark_arguments_are_refused_with_the_fix(name, argv, message, monke
     with pytest.raises(SystemExit) as exit_:
         bench.main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_real_search_scores_the_out_of_distribution_set_only_for_what_an_arm_hands_on(
+    monkeypatch,
+):
+    import numpy as np
+
+    bench, lib = load("real_search"), load("benchlib")
+    calls = {"predictions": 0, "ham": 0}
+
+    def predictions(checkpoint, split):
+        calls["predictions"] += 1
+        return _predictions([0.2, 0.8], np.array([0, 1]), f"{split}_")
+
+    def ham_predictions(segmenter, checkpoint, ham):
+        calls["ham"] += 1
+        return _predictions([0.3, 0.7], np.array([0, 1]), "HAM_")
+
+    monkeypatch.setattr(lib, "predictions", predictions)
+    monkeypatch.setattr(lib, "ham_predictions", ham_predictions)
+    monkeypatch.setattr(bench, "bl", lib)
+    score = bench.Scorer(Path("seg"), ham=object())
+    trial = score(Path("a.pt"), ham=False)
+    assert set(trial) == {"val", "test"} and calls == {"predictions": 2, "ham": 0}
+    handed_on = score(Path("a.pt"))  # the same checkpoint, now in an arm: HAM once
+    assert set(handed_on) == {"val", "test", "ham"} and calls == {"predictions": 2, "ham": 1}
+    score(Path("a.pt"))
+    assert calls == {"predictions": 2, "ham": 1}
+    assert set(bench.Scorer(None, None)(Path("b.pt"))) == {"val", "test"}
