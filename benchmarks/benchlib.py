@@ -194,15 +194,30 @@ def _subset(rows: list[dict], limit: int) -> list[dict]:
     return [rows[i] for i in sorted(keep)]
 
 
-def ham_predictions(segmenter: Path, checkpoint: Path, ham: Ham, batch: int = 64) -> dict:
+def cascade_size(segmenter: Path, checkpoints: list[Path]) -> int:
+    """The input size ``cascade build`` gives a cascade of these members: the largest
+    size any of them loads its images at."""
+    from melanoma.cascade.members import load_candidates
+
+    members = [*load_candidates(segmenter, "seg")]
+    for c in checkpoints:
+        members += load_candidates(c, "cls")
+    return max(c.config.load_size for c in members)
+
+
+def ham_predictions(
+    segmenter: Path, checkpoint: Path, ham: Ham, batch: int = 64, input_size: int | None = None
+) -> dict:
     """The melanoma probability of every ``ham`` image from the cascade of ``segmenter`` and
-    the classifier of ``checkpoint``, as ``cascade build`` would assemble the pair."""
+    the classifier of ``checkpoint``, as ``cascade build`` would assemble the pair; at
+    ``input_size`` when given (an ensemble's, whose members are weighted means of such
+    single-classifier cascades at one input: ``Cascade._classify_once``)."""
     import torch
 
     from melanoma.cascade.members import load_candidates, make_cascade
 
     segs, clss = load_candidates(segmenter, "seg"), load_candidates(checkpoint, "cls")
-    size = max(c.config.load_size for c in [*segs, *clss])  # as cascade build sets it
+    size = input_size or max(c.config.load_size for c in [*segs, *clss])
     cascade = make_cascade(segs, clss, size)
     images = ham.images(size)
     masks = ham.masks(cascade, batch) if cascade.needs_mask else None

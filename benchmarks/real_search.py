@@ -111,44 +111,60 @@ def member_seed(seed: int, j: int) -> int:
 
 
 class Scorer:
-    """Each checkpoint's predictions on validation, the carved test split and (``ham``)
-    the out-of-distribution set, computed once per checkpoint; the out-of-distribution
-    set only for the checkpoints an arm hands on (``ham=True``), not for every trial of
-    the curve."""
+    """Each checkpoint's predictions on validation and the carved test split, once per
+    checkpoint; and an arm's predictions on the out-of-distribution set (``ham``) through
+    the cascade it would ship: its members weighted, every member run at the input size
+    the build would give them all (the largest load size among them and the segmenter),
+    once per (checkpoint, size)."""
 
     def __init__(self, segmenter: Path | None, ham: bl.Ham | None):
-        self.segmenter, self.ham, self._seen = segmenter, ham, {}
+        self.segmenter, self.ham = segmenter, ham
+        self._seen: dict[str, dict] = {}
+        self._ham: dict[tuple[str, int], dict] = {}
         self.ham_s = 0.0
 
-    def __call__(self, checkpoint: Path, ham: bool = True) -> dict[str, dict]:
+    def __call__(self, checkpoint: Path) -> dict[str, dict]:
         key = str(checkpoint)
         if key not in self._seen:
             self._seen[key] = {s: bl.predictions(checkpoint, s) for s in ("val", "test")}
-        out = self._seen[key]
-        if ham and self.ham is not None and "ham" not in out:
+        return self._seen[key]
+
+    def arm(self, files: list[Path], weights: list[float] | None = None) -> dict[str, dict]:
+        """The weighted ensemble of ``files`` on every scored set."""
+        out = ensemble([self(f) for f in files], weights)
+        if self.ham is not None:
             started = time.perf_counter()
-            out["ham"] = bl.ham_predictions(self.segmenter, checkpoint, self.ham)
+            size = bl.cascade_size(self.segmenter, files)
+            parts = []
+            for f in files:
+                if (str(f), size) not in self._ham:
+                    self._ham[str(f), size] = bl.ham_predictions(
+                        self.segmenter, f, self.ham, input_size=size
+                    )
+                parts.append(self._ham[str(f), size])
+            out["ham"] = bl.mean_of(parts, weights)
             self.ham_s += time.perf_counter() - started
         return out
 
 
 def ensemble(parts: list[dict[str, dict]], weights: list[float] | None = None) -> dict:
-    """The weighted mean of several checkpoints' predictions, on every scored set."""
-    return {s: bl.mean_of([p[s] for p in parts], weights) for s in parts[0]}
+    """The weighted mean of several checkpoints' predictions, on every set they share."""
+    sets = set.intersection(*(set(p) for p in parts))
+    return {s: bl.mean_of([p[s] for p in parts], weights) for s in parts[0] if s in sets}
 
 
 def arm(preds: dict, chosen_on: float, epochs: int, wall: float, **extra) -> dict:
     return {"preds": preds, "chosen_on": chosen_on, "epochs": epochs, "wall_s": wall, **extra}
 
 
-def default_runs(base, seed, args, storage, score: Scorer) -> list[tuple[dict, float]]:
-    """The seed ensemble's members, the default run first: (predictions, wall) each."""
+def default_runs(base, seed, args, storage) -> list[tuple[Path, float]]:
+    """The seed ensemble's members, the default run first: (checkpoint, wall) each."""
     out = []
     for j in range(max(args.budgets) // args.max_epochs):
         exp = experiment(base, "default", member_seed(seed, j), args, storage)
         exp["name"] = f"default-{seed}-{j}"
         rows, wall = bl.run_exp(exp)
-        out.append((score(bl.checkpoint_file(rows[0])), wall))
+        out.append((bl.checkpoint_file(rows[0]), wall))
     return out
 
 
@@ -165,7 +181,7 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
 
     rows, wall = bl.run_exp(experiment(base, "search", seed, args, storage, budget))
     files = [bl.checkpoint_file(r) for r in rows]
-    preds = [score(f, ham=False) for f in files]
+    preds = [score(f) for f in files]
     trials = [
         {
             "trial_id": r["trial_id"],
@@ -176,7 +192,7 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
         }
         for r, p in zip(rows, preds, strict=True)
     ]
-    out = {"search pick": arm(score(files[0]), trials[0]["val_auc"], budget, wall)}
+    out = {"search pick": arm(score.arm(files[:1]), trials[0]["val_auc"], budget, wall)}
 
     k = handoff_size(len(rows))
     labels = preds[0]["val"]["label"]
@@ -186,7 +202,7 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
     )
     picked = sorted(weights)
     out["hand-off"] = arm(
-        ensemble([score(files[i]) for i in picked], [weights[i] for i in picked]),
+        score.arm([files[i] for i in picked], [weights[i] for i in picked]),
         value,
         budget,
         wall,
@@ -201,15 +217,20 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
         candidates[r["trial_id"]] = config.with_overrides({"epochs": args.max_epochs})
     cv_dir = tmp / f"cv-{seed}-{budget}"
     run_cv(candidates, args.folds, cv_dir, resources=ResourcesConfig(cpus_per_worker=1))
+    cv_wall = time.perf_counter() - started  # training only: no other arm's wall scores
     folders = cv_candidates([cv_dir / label for label in candidates])
     choice = choose_classifiers(folders, ensemble_rounds(len(folders)), None)
-    groups = sorted(choice.weights)
-    members = [ensemble([score(c) for c in folders[i].checkpoints]) for i in groups]
+    # Every fold model with its candidate's weight shared among its folds, as shipped.
+    fold_files, fold_weights = [], []
+    for i in sorted(choice.weights):
+        for c in folders[i].checkpoints:
+            fold_files.append(c)
+            fold_weights.append(choice.weights[i] / len(folders[i].checkpoints))
     out["hand-off + cv"] = arm(
-        ensemble(members, [choice.weights[i] for i in groups]),
+        score.arm(fold_files, fold_weights),
         choice.report["auc"],
         budget + len(candidates) * args.folds * args.max_epochs,
-        wall + time.perf_counter() - started,
+        wall + cv_wall,
     )
     return {"arms": out, "trials": trials}
 
@@ -219,13 +240,13 @@ def run_seed(base, seed: int, args, tmp: Path, log, score: Scorer) -> dict:
     and each budget's trial table."""
     storage = str(tmp / f"search-{seed}")
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-        members = default_runs(base, seed, args, storage, score)
-    first, first_wall = members[0]
-    arms = {DEFAULT: arm(first, bl.auc(first["val"]), args.max_epochs, first_wall)}
+        members = default_runs(base, seed, args, storage)
+    first = score.arm([members[0][0]])
+    arms = {DEFAULT: arm(first, bl.auc(first["val"]), args.max_epochs, members[0][1])}
     trials = {}
     for budget in args.budgets:
         n = budget // args.max_epochs
-        seeds = ensemble([p for p, _ in members[:n]])
+        seeds = score.arm([f for f, _ in members[:n]])
         arms[f"seed ensemble @{budget}"] = arm(
             seeds, bl.auc(seeds["val"]), n * args.max_epochs, sum(w for _, w in members[:n])
         )
@@ -341,8 +362,12 @@ def main(argv=None) -> int:
             args.mask_source = str(args.segmenter or bl.train_segmenter(args, work, log))
         score = Scorer(Path(args.mask_source) if ham else None, ham)
         connect(None)
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            warm_up(base, args, work)
+        print(f"segmenter and out-of-fold masks: {time.perf_counter() - started:.0f} s")
         results = []
         for seed in args.seeds:
+            started, score.ham_s = time.perf_counter(), 0.0
             result = run_seed(base, seed, args, work, log, score)
             result["settings"] = settings(args, ham, time.perf_counter() - started, score)
             results.append(result)
@@ -352,6 +377,16 @@ def main(argv=None) -> int:
         ray.shutdown()
     log.close()
     return tabulate(results)
+
+
+def warm_up(base: dict, args, work: Path) -> None:
+    """The out-of-fold masks and the decoded images made once, before any arm is timed:
+    otherwise the first default run's wall would carry them."""
+    from search.experiment import experiment_from_dict
+    from search.runner import make_segmenter_masks
+
+    exp = experiment_from_dict(experiment(base, "search", 0, args, str(work / "warm-up"), 8))
+    make_segmenter_masks(exp)
 
 
 def settings(args, ham, wall: float, score: Scorer) -> dict:

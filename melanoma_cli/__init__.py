@@ -10,10 +10,6 @@ from collections.abc import Sequence
 
 from melanoma_cli import cascade, data, export, quickstart, run, search, serve, train
 
-# When the command started: `melanoma run`'s budget counts from here (the subcommand
-# modules import nothing heavy at module level).
-STARTED = time.time()
-
 STAGES = (data, train, search, cascade, export, serve, quickstart, run)
 
 
@@ -34,9 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.time()  # `melanoma run`'s budget counts from here
     from melanoma.errors import MelanomaError
 
     args = build_parser().parse_args(argv)
+    args.started = started
     try:
         return args.func(args)
     # The project's own refusals (bad data, config, paths, a diverged loss) say what to

@@ -33,9 +33,12 @@ def probe(configs: dict, data: dict, machine) -> object:
 
     threads = torch.get_num_threads()
     torch.set_num_threads(machine.threads_per_lane)
+    from melanoma.engine.loop import resolve_device
+
+    device = str(resolve_device(configs["cls"].device))
     try:
         cost = {
-            (task, size): step_cost(configs[task], size, batch=PROBE_BATCH)
+            (task, size): step_cost(configs[task], size, batch=PROBE_BATCH, device=device)
             for task in ("seg", "cls")
             for size in PROBE_SIZES
         }

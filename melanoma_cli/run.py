@@ -44,8 +44,6 @@ class RunRecord:
                     "or pass --out NEW_DIR"
                 )
         else:
-            # Written when the first stage ends: a run refused at its data check leaves
-            # nothing that would refuse the corrected command.
             self.data = {"inputs": inputs, "stages": {}}
 
     def save(self) -> None:
@@ -59,7 +57,10 @@ class RunRecord:
 
     def finish(self, stage: str, actual_s: float, planned_s: float | None, **extra) -> None:
         self.data["stages"][stage] = {"actual_s": actual_s, "planned_s": planned_s, **extra}
-        self.save()
+        # Nothing is written until a plan holds: a run refused at its data check or its
+        # budget leaves nothing that would refuse the corrected command.
+        if stage != "check":
+            self.save()
 
     @property
     def spent_s(self) -> float:
@@ -160,6 +161,12 @@ def print_plan(plan, costs: dict) -> None:
         print(f"[plan] {note}", flush=True)
 
 
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def run_pipeline(
     data: str,
     budget: str,
@@ -184,7 +191,7 @@ def run_pipeline(
         out, {"data": data, "budget_s": budget_s, "seed": seed, "experiments": experiments}
     )
     clock = Clock(budget_s, record.spent_s + time.time() - started)
-    machine = Machine(cpus=multiprocessing.cpu_count())
+    machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus())
 
     def stage(name: str, planned: float | None, work):
         if record.done(name):
@@ -270,8 +277,6 @@ def summary(out: Path, plan, record: RunRecord, report: dict, clock: Clock) -> N
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from melanoma_cli import STARTED
-
     experiments = {"seg": args.seg_experiment, "cls": args.cls_experiment}
     run_pipeline(
         args.data,
@@ -280,7 +285,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         quiet=args.quiet,
         experiments=experiments,
-        started=STARTED,
+        started=getattr(args, "started", None),
     )
     return 0
 

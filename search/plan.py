@@ -3,18 +3,17 @@ plan out (tested without training). Each rule says which measurement it follows
 (docs/running.md lists them with their figures).
 
 - **Lanes.** The segmenter and a whole-image classifier do not depend on each other, so
-  they train at once, each on its share of the cores (two one-thread trials beat one
-  two-thread run on two cores: docs/results.md, "Reproducing ISIC 2017").
+  they train at once, each on its share of the cores (two one-thread trials at a time
+  took 48 s where one two-thread trial at a time took 84 s: docs/getting-started.md).
 - **Whole images.** The classifier sees the whole image: controlled for resolution, the
   mask's gain was mostly resolution (docs/results.md, "Does the lesion mask help"), and a
   mask-using classifier would first need three out-of-fold segmenters.
 - **Resolution before repetitions.** The largest image size at which both lanes train at
   least ``MIN_EPOCHS`` epochs; more time then buys more classifier runs (a seed
-  ensemble) of at most ``RUN_EPOCHS`` epochs, which ties or beats one longer run at equal
-  compute (the budget curve, docs/results.md).
-- **Default settings, not a search,** at the budgets a CPU affords: the budget curve
-  found no budget measured where the search's hand-off beats the compute-matched seed
-  ensemble; ``melanoma search`` stays for larger budgets.
+  ensemble, weighed by the build's greedy selection on validation) of at most
+  ``RUN_EPOCHS`` epochs.
+- **Default settings, not a search,** at the budgets a CPU affords (the budget curve,
+  docs/results.md); ``melanoma search`` stays for larger budgets.
 - **The end is reserved first**: build, evaluation and export, estimated from the
   measured inference cost, with the images they score, plus ``SLACK`` of the budget.
 """
@@ -51,8 +50,10 @@ class Machine:
     @property
     def lanes(self) -> int:
         """Runs that train at once: segmenter and classifier side by side when there are
-        cores (or GPUs) for both."""
-        return 2 if max(self.cpus, self.gpus) >= 2 else 1
+        two GPUs, or (without a GPU) two cores; one GPU trains one run at a time."""
+        if self.gpus:
+            return 2 if self.gpus >= 2 else 1
+        return 2 if self.cpus >= 2 else 1
 
     @property
     def threads_per_lane(self) -> int:
@@ -231,7 +232,7 @@ def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
             runs,
             _lane_s("cls", size, epochs, runs, costs),
             "the classifier experiment's train config on whole images"
-            + (f"; {runs} seeds averaged (seed ensemble)" if runs > 1 else ""),
+            + (f"; {runs} seeds, a seed ensemble the build weighs greedily" if runs > 1 else ""),
         )
         return seg, cls, tta, finish
     return None

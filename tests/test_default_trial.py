@@ -148,6 +148,28 @@ def test_expected_best_of_n_trials_equals_the_brute_force_mean_over_subsets():
         pick_weights(7, 0)
 
 
+def test_trials_tied_on_validation_are_picked_among_at_random():
+    import itertools
+
+    import numpy as np
+
+    from melanoma.metrics.budget import expected_best
+
+    # Two trials tie for the best validation score; a random tie-break picks each half the
+    # time, whatever order the trial table lists them in.
+    val = np.array([0.7, 0.9, 0.9, 0.8, 0.7])
+    held = np.array([0.60, 0.50, 0.80, 0.70, 0.65])
+    for order in ([0, 1, 2, 3, 4], [2, 1, 0, 4, 3]):
+        rows = expected_best(val[order], held[order])
+        for n in range(1, 6):
+            picks = []
+            for subset in itertools.combinations(range(5), n):
+                top = max(val[i] for i in subset)
+                tied = [i for i in subset if val[i] == top]
+                picks.append(np.mean([held[i] for i in tied]))
+            assert rows[n - 1]["held_out"] == pytest.approx(np.mean(picks)), (order, n)
+
+
 def test_top_k_and_ensemble_size_take_a_count_or_auto(tmp_path, capsys):
     from melanoma_cli import main
 

@@ -59,6 +59,7 @@ def test_more_budget_buys_resolution_first_then_seeds():
 
 def test_one_lane_shares_its_time_so_both_models_get_the_same_epochs():
     plan = make_plan(90 * 60, Machine(1), COSTS)
+    assert Machine(8, gpus=1).lanes == 1 and Machine(2, gpus=2).lanes == 2
     assert plan.lanes == 1 and abs(plan.segmenter.epochs - plan.classifier.epochs) <= 1
     assert plan.segmenter.seconds + plan.classifier.seconds + plan.finish_s <= plan.budget_s
     assert any("one lane" in n for n in plan.notes)
@@ -72,7 +73,10 @@ def test_tta_only_when_its_end_costs_a_tenth_of_the_time_at_most():
 
 def test_time_already_spent_is_not_planned_again():
     fresh, late = make_plan(3600, Machine(2), COSTS), make_plan(3600, Machine(2), COSTS, 1200)
-    assert late.segmenter.seconds < fresh.segmenter.seconds or late.size < fresh.size
+    for plan, spent in ((fresh, 0), (late, 1200)):
+        longest = max(plan.segmenter.seconds, plan.classifier.seconds)
+        assert spent + longest + plan.finish_s <= plan.budget_s
+    assert late.segmenter.seconds < fresh.segmenter.seconds
 
 
 def test_a_small_budget_is_cut_down_and_says_so_and_a_tiny_one_is_refused():
@@ -172,6 +176,8 @@ def test_a_budget_too_small_for_any_stage_is_refused_before_training(tmp_path, c
     err = capsys.readouterr().err
     assert "too little for 2 epochs" in err and "give --budget" in err
     assert not (out / "seg").exists() and not (out / "cls").exists()
+    # Nothing is left that would refuse the budget the message asks for.
+    assert not (out / "run.json").exists()
 
 
 def test_an_unknown_experiment_is_refused_listing_the_shipped_ones(tmp_path, capsys):
@@ -202,3 +208,34 @@ def test_a_data_folder_with_bad_files_is_refused_before_training(tmp_path, capsy
     assert not (out / "seg").exists() and not (out / "run.json").exists()
     missing = ["run", "--data", str(tmp_path / "nowhere"), "--budget", "10m", "--out", str(out)]
     assert main(missing) == 2 and "no such folder" in capsys.readouterr().err
+
+
+def test_a_runtime_stop_ends_the_run_after_its_epoch_and_is_never_asked_after_the_last(
+    synth_root, tmp_path
+):
+    from melanoma.engine import Runtime, TrainConfig, fit
+
+    def config(out):
+        return TrainConfig.from_dict(
+            {
+                "task": "cls",
+                "epochs": 3,
+                "out": str(out),
+                "log_images": 0,
+                "data": {
+                    "path": str(synth_root),
+                    "image_size": 32,
+                    "batch_size": 16,
+                    "num_workers": 0,
+                },
+                "model": {"arch": "resnet18"},
+            }
+        )
+
+    asked = []
+    result = fit(config(tmp_path / "a"), Runtime(progress=False, should_stop=asked.append))
+    assert [r["epoch"] for r in asked] == [1, 2] and len(result.history) == 3
+    assert result.extra["stopped_for_time"] is False
+    stopped = fit(config(tmp_path / "b"), Runtime(progress=False, should_stop=lambda r: True))
+    assert len(stopped.history) == 1 and stopped.extra["stopped_for_time"] is True
+    assert (tmp_path / "b" / "checkpoints" / "best.pt").is_file()

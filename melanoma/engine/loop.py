@@ -283,8 +283,7 @@ def fit(
             stopped_early = _epoch(run, epoch)
             if stopped_early:
                 break
-            stop = run.runtime.should_stop
-            if stop is not None and epoch + 1 < config.epochs and stop(run.state.history[-1]):
+            if epoch + 1 < config.epochs and _stop_for_time(run):
                 stopped_for_time = True
                 break
     finally:
@@ -300,6 +299,16 @@ def fit(
         config.metric,
         {"stopped_for_time": stopped_for_time},
     )
+
+
+def _stop_for_time(run) -> bool:
+    """The runtime's ``should_stop`` on the last epoch, as rank 0 decides it (every rank
+    stops together, or one would wait for the others in the next all-reduce)."""
+    stop = run.runtime.should_stop
+    if stop is None:
+        return False
+    decided = 1.0 if stop(run.state.history[-1]) else 0.0
+    return bool(_from_rank0(decided, run.runtime.world_size))
 
 
 @dataclass

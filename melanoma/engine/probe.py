@@ -26,28 +26,38 @@ class StepCost:
     infer_s: float
 
 
-def step_cost(config: TrainConfig, size: int, batch: int | None = None) -> StepCost:
-    """Time ``config``'s model at ``size`` px: training steps (forward, backward, update)
-    and inference passes on random images of the run's batch size (content does not change
-    the cost). Weights are not loaded: the cost is the architecture's."""
+def step_cost(
+    config: TrainConfig, size: int, batch: int | None = None, device: str = "cpu"
+) -> StepCost:
+    """Time ``config``'s model at ``size`` px on ``device``: training steps (forward,
+    backward, update) and inference passes on random images of the run's batch size
+    (content does not change the cost). Weights are not loaded: the cost is the
+    architecture's."""
     batch = batch or config.data.batch_size
-    model = build_model(config, pretrained=False)
+    dev = torch.device(device)
+    model = build_model(config, pretrained=False).to(dev)
     optimizer = create_optimizer(config.optimizer, model)
-    channels = 4 if config.task == "cls" and config.input.mode == "mask_channel" else 3
-    views = 2 if config.task == "cls" and config.input.mode == "dual" else 1
-    x = torch.rand(batch, channels, size, size)
-    inputs = (x, x) if views == 2 else (x,)
+    mode = config.input.mode if config.task == "cls" else "full"
+    # The channels the model takes: image, image + mask, or image + lesion crop.
+    channels = {"mask_channel": 4, "dual": 6}.get(mode, 3)
+    x = torch.rand(batch, channels, size, size, device=dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(*inputs)
+        out = model(x)
         out = out[0] if isinstance(out, tuple) else out
         out.float().mean().backward()
         optimizer.step()
+        sync()
 
     def infer_step() -> None:
         with torch.inference_mode():
-            model(*inputs)
+            model(x)
+        sync()
 
     model.train()
     train_s = _median_time(train_step) / batch

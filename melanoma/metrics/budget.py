@@ -33,6 +33,12 @@ def expected_best(
     order = np.argsort(validation, kind="stable")
     val_sorted = validation[order]
     out_sorted = None if held_out is None else np.asarray(held_out, dtype=float)[order]
+    if out_sorted is not None:
+        # Trials tied on validation are picked among at random: each stands for the mean
+        # held-out score of its tie (exact, by symmetry), not for its place in the order.
+        for value in np.unique(val_sorted):
+            tie = val_sorted == value
+            out_sorted[tie] = out_sorted[tie].mean()
     rows = []
     for n in range(1, len(validation) + 1):
         w = pick_weights(len(validation), n)
