@@ -106,16 +106,38 @@ def interval(vs: dict) -> str:
     return f"{vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
 
 
-def run_exp(exp_dict: dict) -> tuple[list[dict], float]:
-    """Run one experiment; its trials with a checkpoint (best first) and the wall time."""
+def run_exp(exp_dict: dict, reuse: bool = False) -> tuple[list[dict], float]:
+    """Run one experiment; its trials with a checkpoint (best first) and the wall time.
+    ``reuse``: an experiment already in its storage is read, not run again, its wall time
+    taken from its files (:func:`stored_wall`)."""
     from search.experiment import experiment_from_dict
-    from search.runner import run_search, trial_table
+    from search.runner import run_search, search_path, trial_table
 
     exp = experiment_from_dict(exp_dict)
-    started = time.perf_counter()
-    run_search(exp)
+    root = Path(search_path(exp.storage, exp.name))
+    if reuse and root.exists():
+        wall = stored_wall(root)
+    else:
+        started = time.perf_counter()
+        run_search(exp)
+        wall = time.perf_counter() - started
     rows, _ = trial_table(exp.name, exp.storage)
-    return [r for r in rows if r["checkpoint"]], time.perf_counter() - started
+    unfinished = [r["trial_id"] for r in rows if r["state"] in ("RUNNING", "PENDING", "PAUSED")]
+    if unfinished:
+        raise RuntimeError(
+            f"{exp.name} in {exp.storage} was interrupted (trials {', '.join(unfinished)} "
+            "unfinished); remove that folder to run it again, or resume it with "
+            "`melanoma search resume`"
+        )
+    return [r for r in rows if r["checkpoint"]], wall
+
+
+def stored_wall(root: Path) -> float:
+    """A finished run's wall time read from its files: the first written to the last."""
+    times = [p.stat().st_mtime for p in Path(root).rglob("*") if p.is_file()]
+    if not times:
+        raise FileNotFoundError(f"{root} holds no files to reuse; run it again")
+    return max(times) - min(times)
 
 
 def checkpoint_file(row: dict) -> Path:

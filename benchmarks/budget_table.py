@@ -19,6 +19,11 @@ MATCHED_GAIN = 0.02  # at the largest budget, over the compute-matched seed ense
 GAP = 0.05  # chosen-on minus held-out of the recommended hand-off
 
 
+def all_budgets(results: list[dict]) -> list[int]:
+    """Every budget any seed finished (a seed cut short holds fewer)."""
+    return sorted({b for r in results for b in r["settings"]["budgets"]})
+
+
 def arm_order(budgets: list[int]) -> list[str]:
     return [DEFAULT, *(f"{kind} @{b}" for b in budgets for kind in ARM_KINDS)]
 
@@ -38,7 +43,7 @@ def _paired(rs: list[dict], key: str) -> dict:
 def summarise(results: list[dict]) -> dict[str, dict]:
     """Per arm over seeds: AUC on each set, paired gains with their intervals and counts,
     the chosen-on minus held-out gap, trial-epochs and wall time."""
-    budgets = results[0]["settings"]["budgets"]
+    budgets = all_budgets(results)
     summary = {}
     for name in arm_order(budgets):
         rs = [r["arms"][name] for r in results if name in r["arms"]]
@@ -116,7 +121,7 @@ def curves(results: list[dict]) -> dict[int, list[dict]]:
     from melanoma.metrics.budget import expected_best
 
     out = {}
-    for budget in results[0]["settings"]["budgets"]:
+    for budget in all_budgets(results):
         per_seed = []
         for r in results:
             trials = r["trials"].get(str(budget), [])

@@ -51,7 +51,14 @@ import time
 from pathlib import Path
 
 import benchlib as bl
-from budget_table import DEFAULT, check_targets, print_curves, print_table, summarise
+from budget_table import (
+    DEFAULT,
+    all_budgets,
+    check_targets,
+    print_curves,
+    print_table,
+    summarise,
+)
 
 SEARCH = {"searcher": "optuna", "scheduler": "asha"}
 SETS = ("test", "ham")
@@ -163,7 +170,7 @@ def default_runs(base, seed, args, storage) -> list[tuple[Path, float]]:
     for j in range(max(args.budgets) // args.max_epochs):
         exp = experiment(base, "default", member_seed(seed, j), args, storage)
         exp["name"] = f"default-{seed}-{j}"
-        rows, wall = bl.run_exp(exp)
+        rows, wall = bl.run_exp(exp, args.reuse)
         out.append((bl.checkpoint_file(rows[0]), wall))
     return out
 
@@ -179,7 +186,9 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
     from search.cv import run_cv
     from search.experiment import ResourcesConfig
 
-    rows, wall = bl.run_exp(experiment(base, "search", seed, args, storage, budget))
+    rows, wall = bl.run_exp(experiment(base, "search", seed, args, storage, budget), args.reuse)
+    if not rows:
+        raise RuntimeError(f"the search of {budget} trial-epochs kept no checkpoint to hand on")
     files = [bl.checkpoint_file(r) for r in rows]
     preds = [score(f) for f in files]
     trials = [
@@ -216,8 +225,11 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
         config = TrainConfig.from_dict(load_checkpoint(bl.checkpoint_file(r))["config"])
         candidates[r["trial_id"]] = config.with_overrides({"epochs": args.max_epochs})
     cv_dir = tmp / f"cv-{seed}-{budget}"
-    run_cv(candidates, args.folds, cv_dir, resources=ResourcesConfig(cpus_per_worker=1))
-    cv_wall = time.perf_counter() - started  # training only: no other arm's wall scores
+    if args.reuse and all((cv_dir / label / "cv.json").is_file() for label in candidates):
+        cv_wall = bl.stored_wall(cv_dir)
+    else:
+        run_cv(candidates, args.folds, cv_dir, resources=ResourcesConfig(cpus_per_worker=1))
+        cv_wall = time.perf_counter() - started  # training only: no other arm's wall scores
     folders = cv_candidates([cv_dir / label for label in candidates])
     choice = choose_classifiers(folders, ensemble_rounds(len(folders)), None)
     # Every fold model with its candidate's weight shared among its folds, as shipped.
@@ -235,9 +247,10 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
     return {"arms": out, "trials": trials}
 
 
-def run_seed(base, seed: int, args, tmp: Path, log, score: Scorer) -> dict:
+def run_seed(base, seed: int, args, tmp: Path, log, score: Scorer, save=None) -> dict:
     """Every arm of one seed as records (AUCs, paired gains, per-image probabilities),
-    and each budget's trial table."""
+    and each budget's trial table; ``save`` gets the seed so far after each budget, so
+    that a run cut short keeps the budgets it finished."""
     storage = str(tmp / f"search-{seed}")
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         members = default_runs(base, seed, args, storage)
@@ -254,10 +267,12 @@ def run_seed(base, seed: int, args, tmp: Path, log, score: Scorer) -> dict:
             found = search_arms(base, seed, budget, args, storage, tmp, score)
         trials[str(budget)] = found["trials"]
         arms.update({f"{name} @{budget}": a for name, a in found["arms"].items()})
+        if save is not None and budget != args.budgets[-1]:
+            save({"seed": seed, "arms": records(arms, seed, echo=False), "trials": trials})
     return {"seed": seed, "arms": records(arms, seed), "trials": trials}
 
 
-def records(arms: dict[str, dict], seed: int) -> dict[str, dict]:
+def records(arms: dict[str, dict], seed: int, echo: bool = True) -> dict[str, dict]:
     """Per arm: AUC on each scored set, paired gains over the default run and over the
     seed ensemble of its budget, cost, and each image's probability."""
     out = {}
@@ -285,12 +300,13 @@ def records(arms: dict[str, dict], seed: int) -> dict[str, dict]:
             if f"{s}_vs_{what}" in record
         )
         ham = f", ham {record['ham_auc']:.4f}" if "ham_auc" in record else ""
-        print(
-            f"seed {seed} {name:22}: chosen on {record['chosen_on']:.4f}, val "
-            f"{record['val_auc']:.4f}, held-out {record['test_auc']:.4f}{ham}{gains}; "
-            f"{record['epochs']} epochs, {record['wall_s']:.0f} s",
-            flush=True,
-        )
+        if echo:
+            print(
+                f"seed {seed} {name:22}: chosen on {record['chosen_on']:.4f}, val "
+                f"{record['val_auc']:.4f}, held-out {record['test_auc']:.4f}{ham}{gains}; "
+                f"{record['epochs']} epochs, {record['wall_s']:.0f} s",
+                flush=True,
+            )
     return out
 
 
@@ -312,6 +328,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ham", type=Path, help="also score every arm on this manifest.csv set")
     parser.add_argument("--ham-limit", type=int, help="score only this many of its images")
     parser.add_argument("--work", type=Path, help="keep the runs here (default: a temp dir)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --work: read the runs already there instead of training them again",
+    )
     parser.add_argument("--log", type=Path, help="search output (default: hidden)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -334,6 +355,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--source-size {args.source_size} is below --image-size {args.image_size}")
     if args.ham is not None and not (args.ham / "manifest.csv").is_file():
         parser.error(f"--ham {args.ham} has no manifest.csv (image,label,... per image)")
+    if args.reuse and args.work is None:
+        parser.error("--reuse reads the runs of an earlier --work DIR; give --work")
     if args.masks == "gt" and args.ham is not None:
         parser.error("--ham scores through the cascade, which needs a segmenter: --masks predicted")
     return args
@@ -350,8 +373,6 @@ def main(argv=None) -> int:
 
     import ray
 
-    from search.runner import connect
-
     ham = bl.Ham(args.ham, args.ham_limit) if args.ham is not None else None
     log = open(args.log or "/dev/null", "w")  # noqa: SIM115 - held for the whole run
     started = time.perf_counter()
@@ -359,22 +380,35 @@ def main(argv=None) -> int:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory()))
         args.mask_source = "gt"
         if args.masks == "predicted":
+            kept = work / "segmenter"
+            if args.segmenter is None and args.reuse and (kept / "checkpoints").is_dir():
+                args.segmenter = kept
             args.mask_source = str(args.segmenter or bl.train_segmenter(args, work, log))
         score = Scorer(Path(args.mask_source) if ham else None, ham)
-        connect(None)
+        # Ray starts with the first run that trains (run_search and run_cv connect): a
+        # --reuse run that trains nothing starts none.
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             warm_up(base, args, work)
         print(f"segmenter and out-of-fold masks: {time.perf_counter() - started:.0f} s")
         results = []
         for seed in args.seeds:
             started, score.ham_s = time.perf_counter(), 0.0
-            result = run_seed(base, seed, args, work, log, score)
-            result["settings"] = settings(args, ham, time.perf_counter() - started, score)
-            results.append(result)
+            path = None
             if args.json:
                 path = args.json if len(args.seeds) == 1 else args.json.with_suffix(f".{seed}.json")
-                bl.write_json(path, result)
-        ray.shutdown()
+
+            def save(result: dict, seed_started: float = started, path=path) -> None:
+                done = sorted({int(b) for b in result["trials"]})
+                wall = time.perf_counter() - seed_started
+                result["settings"] = settings(args, ham, wall, score) | {"budgets": done}
+                if path is not None:
+                    bl.write_json(path, result)
+
+            result = run_seed(base, seed, args, work, log, score, save)
+            save(result)
+            results.append(result)
+        if ray.is_initialized():
+            ray.shutdown()
     log.close()
     return tabulate(results)
 
@@ -410,7 +444,7 @@ def tabulate(results: list[dict]) -> int:
     first = results[0]["settings"]
     print(
         f"\n{first['experiment']} on {first['data']} at {first['image_size']} px; budgets "
-        f"{first['budgets']} trial-epochs (trials up to {first['max_epochs']}); cv of the top "
+        f"{all_budgets(results)} trial-epochs (trials up to {first['max_epochs']}); cv of the top "
         f"{first['cv_top']} on {first['folds']} folds; seeds {[r['seed'] for r in results]}; "
         f"masks {first['masks']} ({first['mask_source']})"
     )
@@ -424,7 +458,7 @@ def tabulate(results: list[dict]) -> int:
     for which in SETS:
         print_table(summary, len(results), which)
     print_curves(results)
-    for line in check_targets(summary, first["budgets"]):
+    for line in check_targets(summary, all_budgets(results)):
         print(line)
     return 0
 

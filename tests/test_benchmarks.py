@@ -111,6 +111,7 @@ def base_input(base: dict):
         (["--ham", "nowhere"], "has no manifest.csv"),
         (["--masks", "gt", "--ham", "."], "needs a segmenter"),
         (["--no-data"], "give --data DIR"),
+        (["--reuse"], "--reuse reads the runs of an earlier --work DIR; give --work"),
     ],
 )
 def test_real_search_arguments_are_refused_with_the_fix(argv, message, capsys, tmp_path):
