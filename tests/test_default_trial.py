@@ -178,3 +178,27 @@ def test_top_k_and_ensemble_size_take_a_count_or_auto(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main([*args, option, "many"])
         assert "expected a whole number or auto, got 'many'" in capsys.readouterr().err
+
+
+def test_the_budget_lets_the_default_trial_finish_and_stops_the_others():
+    from search.runner import EpochBudget
+
+    default = {"optimizer.lr": 1e-3, "input.mode": "dual"}
+    other = {"optimizer.lr": 3e-4, "input.mode": "full"}
+    budget = EpochBudget(4, default, max_epochs=3)
+
+    def report(trial, config, epoch, finished=False):
+        return budget(trial, {"epoch": epoch, "config": config, "finished": finished})
+
+    assert report("d", default, 1) is False and report("o", other, 1) is False
+    # The fourth trial-epoch spends the budget: the trial that reported it stops there, the
+    # default goes on to its last epoch.
+    assert report("d", default, 2) is False and report("o", other, 2) is True
+    assert budget.spent() and not budget.stop_all()
+    assert report("n", other, 1) is True  # a trial started after the budget stops at once
+    assert report("d", default, 3, finished=True) is False
+    assert budget.stop_all()
+    # Without a default (an experiment that opts out) the budget ends the search as before.
+    plain = EpochBudget(2)
+    plain("a", {"epoch": 1, "config": default})
+    assert plain("b", {"epoch": 1, "config": other}) is True and plain.stop_all()
