@@ -385,8 +385,12 @@ def main(argv=None) -> int:
                 args.segmenter = kept
             args.mask_source = str(args.segmenter or bl.train_segmenter(args, work, log))
         score = Scorer(Path(args.mask_source) if ham else None, ham)
-        # Ray starts with the first run that trains (run_search and run_cv connect): a
-        # --reuse run that trains nothing starts none.
+        if not args.reuse:
+            # Ray starts before anything is timed (a --reuse run that trains nothing
+            # starts none: run_search and run_cv connect when they must).
+            from search.runner import connect
+
+            connect(None)
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             warm_up(base, args, work)
         print(f"segmenter and out-of-fold masks: {time.perf_counter() - started:.0f} s")

@@ -67,10 +67,19 @@ def probe(configs: dict, data: dict, machine) -> object:
     )
 
 
-def lane_configs(configs: dict, plan, out: Path) -> dict[str, list]:
-    """Each lane's train configs: the segmenter's one run, the classifier's seeds."""
+def lane_configs(configs: dict, plan, out: Path, gpus: int = 0) -> dict[str, list]:
+    """Each lane's train configs: the segmenter's one run, the classifier's seeds; with
+    two GPUs and two lanes, one GPU each (else they would share the first)."""
+    devices = {"seg": {}, "cls": {}}
+    if plan.lanes == 2 and gpus >= 2:
+        devices = {"seg": {"device": "cuda:0"}, "cls": {"device": "cuda:1"}}
     seg = configs["seg"].with_overrides(
-        {"epochs": plan.segmenter.epochs, "data.image_size": plan.size, "out": str(out / "seg")}
+        {
+            "epochs": plan.segmenter.epochs,
+            "data.image_size": plan.size,
+            "out": str(out / "seg"),
+            **devices["seg"],
+        }
     )
     cls = [
         configs["cls"].with_overrides(
@@ -79,6 +88,7 @@ def lane_configs(configs: dict, plan, out: Path) -> dict[str, list]:
                 "data.image_size": plan.size,
                 "seed": configs["cls"].seed + j,
                 "out": str(out / "cls" / f"run-{j}"),
+                **devices["cls"],
             }
         )
         for j in range(plan.classifier.runs)

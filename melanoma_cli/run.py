@@ -214,7 +214,7 @@ def run_pipeline(
     plan = Plan.from_dict(planned["plan"])
     write_json(out / PLAN_FILE, planned)
     print_plan(plan, planned["costs"])
-    lanes = lane_configs(configs, plan, out)
+    lanes = lane_configs(configs, plan, out, machine.gpus)
     train_s = max(plan.segmenter.seconds, plan.classifier.seconds)
     stage("train", train_s, lambda: run_lanes(lanes, plan, clock.left(), quiet))
     return finish(out, plan, lanes, clock, record, stage)

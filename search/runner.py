@@ -183,22 +183,24 @@ class Progress(tune.Callback):
 class EpochBudget(tune.Stopper):
     """Ends the search once its trials have reported ``budget`` epochs in all, but lets the
     experiment's own configuration (``default``, the trial 0) train to ``max_epochs``
-    first: once the budget is spent the other trials stop, and the search ends when the
-    default has finished. Why: a default cut short by the budget would leave the search's
-    population without the configuration its hand-off must not lose to (measured: at 8
-    trial-epochs it was cut at 3 of 4). The budget can then be passed by at most the
-    default's remaining epochs."""
+    first: once the budget is spent every other trial stops after its next epoch, and the
+    search ends when the default has finished. Why: a default cut short by the budget
+    would leave the search's population without the configuration its hand-off must not
+    lose to (measured: at 8 trial-epochs it was cut at 3 of 4). A default that never
+    finishes (errored, never started, restored after it ended) cannot keep the search
+    going: at ``budget + 2 * max_epochs`` trial-epochs it ends regardless."""
 
     def __init__(self, budget: int, default: dict | None = None, max_epochs: int = 0):
         self.budget, self.default, self.max_epochs = budget, default, max_epochs
         self.seen: set[tuple[str, int]] = set()
-        self.default_done = default is None
+        self.default_done = not default
+        self.cap = budget + 2 * max_epochs if default else budget
 
     def __call__(self, trial_id: str, result: dict) -> bool:
         # (trial, epoch) pairs: a trial restored from a checkpoint does not count twice.
         epoch = int(result.get("epoch", 0))
         self.seen.add((trial_id, epoch))
-        if self.default is not None and is_default(result.get("config") or {}, self.default):
+        if self.default and is_default(result.get("config") or {}, self.default):
             self.default_done = bool(result.get("finished")) or epoch >= self.max_epochs
             return False
         return self.spent()
@@ -207,7 +209,7 @@ class EpochBudget(tune.Stopper):
         return len(self.seen) >= self.budget
 
     def stop_all(self) -> bool:
-        return self.spent() and self.default_done
+        return self.spent() and (self.default_done or len(self.seen) >= self.cap)
 
 
 def trial_dirname(trial) -> str:

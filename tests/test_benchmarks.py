@@ -168,8 +168,8 @@ def test_budget_table_counts_paired_gains_and_checks_the_targets(capsys):
     assert summary["default run"]["test_vs_default"]["difference"] == []
     # Two seeds are not a verdict: every line says "so far".
     lines = table.check_targets(summary, [8])
-    assert any("over 2 of the 3 seeds" in x for x in lines)
-    verdicts = [x for x in lines if x.startswith("- ") and not x.startswith("- over")]
+    assert any("hold 2 of the 3 seeds" in x for x in lines)
+    verdicts = [x for x in lines if x.startswith("- ") and not x.startswith("- some")]
     assert verdicts and all(x.startswith("- so far") for x in verdicts)
     results.append(_seed(2, (0.0, -0.02, 0.02), (0.02, -0.01, 0.05), [trial]))
     lines = table.check_targets(table.summarise(results), [8])
@@ -187,6 +187,16 @@ def test_budget_table_counts_paired_gains_and_checks_the_targets(capsys):
     results[2] = _seed(2, (0.01, -0.01, 0.03), (0.03, 0.005, 0.06), [trial])
     lines = table.check_targets(table.summarise(results), [8])
     assert all(x.startswith("- met") for x in lines if x.startswith("- ")), lines
+    # A budget only one seed finished is not judged on the others' seeds.
+    results[0]["arms"]["hand-off @32"] = dict(results[0]["arms"]["hand-off @8"])
+    results[0]["settings"] = {"budgets": [8, 32]}
+    lines = table.check_targets(table.summarise(results), [8, 32])
+    assert all(x.startswith("- so far") for x in lines if "@32" in x) and any(
+        "@32" in x for x in lines
+    )
+    assert all(x.startswith("- met") for x in lines if "@8 " in x)
+    del results[0]["arms"]["hand-off @32"]
+    results[0]["settings"] = {"budgets": [8]}
     table.print_table(table.summarise(results), 3)
     out = capsys.readouterr().out
     cells = [

@@ -198,7 +198,15 @@ def test_the_budget_lets_the_default_trial_finish_and_stops_the_others():
     assert report("n", other, 1) is True  # a trial started after the budget stops at once
     assert report("d", default, 3, finished=True) is False
     assert budget.stop_all()
-    # Without a default (an experiment that opts out) the budget ends the search as before.
-    plain = EpochBudget(2)
-    plain("a", {"epoch": 1, "config": default})
-    assert plain("b", {"epoch": 1, "config": other}) is True and plain.stop_all()
+    # Without a default (an experiment that opts out, or an empty space) the budget ends
+    # the search as before.
+    for plain in (EpochBudget(2), EpochBudget(2, {}, max_epochs=3)):
+        plain("a", {"epoch": 1, "config": default})
+        assert plain("b", {"epoch": 1, "config": other}) is True and plain.stop_all()
+    # A default that never reports its end (errored, or restored after it ended) cannot
+    # keep the search going: it ends at the budget plus twice max_epochs.
+    stuck = EpochBudget(4, default, max_epochs=3)
+    stuck("d", {"epoch": 1, "config": default})
+    for i in range(8):
+        stuck(f"o{i}", {"epoch": 1, "config": other})
+        assert stuck.stop_all() == (i + 2 >= 10), i

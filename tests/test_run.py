@@ -100,6 +100,20 @@ def test_cost_grows_with_size_between_linearly_and_with_the_pixels():
     assert make_plan(90 * 60, Machine(2), faster).size > make_plan(90 * 60, Machine(2), slower).size
 
 
+def test_two_lanes_on_two_gpus_take_one_gpu_each():
+    from melanoma_cli.lanes import lane_configs
+    from melanoma_cli.run import base_configs
+
+    configs = base_configs("synthetic:40:64:0", 0, {"seg": "quickstart", "cls": "quickstart_cls"})
+    plan = make_plan(90 * 60, Machine(16, gpus=2), COSTS)
+    lanes = lane_configs(configs, plan, Path("out"), gpus=2)
+    assert lanes["segmenter"][0].device == "cuda:0"
+    assert {c.device for c in lanes["classifier"]} == {"cuda:1"}
+    cpu = lane_configs(configs, make_plan(90 * 60, Machine(2), COSTS), Path("out"))
+    assert cpu["segmenter"][0].device == configs["seg"].device == "auto"
+    assert cpu["classifier"][0].input.mode == "full" and cpu["classifier"][0].seed == 0
+
+
 def test_the_plan_is_written_and_read_back_whole():
     plan = make_plan(90 * 60, Machine(2), COSTS)
     again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
