@@ -254,6 +254,31 @@ def test_budget_ends_the_search_after_that_many_trial_epochs(local_ray, tmp_path
     assert all(0.0 <= r.metrics["best_val_jaccard"] <= 1.0 for r in grid)
 
 
+def test_a_budget_spent_before_the_default_finishes_lets_it_finish_alone(local_ray, tmp_path: Path):
+    from ray import tune
+
+    from search.experiment import load_experiment
+    from search.runner import run_search, trial_table
+
+    class Seen(tune.Callback):
+        def __init__(self):
+            self.results: list[tuple[str, int]] = []
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.results.append((trial.trial_id, int(result["epoch"])))
+
+    path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=6)
+    overrides = {"search.budget_epochs": 1, "search.max_concurrent": 1}
+    exp = load_experiment(path, {**overrides, "resources.launcher": "inline"})
+    seen = Seen()
+    run_search(exp, callbacks=[seen])
+    # The budget is spent by the default's first epoch; it trains its second (its
+    # result's config is how the budget knows it), and no other trial starts.
+    assert [epoch for _, epoch in seen.results] == [1, 2]
+    rows, _ = trial_table("tiny", str(tmp_path / "search"))
+    assert len(rows) == 1 and rows[0]["default"] and rows[0]["epochs"] == 2
+
+
 def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_path: Path, capsys):
     """One process per trial, no Ray Train: Tune keeps the checkpoints and restarts the
     trial that fails once from its epoch-1 checkpoint."""
