@@ -725,3 +725,65 @@ def test_benchlib_means_and_pairs_align_by_image_id():
     assert lib.auc(mean) == 1.0
     _, pa, pb = lib.pair(a, b)
     assert np.allclose(pa, a["prob"]) and np.allclose(pb, [0.6, 0.4, 0.3])
+
+
+def test_anchored_hand_off_holds_the_default_and_the_best_others():
+    bench = load("real_search")
+    ranked = [{"default": False} for _ in range(6)]
+    ranked[4]["default"] = True  # fifth on validation
+    assert bench.anchored(ranked, 3) == [0, 1, 4]
+    assert bench.anchored(ranked, 1) == [4]  # one member: the default, not the pick
+    assert bench.anchored(ranked, 9) == [0, 1, 2, 3, 4, 5]
+    ranked[4]["default"] = False  # the default kept no checkpoint: the best k
+    assert bench.anchored(ranked, 3) == [0, 1, 2]
+
+
+def test_anchored_targets_are_checked_beside_the_greedy_hand_off():
+    table = load("budget_table")
+    trial = {"val_auc": 0.8, "test_auc": 0.7, "epochs": 4}
+    results = []
+    for seed in range(3):
+        r = _seed(seed, (0.01, -0.01, 0.03), (0.03, 0.01, 0.06), [trial])
+        r["arms"]["anchored hand-off @8"] = _record(0.69, 0.70, (-0.02, -0.05, -0.001))
+        results.append(r)
+    lines = table.check_targets(table.summarise(results), [8])
+    (greedy,) = [x for x in lines if ", hand-off @8 vs default" in x]
+    (anchored,) = [x for x in lines if "anchored hand-off @8 vs default" in x]
+    assert greedy.startswith("- met")
+    assert anchored.startswith("- MISSED") and "3 seed(s) with CI below 0" in anchored
+    assert any(x.startswith("- met: anchored hand-off @8 chosen-on") for x in lines)
+
+
+def test_real_search_keeps_ham_predictions_on_disk_by_checkpoint_identity(monkeypatch, tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    bench, lib = load("real_search"), load("benchlib")
+    calls = []
+
+    def ham_predictions(segmenter, checkpoint, ham, input_size=None):
+        calls.append(checkpoint.name)
+        return {**_predictions([0.4, 0.6], np.array([0, 1]), "HAM_"), "input_size": input_size}
+
+    monkeypatch.setattr(lib, "predictions", lambda c, s: _predictions([0.2, 0.8], [0, 1]))
+    monkeypatch.setattr(lib, "ham_predictions", ham_predictions)
+    monkeypatch.setattr(lib, "cascade_size", lambda seg, files: 64)
+    monkeypatch.setattr(bench, "bl", lib)
+    a = tmp_path / "a.pt"
+    a.write_bytes(b"weights")
+    ham = SimpleNamespace(ids=["HAM_0", "HAM_1"])
+    first = bench.Scorer(Path("seg"), ham, tmp_path / "cache").arm([a])
+    again = bench.Scorer(Path("seg"), ham, tmp_path / "cache").arm([a])
+    assert calls == ["a.pt"]  # the second run read the first one's file
+    assert np.array_equal(first["ham"]["prob"], again["ham"]["prob"])
+    assert list(again["ham"]["id"]) == ["HAM_0", "HAM_1"]
+    # A retrained checkpoint at the same path is scored again, not read back.
+    stat = a.stat()
+    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    bench.Scorer(Path("seg"), ham, tmp_path / "cache").arm([a])
+    assert calls == ["a.pt", "a.pt"]
+    # Without a cache folder nothing is written.
+    bench.Scorer(Path("seg"), ham).arm([a])
+    assert len(calls) == 3 and len(list((tmp_path / "cache").iterdir())) == 2
