@@ -9,6 +9,8 @@ from pathlib import Path
 from melanoma_cli.common import SEARCH_STORAGE, _add_drop_test_duplicates
 
 AUTO = "auto"
+EQUAL = "equal"
+HANDOFFS = ("anchored", "best")  # what a search name hands on: see resolve_candidates
 
 
 def handoff_size(trials: int) -> int:
@@ -25,20 +27,26 @@ def ensemble_rounds(candidates: int) -> int:
     return max(1, min(9, 2 * candidates - 1))
 
 
-def resolve_candidates(sources: list[str], task: str, top_k: int | str, storage: str) -> list:
+def resolve_candidates(
+    sources: list[str], task: str, top_k: int | str, storage: str, how: str = "best"
+) -> list:
     """Candidates from paths (checkpoints, runs, cross-validation folders) and search names
-    (their ``top_k`` best trials; ``auto``: :func:`handoff_size` of the search's trials):
-    the one place where a search name becomes checkpoints."""
+    (``top_k`` of their trials; ``auto``: :func:`handoff_size` of the search's trials):
+    the one place where a search name becomes checkpoints. ``how="best"`` takes the
+    best trials by validation; ``anchored`` the default trial (trial 0) and the best
+    others, so that what a search hands on always holds the experiment's own settings."""
     from melanoma.cascade.members import load_candidates
 
     if top_k != AUTO and top_k < 1:
         raise ValueError(f"--top-k must be at least 1 or auto, got {top_k}")
+    if how not in HANDOFFS:
+        raise ValueError(f"--handoff must be one of {list(HANDOFFS)}, got {how!r}")
     out = []
     for source in sources:
         if Path(source).exists():
             out += load_candidates(source, task)
             continue
-        from search.runner import best_checkpoints, load_search_experiment, search_path
+        from search.runner import load_search_experiment, ranked_checkpoints, search_path
 
         try:
             load_search_experiment(source, storage)
@@ -47,38 +55,65 @@ def resolve_candidates(sources: list[str], task: str, top_k: int | str, storage:
                 f"{source} is neither a checkpoint, run directory or cross-validation folder "
                 f"nor a search in {search_path(storage, source)}; check the name or --storage"
             ) from None
-        ranked = best_checkpoints(source, task, 10**9, storage)
+        ranked = ranked_checkpoints(source, task, storage)
         k = handoff_size(len(ranked)) if top_k == AUTO else top_k
-        if top_k == AUTO:
-            print(f"[cascade] {source}: the best {k} of its {len(ranked)} trials", flush=True)
-        for path, origin, value in ranked[:k]:
+        picked, line = handoff(ranked, k, anchored=how == "anchored")
+        print(f"[cascade] {source}: {line}", flush=True)
+        for path, origin, value, _ in picked:
             out += load_candidates(path, task, origin, value)
     return out
 
 
-def _sources(sources: list[str], task: str, top_k: int, storage: str) -> list:
+def handoff(ranked: list[tuple], k: int, anchored: bool) -> tuple[list[tuple], str]:
+    """The ``k`` trials a search hands on, best first, and the line that says which:
+    the best ``k``, or (``anchored``) the default trial and the best ``k - 1`` others."""
+    n = len(ranked)
+    if not anchored:
+        return ranked[:k], f"the best {min(k, n)} of its {n} trials"
+    default = [r for r in ranked if r[3]][:1]
+    if not default:
+        return ranked[:k], f"the best {min(k, n)} of its {n} trials (no default trial kept one)"
+    others = [r for r in ranked if r is not default[0]][: k - 1]
+    picked = sorted(default + others, key=ranked.index)
+    if len(picked) == 1:
+        return picked, f"the default trial alone (1 of its {n} trials)"
+    return picked, f"the default trial and the best {len(others)} others of its {n} trials"
+
+
+def weighting(size: int | str, cls_sources: list[str], clss: list, how: str) -> tuple[int, str]:
+    """(greedy rounds, classifier weights) for ``--ensemble-size``: ``equal`` weighs every
+    classifier candidate once; ``auto`` does so for an anchored search hand-off (the arm
+    the budget curve measured) and else runs 2k - 1 greedy rounds; a count runs that many."""
+    searched = any(not Path(s).exists() for s in cls_sources)
+    if size == EQUAL or (size == AUTO and searched and how == "anchored"):
+        print(f"[cascade] {len(clss)} classifier candidate(s), equal weights", flush=True)
+        return 1, "equal"
+    if size == AUTO:
+        size = ensemble_rounds(len(clss))
+        print(
+            f"[cascade] greedy ensemble of {size} round(s) over {len(clss)} classifier "
+            "candidate(s) (--ensemble-size auto)",
+            flush=True,
+        )
+    return size, "greedy"
+
+
+def _sources(sources: list[str], task: str, top_k: int, storage: str, how: str = "best") -> list:
     """Cross-validation folders as they are, when every source is one (the build can then
     choose on their out-of-fold predictions); else the candidates they resolve to."""
     from melanoma.engine.cv import fold_runs
 
     if all(Path(s).is_dir() and fold_runs(Path(s)) is not None for s in sources):
         return [Path(s) for s in sources]
-    return resolve_candidates(sources, task, top_k, storage)
+    return resolve_candidates(sources, task, top_k, storage, how)
 
 
 def _cmd_cascade_build(args: argparse.Namespace) -> int:
     from melanoma.cascade.build import build_cascade
 
     segs = _sources(args.seg, "seg", args.top_k, args.storage)
-    clss = _sources(args.cls, "cls", args.top_k, args.storage)
-    rounds = args.ensemble_size
-    if rounds == AUTO:
-        rounds = ensemble_rounds(len(clss))
-        print(
-            f"[cascade] greedy ensemble of {rounds} round(s) over {len(clss)} classifier "
-            "candidate(s) (--ensemble-size auto)",
-            flush=True,
-        )
+    clss = _sources(args.cls, "cls", args.top_k, args.storage, args.handoff)
+    rounds, weights = weighting(args.ensemble_size, args.cls, clss, args.handoff)
     build_cascade(
         segs,
         clss,
@@ -91,6 +126,7 @@ def _cmd_cascade_build(args: argparse.Namespace) -> int:
         tta=args.tta,
         mask_cleanup=args.mask_cleanup,
         calibration=args.calibration,
+        cls_weights=weights,
     )
     return 0
 
@@ -142,12 +178,21 @@ def register(sub) -> None:
         "of its trials, 1 to 5)",
     )
     p.add_argument(
+        "--handoff",
+        choices=HANDOFFS,
+        default="anchored",
+        help="which trials of a --cls search are candidates: anchored (the default): the "
+        "search's default trial and the best others by validation, --top-k in all; best: "
+        "the --top-k best",
+    )
+    p.add_argument(
         "--ensemble-size",
-        type=_count_or_auto,
+        type=_ensemble_size,
         default=AUTO,
         help="rounds of greedy ensemble selection over the candidates (members chosen with "
-        "replacement on the selection set; 1: the best single pair; auto, the default: "
-        "2k - 1 rounds for k classifier candidates, at most 9)",
+        "replacement on the selection set; 1: the best single pair); equal: every "
+        "classifier candidate at one weight; auto, the default: equal for an anchored "
+        "search hand-off, else 2k - 1 rounds for k classifier candidates, at most 9",
     )
     p.add_argument(
         "--tta",
@@ -216,4 +261,15 @@ def _count_or_auto(value: str) -> int | str:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a whole number or auto, got {value!r}"
+        ) from None
+
+
+def _ensemble_size(value: str) -> int | str:
+    if value == EQUAL:
+        return EQUAL
+    try:
+        return _count_or_auto(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number, auto or equal, got {value!r}"
         ) from None

@@ -7,7 +7,7 @@ import csv
 import time
 from pathlib import Path
 
-from melanoma_cli.cascade import AUTO, ensemble_rounds, resolve_candidates
+from melanoma_cli.cascade import AUTO, resolve_candidates, weighting
 
 
 def _seeded(path: Path, seed: int | None):
@@ -62,15 +62,17 @@ def run_quickstart(out: Path, experiments: Path | None = None, seed: int | None 
     cascade_dir = out / "cascade"
     # No test-time augmentation here: eight passes per image cost the quickstart ~35 s
     # (measured) for a gain inside the validation interval. Real builds default to auto.
-    # The hand-off `cascade build` makes by default: the best few trials of each search,
-    # a greedy ensemble of the classifiers.
-    clss = resolve_candidates([cls.name], "cls", AUTO, storage)
+    # The hand-off `cascade build` makes by default: the best few segmenter trials; the
+    # classifier search's default trial and its best others, at equal weights.
+    clss = resolve_candidates([cls.name], "cls", AUTO, storage, "anchored")
+    rounds, weights = weighting(AUTO, [cls.name], clss, "anchored")
     build_cascade(
         resolve_candidates([seg.name], "seg", AUTO, storage),
         clss,
         cascade_dir,
         tta="off",
-        ensemble_size=ensemble_rounds(len(clss)),
+        ensemble_size=rounds,
+        cls_weights=weights,
     )
     print("== 4/5 evaluation on the held-out test split", flush=True)
     report = evaluate_cascade(cascade_dir)

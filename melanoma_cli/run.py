@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from melanoma_cli.cascade import ensemble_rounds
 from melanoma_cli.lanes import has_checkpoint, lane_configs, mmss, probe, run_lanes
 
 RUN_FILE = "run.json"
@@ -229,7 +228,6 @@ def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage)
     cascade, export = out / "cascade", out / "export"
     # The runs that trained (a lane cut down for time may not have started its last ones).
     clss = [Path(c.out) for c in lanes["classifier"] if has_checkpoint(c)]
-    rounds = ensemble_rounds(len(clss))
     share = plan.finish_s / 3
     tta = plan.tta
     if tta and not record.done("build") and clock.left() < plan.finish_s:
@@ -244,7 +242,9 @@ def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage)
                 [Path(lanes["segmenter"][0].out)],
                 clss,
                 cascade,
-                ensemble_size=rounds,
+                # A seed ensemble averaged, as the budget curve measured it: weights
+                # fitted on the validation melanomas would be noise.
+                cls_weights="equal",
                 tta="auto" if tta else "off",
             )
         ),

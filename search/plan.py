@@ -232,7 +232,7 @@ def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
             runs,
             _lane_s("cls", size, epochs, runs, costs),
             "the classifier experiment's train config on whole images"
-            + (f"; {runs} seeds, a seed ensemble the build weighs greedily" if runs > 1 else ""),
+            + (f"; {runs} seeds, a seed ensemble, averaged" if runs > 1 else ""),
         )
         return seg, cls, tta, finish
     return None

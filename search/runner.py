@@ -547,23 +547,36 @@ def best_checkpoints(
 ) -> list[tuple[Path, str, float | None]]:
     """(checkpoint file, "search/trial_id", validation figure) of the ``top_k`` best trials
     of a finished or running search that trained ``task`` models."""
-    from trainables.train_loop import CHECKPOINT_FILE
-
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    return [r[:3] for r in ranked_checkpoints(name, task, storage)[:top_k]]
+
+
+def ranked_checkpoints(
+    name: str, task: str, storage: str = DEFAULT_STORAGE
+) -> list[tuple[Path, str, float | None, bool]]:
+    """Every trial of ``name`` that kept a checkpoint, best first: (checkpoint file,
+    "search/trial_id", validation figure, whether it is the default trial)."""
+    from trainables.train_loop import CHECKPOINT_FILE
+
     rows, exp = trial_table(name, storage)
     if exp.task != task:
         raise ValueError(
             f"search {name!r} searched {exp.task} models where {task} models were expected"
         )
-    best = [
-        (Path(r["checkpoint"]) / CHECKPOINT_FILE, f"{name}/{r['trial_id']}", r.get(exp.metric))
+    ranked = [
+        (
+            Path(r["checkpoint"]) / CHECKPOINT_FILE,
+            f"{name}/{r['trial_id']}",
+            r.get(exp.metric),
+            bool(r.get("default")),
+        )
         for r in rows
         if r.get("checkpoint")
-    ][:top_k]
-    if not best:
+    ]
+    if not ranked:
         raise ValueError(f"search {name!r} has no trial with a checkpoint yet")
-    return best
+    return ranked
 
 
 def _last_int(df, column: str) -> int | None:

@@ -211,6 +211,37 @@ def test_ensemble_selection_scores_masks_at_the_segmenters_threshold(built, tmp_
     assert abs(at_half - meta.val_jaccard["value"]) > 1e-3
 
 
+def test_equal_weights_ship_every_classifier_once_and_say_so(built, tmp_path, capsys):
+    """``cls_weights="equal"``: the validation-chosen cascade is the plain mean of its
+    classifiers, none dropped however it scores on validation."""
+    from melanoma.cascade.members import load_candidates, make_cascade, open_cascade_data
+
+    cfg = TrainConfig.from_dict(load_checkpoint_config(built["root"] / "cls"))
+    second = tmp_path / "cls2"
+    fit(
+        cfg.with_overrides({"epochs": 1, "log_images": 0, "seed": 7, "out": str(second)}),
+        Runtime(progress=False),
+    )
+    seg, first = str(built["root"] / "seg"), str(built["root"] / "cls")
+    with pytest.raises(ValueError, match=r"one of \['greedy', 'equal'\], got 'mean'"):
+        build_cascade(seg, [first, str(second)], tmp_path / "no", cls_weights="mean")
+    out = tmp_path / "equal"
+    kw = {"tta": "off", "mask_cleanup": "off", "calibration": "off"}
+    build_cascade(seg, [first, str(second)], out, cls_weights="equal", **kw)
+    cascade, meta = load_cascade(out)
+    assert [m.weight for m in meta.classifiers] == [1, 1]
+    assert meta.selection["classifier_weights"] == "equal"
+    bundle = open_cascade_data(meta.data, meta.input_size)
+    segs = load_candidates(seg, "seg")
+    singles = [
+        run_cascade(make_cascade(segs, load_candidates(c, "cls"), meta.input_size), bundle, "val")
+        for c in (first, str(second))
+    ]
+    shipped = run_cascade(cascade, bundle, "val")
+    assert np.allclose(shipped.prob, (singles[0].prob + singles[1].prob) / 2, atol=1e-6)
+    assert not np.allclose(singles[0].prob, singles[1].prob)  # two different members
+
+
 def test_target_sensitivity_threshold():
     labels = np.array([0, 0, 0, 1, 1, 1, 1])
     probs = np.array([0.1, 0.4, 0.6, 0.3, 0.7, 0.8, 0.9])
@@ -927,6 +958,9 @@ def test_cross_validated_fold_models_build_an_ensemble(built, tmp_path, capsys):
     assert "ground-truth masks" in capsys.readouterr().err
     assert main([*refused, "--select-on", "val", "--out", str(tmp_path / "on-val")]) == 0
     capsys.readouterr()
+    # Equal weights are a validation-split hand-off: on out-of-fold folders, refused.
+    assert main([*build, "--ensemble-size", "equal", "--out", str(tmp_path / "eq")]) == 2
+    assert "pass --ensemble-size N" in capsys.readouterr().err
     assert main([*build, "--out", str(oof_build)]) == 0
     printed = capsys.readouterr().out
     oof = load_oof_outputs(cv / "cls")

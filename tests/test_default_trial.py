@@ -4,6 +4,7 @@ first (enqueued in the Optuna study, so TPE learns from it), ASHA never stops it
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -102,25 +103,50 @@ def test_asha_never_stops_the_default_but_it_still_fills_the_rungs():
     assert decisions == {"plain": TrialScheduler.STOP, "kept": TrialScheduler.CONTINUE}
 
 
-def test_the_default_hand_off_is_the_best_few_trials_in_a_greedy_ensemble(monkeypatch, capsys):
+def test_the_default_hand_off_is_the_default_trial_and_the_best_others_at_equal_weights(
+    monkeypatch, capsys
+):
     """`cascade build --cls SEARCH` without --top-k takes a third of the search's trials
-    (1 to 5), and --ensemble-size auto runs 2k - 1 rounds over them."""
+    (1 to 5): by default (--handoff anchored) the default trial and the best others, at
+    equal weights; --handoff best the best few, --ensemble-size auto then 2k - 1 rounds."""
     import search.runner as runner
     from melanoma_cli import cascade as cli
 
     assert [cli.handoff_size(n) for n in (1, 2, 3, 4, 8, 16, 40)] == [1, 1, 1, 2, 3, 5, 5]
     assert [cli.ensemble_rounds(k) for k in (1, 2, 3, 5, 8)] == [1, 3, 5, 9, 9]
-    ranked = [(f"/s/{i}/checkpoint.pt", f"s/{i}", 0.9 - i / 100) for i in range(8)]
+    # Eight trials best first; the default trial ranks sixth on validation.
+    ranked = [(f"/s/{i}/checkpoint.pt", f"s/{i}", 0.9 - i / 100, i == 5) for i in range(8)]
     monkeypatch.setattr(runner, "load_search_experiment", lambda name, storage: None)
-    monkeypatch.setattr(runner, "best_checkpoints", lambda name, task, k, storage: ranked[:k])
-    loaded = []
+    monkeypatch.setattr(runner, "ranked_checkpoints", lambda name, task, storage: ranked)
     monkeypatch.setattr(
         "melanoma.cascade.members.load_candidates",
-        lambda path, task, origin=None, value=None: loaded.append(origin) or [origin],
+        lambda path, task, origin=None, value=None: [origin],
     )
-    assert cli.resolve_candidates(["s"], "cls", cli.AUTO, "runs") == ["s/0", "s/1", "s/2"]
+    resolve = cli.resolve_candidates
+    assert resolve(["s"], "cls", cli.AUTO, "runs", "best") == ["s/0", "s/1", "s/2"]
     assert "the best 3 of its 8 trials" in capsys.readouterr().out
-    assert cli.resolve_candidates(["s"], "cls", 1, "runs") == ["s/0"]
+    assert resolve(["s"], "cls", cli.AUTO, "runs", "anchored") == ["s/0", "s/1", "s/5"]
+    assert "the default trial and the best 2 others of its 8 trials" in capsys.readouterr().out
+    assert resolve(["s"], "cls", 1, "runs", "anchored") == ["s/5"]
+    assert "the default trial alone" in capsys.readouterr().out
+    assert resolve(["s"], "cls", 1, "runs", "best") == ["s/0"]
+    # A search whose default trial kept no checkpoint hands on its best, and says so.
+    ranked[5] = (*ranked[5][:3], False)
+    assert resolve(["s"], "cls", 2, "runs", "anchored") == ["s/0", "s/1"]
+    assert "no default trial kept one" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"--handoff must be one of \['anchored', 'best'\]"):
+        resolve(["s"], "cls", 2, "runs", "first")
+    # The weights: equal for an anchored search hand-off under auto, greedy otherwise.
+    three = ["a", "b", "c"]
+    assert cli.weighting(cli.AUTO, ["s"], three, "anchored") == (1, "equal")
+    assert cli.weighting(cli.AUTO, ["s"], three, "best") == (5, "greedy")
+    assert cli.weighting(4, ["s"], three, "anchored") == (4, "greedy")
+    assert cli.weighting(cli.EQUAL, ["s"], three, "best") == (1, "equal")
+    # Run folders are not a search: auto stays greedy for them.
+    assert cli.weighting(cli.AUTO, [str(Path(__file__).parent)], three, "anchored") == (
+        5,
+        "greedy",
+    )
 
 
 def test_expected_best_of_n_trials_equals_the_brute_force_mean_over_subsets():
@@ -177,7 +203,13 @@ def test_top_k_and_ensemble_size_take_a_count_or_auto(tmp_path, capsys):
     for option in ("--top-k", "--ensemble-size"):
         with pytest.raises(SystemExit):
             main([*args, option, "many"])
-        assert "expected a whole number or auto, got 'many'" in capsys.readouterr().err
+        assert "expected a whole number" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--top-k", "equal"])  # equal is a weighting, not a count of trials
+    assert "expected a whole number or auto, got 'equal'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args, "--ensemble-size", "many"])
+    assert "expected a whole number, auto or equal, got 'many'" in capsys.readouterr().err
 
 
 def test_the_budget_lets_the_default_trial_finish_and_stops_the_others():

@@ -34,7 +34,12 @@ from melanoma.cascade.oof_selection import (
     refuse_oracle_masks,
 )
 from melanoma.cascade.report import drift_line, resize_line
-from melanoma.cascade.selection import choose_on_oof, choose_on_validation, validation_data
+from melanoma.cascade.selection import (
+    WEIGHT_CHOICES,
+    choose_on_oof,
+    choose_on_validation,
+    validation_data,
+)
 from melanoma.cascade.store import record_of, save_cascade
 from melanoma.postprocess import CLEANUP_CHOICES
 
@@ -52,6 +57,7 @@ def build_cascade(
     mask_cleanup: str = "auto",
     select_on: str = "auto",
     calibration: str = "auto",
+    cls_weights: str = "greedy",
 ) -> dict:
     """Choose the cascade and write ``out/cascade.pt`` with the splits.
 
@@ -64,7 +70,10 @@ def build_cascade(
     cross-validation folder; several sources pool their models. They are paired end to
     end (best validation AUC wins); with ``ensemble_size`` > 1 the members are chosen
     greedily instead (segmenters by validation Jaccard, then classifiers by validation AUC
-    on those masks); ``tta`` (auto, on, off) averages over flips and rotations, ``auto``
+    on those masks); ``cls_weights="equal"`` keeps every classifier candidate at one
+    weight each (weights fitted on a few dozen validation melanomas are mostly noise: the
+    budget curve, docs/results.md), segmenters still chosen as above; ``tta`` (auto, on,
+    off) averages over flips and rotations, ``auto``
     per stage: the segmenters' when it raises the validation Jaccard, the classifiers'
     when it raises the AUC; ``mask_cleanup`` (auto, on, off) keeps the largest region of
     each mask, holes filled, ``auto`` when it raises the validation Jaccard. The threshold
@@ -74,6 +83,10 @@ def build_cascade(
     chosen on the calibrated probabilities. ``drop_test_duplicates`` removes test images
     that share bytes, an id or a lesion with train/val (else refused)."""
     _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on, calibration)
+    if cls_weights not in WEIGHT_CHOICES:
+        raise ValueError(
+            f"classifier weights must be one of {list(WEIGHT_CHOICES)}, got {cls_weights!r}"
+        )
     segs, clss = candidates_of(seg_source, "seg"), candidates_of(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s, c)
@@ -84,8 +97,21 @@ def build_cascade(
     data_meta = data_record(clss[0].config, data)
     bundle, dropped_val = _members_data([*segs, *clss], data_meta, input_size, drop_test_duplicates)
     cls_cv = _cv_sources(cls_source, select_on)
+    if cls_cv and cls_weights == "equal":
+        raise ValueError(
+            "equal weights are for classifiers chosen on validation, but these are "
+            "cross-validation folders chosen on their out-of-fold predictions; pass "
+            "--ensemble-size N (greedy on out-of-fold) or --select-on val"
+        )
     ctx = BuildContext(
-        input_size, bundle, data_meta, ensemble_size, tta, mask_cleanup, target_sensitivity
+        input_size,
+        bundle,
+        data_meta,
+        ensemble_size,
+        tta,
+        mask_cleanup,
+        target_sensitivity,
+        cls_weights,
     )
     if cls_cv:
         choice = choose_on_oof(ctx, segs, as_list(seg_source), cls_cv)

@@ -220,6 +220,7 @@ class BuildContext:
     tta: str
     mask_cleanup: str
     target_sensitivity: float | None
+    cls_weights: str = "greedy"  # or "equal": every classifier candidate, one weight each
 
 
 @dataclass

@@ -38,13 +38,15 @@ from melanoma.cascade.scoring import (
 from melanoma.data.dataset import DataBundle
 from melanoma.metrics.paired import describe
 
+WEIGHT_CHOICES = ("greedy", "equal")  # how the classifier candidates are weighted
+
 
 def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
     """Pairs, ensemble, TTA, clean-up and threshold, all chosen on the validation split."""
     pairs = _score_pairs(segs, clss, ctx)
     best_pair = max(pairs, key=lambda t: t.val_auc)
-    if ctx.ensemble_size > 1:
-        seg_w, cls_w = _select_ensemble(segs, clss, ctx.input_size, ctx.bundle, ctx.ensemble_size)
+    if ctx.ensemble_size > 1 or ctx.cls_weights == "equal":
+        seg_w, cls_w = _select_ensemble(segs, clss, ctx, ctx.cls_weights == "equal")
     else:
         seg_w = {segs.index(best_pair.segmenter): 1}
         cls_w = {clss.index(best_pair.classifier): 1}
@@ -65,6 +67,7 @@ def choose_on_validation(ctx: BuildContext, segs, clss) -> Choice:
             "set": "validation",
             "images": len(labelled.label),
             "melanomas": int(labelled.label.sum()),
+            "classifier_weights": ctx.cls_weights,
         },
         {
             "best_pair": best_pair.summary(),
@@ -198,9 +201,11 @@ def _score_pairs(segs, clss, ctx: BuildContext) -> list[PairScore]:
 
 
 @torch.no_grad()
-def _select_ensemble(segs, clss, input_size: int, bundle: DataBundle, rounds: int):
-    """Greedy ensemble selection on validation: segmenters, then classifiers on their masks."""
-    val = bundle.dataset("val")
+def _select_ensemble(segs, clss, ctx: BuildContext, equal: bool):
+    """Greedy ensemble selection on validation: segmenters, then classifiers on their masks
+    (``equal``: every classifier at one weight, nothing fitted to validation)."""
+    input_size, rounds = ctx.input_size, ctx.ensemble_size
+    val = ctx.bundle.dataset("val")
     items = [val[i] for i in range(len(val))]
     images = torch.stack([it["image"] for it in items])
     true = torch.stack([it["mask"] for it in items])
@@ -218,9 +223,15 @@ def _select_ensemble(segs, clss, input_size: int, bundle: DataBundle, rounds: in
         cls_probs.append(
             batched(lambda x, m, model=model: model.classify(x, m.to(torch.uint8)), images, mask)
         )
-    cls_w, auc = greedy_selection(
-        cls_probs, lambda p: float(roc_auc_score(labels[keep], p[keep])), rounds
-    )
+
+    def score(p):
+        return float(roc_auc_score(labels[keep], p[keep]))
+
+    if equal:
+        cls_w = dict.fromkeys(range(len(clss)), 1)
+        auc = score(weighted_mean(cls_probs, cls_w))
+    else:
+        cls_w, auc = greedy_selection(cls_probs, score, rounds)
     print(
         f"[cascade] ensemble: segmenters {weights_line(segs, seg_w)} (validation Jaccard "
         f"{jaccard:.4f}), classifiers {weights_line(clss, cls_w)} (validation AUC {auc:.4f})",

@@ -141,7 +141,8 @@ def model_card(
         "segmenters": [_card_member(m) for m in record.segmenters],
         "classifiers": [_card_member(m) for m in record.classifiers],
         "ensemble": "mask probability and melanoma probability are the weighted means of the "
-        "members' (weight: times chosen by the greedy selection on the selection set; the "
+        "members' (weight: times chosen by the greedy selection on the selection set, or 1 "
+        "each where selection.classifier_weights is equal; the "
         "fold models of a cross-validated candidate share its weight, each in proportion "
         "to 1 / its fold count)",
         "test_time_augmentation": {
