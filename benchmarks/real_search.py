@@ -19,10 +19,13 @@ seed and for each budget B (trial-epochs):
   first), averaged: the search's compute without a search;
 - **search pick @B**: TPE + ASHA over the experiment's space, B trial-epochs, the default
   as trial 0; its best trial's best checkpoint;
-- **hand-off @B**: what ``cascade build --cls SEARCH`` hands on by default: the best
-  ``handoff_size`` trials, greedily ensembled on validation in ``ensemble_rounds`` rounds;
-- **anchored hand-off @B**: the default trial and the best ``handoff_size - 1`` others
-  by validation, equal weights: a hand-off that holds the default by construction;
+- **hand-off @B**: what ``cascade build --cls SEARCH --handoff best`` hands on (the default
+  until the anchored arm was measured): the best ``handoff_size`` trials, greedily
+  ensembled on validation in ``ensemble_rounds`` rounds;
+- **anchored hand-off @B**: what ``cascade build --cls SEARCH`` hands on by default: the
+  default trial and the best ``handoff_size - 1`` others by validation, equal weights (a
+  hand-off that holds the default by construction); TTA and mask clean-up off here, as
+  in every arm;
 - **hand-off + cv @B**: the search's best ``--cv-top`` trials cross-validated on
   ``--folds`` folds, fold models ensembled and chosen on pooled out-of-fold predictions
   (``cascade build --select-on oof``): the choice made on every training melanoma;
@@ -48,6 +51,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -121,6 +125,9 @@ def member_seed(seed: int, j: int) -> int:
     return seed if j == 0 else 10_000 + seed * 1000 + j
 
 
+HAM_SCORING_VERSION = 1  # raise when benchlib.ham_predictions changes what it computes
+
+
 class Scorer:
     """Each checkpoint's predictions on validation and the carved test split, once per
     checkpoint; and an arm's predictions on the out-of-distribution set (``ham``) through
@@ -136,26 +143,35 @@ class Scorer:
 
     def _ham_of(self, checkpoint: Path, size: int) -> dict:
         """One checkpoint's HAM10000 predictions at ``size``, kept on disk under ``cache``
-        (keyed by both files' bytes' identity: path, size and mtime) so that a ``--reuse``
-        run that adds an arm scores only what it has not scored."""
+        so that a ``--reuse`` run that adds an arm scores only what it has not scored."""
         if (str(checkpoint), size) in self._ham:
             return self._ham[str(checkpoint), size]
-        file = None
-        if self.cache is not None:
-            ident = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in (checkpoint,)]
-            ident += [str(self.segmenter), size, len(self.ham.ids)]
-            key = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
-            file = self.cache / f"{key}.npz"
+        file = self.cache / f"{self._key(checkpoint, size)}.npz" if self.cache else None
+        got = None
         if file is not None and file.is_file():
             with np.load(file) as z:
                 got = {k: z[k] for k in ("id", "label", "prob")} | {"input_size": size}
-        else:
+            if got["id"].tolist() != list(self.ham.ids):  # a hash collision, or tampering
+                got = None
+        if got is None:
             got = bl.ham_predictions(self.segmenter, checkpoint, self.ham, input_size=size)
             if file is not None:
                 file.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(file, id=got["id"], label=got["label"], prob=got["prob"])
+                part = file.with_suffix(".part.npz")  # never a half-written file read back
+                np.savez(part, id=got["id"], label=got["label"], prob=got["prob"])
+                os.replace(part, file)
         self._ham[str(checkpoint), size] = got
         return got
+
+    def _key(self, checkpoint: Path, size: int) -> str:
+        """What the predictions depend on: the bytes' identity (path, size, mtime) of the
+        classifier and of every segmenter checkpoint, the images and labels scored, the
+        input size and the scoring code's version."""
+        files = [checkpoint, *sorted(Path(self.segmenter).rglob("*.pt"))]
+        ident = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        images = hashlib.sha1(json.dumps([self.ham.ids, self.ham.labels.tolist()]).encode())
+        ident += [str(self.segmenter), size, images.hexdigest(), HAM_SCORING_VERSION]
+        return hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
 
     def __call__(self, checkpoint: Path) -> dict[str, dict]:
         key = str(checkpoint)
@@ -270,13 +286,16 @@ def search_arms(base, seed, budget, args, storage, tmp, score: Scorer) -> dict[s
 
 
 def anchored(trials: list[dict], k: int) -> list[int]:
-    """The default-anchored hand-off's members (indices into the ranked ``trials``): the
-    default trial and the best ``k - 1`` others by validation; the best ``k`` when the
-    default kept no checkpoint. Fixed before seeds 1-2 were measured: equal weights,
-    since greedy weights fitted on 30 validation melanomas were +0.10 optimistic."""
-    default = [i for i, t in enumerate(trials) if t["default"]]
-    others = [i for i in range(len(trials)) if i not in default]
-    return sorted(default[:1] + others[: k - len(default[:1])])
+    """The default-anchored hand-off's members (indices into the ranked ``trials``), as
+    ``cascade build --handoff anchored`` chooses them (its own function): the default trial
+    and the best ``k - 1`` others by validation; the best ``k`` when the default kept no
+    checkpoint. Fixed before seeds 1-2 were measured: equal weights, since greedy weights
+    fitted on 30 validation melanomas were +0.10 optimistic."""
+    from melanoma_cli.cascade import handoff
+
+    ranked = [(i, None, None, t["default"]) for i, t in enumerate(trials)]
+    picked, _ = handoff(ranked, k, anchored=True)
+    return sorted(r[0] for r in picked)
 
 
 def anchored_arm(files, preds, trials, k: int, budget: int, wall: float, score) -> dict:

@@ -72,7 +72,11 @@ def handoff(ranked: list[tuple], k: int, anchored: bool) -> tuple[list[tuple], s
         return ranked[:k], f"the best {min(k, n)} of its {n} trials"
     default = [r for r in ranked if r[3]][:1]
     if not default:
-        return ranked[:k], f"the best {min(k, n)} of its {n} trials (no default trial kept one)"
+        return (
+            ranked[:k],
+            f"the best {min(k, n)} of its {n} trials (no default trial with a checkpoint: "
+            "none kept one, or default_first is off)",
+        )
     others = [r for r in ranked if r is not default[0]][: k - 1]
     picked = sorted(default + others, key=ranked.index)
     if len(picked) == 1:
@@ -82,12 +86,19 @@ def handoff(ranked: list[tuple], k: int, anchored: bool) -> tuple[list[tuple], s
 
 def weighting(size: int | str, cls_sources: list[str], clss: list, how: str) -> tuple[int, str]:
     """(greedy rounds, classifier weights) for ``--ensemble-size``: ``equal`` weighs every
-    classifier candidate once; ``auto`` does so for an anchored search hand-off (the arm
-    the budget curve measured) and else runs 2k - 1 greedy rounds; a count runs that many."""
+    classifier candidate once (the segmenters still get 2k - 1 greedy rounds); ``auto``
+    does so for an anchored search hand-off (the budget curve's anchored arm) and else
+    runs 2k - 1 greedy rounds over both; a count runs that many."""
     searched = any(not Path(s).exists() for s in cls_sources)
     if size == EQUAL or (size == AUTO and searched and how == "anchored"):
-        print(f"[cascade] {len(clss)} classifier candidate(s), equal weights", flush=True)
-        return 1, "equal"
+        # The rounds still choose the segmenters, greedily, as before equal weights.
+        rounds = ensemble_rounds(len(clss))
+        print(
+            f"[cascade] {len(clss)} classifier candidate(s) at equal weights; segmenters: "
+            f"greedy ensemble of {rounds} round(s)",
+            flush=True,
+        )
+        return rounds, "equal"
     if size == AUTO:
         size = ensemble_rounds(len(clss))
         print(

@@ -10,7 +10,7 @@ plan out (tested without training). Each rule says which measurement it follows
   mask-using classifier would first need three out-of-fold segmenters.
 - **Resolution before repetitions.** The largest image size at which both lanes train at
   least ``MIN_EPOCHS`` epochs; more time then buys more classifier runs (a seed
-  ensemble, weighed by the build's greedy selection on validation) of at most
+  ensemble, averaged at equal weights as the budget curve measured it) of at most
   ``RUN_EPOCHS`` epochs.
 - **Default settings, not a search,** at the budgets a CPU affords (the budget curve,
   docs/results.md); ``melanoma search`` stays for larger budgets.

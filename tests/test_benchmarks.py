@@ -736,6 +736,10 @@ def test_anchored_hand_off_holds_the_default_and_the_best_others():
     assert bench.anchored(ranked, 9) == [0, 1, 2, 3, 4, 5]
     ranked[4]["default"] = False  # the default kept no checkpoint: the best k
     assert bench.anchored(ranked, 3) == [0, 1, 2]
+    # Two trials at the default's settings (TPE may repeat them): the best of them anchors,
+    # the other competes as any trial, as `cascade build` chooses.
+    ranked[1]["default"] = ranked[3]["default"] = True
+    assert bench.anchored(ranked, 2) == [0, 1] and bench.anchored(ranked, 1) == [1]
 
 
 def test_anchored_targets_are_checked_beside_the_greedy_hand_off():
@@ -773,17 +777,32 @@ def test_real_search_keeps_ham_predictions_on_disk_by_checkpoint_identity(monkey
     monkeypatch.setattr(bench, "bl", lib)
     a = tmp_path / "a.pt"
     a.write_bytes(b"weights")
-    ham = SimpleNamespace(ids=["HAM_0", "HAM_1"])
-    first = bench.Scorer(Path("seg"), ham, tmp_path / "cache").arm([a])
-    again = bench.Scorer(Path("seg"), ham, tmp_path / "cache").arm([a])
+    seg = tmp_path / "seg" / "checkpoints"
+    seg.mkdir(parents=True)
+    (seg / "best.pt").write_bytes(b"segmenter")
+    seg = seg.parent
+    ham = SimpleNamespace(ids=["HAM_0", "HAM_1"], labels=np.array([0, 1]))
+    first = bench.Scorer(seg, ham, tmp_path / "cache").arm([a])
+    again = bench.Scorer(seg, ham, tmp_path / "cache").arm([a])
     assert calls == ["a.pt"]  # the second run read the first one's file
     assert np.array_equal(first["ham"]["prob"], again["ham"]["prob"])
     assert list(again["ham"]["id"]) == ["HAM_0", "HAM_1"]
+
     # A retrained checkpoint at the same path is scored again, not read back.
-    stat = a.stat()
-    os.utime(a, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    bench.Scorer(Path("seg"), ham, tmp_path / "cache").arm([a])
+    def touch(f):
+        stat = f.stat()
+        os.utime(f, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+    touch(a)
+    bench.Scorer(seg, ham, tmp_path / "cache").arm([a])
     assert calls == ["a.pt", "a.pt"]
-    # Without a cache folder nothing is written.
-    bench.Scorer(Path("seg"), ham).arm([a])
-    assert len(calls) == 3 and len(list((tmp_path / "cache").iterdir())) == 2
+    # So is one scored with a retrained segmenter, or on other labels of the same images.
+    touch(seg / "checkpoints" / "best.pt")
+    bench.Scorer(seg, ham, tmp_path / "cache").arm([a])
+    relabelled = SimpleNamespace(ids=ham.ids, labels=np.array([1, 0]))
+    bench.Scorer(seg, relabelled, tmp_path / "cache").arm([a])
+    assert len(calls) == 4
+    # Without a cache folder nothing is written; no half-written file is left.
+    bench.Scorer(seg, ham).arm([a])
+    assert len(calls) == 5 and len(list((tmp_path / "cache").glob("*.npz"))) == 4
+    assert not list((tmp_path / "cache").glob("*.part*"))

@@ -133,15 +133,15 @@ def test_the_default_hand_off_is_the_default_trial_and_the_best_others_at_equal_
     # A search whose default trial kept no checkpoint hands on its best, and says so.
     ranked[5] = (*ranked[5][:3], False)
     assert resolve(["s"], "cls", 2, "runs", "anchored") == ["s/0", "s/1"]
-    assert "no default trial kept one" in capsys.readouterr().out
+    assert "no default trial with a checkpoint" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"--handoff must be one of \['anchored', 'best'\]"):
         resolve(["s"], "cls", 2, "runs", "first")
     # The weights: equal for an anchored search hand-off under auto, greedy otherwise.
     three = ["a", "b", "c"]
-    assert cli.weighting(cli.AUTO, ["s"], three, "anchored") == (1, "equal")
+    assert cli.weighting(cli.AUTO, ["s"], three, "anchored") == (5, "equal")  # 5: segmenters
     assert cli.weighting(cli.AUTO, ["s"], three, "best") == (5, "greedy")
     assert cli.weighting(4, ["s"], three, "anchored") == (4, "greedy")
-    assert cli.weighting(cli.EQUAL, ["s"], three, "best") == (1, "equal")
+    assert cli.weighting(cli.EQUAL, ["s"], three, "best") == (5, "equal")
     # Run folders are not a search: auto stays greedy for them.
     assert cli.weighting(cli.AUTO, [str(Path(__file__).parent)], three, "anchored") == (
         5,
