@@ -111,7 +111,9 @@ def run_exp(exp_dict: dict, reuse: bool = False) -> tuple[list[dict], float]:
     ``reuse``: an experiment already in its storage is read, not run again, its wall time
     taken from its files (:func:`stored_wall`)."""
     from search.experiment import experiment_from_dict
-    from search.runner import run_search, search_path, trial_table
+    from search.results import trial_table
+    from search.runner import run_search
+    from search.store import search_path
 
     exp = experiment_from_dict(exp_dict)
     root = Path(search_path(exp.storage, exp.name))

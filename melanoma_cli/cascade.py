@@ -46,7 +46,8 @@ def resolve_candidates(
         if Path(source).exists():
             out += load_candidates(source, task)
             continue
-        from search.runner import load_search_experiment, ranked_checkpoints, search_path
+        from search.results import ranked_checkpoints
+        from search.store import load_search_experiment, search_path
 
         try:
             load_search_experiment(source, storage)
@@ -160,15 +161,8 @@ def _cmd_cascade_evaluate(args: argparse.Namespace) -> int:
     return 0 if report else 1
 
 
-def register(sub) -> None:
-    """Add this stage's subcommands."""
-    cascade = sub.add_parser(
-        "cascade", help="assemble and evaluate the segmenter + classifier cascade"
-    )
-    cascade_sub = cascade.add_subparsers(dest="cascade_command", required=True)
-    p = cascade_sub.add_parser(
-        "build", help="pick the best pair on validation, choose the threshold"
-    )
+def _add_sources(p) -> None:
+    """``cascade build``'s candidates: where they come from and how they are weighed."""
     p.add_argument(
         "--seg",
         required=True,
@@ -205,6 +199,18 @@ def register(sub) -> None:
         "classifier candidate at one weight; auto, the default: equal for an anchored "
         "search hand-off, else 2k - 1 rounds for k classifier candidates, at most 9",
     )
+
+
+def register(sub) -> None:
+    """Add this stage's subcommands."""
+    cascade = sub.add_parser(
+        "cascade", help="assemble and evaluate the segmenter + classifier cascade"
+    )
+    cascade_sub = cascade.add_subparsers(dest="cascade_command", required=True)
+    p = cascade_sub.add_parser(
+        "build", help="pick the best pair on validation, choose the threshold"
+    )
+    _add_sources(p)
     p.add_argument(
         "--tta",
         choices=["auto", "on", "off"],

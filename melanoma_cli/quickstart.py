@@ -35,7 +35,8 @@ def run_quickstart(out: Path, experiments: Path | None = None, seed: int | None 
     from melanoma.cascade.evaluate import evaluate_cascade
     from melanoma.export import export_cascade
     from melanoma.predict import predict
-    from search.runner import run_search, search_path
+    from search.runner import run_search
+    from search.store import search_path
 
     started = time.perf_counter()
     out = Path(out)

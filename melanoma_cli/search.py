@@ -56,7 +56,7 @@ def _print_results(
 ) -> int:
     """Print the trial table; with ``require_finished``, exit status 1 when no trial
     finished (all errored), so a script or CI that runs the search sees the failure."""
-    from search.runner import to_json, trial_table, write_csv
+    from search.results import to_json, trial_table, write_csv
 
     rows, exp = trial_table(name, storage)
     if require_finished and not any(r["state"] in ("TERMINATED", "STOPPED") for r in rows):
@@ -132,7 +132,7 @@ def ranking_masks(exp) -> str | None:
 def _print_paired(rows: list[dict], exp) -> None:
     """The best trial against the next ones, paired on the same validation images."""
     from melanoma.metrics.paired import describe, in_sample
-    from search.runner import paired_to_best
+    from search.results import paired_to_best
 
     compared = paired_to_best(rows, exp)
     if not compared:

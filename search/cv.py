@@ -23,18 +23,17 @@ from melanoma.engine.cv import claim_cv_dir, cv_plan, fold_config, score_folds
 from melanoma.engine.loop import Runtime, needs_segmenter_masks
 from melanoma.engine.run import training_data
 from melanoma.errors import MelanomaError
+from search.callbacks import Progress
 from search.experiment import Experiment, ResourcesConfig, SearchConfig, TrialSchedulerConfig
 from search.runner import (
-    EXPERIMENT_FILE,
-    Progress,
     ResourcePlan,
     connect,
     plan_resources,
     trainable_for,
-    trial_dirname,
     trial_meta,
     tune_fault_and_checkpoints,
 )
+from search.store import EXPERIMENT_FILE, trial_dirname
 from trainables.meta import CANDIDATE, META
 
 TUNE_DIR = "_tune"

@@ -109,15 +109,16 @@ def test_the_default_hand_off_is_the_default_trial_and_the_best_others_at_equal_
     """`cascade build --cls SEARCH` without --top-k takes a third of the search's trials
     (1 to 5): by default (--handoff anchored) the default trial and the best others, at
     equal weights; --handoff best the best few, --ensemble-size auto then 2k - 1 rounds."""
-    import search.runner as runner
+    import search.results as results
+    import search.store as store
     from melanoma_cli import cascade as cli
 
     assert [cli.handoff_size(n) for n in (1, 2, 3, 4, 8, 16, 40)] == [1, 1, 1, 2, 3, 5, 5]
     assert [cli.ensemble_rounds(k) for k in (1, 2, 3, 5, 8)] == [1, 3, 5, 9, 9]
     # Eight trials best first; the default trial ranks sixth on validation.
     ranked = [(f"/s/{i}/checkpoint.pt", f"s/{i}", 0.9 - i / 100, i == 5) for i in range(8)]
-    monkeypatch.setattr(runner, "load_search_experiment", lambda name, storage: None)
-    monkeypatch.setattr(runner, "ranked_checkpoints", lambda name, task, storage: ranked)
+    monkeypatch.setattr(store, "load_search_experiment", lambda name, storage: None)
+    monkeypatch.setattr(results, "ranked_checkpoints", lambda name, task, storage: ranked)
     monkeypatch.setattr(
         "melanoma.cascade.members.load_candidates",
         lambda path, task, origin=None, value=None: [origin],
@@ -213,7 +214,7 @@ def test_top_k_and_ensemble_size_take_a_count_or_auto(tmp_path, capsys):
 
 
 def test_the_budget_lets_the_default_trial_finish_and_stops_the_others():
-    from search.runner import EpochBudget
+    from search.callbacks import EpochBudget
 
     default = {"optimizer.lr": 1e-3, "input.mode": "dual"}
     other = {"optimizer.lr": 3e-4, "input.mode": "full"}

@@ -116,7 +116,7 @@ def read_trace(trace: Path) -> list[dict]:
 
 
 def test_two_worker_trial_reports_once_per_epoch_and_comes_back_from_a_lost_worker(ddp_search):
-    from search.runner import trial_table
+    from search.results import trial_table
 
     assert ddp_search["marker"].read_text().startswith("failed on rank 1 in the middle of epoch 2")
     # Epoch 1 was reported before the failure, epochs 2-3 by the restarted group: each once.
@@ -181,7 +181,7 @@ def test_rank_zero_checkpoint_loads_weights_only_and_resumes(ddp_search, monkeyp
     import torch
 
     from melanoma.engine import Runtime, TrainConfig, fit
-    from search.runner import trial_table
+    from search.results import trial_table
 
     monkeypatch.setenv("MELANOMA_CACHE", str(ddp_search["cache"]))
     rows, _ = trial_table("ddp", str(ddp_search["storage"]))

@@ -108,7 +108,7 @@ def tune_staging_trials(name: str) -> list[Path]:
 
 def test_search_with_a_worker_failure_completes(local_ray, tmp_path: Path, capfd):
     from melanoma_cli import main
-    from search.runner import trial_table
+    from search.results import trial_table
 
     storage = tmp_path / "search"
     exp = write_experiment(tmp_path / "exp.yaml", storage, samples=2)
@@ -195,7 +195,7 @@ def test_interrupted_search_is_finished_by_resume(local_ray, tmp_path: Path, cap
     import ray
 
     from melanoma_cli import main
-    from search.runner import trial_table
+    from search.results import trial_table
 
     storage = tmp_path / "search"
     exp = write_experiment(tmp_path / "exp.yaml", storage, samples=3)
@@ -258,7 +258,8 @@ def test_a_budget_spent_before_the_default_finishes_lets_it_finish_alone(local_r
     from ray import tune
 
     from search.experiment import load_experiment
-    from search.runner import run_search, trial_table
+    from search.results import trial_table
+    from search.runner import run_search
 
     class Seen(tune.Callback):
         def __init__(self):
@@ -284,7 +285,7 @@ def test_inline_launcher_checkpoints_and_restarts_through_tune(local_ray, tmp_pa
     trial that fails once from its epoch-1 checkpoint."""
     from melanoma.engine.checkpoint import load_checkpoint
     from melanoma_cli import main
-    from search.runner import trial_table
+    from search.results import trial_table
 
     marker = local_ray["marker"]
     marker.unlink(missing_ok=True)  # arm the one-off failure again for this search
@@ -426,7 +427,8 @@ def test_classifier_search_on_a_segmenter_searchs_masks_makes_them_once(
 
     from melanoma.engine.config import TrainConfig
     from melanoma_cli import main
-    from search.runner import best_checkpoints, resolve_mask_source
+    from search.results import best_checkpoints
+    from search.runner import resolve_mask_source
 
     local_ray["marker"].write_text("disarmed: no injected failure in this search")
     exp_path = write_experiment(tmp_path / "exp.yaml", tmp_path / "search", samples=1)
@@ -595,7 +597,7 @@ def check_mlflow_runs(uri: str, name: str, storage: Path) -> None:
     its sampled parameters, one value per epoch and its best checkpoint as an artifact."""
     from mlflow import MlflowClient
 
-    from search.runner import trial_table
+    from search.results import trial_table
 
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(name)

@@ -240,7 +240,7 @@ def test_the_searcher_fails_errored_trials_and_resumes_from_its_checkpoint(tmp_p
 
 
 def test_epoch_budget_counts_each_trial_epoch_once():
-    from search.runner import EpochBudget
+    from search.callbacks import EpochBudget
 
     budget = EpochBudget(3)
     assert budget("a", {"epoch": 1}) is False and not budget.stop_all()

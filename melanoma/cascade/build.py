@@ -83,10 +83,6 @@ def build_cascade(
     chosen on the calibrated probabilities. ``drop_test_duplicates`` removes test images
     that share bytes, an id or a lesion with train/val (else refused)."""
     _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on, calibration)
-    if cls_weights not in WEIGHT_CHOICES:
-        raise ValueError(
-            f"classifier weights must be one of {list(WEIGHT_CHOICES)}, got {cls_weights!r}"
-        )
     segs, clss = candidates_of(seg_source, "seg"), candidates_of(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s, c)
@@ -97,22 +93,9 @@ def build_cascade(
     data_meta = data_record(clss[0].config, data)
     bundle, dropped_val = _members_data([*segs, *clss], data_meta, input_size, drop_test_duplicates)
     cls_cv = _cv_sources(cls_source, select_on)
-    if cls_cv and cls_weights == "equal":
-        raise ValueError(
-            "equal weights are for classifiers chosen on validation, but these are "
-            "cross-validation folders chosen on their out-of-fold predictions; pass "
-            "--ensemble-size N (greedy on out-of-fold) or --select-on val"
-        )
-    ctx = BuildContext(
-        input_size,
-        bundle,
-        data_meta,
-        ensemble_size,
-        tta,
-        mask_cleanup,
-        target_sensitivity,
-        cls_weights,
-    )
+    _check_weights(cls_weights, cls_cv)
+    choices = (ensemble_size, tta, mask_cleanup, target_sensitivity, cls_weights)
+    ctx = BuildContext(input_size, bundle, data_meta, *choices)
     if cls_cv:
         choice = choose_on_oof(ctx, segs, as_list(seg_source), cls_cv)
     else:
@@ -219,3 +202,16 @@ def _check_build_args(
         )
     if target_sensitivity is not None and not 0 < target_sensitivity <= 1:
         raise ValueError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
+
+
+def _check_weights(cls_weights: str, cls_cv) -> None:
+    if cls_weights not in WEIGHT_CHOICES:
+        raise ValueError(
+            f"classifier weights must be one of {list(WEIGHT_CHOICES)}, got {cls_weights!r}"
+        )
+    if cls_cv and cls_weights == "equal":
+        raise ValueError(
+            "equal weights are for classifiers chosen on validation, but these are "
+            "cross-validation folders chosen on their out-of-fold predictions; pass "
+            "--ensemble-size N (greedy on out-of-fold) or --select-on val"
+        )

@@ -43,7 +43,7 @@ def load_candidates(
 ) -> list[Candidate]:
     """The model of a checkpoint or run directory, or every fold model of a
     cross-validation directory. (A search name is turned into its trials' checkpoints by
-    the command line: ``search.runner.best_checkpoints``.)"""
+    the command line: ``search.results.best_checkpoints``.)"""
     path = Path(source)
     folds = fold_runs(path)
     if folds is not None:
