@@ -54,13 +54,9 @@ def loader_versus_step(cache: Path, size: int, n: int, device: str, batches: int
     """Engine loader img/s and engine training-step img/s, per model."""
     from melanoma.data.dataset import EpochSampler
     from melanoma.engine.config import TrainConfig
-    from melanoma.engine.loop import (
-        build_training,
-        make_loader,
-        open_training_data,
-        resolve_device,
-        train_one_epoch,
-    )
+    from melanoma.engine.inputs import make_loader, open_training_data
+    from melanoma.engine.loop import resolve_device, train_one_epoch
+    from melanoma.engine.training import build_training
 
     rows = []
     models = {

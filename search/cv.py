@@ -20,7 +20,8 @@ from ray import tune
 from melanoma.config import dump_yaml
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.cv import claim_cv_dir, cv_plan, fold_config, score_folds
-from melanoma.engine.loop import Runtime, needs_segmenter_masks
+from melanoma.engine.inputs import needs_segmenter_masks
+from melanoma.engine.loop import Runtime
 from melanoma.engine.run import training_data
 from melanoma.errors import MelanomaError
 from search.callbacks import Progress

@@ -196,7 +196,7 @@ def test_node_cache_decodes_once_per_machine_and_follows_the_files(
 
 def test_training_reads_raw_files_when_the_cache_is_off(synth_root: Path, tmp_path, monkeypatch):
     from melanoma.engine.config import TrainConfig
-    from melanoma.engine.loop import open_training_data
+    from melanoma.engine.inputs import open_training_data
 
     monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "machine"))
     base = {"task": "seg", "data": {"path": str(synth_root), "image_size": 32}}

@@ -305,7 +305,7 @@ def test_out_of_fold_masks(learn_root: Path, tmp_path: Path, monkeypatch):
     assert len(big.files) == 160 and big[big.files[0]].shape == (2 * size, 2 * size)
 
     # The saved masks are reused only for the same segmenter checkpoint and fold count.
-    from melanoma.engine.loop import labelled, open_training_data
+    from melanoma.engine.inputs import labelled, open_training_data
     from melanoma.engine.oof import segmenter_masks
 
     bundle = open_training_data(cfg)
@@ -411,7 +411,7 @@ def test_out_of_fold_masks_use_the_segmenters_threshold(learn_root, tmp_path, mo
     """Masks for a classifier are thresholded where the cascade will threshold them: at
     the segmenter's own ``threshold``, not at 0.5."""
     from melanoma.engine.checkpoint import BEST, CHECKPOINTS, LAST, load_checkpoint
-    from melanoma.engine.loop import labelled, open_training_data
+    from melanoma.engine.inputs import labelled, open_training_data
     from melanoma.engine.run import training_data
     from melanoma.engine.tasks import rebuild_model
 

@@ -248,7 +248,7 @@ def test_the_cascade_gives_a_classifier_what_training_gave_it(synth_root, mode):
     from melanoma.cascade.model import Cascade, SegmenterSpec
     from melanoma.data.io import load_image
     from melanoma.engine.config import TrainConfig
-    from melanoma.engine.loop import open_training_data
+    from melanoma.engine.inputs import open_training_data
     from melanoma.engine.tasks import make_task
 
     source = 64 if mode in ("crop", "dual") else None

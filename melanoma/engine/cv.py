@@ -23,7 +23,8 @@ from melanoma.data.splits import fold_splits
 from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.evaluate import score_split
-from melanoma.engine.loop import Runtime, labelled, open_training_data
+from melanoma.engine.inputs import labelled, open_training_data
+from melanoma.engine.loop import Runtime
 from melanoma.engine.run import train, training_data
 from melanoma.engine.saver import load_outputs
 from melanoma.files import replace_atomically, write_json

@@ -11,14 +11,13 @@ from melanoma.data.dataset import EpochSampler
 from melanoma.data.splits import Splits
 from melanoma.engine.checkpoint import CHECKPOINTS, load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import (
+from melanoma.engine.inputs import (
     labelled,
     make_loader,
     needs_segmenter_masks,
     open_training_data,
-    resolve_device,
-    validate,
 )
+from melanoma.engine.loop import resolve_device, validate
 from melanoma.engine.tasks import make_task, rebuild_model
 
 

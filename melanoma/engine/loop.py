@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from melanoma.config import dump_yaml
-from melanoma.data.dataset import DataBundle, EpochSampler, open_data
-from melanoma.data.splits import Splits
-from melanoma.data.transforms import build_augmentation
+from melanoma.data.dataset import DataBundle
+from melanoma.engine.collectives import from_rank0, sum_over_ranks
 from melanoma.engine.config import TrainConfig
+from melanoma.engine.inputs import loaders, open_run
 from melanoma.engine.logging import RunLogger
 from melanoma.engine.saver import CheckpointSaver, RunState
 from melanoma.engine.training import Training, build_training
@@ -86,21 +85,6 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def make_loader(
-    dataset, sampler, batch_size: int, workers: int, device: torch.device, drop_last: bool
-):
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        drop_last=drop_last,
-        prefetch_factor=4 if workers > 0 else None,
-    )
-
-
 def train_one_epoch(
     t: Training,
     loader,
@@ -143,38 +127,8 @@ def train_one_epoch(
         total += value * n
         count += n
         bar.set_postfix(loss=f"{total / count:.4f}")
-    total, count = _sum_over_ranks(world_size, total, count)
+    total, count = sum_over_ranks(world_size, total, count)
     return {"loss": total / max(count, 1), "lr": schedule.lr}
-
-
-def _distributed(world_size: int) -> bool:
-    """Whether this run trains across ``world_size`` > 1 ranks of a process group. A run
-    inside one rank of a group (the out-of-fold segmenters) has world size 1: it must not
-    join the group's collectives, which the other ranks are not running."""
-    return (
-        world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized()
-    )
-
-
-def _sum_over_ranks(world_size: int, *values: float) -> tuple[float, ...]:
-    """Sums over every DDP rank (each rank trains on its own share of the epoch); the
-    values themselves in a single process."""
-    if not _distributed(world_size):
-        return values
-    # NCCL reduces GPU tensors only; gloo, CPU ones.
-    device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(tensor)
-    return tuple(float(v) for v in tensor.cpu())
-
-
-def _from_rank0(value: float | None, world_size: int) -> float | None:
-    """Rank 0's ``value`` on every rank of a DDP run; the value itself in one process."""
-    if not _distributed(world_size):
-        return value
-    box = [value]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _step(t: Training, loss: torch.Tensor) -> None:
@@ -237,34 +191,6 @@ def validate(model, loader, task, criterion, device, config, keep: int = 0) -> t
     return metrics, out
 
 
-def needs_segmenter_masks(config: TrainConfig) -> bool:
-    """Whether a classifier trains on a segmenter's predicted masks."""
-    return config.task == "cls" and config.input.mode != "full" and config.input.mask_source != "gt"
-
-
-def labelled(splits: Splits) -> Splits:
-    """The same splits without unlabelled images (what a classifier trains and scores on)."""
-    entries = {
-        s: [e for e in items if e.sample.label is not None] for s, items in splits.entries.items()
-    }
-    return replace(splits, entries=entries)
-
-
-def open_training_data(config: TrainConfig) -> DataBundle:
-    d = config.data
-    if not d.path:
-        raise ValueError("no data path: set data.path in the experiment or pass --data DIR")
-    return open_data(
-        Path(d.path),
-        config.load_size,
-        layout=d.layout,
-        on_bad=d.on_bad,
-        split_config=d.split_config(),
-        decode_once=d.cache,
-        external_paths=d.external_paths,
-    )
-
-
 def fit(
     config: TrainConfig,
     runtime: Runtime | None = None,
@@ -308,7 +234,7 @@ def _stop_for_time(run) -> bool:
     if stop is None:
         return False
     decided = 1.0 if stop(run.state.history[-1]) else 0.0
-    return bool(_from_rank0(decided, run.runtime.world_size))
+    return bool(from_rank0(decided, run.runtime.world_size))
 
 
 @dataclass
@@ -333,8 +259,8 @@ def _start(config: TrainConfig, runtime: Runtime, resume, data, mask_override) -
     checkpoint ``resume`` names) and wrapped as the runtime says."""
     device = runtime.device or resolve_device(config.device)
     _seed(config, device)
-    bundle = _open_run(config, runtime, data, mask_override)
-    train_loader, val_loader = _loaders(config, runtime, device, bundle, mask_override)
+    bundle = open_run(config, runtime, data, mask_override)
+    train_loader, val_loader = loaders(config, runtime, device, bundle, mask_override)
     saver = CheckpointSaver(config)
     checkpoint = saver.resume_path(resume)
     # A resumed run takes every weight from its checkpoint: no ImageNet file needed.
@@ -367,7 +293,7 @@ def _epoch(run: _Run, epoch: int) -> bool:
     # Every rank follows rank 0's figure: best epoch, plateau schedule and early stopping
     # are then decided alike (a tie that flips between ranks would leave one rank stopped
     # and another waiting in the next epoch's all-reduce).
-    value = _from_rank0(val.get(config.metric), runtime.world_size)
+    value = from_rank0(val.get(config.metric), runtime.world_size)
     t.schedule.step_epoch(value)
     improved = state.update(value, config.mode)
     record = {
@@ -393,80 +319,6 @@ def _seed(config: TrainConfig, device: torch.device) -> None:
     np.random.seed(config.seed % 2**32)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def _open_run(config: TrainConfig, runtime: Runtime, data, mask_override) -> DataBundle:
-    """The run's data (labelled images only for a classifier), its config and splits
-    written to the run directory."""
-    bundle = data or open_training_data(config)
-    if config.task == "cls":
-        bundle = bundle.with_splits(labelled(bundle.splits))
-        if needs_segmenter_masks(config) and mask_override is None:
-            raise ValueError(
-                f"input.mask_source is {config.input.mask_source}: fit() needs those masks as "
-                "mask_override; melanoma.engine.train makes them and calls fit"
-            )
-    if runtime.is_main:
-        run_dir = Path(config.out)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_yaml(config.to_dict(), run_dir / "config.yaml")
-        bundle.splits.save(run_dir / "splits.json")
-    return bundle
-
-
-def _loaders(config: TrainConfig, runtime: Runtime, device, bundle: DataBundle, masks):
-    """Training loader (this rank's share, reshuffled each epoch) and validation loader
-    (all of it on every rank)."""
-    augment = build_augmentation(config.data.augment)
-    train_set = bundle.dataset("train", augment, seed=config.seed, mask_override=masks)
-    val_set = bundle.dataset("val", None, seed=config.seed, mask_override=masks)
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(
-            f"need training and validation images, got {len(train_set)} and {len(val_set)}; "
-            "add data or change data.val_fraction"
-        )
-    _require_scorable_validation(config, val_set.labels())
-    bs, workers = config.data.batch_size, config.data.num_workers
-    train_sampler = EpochSampler(
-        len(train_set), config.seed, True, runtime.rank, runtime.world_size
-    )
-    return (
-        make_loader(
-            train_set, train_sampler, bs, workers, device, drop_last=len(train_sampler) > bs
-        ),
-        make_loader(
-            val_set, EpochSampler(len(val_set), 0, False), bs, workers, device, drop_last=False
-        ),
-    )
-
-
-# Classifier metrics that need melanoma and benign validation images to be defined.
-BOTH_CLASS_METRICS = ("auc", "average_precision", "balanced_accuracy")
-
-
-def _require_scorable_validation(config: TrainConfig, labels: list[int | None]) -> None:
-    """A classifier selected on a figure that one class cannot give would never have a
-    best epoch (no best.pt): refuse before training."""
-    if config.task != "cls":
-        return
-    have = sorted({x for x in labels if x is not None})
-    needs = (
-        {0, 1}
-        if config.metric in BOTH_CLASS_METRICS
-        else {1}
-        if config.metric == "sensitivity"
-        else {0}
-        if config.metric == "specificity"
-        else set()
-    )
-    if not needs <= set(have):
-        kinds = {0: "benign", 1: "melanoma"}
-        holds = " and ".join(kinds[x] for x in have) or "no labelled"
-        raise ValueError(
-            f"the validation split holds {holds} images only ({len(labels)} images), so "
-            f"validation {config.metric} is undefined and no epoch could be chosen as the best; "
-            "add data, raise data.val_fraction, or select on metric: loss"
-        )
 
 
 def _print_epoch(config: TrainConfig, runtime: Runtime, record: dict, value, improved) -> None:

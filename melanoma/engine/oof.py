@@ -26,7 +26,8 @@ from melanoma.data.io import file_sha256
 from melanoma.data.splits import units
 from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import fit, open_training_data
+from melanoma.engine.inputs import open_training_data
+from melanoma.engine.loop import fit
 from melanoma.engine.tasks import rebuild_model
 from melanoma.files import read_json, replace_atomically, write_json
 from melanoma.models.segmenter import segment_at

@@ -10,14 +10,8 @@ from melanoma.config import ConfigError
 from melanoma.data.dataset import DataBundle
 from melanoma.data.splits import fold_splits
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.loop import (
-    FitResult,
-    Runtime,
-    fit,
-    labelled,
-    needs_segmenter_masks,
-    open_training_data,
-)
+from melanoma.engine.inputs import labelled, needs_segmenter_masks, open_training_data
+from melanoma.engine.loop import FitResult, Runtime, fit
 from melanoma.engine.oof import segmenter_masks
 
 
