@@ -44,6 +44,7 @@ class RunRecord:
                 )
         else:
             self.data = {"inputs": inputs, "stages": {}}
+        self.earlier_s = 0.0  # what killed runs spent in the stage now running
 
     def save(self) -> None:
         from melanoma.files import write_json
@@ -54,16 +55,41 @@ class RunRecord:
     def done(self, stage: str) -> bool:
         return stage in self.data["stages"]
 
+    def begin(self, stage: str) -> None:
+        """Mark ``stage`` running, so that a run killed inside it counts its time."""
+        self.earlier_s = self.interrupted_s if self.running == stage else 0.0
+        self.data["running"] = {"stage": stage, "since": time.time() - self.earlier_s}
+        if stage not in ("check", "plan"):  # the plan may still refuse the budget
+            self.save()
+
     def finish(self, stage: str, actual_s: float, planned_s: float | None, **extra) -> None:
+        actual_s += self.earlier_s
         self.data["stages"][stage] = {"actual_s": actual_s, "planned_s": planned_s, **extra}
+        self.data.pop("running", None)
+        self.earlier_s = 0.0
         # Nothing is written until a plan holds: a run refused at its data check or its
         # budget leaves nothing that would refuse the corrected command.
         if stage != "check":
             self.save()
 
     @property
+    def running(self) -> str | None:
+        return (self.data.get("running") or {}).get("stage")
+
+    @property
+    def interrupted_s(self) -> float:
+        """Seconds a killed run spent in its unfinished stage: from the stage's start to
+        the newest file the run wrote (its checkpoints and logs, written every epoch)."""
+        if self.running is None:
+            return 0.0
+        since = self.data["running"]["since"]
+        newest = max(f.stat().st_mtime for f in self.path.parent.rglob("*") if f.is_file())
+        return max(0.0, newest - since)
+
+    @property
     def spent_s(self) -> float:
-        return sum(s["actual_s"] for s in self.data["stages"].values())
+        finished = sum(s["actual_s"] for s in self.data["stages"].values())
+        return finished + self.interrupted_s
 
 
 class Clock:
@@ -189,6 +215,12 @@ def run_pipeline(
     record = RunRecord(
         out, {"data": data, "budget_s": budget_s, "seed": seed, "experiments": experiments}
     )
+    if record.running:
+        print(
+            f"[run] an earlier run stopped inside {record.running} after "
+            f"{mmss(record.interrupted_s)}; that time counts against the budget",
+            flush=True,
+        )
     clock = Clock(budget_s, record.spent_s + time.time() - started)
     machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus())
 
@@ -197,6 +229,7 @@ def run_pipeline(
             print(f"[run] {name}: done in an earlier run", flush=True)
             return record.data["stages"][name].get("result")
         print(clock.line(name), flush=True)
+        record.begin(name)
         started = time.time()
         result = work()
         record.finish(name, time.time() - started, planned, result=result)

@@ -253,3 +253,35 @@ def test_a_runtime_stop_ends_the_run_after_its_epoch_and_is_never_asked_after_th
     stopped = fit(config(tmp_path / "b"), Runtime(progress=False, should_stop=lambda r: True))
     assert len(stopped.history) == 1 and stopped.extra["stopped_for_time"] is True
     assert (tmp_path / "b" / "checkpoints" / "best.pt").is_file()
+
+
+def test_a_run_killed_inside_a_stage_counts_the_time_it_spent_there(tmp_path):
+    import os
+    import time
+
+    from melanoma_cli import run as run_module
+
+    inputs = {"data": "synthetic", "budget_s": 600}
+    record = run_module.RunRecord(tmp_path, inputs)
+    record.begin("plan")
+    record.finish("plan", 10.0, None)
+    record.begin("train")
+    since = record.data["running"]["since"]
+    # The killed run's last epoch wrote a checkpoint 100 s into the stage.
+    checkpoint = tmp_path / "cls" / "checkpoints" / "last.pt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"epoch")
+    os.utime(checkpoint, (since + 100, since + 100))
+    resumed = run_module.RunRecord(tmp_path, inputs)
+    assert resumed.running == "train"
+    assert resumed.spent_s == pytest.approx(110.0, abs=1.0)
+    # The stage, finished by the rerun in 5 s more, counts both runs' time.
+    resumed.begin("train")
+    resumed.finish("train", 5.0, 300.0)
+    assert resumed.data["stages"]["train"]["actual_s"] == pytest.approx(105.0, abs=1.0)
+    assert resumed.running is None and resumed.spent_s == pytest.approx(115.0, abs=1.0)
+    again = run_module.RunRecord(tmp_path, inputs)
+    assert "running" not in again.data and again.spent_s == pytest.approx(115.0, abs=1.0)
+    # A stage that was not the one running starts from nothing.
+    again.begin("build")
+    assert again.earlier_s == 0.0 and time.time() - again.data["running"]["since"] < 5
