@@ -373,17 +373,26 @@ def assign_splits(
     for unit in sorted(pool, key=lambda u: min(s.id for s in u)):
         labels = [s.label for s in unit if s.label is not None]
         strata[max(labels) if labels else None].append(unit)
-    for label in sorted(strata, key=lambda v: -1 if v is None else v):
+    # The permutations are drawn in the order they always were, so data sets of one image
+    # per lesion keep their splits; units holding a melanoma are placed first.
+    orders = {
+        label: rng.permutation(len(strata[label]))
+        for label in sorted(strata, key=lambda v: -1 if v is None else v)
+    }
+    placed: Counter = Counter()  # (split, label) -> images placed so far
+    for label in sorted(strata, key=lambda v: -2 if v is None else -v):
         units_here = strata[label]
-        order = rng.permutation(len(units_here))
         counts = Counter()
-        targets = {name: round(fractions[name] * totals[label]) for name in to_carve}
-        for i in order:
+        # A melanoma unit counts its melanomas (a patient's other images ride along, and
+        # are taken off the benign targets); other units count their images.
+        targets = {n: round(fractions[n] * totals[label]) - placed[n, label] for n in to_carve}
+        for i in orders[label]:
             unit = units_here[i]
             dest = next((n for n in to_carve if counts[n] < targets[n]), "train")
-            counts[dest] += len(unit)
+            counts[dest] += sum(s.label == label for s in unit)
             for s in unit:
                 assignment[s.id] = dest
+                placed[dest, s.label] += 1
     return assignment, leaks
 
 
