@@ -12,7 +12,7 @@ from pathlib import Path
 def _cmd_serve(args: argparse.Namespace) -> int:
     from melanoma.service import Limits
 
-    limits = Limits(int(args.max_image_mb * 2**20), args.max_images)
+    limits = Limits(int(args.max_image_mb * 2**20), args.max_images, int(args.max_megapixels * 1e6))
     from serving.app import build_app
 
     app = build_app(
@@ -73,4 +73,11 @@ def register(sub) -> None:
     )
     p.add_argument("--max-image-mb", type=float, default=20.0, help="largest image accepted")
     p.add_argument("--max-images", type=int, default=32, help="most images in one request")
+    p.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=50.0,
+        help="largest image accepted, in millions of pixels, read from its header before "
+        "decoding (a decompression bomb is refused with 413)",
+    )
     p.set_defaults(func=_cmd_serve)

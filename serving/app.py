@@ -32,6 +32,7 @@ from melanoma.service import (
     check_content_type,
     decode_upload,
     parse_many,
+    public_card,
 )
 
 ROUTES = ("POST /predict", "POST /predict/batch", "GET /healthz", "GET /model-card")
@@ -69,6 +70,10 @@ class CascadeService:
         self.predict_batch.set_max_batch_size(max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(batch_wait_s)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+        # Decoding, parsing and mask encoding run here, never on the event loop: a large
+        # decode would stall the batch timer and /healthz.
+        self.codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
+        self.card = public_card(self.model.card)
         self.served = 0
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -84,7 +89,7 @@ class CascadeService:
             if route == "GET /healthz":
                 return JSONResponse(self._health())
             if route == "GET /model-card":
-                return JSONResponse(self.model.card)
+                return JSONResponse(self.card)
             if route == "POST /predict":
                 return JSONResponse(await self._predict_one(request))
             if route == "POST /predict/batch":
@@ -102,25 +107,30 @@ class CascadeService:
             "images_served": self.served,
         }
 
+    async def _off_loop(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.codec, fn, *args)
+
     async def _predict_one(self, request: Request) -> dict:
         check_content_type(request.headers.get("content-type"), IMAGE_TYPES)
         body = await _body(request, self.limits.max_image_bytes)
-        upload = decode_upload(body, self.model.size, self.limits)
+        upload = await self._off_loop(decode_upload, body, self.model.size, self.limits)
         prob, mask = await self.predict_batch(upload)
-        return self.model.answer(upload, prob, mask, _flag(request, "mask"))
+        return await self._off_loop(self.model.answer, upload, prob, mask, _flag(request, "mask"))
 
     async def _predict_many(self, request: Request) -> dict:
         check_content_type(request.headers.get("content-type"), ("application/json",))
         body = await _body(request, self.limits.max_batch_body)
-        uploads = parse_many(body, self.model.size, self.limits)
+        uploads = await self._off_loop(parse_many, body, self.model.size, self.limits)
         results = await asyncio.gather(*(self.predict_batch(u) for u in uploads))
         with_mask = _flag(request, "mask")
-        return {
-            "predictions": [
+
+        def answers():
+            return [
                 self.model.answer(u, p, m, with_mask)
                 for u, (p, m) in zip(uploads, results, strict=True)
             ]
-        }
+
+        return {"predictions": await self._off_loop(answers)}
 
 
 def _flag(request: Request, name: str) -> bool:
