@@ -10,31 +10,40 @@ from pathlib import Path
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from melanoma.service import Limits
+    from melanoma.service import CascadeModel, Limits
 
     limits = Limits(int(args.max_image_mb * 2**20), args.max_images, int(args.max_megapixels * 1e6))
-    from serving.app import build_app
+    from serving.app import Backpressure, build_app, replicas_for
 
-    app = build_app(
-        Path(args.model),
-        int8=args.int8,
-        num_replicas=args.num_replicas,
-        replica_cpus=args.replica_cpus,
-        max_batch_size=args.max_batch_size,
-        batch_wait_ms=args.batch_wait_ms,
-        limits=limits,
-    )
+    backpressure = Backpressure(args.max_ongoing, args.max_queued, args.batch_slots)
+    CascadeModel(Path(args.model), int8=args.int8)  # a model it cannot serve: before Ray
     import ray
     from ray import serve
 
     ray.init(address=args.address, log_to_driver=False)
+    replicas = args.num_replicas
+    if replicas is None:
+        replicas = replicas_for(ray.cluster_resources().get("CPU", 1), args.replica_cpus)
+    app = build_app(
+        Path(args.model),
+        int8=args.int8,
+        num_replicas=replicas,
+        replica_cpus=args.replica_cpus,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        limits=limits,
+        backpressure=backpressure,
+    )
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="melanoma", route_prefix="/")
     print(
-        f"serving {args.model} ({'INT8' if args.int8 else 'float'} model, "
-        f"{args.num_replicas} replica(s), batches of up to {args.max_batch_size} within "
-        f"{args.batch_wait_ms} ms) at http://{args.host}:{args.port}: POST /predict, "
-        "POST /predict/batch, GET /healthz, GET /model-card; Ctrl-C stops",
+        f"serving {args.model} ({'INT8' if args.int8 else 'float'} model, {replicas} "
+        f"replica(s){' (one per CPU of the cluster)' if args.num_replicas is None else ''}, "
+        f"batches of up to {args.max_batch_size} within {args.batch_wait_ms} ms; 503 beyond "
+        f"{backpressure.max_ongoing} ongoing + {backpressure.max_queued} queued requests, "
+        f"request memory at most {backpressure.memory_bound(limits) / 2**30:.1f} GiB a "
+        f"replica) at http://{args.host}:{args.port}: POST /predict, POST /predict/batch, "
+        "GET /healthz, GET /model-card; Ctrl-C stops",
         flush=True,
     )
     # SIGTERM (a container stopping) ends the service as Ctrl-C does.
@@ -60,7 +69,11 @@ def register(sub) -> None:
         "--address", help="a running Ray cluster to serve on (auto or HOST:PORT; default: local)"
     )
     p.add_argument("--int8", action="store_true", help="serve the INT8 model (export --int8)")
-    p.add_argument("--num-replicas", type=int, default=1)
+    p.add_argument(
+        "--num-replicas",
+        type=int,
+        help="replicas to run (default: one per CPU the Ray cluster offers / --replica-cpus)",
+    )
     p.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica")
     p.add_argument(
         "--max-batch-size", type=int, default=16, help="images run through the model at once"
@@ -79,5 +92,23 @@ def register(sub) -> None:
         default=50.0,
         help="largest image accepted, in millions of pixels, read from its header before "
         "decoding (a decompression bomb is refused with 413)",
+    )
+    p.add_argument(
+        "--max-ongoing",
+        type=int,
+        default=32,
+        help="requests a replica works on at once (Serve's max_ongoing_requests)",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=int,
+        default=64,
+        help="requests waiting for a replica before the service answers 503 with Retry-After",
+    )
+    p.add_argument(
+        "--batch-slots",
+        type=int,
+        default=1,
+        help="many-image bodies a replica reads at once; more are answered 503",
     )
     p.set_defaults(func=_cmd_serve)

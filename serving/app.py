@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray import serve
@@ -52,7 +53,7 @@ async def _body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@serve.deployment(max_ongoing_requests=256)
+@serve.deployment
 class CascadeService:
     def __init__(
         self,
@@ -62,6 +63,7 @@ class CascadeService:
         max_batch_size: int = 16,
         batch_wait_s: float = 0.01,
         threads: int | None = None,
+        batch_slots: int = 1,
     ):
         # ONNX Runtime on the CPUs the replica reserved: on every core it would compete
         # with Serve's HTTP proxy and router, which every request also goes through.
@@ -74,6 +76,9 @@ class CascadeService:
         # decode would stall the batch timer and /healthz.
         self.codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
         self.card = public_card(self.model.card)
+        # Many-image bodies (up to Limits.max_batch_body each) read at once: a request
+        # beyond these slots is answered 503 at once instead of buffered.
+        self.batch_slots = asyncio.Semaphore(batch_slots)
         self.served = 0
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
@@ -96,7 +101,8 @@ class CascadeService:
                 return JSONResponse(await self._predict_many(request))
             raise BadRequest(404, f"no route {route}; this service has {', '.join(ROUTES)}")
         except BadRequest as err:
-            return JSONResponse({"error": err.message}, status_code=err.status)
+            headers = {"Retry-After": "1"} if err.status == 503 else None
+            return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
     def _health(self) -> dict:
         return {
@@ -119,6 +125,14 @@ class CascadeService:
 
     async def _predict_many(self, request: Request) -> dict:
         check_content_type(request.headers.get("content-type"), ("application/json",))
+        if self.batch_slots.locked():
+            raise BadRequest(
+                503, "this replica is reading as many image batches as it may; retry shortly"
+            )
+        async with self.batch_slots:
+            return await self._answer_many(request)
+
+    async def _answer_many(self, request: Request) -> dict:
         body = await _body(request, self.limits.max_batch_body)
         uploads = await self._off_loop(parse_many, body, self.model.size, self.limits)
         results = await asyncio.gather(*(self.predict_batch(u) for u in uploads))
@@ -137,6 +151,35 @@ def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "false").lower() in ("1", "true", "yes")
 
 
+@dataclass(frozen=True)
+class Backpressure:
+    """How much a replica holds before it answers 503 (Serve's ``max_ongoing_requests``
+    and ``max_queued_requests``, and the many-image bodies read at once)."""
+
+    max_ongoing: int = 32
+    max_queued: int = 64
+    batch_slots: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.max_ongoing, self.max_queued, self.batch_slots) < 1:
+            raise ValueError(
+                f"need max_ongoing, max_queued and batch_slots >= 1, got {self.max_ongoing}, "
+                f"{self.max_queued} and {self.batch_slots}"
+            )
+
+    def memory_bound(self, limits: Limits) -> int:
+        """The request bytes one replica may hold at once: its single-image requests at
+        their largest, plus its many-image bodies and their base64-decoded copies."""
+        return self.max_ongoing * limits.max_image_bytes + self.batch_slots * 2 * (
+            limits.max_batch_body
+        )
+
+
+def replicas_for(cpus: float, replica_cpus: float) -> int:
+    """One replica per CPU the Ray node offers (each reserving ``replica_cpus``)."""
+    return max(1, int(cpus // replica_cpus))
+
+
 def build_app(
     model_dir: Path,
     *,
@@ -146,6 +189,7 @@ def build_app(
     max_batch_size: int = 16,
     batch_wait_ms: float = 10.0,
     limits: Limits | None = None,
+    backpressure: Backpressure | None = None,
 ):
     """The Serve application over an exported cascade directory. The model is opened here
     first, so a wrong directory or a missing INT8 model fails before any replica starts."""
@@ -155,8 +199,12 @@ def build_app(
             f"need max_batch_size >= 1, batch_wait_ms >= 0 and num_replicas >= 1, got "
             f"{max_batch_size}, {batch_wait_ms} and {num_replicas}"
         )
+    bp = backpressure or Backpressure()
     return CascadeService.options(
-        num_replicas=num_replicas, ray_actor_options={"num_cpus": replica_cpus}
+        num_replicas=num_replicas,
+        ray_actor_options={"num_cpus": replica_cpus},
+        max_ongoing_requests=bp.max_ongoing,
+        max_queued_requests=bp.max_queued,
     ).bind(
         str(Path(model_dir).resolve()),
         int8,
@@ -164,4 +212,5 @@ def build_app(
         max_batch_size,
         batch_wait_ms / 1000.0,
         max(1, int(replica_cpus)),
+        bp.batch_slots,
     )

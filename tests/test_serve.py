@@ -221,3 +221,95 @@ def test_build_app_refuses_settings_no_replica_could_run(exported):
     for settings in ({"max_batch_size": 0}, {"batch_wait_ms": -1}, {"num_replicas": 0}):
         with pytest.raises(ValueError, match="need max_batch_size >= 1, batch_wait_ms >= 0"):
             build_app(exported["dir"], **settings)
+
+
+def _asgi_request(method: str, path: str, body: bytes = b"", content_type: str = ""):
+    from starlette.requests import Request
+
+    headers = [(b"content-type", content_type.encode())] if content_type else []
+    headers.append((b"content-length", str(len(body)).encode()))
+    scope = {"type": "http", "method": method, "path": path, "headers": headers}
+    scope["query_string"] = b""
+    sent = False
+
+    async def receive():
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+def test_the_replica_answers_health_during_a_decode_and_503_when_its_batch_slot_is_full(
+    exported, monkeypatch
+):
+    """The deployment's class in one event loop, no Ray: /healthz is answered while an
+    upload decodes (the decode runs off the loop), a many-image request beyond the batch
+    slots gets 503 with Retry-After, and the card names no local path."""
+    import asyncio
+    import threading
+
+    import serving.app as app
+
+    service = app.CascadeService.func_or_class(str(exported["dir"]), limits=LIMITS)
+    decoding = threading.Event()
+    release = threading.Event()
+    real = app.decode_upload
+
+    def slow_decode(*args, **kwargs):
+        decoding.set()
+        release.wait(10)  # held until the health checks below have been answered
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app, "decode_upload", slow_decode)
+
+    async def unbatched(upload):  # @serve.batch needs a replica; the model is the same
+        return service.model.run([upload])[0]
+
+    service.predict_batch = unbatched
+    image = exported["images"][0].read_bytes()
+
+    async def scenario():
+        predict = asyncio.ensure_future(
+            service(_asgi_request("POST", "/predict", image, "image/jpeg"))
+        )
+        while not decoding.is_set():
+            await asyncio.sleep(0.01)
+        answered = []
+        for _ in range(3):  # answered while the decode is still held
+            answered.append((await service(_asgi_request("GET", "/healthz"))).status_code)
+        assert not predict.done()
+        release.set()
+        predicted = await predict
+        await service.batch_slots.acquire()  # the one slot taken by a body being read
+        busy = await service(
+            _asgi_request("POST", "/predict/batch", b'{"images": []}', "application/json")
+        )
+        service.batch_slots.release()
+        card = await service(_asgi_request("GET", "/model-card"))
+        return answered, predicted, busy, card
+
+    answered, predicted, busy, card = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert answered == [200, 200, 200] and predicted.status_code == 200
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    assert "retry shortly" in json.loads(busy.body)["error"]
+    assert str(exported["root"]) not in card.body.decode() and b'"threshold"' in card.body
+
+
+def test_replicas_follow_the_cpus_and_backpressure_bounds_memory():
+    from serving.app import Backpressure, replicas_for
+
+    assert [replicas_for(c, 1.0) for c in (1, 2, 16)] == [1, 2, 16]
+    assert replicas_for(2, 4.0) == 1 and replicas_for(16, 2.0) == 8
+    bp = Backpressure(max_ongoing=4, max_queued=8, batch_slots=1)
+    limits = Limits(max_image_bytes=1000, max_images=2)
+    assert bp.memory_bound(limits) == 4 * 1000 + 2 * limits.max_batch_body
+    with pytest.raises(ValueError, match="need max_ongoing, max_queued and batch_slots >= 1"):
+        Backpressure(max_queued=0)
+
+
+def test_serve_refuses_backpressure_settings_before_starting_ray(exported, capsys):
+    assert main(["serve", str(exported["dir"]), "--max-queued", "0"]) == 2
+    assert "batch_slots >= 1, got 32, 0 and 1" in capsys.readouterr().err
