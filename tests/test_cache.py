@@ -239,3 +239,46 @@ def test_node_cache_follows_files_outside_the_data_set(tmp_path: Path, monkeypat
         return np.load(cache.path / "images.npy", mmap_mode="r")[row]
 
     assert not np.array_equal(pixels(changed.cache), pixels(first.cache))
+
+
+def test_a_killed_cache_build_resumes_and_is_never_read_half_written(
+    synth_root: Path, cache_dir: Path, tmp_path, monkeypatch
+):
+    import melanoma.data.cache as cache_module
+
+    calls = {"n": 0}
+
+    def dies_after(limit):
+        def load(path, size):
+            calls["n"] += 1
+            if calls["n"] > limit:
+                raise KeyboardInterrupt("killed")
+            return load_image(path, size)
+
+        return load
+
+    out = tmp_path / "cache"
+    monkeypatch.setattr(cache_module, "load_image", dies_after(5))
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(synth_root, 32, out, workers=1)
+    # Half written: not a cache, and nothing opens it as one.
+    with pytest.raises(FileNotFoundError, match="is not a prepared cache"):
+        Cache.open(out)
+    assert int(np.load(out / "filled.npy").sum()) == 5
+    # The same build again decodes only the rows it had not, and equals a clean build.
+    calls["n"] = 0
+    monkeypatch.setattr(cache_module, "load_image", dies_after(10**9))
+    info = prepare_cache(synth_root, 32, out, workers=1)
+    assert calls["n"] == info["images"] - 5
+    assert np.array_equal(np.load(out / "images.npy"), np.load(cache_dir / "images.npy"))
+    assert np.array_equal(np.load(out / "masks.npy"), np.load(cache_dir / "masks.npy"))
+    assert not (out / "filled.npy").exists() and not (out / "building.json").exists()
+    assert Cache.open(out).size == 32
+    # A build of another size does not take those rows: it decodes every one.
+    calls["n"] = 0
+    monkeypatch.setattr(cache_module, "load_image", dies_after(3))
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(synth_root, 48, out, workers=1)
+    calls["n"] = 0
+    monkeypatch.setattr(cache_module, "load_image", dies_after(10**9))
+    assert prepare_cache(synth_root, 32, out, workers=1)["images"] == calls["n"]

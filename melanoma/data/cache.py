@@ -5,7 +5,9 @@ Layout of a cache directory:
   images.npy    uint8 (N, S, S, 3), memory-mapped by every reader (one copy per node)
   masks.npy     uint8 (N, S, S) with 0/1 values; rows without a mask are zero
   splits.json   the split assignment with content hashes, as `melanoma data split` writes
-index.json is written last, so an interrupted prepare leaves no cache that looks complete.
+index.json is written last, so an interrupted prepare leaves no cache that looks complete;
+while a build runs, building.json says what it decodes and filled.npy which rows it has,
+so the same prepare run again decodes only the rows left.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def prepare_cache(
     if not 16 <= size <= 2048:
         raise ValueError(f"cache size must be between 16 and 2048 pixels, got {size}")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not is_cache(out):
+    if out.exists() and any(out.iterdir()) and not is_cache(out) and not _building(out):
         raise FileExistsError(
             f"{out} exists and is not a melanoma cache; choose an empty or new directory"
         )
@@ -63,20 +65,19 @@ def prepare_cache(
     rows = [e for split in ("train", "val", "test") for e in splits.entries[split]]
     split_of = {e.sample.id: split for split, items in splits.entries.items() for e in items}
     n = len(rows)
-    images = np.lib.format.open_memmap(
-        out / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
-    )
-    masks = np.lib.format.open_memmap(
-        out / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size)
-    )
+    images, masks, filled = _open_arrays(out, rows, size)
+    todo = np.flatnonzero(filled == 0)
 
     def fill(i: int) -> None:
         sample = rows[i].sample
         images[i] = load_image(sample.image_path, size)
         masks[i] = load_mask(sample.mask_path, size) if rows[i].mask_sha256 else 0
+        # After the row: a build killed here decodes this row again, never skips it. (The
+        # memory-mapped pages outlive a killed process; a machine crash may lose them.)
+        filled[i] = 1
 
     with ThreadPoolExecutor(workers or 4) as pool:
-        for done, _ in enumerate(pool.map(fill, range(n)), start=1):
+        for done, _ in enumerate(pool.map(fill, todo), start=n - len(todo) + 1):
             if progress:
                 progress(done, n)
     images.flush()
@@ -104,6 +105,8 @@ def prepare_cache(
         ],
     }
     (out / INDEX).write_text(json.dumps(index, indent=1) + "\n")
+    for name in (BUILDING, FILLED):
+        (out / name).unlink(missing_ok=True)
     return {
         "cache": str(out),
         "size": size,
@@ -111,6 +114,44 @@ def prepare_cache(
         "splits": splits.counts(),
         "bytes": (out / "images.npy").stat().st_size + (out / "masks.npy").stat().st_size,
     }
+
+
+BUILDING = "building.json"  # what a build in progress decodes: a rerun of it resumes
+FILLED = "filled.npy"  # uint8 (N,): 1 for every row decoded so far
+
+
+def _building(out: Path) -> bool:
+    return (out / BUILDING).is_file()
+
+
+def _open_arrays(out: Path, rows: list, size: int):
+    """The cache's arrays and which of their rows are filled: those of an interrupted
+    build of the same rows at the same size (resumed), else new ones."""
+    key = {
+        "version": CACHE_VERSION,
+        "size": size,
+        "rows": hashlib.sha256(
+            json.dumps([(e.sample.id, e.image_sha256, e.mask_sha256) for e in rows]).encode()
+        ).hexdigest(),
+    }
+    n = len(rows)
+    shapes = {"images.npy": (n, size, size, 3), "masks.npy": (n, size, size), FILLED: (n,)}
+    resumed = (
+        _building(out)
+        and json.loads((out / BUILDING).read_text()) == key
+        and all((out / f).is_file() for f in shapes)
+    )
+    if resumed:
+        arrays = [np.load(out / f, mmap_mode="r+") for f in shapes]
+        resumed = all(a.shape == shape for a, shape in zip(arrays, shapes.values(), strict=True))
+    if not resumed:
+        (out / INDEX).unlink(missing_ok=True)
+        (out / BUILDING).write_text(json.dumps(key) + "\n")
+        arrays = [
+            np.lib.format.open_memmap(out / f, mode="w+", dtype=np.uint8, shape=shape)
+            for f, shape in shapes.items()
+        ]
+    return tuple(arrays)
 
 
 @dataclass
