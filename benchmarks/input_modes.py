@@ -56,8 +56,9 @@ from pathlib import Path
 import benchlib as bench
 from benchlib import Ham, compare, ham_predictions, interval
 
+from melanoma.names import CROP_MODES
+
 MODES = ("full", "crop", "masked", "mask_channel", "dual")
-CROP_MODES = ("crop", "dual")
 SETS = ("test", "ham")  # the carved ISIC 2017 test split; HAM10000 (out of distribution)
 
 

@@ -11,6 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+INPUT_MODES = ("full", "masked", "crop", "mask_channel", "dual")
+# Input modes whose classifier takes a fourth channel, the lesion mask.
+MASK_CHANNEL_MODES = ("mask_channel",)
+# Input modes whose classifier sees two views, the whole image and the lesion crop, as six
+# channels through one shared backbone.
+DUAL_MODES = ("dual",)
+# Input modes that cut a lesion crop, which can come from a larger copy of the image
+# (``input.source_size``) than the classifier's input.
+CROP_MODES = ("crop", "dual")
+
 # Segmenter architecture (lower case, as smp.create_model spells it) -> smallest input.
 SEGMENTER_MIN_SIZE = {
     "unet": 32,

@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from melanoma.names import INPUT_MODES
 from melanoma_cli.cascade import resolve_candidates
 from melanoma_cli.common import SEARCH_STORAGE
 
@@ -297,8 +298,7 @@ def _register_train(sub) -> None:
         "--input-mode",
         "--input_mode",
         dest="input_mode",
-        # melanoma.data.transforms.INPUT_MODES, written out: the CLI loads without torch
-        choices=["full", "masked", "crop", "mask_channel", "dual"],
+        choices=INPUT_MODES,  # melanoma.names: read without torch
     )
     p.add_argument(
         "--source-size",

@@ -59,7 +59,7 @@ def generate_sample(
     s = size
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     image = _skin(rng, s)
-    mask, (cx, cy, radius) = _outline(rng, s, melanoma, xx, yy)
+    mask, (cx, cy, radius) = _lesion_outline(rng, s, melanoma, xx, yy)
     lesion = _lesion_colours(rng, s, melanoma, xx, yy, cx, cy, radius)
     edge = max(1.0, s * (0.012 if melanoma else 0.006))
     alpha = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), edge)[..., None]
@@ -81,7 +81,7 @@ def _skin(rng: np.random.Generator, s: int) -> np.ndarray:
     )
 
 
-def _outline(rng: np.random.Generator, s: int, melanoma: bool, xx, yy):
+def _lesion_outline(rng: np.random.Generator, s: int, melanoma: bool, xx, yy):
     """The lesion mask, and its centre and radius.
 
     A radius that varies with angle. Melanoma-like lesions get larger radii, more and

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from melanoma.names import INPUT_MODES
+
 
 @dataclass(frozen=True)
 class Normalization:
@@ -88,15 +90,7 @@ def build_augmentation(strength: float) -> A.Compose | None:
     )
 
 
-INPUT_MODES = ("full", "masked", "crop", "mask_channel", "dual")
-# Input modes whose classifier takes a fourth channel, the lesion mask.
-MASK_CHANNEL_MODES = ("mask_channel",)
-# Input modes whose classifier sees two views, the whole image and the lesion crop, as six
-# channels through one shared backbone.
-DUAL_MODES = ("dual",)
-# Input modes that cut a lesion crop, which can come from a larger copy of the image
-# (``input.source_size``) than the classifier's input.
-CROP_MODES = ("crop", "dual")
+# The input modes' names live in melanoma.names (read without torch).
 
 
 def lesion_boxes(mask: torch.Tensor, margin: float) -> torch.Tensor:

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from melanoma.config import ConfigError, apply_overrides, from_dict, to_dict
-from melanoma.names import OPTIMIZERS, check_classifier, check_loss, check_segmenter
+from melanoma.names import (
+    CROP_MODES,
+    OPTIMIZERS,
+    check_classifier,
+    check_loss,
+    check_segmenter,
+)
 
 TASKS = ("seg", "cls")
 DEFAULT_METRIC = {"seg": "jaccard", "cls": "auc"}
@@ -244,7 +250,7 @@ class TrainConfig:
         """The size images are loaded and augmented at: ``input.source_size`` for a
         classifier that cuts a crop (crop, dual), else ``data.image_size``. Other modes
         ignore ``source_size``, so one experiment can search modes with and without it."""
-        if self.input.mode in ("crop", "dual") and self.input.source_size:
+        if self.input.mode in CROP_MODES and self.input.source_size:
             return self.input.source_size
         return self.data.image_size
 

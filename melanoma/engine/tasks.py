@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from melanoma.data.transforms import DUAL_MODES, MASK_CHANNEL_MODES, apply_input_mode
+from melanoma.data.transforms import apply_input_mode
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.losses import create_loss
 from melanoma.metrics import ClassificationMeter, SegmentationMeter
 from melanoma.models import create_classifier, create_segmenter
+from melanoma.names import DUAL_MODES, MASK_CHANNEL_MODES
 
 
 def build_model(config: TrainConfig, *, pretrained: bool = True) -> nn.Module:

@@ -14,6 +14,7 @@ from melanoma.cascade.record import CascadeRecord, MemberRecord
 from melanoma.export.int8 import int8_card_lines
 from melanoma.metrics.intervals import format_interval
 from melanoma.metrics.operating_points import describe_point
+from melanoma.names import CROP_MODES
 from melanoma.postprocess import CLEANUP_RULE
 
 PROB_TOLERANCE = 1e-4  # max |p_onnx - p_eager| over the check images
@@ -77,7 +78,7 @@ def _card_member(member: MemberRecord) -> dict:
     else:
         mode = cfg["input"]["mode"]
         out.update(input_mode=mode, input_mode_rule=INPUT_MODE_RULES[mode])
-        if mode in ("crop", "dual"):
+        if mode in CROP_MODES:
             out["crop_margin"] = cfg["input"]["crop_margin"]
             # The crop is cut from a copy at this size (the cascade's input), not from the
             # image_size copy the whole-image view sees.
