@@ -806,3 +806,41 @@ def test_real_search_keeps_ham_predictions_on_disk_by_checkpoint_identity(monkey
     bench.Scorer(seg, ham).arm([a])
     assert len(calls) == 5 and len(list((tmp_path / "cache").glob("*.npz"))) == 4
     assert not list((tmp_path / "cache").glob("*.part*"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sizes", "1000", "500"], "--sizes must rise"),
+        (["--sizes", "10"], "each be at least 50 images"),
+        (["--px", "32"], "need 64 <= --px <= 6000"),
+        (["--px", "256", "--cache-size", "512"], "16 <= --cache-size <= --px"),
+        (["--per-patient", "0"], "--per-patient must be at least 1"),
+    ],
+)
+def test_data_scale_arguments_are_refused_with_the_fix(argv, message, capsys):
+    bench = load("data_scale")
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_data_scale_growth_exponent_is_the_log_ratio_of_times_over_sizes(tmp_path):
+    bench = load("data_scale")
+    rows = [
+        {"images": 1000, "seconds": {s: 10.0 for s in bench.STAGES}},
+        {"images": 10000, "seconds": {s: 100.0 for s in bench.STAGES} | {"split": 1000.0}},
+    ]
+    (growth,) = bench.exponents(rows)
+    assert growth["check"] == pytest.approx(1.0) and growth["split"] == pytest.approx(2.0)
+    # The generated set: ISIC 2020's layout, every file distinct, read back as isic2020.
+    from melanoma.data.layouts import read_layout
+
+    root = tmp_path / "set"
+    bench.generate(root, 60, 64, per_patient=4)
+    read = read_layout(root)
+    assert read.layout == "isic2020" and len(read.samples) == 60
+    files = sorted((root / "train").glob("*.jpg"))
+    assert len({f.read_bytes() for f in files}) == 60
+    assert len({s.group for s in read.samples}) <= 15
+    assert bench.generate(root, 60, 64, per_patient=4) == 0.0  # kept, not made again

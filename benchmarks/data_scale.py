@@ -1,0 +1,218 @@
+"""How the data path grows with the data set: ISIC 2020-shaped synthetic sets at several
+sizes, each through `data check`, the split, the decoded cache and the first training
+batch, with wall time, images per second, peak resident memory and disk, and the growth
+exponent of every stage between consecutive sizes (1.0: linear).
+
+    python benchmarks/data_scale.py [--sizes 2000 10000 33126] [--px 1024]
+                                    [--per-patient 16] [--cache-size 256]
+                                    [--work DIR] [--json out.json]
+
+The sets (ISIC 2020's layout: train.csv with patient_id and target, JPEGs in train/,
+1.8% melanoma, several images per patient, every file's bytes distinct) are generated
+once into --work (default a temp dir) and kept there; generating counts separately.
+Each size is measured in a fresh process, so its peak resident memory is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("check", "split", "prepare", "first_batch")
+BASE_IMAGES = 64  # distinct lesion pictures; each file stamps its own index into a corner
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 33126])
+    p.add_argument("--px", type=int, default=1024, help="the JPEGs' side")
+    p.add_argument("--per-patient", type=int, default=16, help="mean images per patient")
+    p.add_argument("--cache-size", type=int, default=256)
+    p.add_argument("--workers", type=int, help="decoding threads (default: prepare's)")
+    p.add_argument("--work", type=Path)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # one size, in a child
+    args = p.parse_args(argv)
+    if any(n < 50 for n in args.sizes) or sorted(args.sizes) != args.sizes:
+        p.error(f"--sizes must rise and each be at least 50 images, got {args.sizes}")
+    if not 64 <= args.px <= 6000 or not 16 <= args.cache_size <= args.px:
+        p.error(
+            f"need 64 <= --px <= 6000 and 16 <= --cache-size <= --px, got {args.px}, "
+            f"{args.cache_size}"
+        )
+    if args.per_patient < 1:
+        p.error(f"--per-patient must be at least 1, got {args.per_patient}")
+    return args
+
+
+def generate(root: Path, n: int, px: int, per_patient: int, seed: int = 0) -> float:
+    """An ISIC 2020-shaped set of ``n`` images at ``root`` (kept: a finished one is reused);
+    the seconds it took."""
+    done = root / "generated.json"
+    if done.is_file() and json.loads(done.read_text()) == {"n": n, "px": px}:
+        return 0.0
+    from PIL import Image
+
+    from melanoma.data.synth import generate_sample
+
+    started = time.perf_counter()
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "train").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.0176).astype(int)
+    patients = rng.integers(0, max(1, n // per_patient), n)
+    bases = [generate_sample(rng, px, bool(m))[0] for m in (0, 1) for _ in range(BASE_IMAGES // 2)]
+    rows = ["image_name,patient_id,sex,age_approx,anatom_site_general_challenge,target"]
+    for i in range(n):
+        image = bases[(i % (BASE_IMAGES // 2)) + (BASE_IMAGES // 2) * labels[i]].copy()
+        image[:4, :4] = np.frombuffer(int(i).to_bytes(48, "little"), np.uint8).reshape(4, 4, 3)
+        Image.fromarray(image).save(root / "train" / f"ISIC_{i:07d}.jpg", quality=90)
+        sex = "male" if i % 2 else "female"
+        rows.append(f"ISIC_{i:07d},IP_{patients[i]:07d},{sex},{30 + i % 50},torso,{labels[i]}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    done.write_text(json.dumps({"n": n, "px": px}))
+    return time.perf_counter() - started
+
+
+def measure(root: Path, cache_size: int, workers: int | None) -> dict:
+    """Each stage's seconds on one set, in this process (its peak memory is this set's)."""
+    import torch
+
+    from melanoma.data.cache import prepare_cache
+    from melanoma.data.check import check_dataset
+    from melanoma.data.dataset import open_data
+    from melanoma.data.splits import SplitConfig, build_splits
+    from melanoma.data.transforms import build_augmentation
+    from melanoma.engine.config import TrainConfig
+
+    seconds = {}
+    started = time.perf_counter()
+    report = check_dataset(root, None, on_bad="skip", workers=workers)
+    seconds["check"] = time.perf_counter() - started
+    started = time.perf_counter()
+    splits = build_splits(report, SplitConfig())
+    seconds["split"] = time.perf_counter() - started
+    cache = root.parent / f"{root.name}-cache{cache_size}"
+    shutil.rmtree(cache, ignore_errors=True)
+    started = time.perf_counter()
+    prepare_cache(root, cache_size, cache, on_bad="skip", workers=workers)
+    seconds["prepare"] = time.perf_counter() - started  # its own check and split included
+    started = time.perf_counter()
+    augment = build_augmentation(TrainConfig().data.augment)
+    train = open_data(cache, cache_size).dataset("train", augment, seed=0)
+    loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True, num_workers=0)
+    next(iter(loader))
+    seconds["first_batch"] = time.perf_counter() - started
+    return {
+        "images": len(report.samples),
+        "seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "data_mb": _megabytes(root),
+        "cache_mb": _megabytes(cache),
+        "splits": splits.counts(),
+    }
+
+
+def _megabytes(path: Path) -> float:
+    """Disk blocks used (a memory-mapped array's untouched pages take none)."""
+    return sum(f.stat().st_blocks * 512 for f in Path(path).rglob("*") if f.is_file()) / 2**20
+
+
+def exponents(rows: list[dict]) -> list[dict]:
+    """log(t2 / t1) / log(n2 / n1) of each stage between consecutive sizes."""
+    out = []
+    for a, b in zip(rows, rows[1:], strict=False):
+        ratio = math.log(b["images"] / a["images"])
+        out.append(
+            {
+                "from": a["images"],
+                "to": b["images"],
+                **{
+                    s: math.log(max(b["seconds"][s], 1e-6) / max(a["seconds"][s], 1e-6)) / ratio
+                    for s in STAGES
+                },
+            }
+        )
+    return out
+
+
+def print_table(rows: list[dict], growth: list[dict]) -> None:
+    print(
+        "| images | check s | split s | prepare s | prepare img/s | first batch s | "
+        "peak RSS MB | data MB | cache MB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        s = r["seconds"]
+        print(
+            f"| {r['images']} | {s['check']:.1f} | {s['split']:.2f} | {s['prepare']:.1f} | "
+            f"{r['images'] / s['prepare']:.0f} | {s['first_batch']:.2f} | "
+            f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} | {r['cache_mb']:.0f} |"
+        )
+    print("\ngrowth exponent (1.0: linear)\n")
+    print("| from -> to | " + " | ".join(STAGES) + " |")
+    print("| --- | " + " | ".join("---" for _ in STAGES) + " |")
+    for g in growth:
+        print(f"| {g['from']} -> {g['to']} | " + " | ".join(f"{g[s]:.2f}" for s in STAGES) + " |")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.cache_size, args.workers)))
+        return 0
+    work = args.work or Path(tempfile.mkdtemp(prefix="data-scale-"))
+    rows = []
+    for n in args.sizes:
+        root = work / f"isic2020-{n}-{args.px}px"
+        gen_s = generate(root, n, args.px, args.per_patient)
+        cmd = [
+            sys.executable,
+            __file__,
+            "--measure",
+            str(root),
+            "--cache-size",
+            str(args.cache_size),
+            "--sizes",
+            *map(str, args.sizes),
+            "--px",
+            str(args.px),
+        ]
+        if args.workers:
+            cmd += ["--workers", str(args.workers)]
+        child = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, check=False)
+        if child.returncode != 0:
+            sys.stderr.write(child.stderr)
+            return child.returncode
+        row = json.loads(child.stdout.strip().splitlines()[-1])
+        row["generate_s"] = gen_s
+        rows.append(row)
+        print(f"{n} images: {row['seconds']} (generated in {gen_s:.0f} s)", flush=True)
+    growth = exponents(rows)
+    print_table(rows, growth)
+    if args.json:
+        settings = {k: v for k, v in vars(args).items() if k not in ("work", "json", "measure")}
+        settings |= {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average": os.getloadavg(),
+            "cpus": os.cpu_count(),
+        }
+        args.json.write_text(
+            json.dumps({"settings": settings, "rows": rows, "growth": growth}, indent=1)
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
