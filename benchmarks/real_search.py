@@ -442,6 +442,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        check_runs(work, args)
         args.mask_source = "gt"
         if args.masks == "predicted":
             kept = work / "segmenter"
@@ -479,6 +480,31 @@ def main(argv=None) -> int:
             ray.shutdown()
     log.close()
     return tabulate(results)
+
+
+RUN_KEYS = (  # what the runs in --work were trained with: --reuse must ask the same
+    "data", "experiment", "max_epochs", "image_size", "source_size", "cv_top", "folds",
+    "masks", "segmenter", "seg_epochs",
+)  # fmt: skip
+
+
+def check_runs(work: Path, args) -> None:
+    """``work/runs.json``: the settings its runs were trained with. A ``--reuse`` that asks
+    otherwise is refused, naming what differs (a run trained at another size or on other
+    folds would be scored as if it were this one); a work folder without it is stamped."""
+    asked = {k: str(getattr(args, k)) if getattr(args, k) is not None else None for k in RUN_KEYS}
+    stamp = work / "runs.json"
+    if args.reuse and stamp.is_file():
+        kept = json.loads(stamp.read_text())
+        differ = {k: (kept.get(k), v) for k, v in asked.items() if kept.get(k) != v}
+        if differ:
+            what = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in differ.items())
+            sys.exit(
+                f"--reuse: the runs in {work} were trained otherwise ({what}); ask as they "
+                "were asked, or give another --work"
+            )
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(asked, indent=1) + "\n")
 
 
 def warm_up(base: dict, args, work: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -844,3 +845,20 @@ def test_data_scale_growth_exponent_is_the_log_ratio_of_times_over_sizes(tmp_pat
     assert len({f.read_bytes() for f in files}) == 60
     assert len({s.group for s in read.samples}) <= 15
     assert bench.generate(root, 60, 64, per_patient=4) == 0.0  # kept, not made again
+
+
+def test_real_search_reuse_refuses_runs_trained_otherwise(tmp_path):
+    bench = load("real_search")
+    argv = ["--data", str(tmp_path), "--work", str(tmp_path / "w"), "--budgets", "8"]
+    first = bench.parse_args(argv)
+    bench.check_runs(first.work, first)  # a new folder is stamped
+    stamp = json.loads((tmp_path / "w" / "runs.json").read_text())
+    assert stamp["image_size"] == "64" and stamp["folds"] == "2"
+    bench.check_runs(first.work, bench.parse_args([*argv, "--reuse"]))  # the same: reused
+    with pytest.raises(
+        SystemExit,
+        match="image_size: '64' then, '128' now; source_size: '128' then, '256' now; folds",
+    ):
+        bench.check_runs(
+            first.work, bench.parse_args([*argv, "--reuse", "--image-size", "128", "--folds", "3"])
+        )
