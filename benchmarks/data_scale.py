@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path)
     p.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # one size, in a child
     args = p.parse_args(argv)
-    if any(n < 50 for n in args.sizes) or sorted(args.sizes) != args.sizes:
+    rising = all(a < b for a, b in zip(args.sizes, args.sizes[1:], strict=False))
+    if any(n < 50 for n in args.sizes) or not rising:
         p.error(f"--sizes must rise and each be at least 50 images, got {args.sizes}")
     if not 64 <= args.px <= 6000 or not 16 <= args.cache_size <= args.px:
         p.error(
@@ -59,8 +60,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def generate(root: Path, n: int, px: int, per_patient: int, seed: int = 0) -> float:
     """An ISIC 2020-shaped set of ``n`` images at ``root`` (kept: a finished one is reused);
     the seconds it took."""
-    done = root / "generated.json"
-    if done.is_file() and json.loads(done.read_text()) == {"n": n, "px": px}:
+    done, key = (
+        root / "generated.json",
+        {"n": n, "px": px, "per_patient": per_patient, "seed": seed},
+    )
+    if done.is_file() and json.loads(done.read_text()) == key:
         return 0.0
     from PIL import Image
 
@@ -81,7 +85,7 @@ def generate(root: Path, n: int, px: int, per_patient: int, seed: int = 0) -> fl
         sex = "male" if i % 2 else "female"
         rows.append(f"ISIC_{i:07d},IP_{patients[i]:07d},{sex},{30 + i % 50},torso,{labels[i]}")
     (root / "train.csv").write_text("\n".join(rows) + "\n")
-    done.write_text(json.dumps({"n": n, "px": px}))
+    done.write_text(json.dumps(key))
     return time.perf_counter() - started
 
 

@@ -489,20 +489,28 @@ RUN_KEYS = (  # what the runs in --work were trained with: --reuse must ask the 
 
 
 def check_runs(work: Path, args) -> None:
-    """``work/runs.json``: the settings its runs were trained with. A ``--reuse`` that asks
-    otherwise is refused, naming what differs (a run trained at another size or on other
-    folds would be scored as if it were this one); a work folder without it is stamped."""
+    """``work/runs.json``: the settings its runs were trained with. A run that asks
+    otherwise of a folder holding runs is refused, naming what differs (a run trained at
+    another size or on other folds would be scored as if it were this one, and a fresh run
+    killed before it replaced them would leave a stamp vouching for them)."""
     asked = {k: str(getattr(args, k)) if getattr(args, k) is not None else None for k in RUN_KEYS}
     stamp = work / "runs.json"
-    if args.reuse and stamp.is_file():
+    has_runs = any(work.glob("search-*")) or (work / "segmenter").is_dir()
+    if stamp.is_file() and (args.reuse or has_runs):
         kept = json.loads(stamp.read_text())
         differ = {k: (kept.get(k), v) for k, v in asked.items() if kept.get(k) != v}
         if differ:
             what = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in differ.items())
             sys.exit(
-                f"--reuse: the runs in {work} were trained otherwise ({what}); ask as they "
-                "were asked, or give another --work"
+                f"the runs in {work} were trained otherwise ({what}); ask as they were "
+                "asked, or give another --work"
             )
+    elif args.reuse and has_runs:
+        print(
+            f"--reuse: {work} records no settings (made before runs.json); taking its runs "
+            "as asked now",
+            flush=True,
+        )
     work.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(asked, indent=1) + "\n")
 

@@ -56,7 +56,8 @@ class Limits:
     @property
     def max_batch_body(self) -> int:
         """The largest JSON body of a many-image request (base64 grows bytes by 4/3)."""
-        return self.max_images * (self.max_image_bytes * 4 // 3 + 1024)
+        # Line-wrapped base64 adds an escaped newline every 76 characters (+2.6%).
+        return self.max_images * (self.max_image_bytes * 4 // 3 * 103 // 100 + 1024)
 
 
 @dataclass(frozen=True)
@@ -203,11 +204,14 @@ def public_card(card):
     if isinstance(card, list):
         return [public_card(v) for v in card]
     if isinstance(card, str):
-        return _LOCAL_PATH.sub(lambda m: m.group("name"), card)
+        return _LOCAL_PATH.sub(lambda m: m.group("name") or m.group("wname"), card)
     return card
 
 
-# An absolute POSIX, home or Windows path, alone or inside a sentence (not a URL's path).
+# An absolute POSIX or home path of at least one folder (``/data/isic``, ``~/runs/a``,
+# ``file:///x/y``), or a Windows one (``C:\\data\\set.csv``); alone or inside a sentence.
+# Not a URL's path, a fraction, ``km/h`` or a route (``/model-card``: no folder).
 _LOCAL_PATH = re.compile(
-    r"(?<![\w.:/])(?:~|[A-Za-z]:)?[/\\](?:[^\s/\\'\"]+[/\\])*(?P<name>[^\s/\\'\"]+)"
+    r"(?:(?<![\w./])|(?<=file://))~?/(?:[^\s/'\"]+/)+(?P<name>[^\s/'\"]+)"
+    r"|(?<![\w])[A-Za-z]:\\(?:[^\s\\'\"]+\\)*(?P<wname>[^\s\\'\"]+)"
 )

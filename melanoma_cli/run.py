@@ -45,6 +45,8 @@ class RunRecord:
         else:
             self.data = {"inputs": inputs, "stages": {}}
         self.earlier_s = 0.0  # what killed runs spent in the stage now running
+        # Measured once, before this run writes anything under OUT (plan.json, logs).
+        self.interrupted_s = self._interrupted()
 
     def save(self) -> None:
         from melanoma.files import write_json
@@ -66,7 +68,7 @@ class RunRecord:
         actual_s += self.earlier_s
         self.data["stages"][stage] = {"actual_s": actual_s, "planned_s": planned_s, **extra}
         self.data.pop("running", None)
-        self.earlier_s = 0.0
+        self.earlier_s = self.interrupted_s = 0.0
         # Nothing is written until a plan holds: a run refused at its data check or its
         # budget leaves nothing that would refuse the corrected command.
         if stage != "check":
@@ -76,10 +78,11 @@ class RunRecord:
     def running(self) -> str | None:
         return (self.data.get("running") or {}).get("stage")
 
-    @property
-    def interrupted_s(self) -> float:
+    def _interrupted(self) -> float:
         """Seconds a killed run spent in its unfinished stage: from the stage's start to
-        the newest file the run wrote (its checkpoints and logs, written every epoch)."""
+        the newest file the run wrote (its checkpoints and logs, written every epoch).
+        Both times come from this machine's clock and files: an OUT copied without its
+        timestamps counts from whenever the copy was made."""
         if self.running is None:
             return 0.0
         since = self.data["running"]["since"]
@@ -89,7 +92,7 @@ class RunRecord:
     @property
     def spent_s(self) -> float:
         finished = sum(s["actual_s"] for s in self.data["stages"].values())
-        return finished + self.interrupted_s
+        return finished + (self.interrupted_s if self.running else 0.0)
 
 
 class Clock:

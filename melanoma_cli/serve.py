@@ -13,10 +13,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from melanoma.service import CascadeModel, Limits
 
     limits = Limits(int(args.max_image_mb * 2**20), args.max_images, int(args.max_megapixels * 1e6))
-    from serving.app import Backpressure, build_app, replicas_for
+    from serving.app import Backpressure, build_app, check_settings, replicas_for
 
+    # What no replica could run and a model it cannot serve are refused before Ray starts.
     backpressure = Backpressure(args.max_ongoing, args.max_queued, args.batch_slots)
-    CascadeModel(Path(args.model), int8=args.int8)  # a model it cannot serve: before Ray
+    check_settings(args.num_replicas, args.replica_cpus, args.max_batch_size, args.batch_wait_ms)
+    CascadeModel(Path(args.model), int8=args.int8)
     import ray
     from ray import serve
 
@@ -42,7 +44,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"batches of up to {args.max_batch_size} within {args.batch_wait_ms} ms; 503 beyond "
         f"{backpressure.max_ongoing} ongoing + {backpressure.max_queued} queued requests, "
         f"request memory at most {backpressure.memory_bound(limits) / 2**30:.1f} GiB a "
-        f"replica) at http://{args.host}:{args.port}: POST /predict, POST /predict/batch, "
+        f"replica, {replicas * backpressure.memory_bound(limits) / 2**30:.1f} GiB in all) "
+        f"at http://{args.host}:{args.port}: POST /predict, POST /predict/batch, "
         "GET /healthz, GET /model-card; Ctrl-C stops",
         flush=True,
     )

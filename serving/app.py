@@ -37,6 +37,8 @@ from melanoma.service import (
 )
 
 ROUTES = ("POST /predict", "POST /predict/batch", "GET /healthz", "GET /model-card")
+CODEC_THREADS = 2  # per replica: decoding, JSON parsing and mask PNGs, off the event loop
+BODY_TIMEOUT_S = 60.0  # a many-image body slower than this frees its slot (408)
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -74,7 +76,7 @@ class CascadeService:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
         # Decoding, parsing and mask encoding run here, never on the event loop: a large
         # decode would stall the batch timer and /healthz.
-        self.codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
+        self.codec = ThreadPoolExecutor(max_workers=CODEC_THREADS, thread_name_prefix="codec")
         self.card = public_card(self.model.card)
         # Many-image bodies (up to Limits.max_batch_body each) read at once: a request
         # beyond these slots is answered 503 at once instead of buffered.
@@ -130,10 +132,17 @@ class CascadeService:
                 503, "this replica is reading as many image batches as it may; retry shortly"
             )
         async with self.batch_slots:
-            return await self._answer_many(request)
+            try:  # a client that uploads slowly must not hold the slot forever
+                body = await asyncio.wait_for(
+                    _body(request, self.limits.max_batch_body), BODY_TIMEOUT_S
+                )
+            except TimeoutError:
+                raise BadRequest(
+                    408, f"the body did not arrive within {BODY_TIMEOUT_S:.0f} s; send it again"
+                ) from None
+            return await self._answer_many(request, body)
 
-    async def _answer_many(self, request: Request) -> dict:
-        body = await _body(request, self.limits.max_batch_body)
+    async def _answer_many(self, request: Request, body: bytes) -> dict:
         uploads = await self._off_loop(parse_many, body, self.model.size, self.limits)
         results = await asyncio.gather(*(self.predict_batch(u) for u in uploads))
         with_mask = _flag(request, "mask")
@@ -169,15 +178,27 @@ class Backpressure:
 
     def memory_bound(self, limits: Limits) -> int:
         """The request bytes one replica may hold at once: its single-image requests at
-        their largest, plus its many-image bodies and their base64-decoded copies."""
-        return self.max_ongoing * limits.max_image_bytes + self.batch_slots * 2 * (
-            limits.max_batch_body
-        )
+        their largest, its many-image bodies and their base64-decoded copies, and the
+        images its codec threads decode at their largest (RGB)."""
+        bodies = self.max_ongoing * limits.max_image_bytes
+        bodies += self.batch_slots * 2 * limits.max_batch_body
+        return bodies + CODEC_THREADS * limits.max_pixels * 3
 
 
 def replicas_for(cpus: float, replica_cpus: float) -> int:
     """One replica per CPU the Ray node offers (each reserving ``replica_cpus``)."""
     return max(1, int(cpus // replica_cpus))
+
+
+def check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms) -> None:
+    """Settings no replica could run, refused before Ray starts."""
+    replicas_ok = num_replicas is None or num_replicas >= 1
+    if max_batch_size < 1 or batch_wait_ms < 0 or not replicas_ok or replica_cpus <= 0:
+        raise ValueError(
+            f"need max_batch_size >= 1, batch_wait_ms >= 0, num_replicas >= 1 and "
+            f"replica_cpus > 0, got {max_batch_size}, {batch_wait_ms}, {num_replicas} and "
+            f"{replica_cpus}"
+        )
 
 
 def build_app(
@@ -194,17 +215,17 @@ def build_app(
     """The Serve application over an exported cascade directory. The model is opened here
     first, so a wrong directory or a missing INT8 model fails before any replica starts."""
     CascadeModel(Path(model_dir), int8=int8)
-    if max_batch_size < 1 or batch_wait_ms < 0 or num_replicas < 1:
-        raise ValueError(
-            f"need max_batch_size >= 1, batch_wait_ms >= 0 and num_replicas >= 1, got "
-            f"{max_batch_size}, {batch_wait_ms} and {num_replicas}"
-        )
+    check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms)
     bp = backpressure or Backpressure()
+    from ray.serve.config import BackpressureConfig
+
     return CascadeService.options(
         num_replicas=num_replicas,
         ray_actor_options={"num_cpus": replica_cpus},
         max_ongoing_requests=bp.max_ongoing,
         max_queued_requests=bp.max_queued,
+        # Serve sends no Retry-After of its own on a full queue.
+        backpressure_config=BackpressureConfig(retry_after_s=1),
     ).bind(
         str(Path(model_dir).resolve()),
         int8,

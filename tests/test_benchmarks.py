@@ -862,3 +862,12 @@ def test_real_search_reuse_refuses_runs_trained_otherwise(tmp_path):
         bench.check_runs(
             first.work, bench.parse_args([*argv, "--reuse", "--image-size", "128", "--folds", "3"])
         )
+    # A fresh run into a folder whose runs were trained otherwise is refused too: killed
+    # before it replaced them, its stamp would vouch for runs it did not train.
+    (tmp_path / "w" / "search-0").mkdir()
+    with pytest.raises(SystemExit, match="trained otherwise"):
+        bench.check_runs(first.work, bench.parse_args([*argv, "--max-epochs", "8"]))
+    # A folder made before the stamp is taken as asked, and says so.
+    (tmp_path / "w" / "runs.json").unlink()
+    bench.check_runs(first.work, bench.parse_args([*argv, "--reuse"]))
+    assert (tmp_path / "w" / "runs.json").is_file()

@@ -242,7 +242,7 @@ def test_node_cache_follows_files_outside_the_data_set(tmp_path: Path, monkeypat
 
 
 def test_a_killed_cache_build_resumes_and_is_never_read_half_written(
-    synth_root: Path, cache_dir: Path, tmp_path, monkeypatch
+    synth_root: Path, synth_copy: Path, cache_dir: Path, tmp_path, monkeypatch
 ):
     import melanoma.data.cache as cache_module
 
@@ -282,3 +282,14 @@ def test_a_killed_cache_build_resumes_and_is_never_read_half_written(
     calls["n"] = 0
     monkeypatch.setattr(cache_module, "load_image", dies_after(10**9))
     assert prepare_cache(synth_root, 32, out, workers=1)["images"] == calls["n"]
+    # One file's bytes changed after a kill: no row of the killed build is taken.
+    calls["n"] = 0
+    monkeypatch.setattr(cache_module, "load_image", dies_after(4))
+    copy_out = tmp_path / "copy-cache"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(synth_copy, 32, copy_out, workers=1)
+    changed = sorted((synth_copy / "ISIC-2017_Training_Data").glob("*.jpg"))[-1]
+    changed.write_bytes(changed.read_bytes() + b"\0")  # still a readable JPEG, other bytes
+    calls["n"] = 0
+    monkeypatch.setattr(cache_module, "load_image", dies_after(10**9))
+    assert prepare_cache(synth_copy, 32, copy_out, workers=1)["images"] == calls["n"]

@@ -275,8 +275,13 @@ def test_a_run_killed_inside_a_stage_counts_the_time_it_spent_there(tmp_path):
     resumed = run_module.RunRecord(tmp_path, inputs)
     assert resumed.running == "train"
     assert resumed.spent_s == pytest.approx(110.0, abs=1.0)
+    # The rerun writes its plan.json (and logs) before the stage begins again: the time
+    # is what the killed run spent, not the downtime until the rerun.
+    (tmp_path / "plan.json").write_text("{}")
+    os.utime(tmp_path / "plan.json", (since + 3600, since + 3600))
     # The stage, finished by the rerun in 5 s more, counts both runs' time.
     resumed.begin("train")
+    assert resumed.earlier_s == pytest.approx(100.0, abs=1.0)
     resumed.finish("train", 5.0, 300.0)
     assert resumed.data["stages"]["train"]["actual_s"] == pytest.approx(105.0, abs=1.0)
     assert resumed.running is None and resumed.spent_s == pytest.approx(115.0, abs=1.0)

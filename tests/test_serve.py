@@ -305,11 +305,24 @@ def test_replicas_follow_the_cpus_and_backpressure_bounds_memory():
     assert replicas_for(2, 4.0) == 1 and replicas_for(16, 2.0) == 8
     bp = Backpressure(max_ongoing=4, max_queued=8, batch_slots=1)
     limits = Limits(max_image_bytes=1000, max_images=2)
-    assert bp.memory_bound(limits) == 4 * 1000 + 2 * limits.max_batch_body
+    decoded = 2 * limits.max_pixels * 3  # two codec threads, each an RGB image at the cap
+    assert bp.memory_bound(limits) == 4 * 1000 + 2 * limits.max_batch_body + decoded
     with pytest.raises(ValueError, match="need max_ongoing, max_queued and batch_slots >= 1"):
         Backpressure(max_queued=0)
 
 
-def test_serve_refuses_backpressure_settings_before_starting_ray(exported, capsys):
+def test_serve_refuses_settings_no_replica_could_run_before_starting_ray(
+    exported, capsys, monkeypatch
+):
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray started for settings that were to be refused")
+
+    monkeypatch.setattr(ray, "init", no_ray)
     assert main(["serve", str(exported["dir"]), "--max-queued", "0"]) == 2
     assert "batch_slots >= 1, got 32, 0 and 1" in capsys.readouterr().err
+    assert main(["serve", str(exported["dir"]), "--replica-cpus", "0"]) == 2
+    assert "replica_cpus > 0" in capsys.readouterr().err
+    assert main(["serve", str(exported["dir"]), "--max-megapixels", "0"]) == 2
+    assert "max_pixels=0" in capsys.readouterr().err

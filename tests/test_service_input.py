@@ -72,6 +72,8 @@ def test_the_served_card_holds_no_local_path():
         "note": "trained on /srv/data/isic2017/train today; see https://example.org/a/b",
         "threshold": 0.41,
         "ratio": "3/5 of the folds",
+        "kept": ["GET /model-card", "km/h", "2026/12/07", "(n=5)/fold", "md \\* star"],
+        "cut": ["path:/home/u/x", "file:///home/u/x", "~/runs/a/b"],
     }
     served = public_card(card)
     text = json.dumps(served)
@@ -82,3 +84,5 @@ def test_the_served_card_holds_no_local_path():
     assert served["note"] == "trained on train today; see https://example.org/a/b"
     assert served["classifiers"][0]["origin"] == "cls_search/trial_3"
     assert served["threshold"] == 0.41 and served["ratio"] == "3/5 of the folds"
+    assert served["kept"] == card["kept"]
+    assert served["cut"] == ["path:x", "file://x", "b"]

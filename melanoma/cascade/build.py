@@ -83,6 +83,7 @@ def build_cascade(
     chosen on the calibrated probabilities. ``drop_test_duplicates`` removes test images
     that share bytes, an id or a lesion with train/val (else refused)."""
     _check_build_args(ensemble_size, tta, target_sensitivity, mask_cleanup, select_on, calibration)
+    _check_weights(cls_weights, None)  # before anything loads
     segs, clss = candidates_of(seg_source, "seg"), candidates_of(cls_source, "cls")
     for s, c in itertools.product(segs, clss):
         check_same_data(s, c)

@@ -124,6 +124,13 @@ def _building(out: Path) -> bool:
     return (out / BUILDING).is_file()
 
 
+def _read_key(out: Path) -> dict | None:
+    try:
+        return json.loads((out / BUILDING).read_text())
+    except (OSError, json.JSONDecodeError):  # a build killed while writing it: start over
+        return None
+
+
 def _open_arrays(out: Path, rows: list, size: int):
     """The cache's arrays and which of their rows are filled: those of an interrupted
     build of the same rows at the same size (resumed), else new ones."""
@@ -136,11 +143,7 @@ def _open_arrays(out: Path, rows: list, size: int):
     }
     n = len(rows)
     shapes = {"images.npy": (n, size, size, 3), "masks.npy": (n, size, size), FILLED: (n,)}
-    resumed = (
-        _building(out)
-        and json.loads((out / BUILDING).read_text()) == key
-        and all((out / f).is_file() for f in shapes)
-    )
+    resumed = _building(out) and _read_key(out) == key and all((out / f).is_file() for f in shapes)
     if resumed:
         arrays = [np.load(out / f, mmap_mode="r+") for f in shapes]
         resumed = all(a.shape == shape for a, shape in zip(arrays, shapes.values(), strict=True))

@@ -373,8 +373,9 @@ def assign_splits(
     for unit in sorted(pool, key=lambda u: min(s.id for s in u)):
         labels = [s.label for s in unit if s.label is not None]
         strata[max(labels) if labels else None].append(unit)
-    # The permutations are drawn in the order they always were, so data sets of one image
-    # per lesion keep their splits; units holding a melanoma are placed first.
+    # The permutations are drawn in the order they always were, so data sets whose units
+    # hold one label keep their splits; units holding a melanoma are placed before the
+    # benign ones (unlabelled units, which no labelled target counts, first of all).
     orders = {
         label: rng.permutation(len(strata[label]))
         for label in sorted(strata, key=lambda v: -1 if v is None else v)
