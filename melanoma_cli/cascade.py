@@ -82,7 +82,8 @@ def handoff(ranked: list[tuple], k: int, anchored: bool) -> tuple[list[tuple], s
     picked = sorted(default + others, key=ranked.index)
     if len(picked) == 1:
         return picked, f"the default trial alone (1 of its {n} trials)"
-    return picked, f"the default trial and the best {len(others)} others of its {n} trials"
+    best = "the best other" if len(others) == 1 else f"the best {len(others)} others"
+    return picked, f"the default trial and {best} of its {n} trials"
 
 
 def weighting(size: int | str, cls_sources: list[str], clss: list, how: str) -> tuple[int, str]:

@@ -129,7 +129,7 @@ def describe(result: dict, what: str = "difference") -> str:
     if result.get("in_sample"):
         return (
             f"{what} {result['difference']:+.4f} (in-sample, on the {result['images']} images "
-            "that chose it, where selection keeps it at or above zero: no interval)"
+            "that chose it, which lean it in the chosen one's favour: no interval)"
         )
     if result["low"] is None:
         return f"{what} {result['difference']:+.4f} (no interval)"
