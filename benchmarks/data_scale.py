@@ -94,9 +94,10 @@ def measure(root: Path, cache_size: int, workers: int | None) -> dict:
     import torch
 
     from melanoma.data.cache import prepare_cache
+    from melanoma.data.carve import build_splits
     from melanoma.data.check import check_dataset
     from melanoma.data.dataset import open_data
-    from melanoma.data.splits import SplitConfig, build_splits
+    from melanoma.data.splits import SplitConfig
     from melanoma.data.transforms import build_augmentation
     from melanoma.engine.config import TrainConfig
 

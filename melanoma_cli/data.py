@@ -130,8 +130,8 @@ def _split_config(args: argparse.Namespace):
 
 
 def _cmd_split(args: argparse.Namespace) -> int:
+    from melanoma.data.carve import build_splits
     from melanoma.data.check import check_dataset
-    from melanoma.data.splits import build_splits
 
     report = check_dataset(
         Path(args.data),

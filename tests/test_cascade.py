@@ -873,8 +873,9 @@ def test_validation_with_carved_images_also_reports_theofficial_part(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from melanoma.cascade.scoring import official_part
+    from melanoma.data.carve import build_splits
     from melanoma.data.check import check_dataset
-    from melanoma.data.splits import SplitConfig, build_splits
+    from melanoma.data.splits import SplitConfig
     from tests.conftest import write_official_isic2017
 
     data = write_official_isic2017(tmp_path / "isic", n=60, val=14, test=12, seed=11)

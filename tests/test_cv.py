@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from melanoma.data.carve import fold_splits
 from melanoma.data.records import Sample
-from melanoma.data.splits import SplitConfig, SplitEntry, Splits, fold_splits
+from melanoma.data.splits import SplitConfig, SplitEntry, Splits
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.cv import FoldScores, summarise_folds
 

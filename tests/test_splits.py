@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from melanoma.data.carve import assign_splits, build_splits
 from melanoma.data.check import check_dataset
 from melanoma.data.records import Sample
-from melanoma.data.splits import LeakError, SplitConfig, Splits, assign_splits, build_splits
+from melanoma.data.splits import LeakError, SplitConfig, Splits
 
 
 def samples(n: int, prevalence: float = 0.2, groups: int | None = None, split=None) -> list[Sample]:
@@ -216,7 +217,8 @@ def test_isic2020_sized_index_stays_grouped_by_patient_and_stratified():
 
     import numpy as np
 
-    from melanoma.data.splits import SplitEntry, fold_splits
+    from melanoma.data.carve import fold_splits
+    from melanoma.data.splits import SplitEntry
 
     rng = np.random.default_rng(0)
     n, patients = 33_126, 2_056

@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from melanoma.data.carve import build_splits
 from melanoma.data.check import check_dataset
 from melanoma.data.io import load_image, load_mask
-from melanoma.data.splits import SplitConfig, Splits, build_splits
+from melanoma.data.splits import SplitConfig, Splits
 
 CACHE_VERSION = 2  # 2: masks resized with pixel-centre nearest neighbour (io.resize_mask)
 INDEX = "index.json"

@@ -11,10 +11,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from melanoma.data.cache import Cache, is_cache, node_cache
+from melanoma.data.carve import build_splits
 from melanoma.data.check import check_dataset
 from melanoma.data.io import load_image, load_mask
 from melanoma.data.records import SPLITS, Sample
-from melanoma.data.splits import SplitConfig, Splits, build_splits
+from melanoma.data.splits import SplitConfig, Splits
 from melanoma.data.synth import SYNTHETIC_PREFIX, materialize_synthetic
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.data.splits import fold_splits
+from melanoma.data.carve import fold_splits
 from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.evaluate import score_split

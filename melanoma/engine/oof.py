@@ -21,9 +21,9 @@ from filelock import FileLock
 from sklearn.model_selection import GroupKFold
 
 from melanoma.config import ConfigError
+from melanoma.data.carve import units
 from melanoma.data.dataset import DataBundle
 from melanoma.data.io import file_sha256
-from melanoma.data.splits import units
 from melanoma.engine.checkpoint import CHECKPOINTS, LAST, load_checkpoint
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.inputs import open_training_data

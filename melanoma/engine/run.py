@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from melanoma.config import ConfigError
+from melanoma.data.carve import fold_splits
 from melanoma.data.dataset import DataBundle
-from melanoma.data.splits import fold_splits
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.inputs import labelled, needs_segmenter_masks, open_training_data
 from melanoma.engine.loop import FitResult, Runtime, fit
