@@ -212,3 +212,45 @@ def masks_in(folder: Path, suffix: str) -> Callable[[str], Path | None]:
     """An image id's mask path in ``folder`` (``<id><suffix>``), None when there is no
     such folder."""
     return lambda image_id: folder / f"{image_id}{suffix}" if folder.is_dir() else None
+
+
+Labels = tuple[dict[str, LabelRow | None], list[Problem]]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One split's folder of an official layout: its images, label table and masks."""
+
+    images_dir: Path
+    split: str | None
+    labels_csv: Path | None
+    read_labels: Callable[[Path], Labels]
+    mask_for: Callable[[str], Path | None] = lambda image_id: None
+    metadata: Callable[[], tuple[dict[str, Metadata] | None, list[Problem]]] = lambda: (None, [])
+
+
+def read_parts(parts: Iterable[Part]) -> tuple[list[Sample], list[Problem]]:
+    """Join every part whose image folder exists with its labels (when its table exists)
+    and metadata."""
+    samples: list[Sample] = []
+    problems: list[Problem] = []
+    for part in parts:
+        if not part.images_dir.is_dir():
+            continue
+        labels = None
+        if part.labels_csv is not None and part.labels_csv.is_file():
+            labels, found = part.read_labels(part.labels_csv)
+            problems += found
+        metadata, found = part.metadata()
+        problems += found
+        got, found = join_split(
+            part.images_dir,
+            labels,
+            part.labels_csv,
+            part.split,
+            mask_for=part.mask_for,
+            metadata=metadata,
+        )
+        samples += got
+        problems += found
+    return samples, problems

@@ -8,6 +8,7 @@ from pathlib import Path
 from melanoma.data.labels import parse_binary_label
 from melanoma.data.layouts.common import (
     LabelRow,
+    Part,
     first_file,
     groups_from,
     index_images,
@@ -16,6 +17,7 @@ from melanoma.data.layouts.common import (
     masks_in,
     metadata_csv,
     read_csv,
+    read_parts,
     require_columns,
     rows_to_labels,
 )
@@ -24,28 +26,20 @@ from melanoma.data.records import Problem, ReadResult, Sample
 
 # --------------------------------------------------------------------------- ISIC 2016
 def read_isic2016(root: Path) -> ReadResult:
-    samples: list[Sample] = []
-    problems: list[Problem] = []
-    for tag, split in (("Training", "train"), ("Test", "test")):
+    def part(tag: str, split: str) -> Part:
         images_dir = root / f"ISBI2016_ISIC_Part3_{tag}_Data"
         if not images_dir.is_dir():
             images_dir = root / f"ISBI2016_ISIC_Part1_{tag}_Data"
-        if not images_dir.is_dir():
-            continue
-        csv_path = root / f"ISBI2016_ISIC_Part3_{tag}_GroundTruth.csv"
-        labels = None
-        if csv_path.is_file():
-            labels, found = _isic2016_labels(csv_path)
-            problems += found
-        got, found = join_split(
+        masks = root / f"ISBI2016_ISIC_Part1_{tag}_GroundTruth"
+        return Part(
             images_dir,
-            labels,
-            csv_path,
             split,
-            mask_for=masks_in(root / f"ISBI2016_ISIC_Part1_{tag}_GroundTruth", "_Segmentation.png"),
+            root / f"ISBI2016_ISIC_Part3_{tag}_GroundTruth.csv",
+            _isic2016_labels,
+            mask_for=masks_in(masks, "_Segmentation.png"),
         )
-        samples += got
-        problems += found
+
+    samples, problems = read_parts([part("Training", "train"), part("Test", "test")])
     return ReadResult("isic2016", root, samples, problems)
 
 
@@ -72,33 +66,20 @@ _ISIC2017_SPLITS = (
 
 
 def read_isic2017(root: Path) -> ReadResult:
-    samples: list[Sample] = []
-    problems: list[Problem] = []
-    for tag, split in _ISIC2017_SPLITS:
-        images_dir = root / f"ISIC-2017_{tag}_Data"
-        if not images_dir.is_dir():
-            continue
-        csv_path = root / f"ISIC-2017_{tag}_Part3_GroundTruth.csv"
-        labels = None
-        if csv_path.is_file():
-            labels, found = _isic2017_labels(csv_path)
-            problems += found
-        metadata, found = metadata_csv(
-            root / f"ISIC-2017_{tag}_Data_metadata.csv",
-            "image_id",
-            {"age": "age_approximate", "sex": "sex"},
-        )
-        problems += found
-        got, found = join_split(
-            images_dir,
-            labels,
-            csv_path,
+    def part(tag: str, split: str) -> Part:
+        metadata = root / f"ISIC-2017_{tag}_Data_metadata.csv"
+        return Part(
+            root / f"ISIC-2017_{tag}_Data",
             split,
+            root / f"ISIC-2017_{tag}_Part3_GroundTruth.csv",
+            _isic2017_labels,
             mask_for=masks_in(root / f"ISIC-2017_{tag}_Part1_GroundTruth", "_segmentation.png"),
-            metadata=metadata,
+            metadata=lambda: metadata_csv(
+                metadata, "image_id", {"age": "age_approximate", "sex": "sex"}
+            ),
         )
-        samples += got
-        problems += found
+
+    samples, problems = read_parts(part(tag, split) for tag, split in _ISIC2017_SPLITS)
     return ReadResult("isic2017", root, samples, problems)
 
 
@@ -174,27 +155,19 @@ def read_isic2018(root: Path) -> ReadResult:
 
 
 def read_isic2019(root: Path) -> ReadResult:
-    samples: list[Sample] = []
-    problems: list[Problem] = []
-    for tag, split in (("Training", "train"), ("Test", "test")):
-        images_dir = root / f"ISIC_2019_{tag}_Input"
-        if not images_dir.is_dir():
-            continue
-        groups = groups_from(root / f"ISIC_2019_{tag}_Metadata.csv", "image", "lesion_id")
-        metadata, found = metadata_csv(
-            root / f"ISIC_2019_{tag}_Metadata.csv",
-            "image",
-            {"age": "age_approximate", "sex": "sex", "site": "anatom_site_general"},
+    def part(tag: str, split: str) -> Part:
+        meta_csv = root / f"ISIC_2019_{tag}_Metadata.csv"
+        groups = groups_from(meta_csv, "image", "lesion_id")
+        fields = {"age": "age_approximate", "sex": "sex", "site": "anatom_site_general"}
+        return Part(
+            root / f"ISIC_2019_{tag}_Input",
+            split,
+            root / f"ISIC_2019_{tag}_GroundTruth.csv",
+            lambda csv_path: _one_hot_labels(csv_path, groups),
+            metadata=lambda: metadata_csv(meta_csv, "image", fields),
         )
-        problems += found
-        csv_path = first_file(root / f"ISIC_2019_{tag}_GroundTruth.csv")
-        labels = None
-        if csv_path is not None:
-            labels, found = _one_hot_labels(csv_path, groups)
-            problems += found
-        got, found = join_split(images_dir, labels, csv_path, split, metadata=metadata)
-        samples += got
-        problems += found
+
+    samples, problems = read_parts([part("Training", "train"), part("Test", "test")])
     return ReadResult("isic2019", root, samples, problems, has_masks=False)
 
 
