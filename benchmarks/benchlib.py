@@ -102,6 +102,20 @@ def compare(preds: dict, other: dict) -> dict:
     return paired_difference(preds["label"], a, b)
 
 
+def paired_summary(vs: list[dict]) -> dict:
+    """Seeds' paired comparisons in one record: the differences and bounds, and how many
+    seeds gained (``above``), gained with the interval above zero (``separated``) and lost
+    with it below zero (``below``)."""
+    return {
+        "difference": [v["difference"] for v in vs],
+        "low": [v["low"] for v in vs],
+        "high": [v["high"] for v in vs],
+        "above": sum(v["difference"] > 0 for v in vs),
+        "separated": sum(v["low"] > 0 for v in vs),
+        "below": sum(v["high"] < 0 for v in vs),
+    }
+
+
 def interval(vs: dict) -> str:
     return f"{vs['difference']:+.4f} ({vs['low']:+.3f} to {vs['high']:+.3f})"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 
 import numpy as np
+from benchlib import paired_summary
 
 DEFAULT = "default run"
 ARM_KINDS = ("seed ensemble", "search pick", "hand-off", "anchored hand-off", "hand-off + cv")
@@ -30,15 +31,7 @@ def arm_order(budgets: list[int]) -> list[str]:
 
 
 def _paired(rs: list[dict], key: str) -> dict:
-    vs = [r[key] for r in rs if key in r]
-    return {
-        "difference": [v["difference"] for v in vs],
-        "low": [v["low"] for v in vs],
-        "high": [v["high"] for v in vs],
-        "above": sum(v["difference"] > 0 for v in vs),
-        "separated": sum(v["low"] > 0 for v in vs),
-        "below": sum(v["high"] < 0 for v in vs),
-    }
+    return paired_summary([r[key] for r in rs if key in r])
 
 
 def summarise(results: list[dict]) -> dict[str, dict]:

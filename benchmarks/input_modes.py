@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import benchlib as bench
-from benchlib import Ham, compare, ham_predictions, interval
+from benchlib import Ham, compare, ham_predictions, interval, paired_summary
 
 from melanoma.names import CROP_MODES
 
@@ -257,14 +257,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             for against in ("full", "control"):
                 vs = [r[f"{which}_vs_{against}"] for r in rs if r.get(f"{which}_vs_{against}")]
                 if vs:
-                    s[f"{which}_vs_{against}"] = {
-                        "gain": [v["difference"] for v in vs],
-                        "low": [v["low"] for v in vs],
-                        "high": [v["high"] for v in vs],
-                        "wins": sum(v["difference"] > 0 for v in vs),
-                        "separated_wins": sum(v["low"] > 0 for v in vs),
-                        "separated_losses": sum(v["high"] < 0 for v in vs),
-                    }
+                    s[f"{which}_vs_{against}"] = paired_summary(vs)
         if "ham_s" in rs[0]:
             s["ham_s"] = statistics.mean(r["ham_s"] for r in rs)
         summary[name] = s
@@ -281,11 +274,11 @@ def _gain(vs: dict | None, seeds: int) -> tuple[str, str, str]:
     """(gain over seeds, or the one seed's with its interval; wins; interval>0/<0 counts)."""
     if not vs:
         return "-", "-", "-"
-    if len(vs["gain"]) == 1:
-        g = f"{vs['gain'][0]:+.4f} ({vs['low'][0]:+.3f} to {vs['high'][0]:+.3f})"
+    if len(vs["difference"]) == 1:
+        g = f"{vs['difference'][0]:+.4f} ({vs['low'][0]:+.3f} to {vs['high'][0]:+.3f})"
     else:
-        g = _spread(vs["gain"])
-    return g, f"{vs['wins']}/{seeds}", f"{vs['separated_wins']}/{vs['separated_losses']}"
+        g = _spread(vs["difference"])
+    return g, f"{vs['above']}/{seeds}", f"{vs['separated']}/{vs['below']}"
 
 
 def _spread(values: list[float]) -> str:

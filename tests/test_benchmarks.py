@@ -451,10 +451,10 @@ def test_input_modes_summary_and_tables_show_held_out_and_ham(capsys, tmp_path, 
     summary = bench.summarise(runs)
     assert set(summary) == {"full@64", "dual@64/128"}
     d = summary["dual@64/128"]
-    assert d["test_vs_full"]["wins"] == 2 and d["test_vs_full"]["separated_wins"] == 1
-    assert d["test_vs_full"]["separated_losses"] == 1
-    assert d["test_vs_full"]["gain"] == [0.04, 0.02, -0.03]
-    assert d["ham_vs_full"]["separated_wins"] == 1 and d["ham_vs_control"]["separated_losses"] == 3
+    assert d["test_vs_full"]["above"] == 2 and d["test_vs_full"]["separated"] == 1
+    assert d["test_vs_full"]["below"] == 1
+    assert d["test_vs_full"]["difference"] == [0.04, 0.02, -0.03]
+    assert d["ham_vs_full"]["separated"] == 1 and d["ham_vs_control"]["below"] == 3
     assert d["ham_s"] == 20.0 and d["wall_s"] == 100.0 and d["control"] == "full@128"
     for which in bench.SETS:
         bench.print_table(summary, 3, which)
