@@ -119,6 +119,57 @@ def test_cross_fitting_holds_each_fold_out_and_needs_two_of_each_class():
     assert report["used"] == "none" and "fewer than two images of a class" in report["reason"]
 
 
+def test_cross_fitted_images_are_scored_by_a_map_fitted_without_their_fold():
+    """Each image's cross-fitted probability is what the map fitted on the other folds
+    gives it (the same folds, by hand)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    labels, probs, _ = overconfident(300, seed=4)
+    out = cross_fitted(labels, probs, "platt", folds=5, seed=2)
+    by_hand = np.empty_like(probs)
+    for fit, held in StratifiedKFold(5, shuffle=True, random_state=2).split(probs, labels):
+        by_hand[held] = fit_calibration(labels[fit], probs[fit], "platt").apply(probs[held])
+    np.testing.assert_allclose(out, by_hand)
+    assert not np.allclose(out, fit_calibration(labels, probs, "platt").apply(probs))
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature"])
+def test_sigmoid_maps_are_the_maximum_likelihood_fit(method):
+    """The score equations hold at the fitted map: sum (y - p) z = 0, and for Platt
+    sum (y - p) = 0 too (z the clipped logit of the input)."""
+    from melanoma.cascade.calibration import _logit
+
+    labels, probs, _ = overconfident(2000, seed=5)
+    c = fit_calibration(labels, probs, method)
+    residual = labels - c.apply(probs)
+    assert abs(np.mean(residual * _logit(probs))) < 1e-6
+    if method == "platt":
+        assert abs(np.mean(residual)) < 1e-6
+    assert c.a == pytest.approx(0.25, abs=0.05)  # the push of 4 undone
+
+
+def test_a_map_of_uninformative_probabilities_is_flat_at_the_rate():
+    labels = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    probs = np.array([0.1, 0.2, 0.8, 0.9, 0.15, 0.25, 0.85, 0.95])  # ranked backwards
+    c = fit_calibration(labels, probs, "platt")
+    assert c.a > 0 and np.allclose(c.apply(probs), 0.5, atol=1e-4)
+
+
+def test_isotonic_map_keeps_at_most_max_knots_and_the_graph_agrees():
+    from melanoma.cascade.calibration import MAX_KNOTS
+
+    rng = np.random.default_rng(6)
+    probs = rng.uniform(0, 1, 20000)
+    labels = (rng.uniform(0, 1, 20000) < probs).astype(int)
+    c = fit_calibration(labels, probs, "isotonic")
+    assert 2 <= len(c.x) <= MAX_KNOTS
+    assert np.all(np.diff(c.x) > 0) and np.all(np.diff(c.y) >= 0)
+    assert c.x[0] == pytest.approx(probs.min()) and c.x[-1] == pytest.approx(probs.max())
+    assert np.max(np.abs(c.apply(probs) - probs)) < 0.1  # still the identity, roughly
+    graph = ProbabilityMap(c)(torch.tensor(probs, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(graph, c.apply(probs), atol=1e-5)
+
+
 def test_bad_calibrations_are_refused():
     with pytest.raises(ValueError, match="needs a > 0"):
         Calibration("platt", a=-1.0)
@@ -155,3 +206,30 @@ def test_bad_build_and_model_arguments_name_the_allowed_values(tmp_path):
         ValueError, match="in_channels must be 3 \\(RGB\\) or 4 \\(RGB \\+ mask\\), got 5"
     ):
         create_classifier("resnet18", in_channels=5)
+
+
+def test_bootstrap_rows_equal_scikit_learns_figures():
+    """The vectorised rows the bootstrap uses give, row by row, scikit-learn's log-loss and
+    Brier score and the ECE of calibration_curve's bins (edges included: 0.1 and 1.0)."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    from melanoma.metrics.calibration import EPS, _ece_rows, _log_loss_rows
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, (6, 50))
+    probs = rng.uniform(0, 1, (6, 50))
+    probs[:, :4] = [0.1, 0.2, 1.0, 0.0]  # on the bin edges and the ends
+    eces, losses = _ece_rows(labels, probs, 10), _log_loss_rows(labels, probs)
+    for y, p, ece, loss in zip(labels, probs, eces, losses, strict=True):
+        rate, mean = calibration_curve(y, p, n_bins=10)
+        counts = np.bincount(np.searchsorted(np.linspace(0, 1, 11)[1:-1], p), minlength=10)
+        expected = np.sum(counts[counts > 0] * np.abs(mean - rate)) / len(y)
+        assert ece == pytest.approx(expected)
+        assert expected_calibration_error(y, p) == pytest.approx(expected)
+        assert loss == pytest.approx(sk_log_loss(y, np.clip(p, EPS, 1 - EPS), labels=[0, 1]))
+        assert brier_score(y, p) == pytest.approx(brier_score_loss(y, p))
+        bins = reliability_bins(y, p)
+        assert [b["count"] for b in bins] == counts.tolist()
+        assert [b["melanoma_rate"] for b in bins if b["count"]] == pytest.approx(rate)

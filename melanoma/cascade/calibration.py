@@ -23,6 +23,9 @@ from melanoma.metrics.calibration import calibration_metrics
 CALIBRATION_CHOICES = ("auto", "platt", "temperature", "isotonic", "off")
 METHODS = ("none", "platt", "temperature", "isotonic")
 CROSS_FIT_FOLDS = 5
+# The exported graph evaluates the isotonic map as one clamped ramp per pair of knots;
+# pool-adjacent-violators on a few thousand images can leave hundreds of them.
+MAX_KNOTS = 64
 # The map clips probabilities to [CLIP, 1 - CLIP] before the logit: both bounds exact in
 # float32, so the exported graph and NumPy clip alike (1 - 1e-7 is not a float32).
 CLIP = 2.0**-20
@@ -74,50 +77,84 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def fit_calibration(labels, probs, method: str) -> Calibration:
-    """The ``method`` map of ``probs`` to ``labels`` by maximum likelihood (isotonic: the
-    pool-adjacent-violators fit, as scikit-learn's IsotonicRegression)."""
-    labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
+    """The ``method`` map of ``probs`` to ``labels`` by maximum likelihood: scikit-learn's
+    unpenalised logistic regression on the logit (platt: slope and intercept;
+    temperature: slope only), or its IsotonicRegression (pool-adjacent-violators), kept to
+    at most ``MAX_KNOTS`` knots."""
+    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
     if method == "none":
         return Calibration()
     if method == "isotonic":
-        from sklearn.isotonic import IsotonicRegression
+        return _isotonic(labels, probs)
+    from sklearn.linear_model import LogisticRegression
 
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(probs, labels)
-        x, y = iso.X_thresholds_, iso.y_thresholds_
-        if len(x) < 2:  # one distinct probability: a constant map
-            x, y = np.array([0.0, 1.0]), np.array([y[0], y[0]])
-        return Calibration("isotonic", x=tuple(map(float, x)), y=tuple(map(float, y)))
-    from scipy.optimize import minimize
-
-    z = _logit(probs)
-
-    def nll(params: np.ndarray) -> float:
-        a, b = (np.exp(params[0]), params[1]) if method == "platt" else (np.exp(params[0]), 0.0)
-        s = a * z + b
-        # log(1 + e^s) - y s, stably
-        return float(np.mean(np.logaddexp(0.0, s) - labels * s))
-
-    start = np.zeros(2 if method == "platt" else 1)
-    best = minimize(nll, start, method="Nelder-Mead", options={"xatol": 1e-6, "fatol": 1e-9})
-    a = float(np.exp(best.x[0]))
-    b = float(best.x[1]) if method == "platt" else 0.0
+    z = _logit(probs)[:, None]
+    # C this large is no penalty (penalty=None is deprecated from scikit-learn 1.8).
+    fit = LogisticRegression(C=1e12, fit_intercept=method == "platt", tol=1e-10)
+    fit.fit(z, labels)
+    a = float(fit.coef_[0, 0])
+    b = float(fit.intercept_[0]) if method == "platt" else 0.0
+    if a <= 0:
+        # Probabilities that rank melanomas no better than chance: the monotone maximum
+        # likelihood map is then flat, at the melanoma rate (platt) or at one half.
+        a = 1e-6
+        rate = float(np.clip(labels.mean(), CLIP, 1 - CLIP))
+        b = float(np.log(rate / (1 - rate))) if method == "platt" else 0.0
     return Calibration(method, a=a, b=b)
+
+
+def _isotonic(labels: np.ndarray, probs: np.ndarray) -> Calibration:
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(probs, labels)
+    x, y = iso.X_thresholds_, iso.y_thresholds_
+    if len(x) < 2:  # one distinct probability: a constant map
+        x, y = np.array([0.0, 1.0]), np.array([y[0], y[0]])
+    if len(x) > MAX_KNOTS:
+        # Knots evenly spaced in rank, ends kept: the map through them is still monotone,
+        # and it is the map that is scored and shipped.
+        keep = np.unique(np.linspace(0, len(x) - 1, MAX_KNOTS).round().astype(int))
+        x, y = x[keep], y[keep]
+    return Calibration("isotonic", x=tuple(map(float, x)), y=tuple(map(float, y)))
+
+
+def _estimator(method: str):
+    """A calibration method as a scikit-learn classifier of the probability, for
+    ``cross_val_predict`` (built here: scikit-learn loads only when a map is fitted)."""
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class CalibrationMap(ClassifierMixin, BaseEstimator):
+        def __init__(self, method: str = "platt"):
+            self.method = method
+
+        def fit(self, x: np.ndarray, y: np.ndarray):
+            self.calibration_ = fit_calibration(y, x[:, 0], self.method)
+            self.classes_ = np.array([0, 1])
+            return self
+
+        def predict_proba(self, x: np.ndarray) -> np.ndarray:
+            p = self.calibration_.apply(x[:, 0])
+            return np.stack([1 - p, p], axis=1)
+
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            return (self.predict_proba(x)[:, 1] >= 0.5).astype(int)
+
+    return CalibrationMap(method)
 
 
 def cross_fitted(labels, probs, method: str, folds: int = CROSS_FIT_FOLDS, seed: int = 0):
     """Each image's probability as calibrated by a map fitted without its fold (stratified
     folds; fewer when a class has fewer images than ``folds``). None when a class has
     fewer than two images."""
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    labels, probs = np.asarray(labels), np.asarray(probs, dtype=float)
-    k = min(folds, int(np.bincount(labels.astype(int), minlength=2).min()))
+    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
+    k = min(folds, int(np.bincount(labels, minlength=2).min()))
     if k < 2:
         return None
-    out = np.empty_like(probs)
-    for fit_idx, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(probs, labels):
-        out[held] = fit_calibration(labels[fit_idx], probs[fit_idx], method).apply(probs[held])
-    return out
+    cut = StratifiedKFold(k, shuffle=True, random_state=seed)
+    x = probs[:, None]
+    return cross_val_predict(_estimator(method), x, labels, cv=cut, method="predict_proba")[:, 1]
 
 
 def choose_calibration(labels, probs, mode: str, on: str) -> tuple[Calibration, dict]:
