@@ -12,6 +12,7 @@ import contextlib
 import csv
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -270,3 +271,27 @@ def ham_predictions(
     if not np.allclose(check, probs[:4], atol=1e-5):
         raise AssertionError(f"HAM scoring differs from the cascade's forward: {check}")
     return {"id": np.array(ham.ids), "label": ham.labels, "prob": probs, "input_size": size}
+
+
+def onnxruntime_rates(
+    models: dict[str, Path], images: np.ndarray, batch: int = 16, repeats: int = 3, seconds=2.0
+) -> dict[str, float]:
+    """Images per second of each ONNX Runtime model over the same decoded images at
+    ``batch``: the models take turns, ``repeats`` times for ``seconds`` each, and the
+    median is kept, so a drift of the machine's speed falls on every model alike."""
+    import onnxruntime as ort
+
+    x = np.concatenate([images] * (batch // len(images) + 1))[:batch]
+    sessions = {}
+    for name, path in models.items():
+        sessions[name] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        sessions[name].run(None, {"images": x})  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(repeats):
+        for name, session in sessions.items():
+            done, started = 0, time.perf_counter()
+            while done == 0 or time.perf_counter() - started < seconds:
+                session.run(None, {"images": x})
+                done += batch
+            rates[name].append(done / (time.perf_counter() - started))
+    return {name: statistics.median(r) for name, r in rates.items()}

@@ -152,7 +152,7 @@ def exponents(rows: list[dict]) -> list[dict]:
     return out
 
 
-def print_table(rows: list[dict], growth: list[dict]) -> None:
+def print_scale_table(rows: list[dict], growth: list[dict]) -> None:
     print(
         "| images | check s | split s | prepare s | prepare img/s | first batch s | "
         "peak RSS MB | data MB | cache MB |"
@@ -205,7 +205,7 @@ def main(argv=None) -> int:
         rows.append(row)
         print(f"{n} images: {row['seconds']} (generated in {gen_s:.0f} s)", flush=True)
     growth = exponents(rows)
-    print_table(rows, growth)
+    print_scale_table(rows, growth)
     if args.json:
         settings = {k: v for k, v in vars(args).items() if k not in ("work", "json", "measure")}
         settings |= {

@@ -140,7 +140,7 @@ def same_pixels(arm: Arm, arms: list[Arm]) -> Arm | None:
     return control if control in arms else None
 
 
-def train_config(base: dict, arm: Arm, seed: int, args, out: Path) -> dict:
+def arm_config(base: dict, arm: Arm, seed: int, args, out: Path) -> dict:
     """The shipped experiment's train config for one arm and seed; mask-using modes on the
     segmenter's masks, crops from the arm's source size."""
     config = json.loads(json.dumps(base["train"]))
@@ -163,7 +163,7 @@ def run_arm(base: dict, arm: Arm, seed: int, args, tmp: Path, log, bench, ham) -
     from melanoma.engine.run import train
 
     out = tmp / f"{arm.name.replace('@', '-').replace('/', '-')}-{seed}"
-    config = TrainConfig.from_dict(train_config(base, arm, seed, args, out))
+    config = TrainConfig.from_dict(arm_config(base, arm, seed, args, out))
     started = time.perf_counter()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         train(config, Runtime(progress=False))
@@ -237,7 +237,7 @@ def records_of(trained: dict[Arm, dict], seed: int, bench, echo: bool = True) ->
     return results
 
 
-def summarise(runs: dict[str, list[dict]]) -> dict:
+def summarise_arms(runs: dict[str, list[dict]]) -> dict:
     """Per arm over seeds, on each scored set: AUC, paired gain over ``full`` at the image
     size and over ``full`` at the arm's load size (how often positive, how often its
     interval excludes zero either way); validation AUC and cost."""
@@ -289,7 +289,7 @@ def _mean_range(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ({min(values):.4f}-{max(values):.4f})"
 
 
-def print_table(summary: dict, seeds: int, which: str = "test", ref: str | None = None) -> None:
+def print_arm_table(summary: dict, seeds: int, which: str = "test", ref: str | None = None) -> None:
     """One scored set's table: AUC, gain over ``full`` at the image size (``ref``, the
     first arm) and over ``full`` at the arm's load size, the same pixels in."""
     ref = ref or next(iter(summary))
@@ -416,9 +416,9 @@ def main() -> int:
         f"{', '.join(a.name for a in arms)}; seeds {args.seeds}; masks predicted by {masks}"
         f"{f'; scored on {args.ham} too ({len(ham.ids)} images)' if ham else ''}\n"
     )
-    summary = summarise(runs)
+    summary = summarise_arms(runs)
     for which in SETS:
-        print_table(summary, len(args.seeds), which)
+        print_arm_table(summary, len(args.seeds), which)
     return 0
 
 
@@ -434,7 +434,7 @@ def print_tables(results: dict) -> int:
         print(f"(seed {p['seed']} cut short: only {', '.join(p['arms'])} of it)\n")
     seeds = max(len(s["val_auc"]) for s in results["summary"].values())
     for which in SETS:
-        print_table(results["summary"], seeds, which)
+        print_arm_table(results["summary"], seeds, which)
     return 0
 
 
@@ -461,7 +461,7 @@ def write_json(
             "arms": [a.name for a in arms],
             "wall_s": wall,
         },
-        "summary": summarise(done),
+        "summary": summarise_arms(done),
         "runs": done,
     }
     if ham is not None:

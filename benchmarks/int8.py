@@ -12,18 +12,18 @@ images the export uses (`calibration_indices` of the validation split). For each
   minus the float model's, each with a paired 95% bootstrap interval, and the same for
   the last setting (the shipped one) minus each other setting;
 - ONNX Runtime throughput at batch 16 against the float model, the models taking turns
-  (``benchmarks/serve.py``'s ``onnxruntime_rates``).
+  (``benchlib.onnxruntime_rates``).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from benchlib import onnxruntime_rates
 
 SETTINGS = {
     # The shipped setting less the folded activations: one difference between the two.
@@ -92,11 +92,6 @@ def main() -> int:
     )
     from melanoma.metrics.paired import describe
 
-    serve_py = Path(__file__).with_name("serve.py")
-    spec = importlib.util.spec_from_file_location("bench_serve", serve_py)
-    serve_bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(serve_bench)
-
     _, record = load_cascade(args.cascade)
     # The test split as `cascade evaluate` checks it (isolated, the files the build
     # recorded); validation without the copies of training images the build dropped.
@@ -118,7 +113,7 @@ def main() -> int:
         return run_model(path, data["images"])
 
     outputs = {name: (score(p, val), score(p, test)) for name, p in models.items()}
-    rates = serve_bench.onnxruntime_rates(models, val["images"][:16], seconds=args.seconds)
+    rates = onnxruntime_rates(models, val["images"][:16], seconds=args.seconds)
     base = model_scores(*outputs["float"][0], val["labels"], val["truth"], val["has_mask"])
     print(
         f"\n{args.export} at {record.input_size} px; {len(calibration)} calibration images; "

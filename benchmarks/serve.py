@@ -35,30 +35,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-
-
-def onnxruntime_rates(
-    models: dict[str, Path], images: np.ndarray, batch: int = 16, repeats: int = 3, seconds=2.0
-) -> dict[str, float]:
-    """Images per second of each ONNX Runtime model over the same decoded images at
-    ``batch``: the models take turns, ``repeats`` times for ``seconds`` each, and the
-    median is kept, so a drift of the machine's speed falls on every model alike."""
-    import onnxruntime as ort
-
-    x = np.concatenate([images] * (batch // len(images) + 1))[:batch]
-    sessions = {}
-    for name, path in models.items():
-        sessions[name] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        sessions[name].run(None, {"images": x})  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        for name, session in sessions.items():
-            done, started = 0, time.perf_counter()
-            while done == 0 or time.perf_counter() - started < seconds:
-                session.run(None, {"images": x})
-                done += batch
-            rates[name].append(done / (time.perf_counter() - started))
-    return {name: statistics.median(r) for name, r in rates.items()}
+from benchlib import onnxruntime_rates
 
 
 def predict_rate(model_dir: Path, files: list[Path], int8: bool, tmp: Path) -> float:

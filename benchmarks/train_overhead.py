@@ -42,7 +42,7 @@ import yaml
 LAUNCHERS = {"train": "Ray Train trainable", "inline": "inline launcher"}
 
 
-def train_config(task: str, data: str, image_size: int) -> dict:
+def overhead_config(task: str, data: str, image_size: int) -> dict:
     return {
         "task": task,
         "seed": 0,
@@ -134,7 +134,7 @@ def main() -> int:
     results = {}
     mean = statistics.mean
     for task in args.tasks:
-        train = train_config(task, args.data, args.image_size)
+        train = overhead_config(task, args.data, args.image_size)
         with tempfile.TemporaryDirectory() as tmp:
             bare1, startup1 = bare_run(train, args.epochs, f"{tmp}/bare1")
             runs = {

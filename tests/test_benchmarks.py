@@ -28,6 +28,20 @@ def load(name: str):
     return module
 
 
+def test_benchmarks_share_code_through_modules_not_paths_or_private_names():
+    """No benchmark loads a sibling file by path or imports a private name of the
+    library: what they share is in benchlib and budget_table."""
+    import ast
+
+    for path in sorted(BENCHMARKS.glob("*.py")):
+        text = path.read_text()
+        assert "spec_from_file_location" not in text, path.name
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("melanoma"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
+
+
 def test_every_benchmark_has_a_usage_docstring():
     for path in sorted(BENCHMARKS.glob("*.py")):
         if path.stem in SHARED:
@@ -42,7 +56,7 @@ def test_train_overhead_configs_validate(task):
 
     bench = load("train_overhead")
     config = TrainConfig.from_dict(
-        {**bench.train_config(task, "synthetic:40:64:0", 64), "epochs": 2, "out": "x"}
+        {**bench.overhead_config(task, "synthetic:40:64:0", 64), "epochs": 2, "out": "x"}
     )
     assert config.task == task
     assert set(bench.LAUNCHERS) == {"train", "inline"}
@@ -334,7 +348,7 @@ def test_input_modes_configs_validate():
     args = argparse.Namespace(data="synthetic:40:64:0", epochs=3, mask_source="/r/seg")
     arms = bench.parse_arms(bench.default_arms(64, 128), 64, 128)
     for arm in arms:
-        c = TrainConfig.from_dict(bench.train_config(base, arm, 1, args, Path("x")))
+        c = TrainConfig.from_dict(bench.arm_config(base, arm, 1, args, Path("x")))
         # The shipped train config, changed only in mode, masks, crop source and sizes.
         assert c.model.arch == base["train"]["model"]["arch"] and c.epochs == 3 and c.seed == 1
         assert c.input.mode == arm.mode and c.data.image_size == arm.size
@@ -448,7 +462,7 @@ def test_input_modes_summary_and_tables_show_held_out_and_ham(capsys, tmp_path, 
         ],
         "masked@64": [],  # not run yet (a seed cut short): left out
     }
-    summary = bench.summarise(runs)
+    summary = bench.summarise_arms(runs)
     assert set(summary) == {"full@64", "dual@64/128"}
     d = summary["dual@64/128"]
     assert d["test_vs_full"]["above"] == 2 and d["test_vs_full"]["separated"] == 1
@@ -457,7 +471,7 @@ def test_input_modes_summary_and_tables_show_held_out_and_ham(capsys, tmp_path, 
     assert d["ham_vs_full"]["separated"] == 1 and d["ham_vs_control"]["below"] == 3
     assert d["ham_s"] == 20.0 and d["wall_s"] == 100.0 and d["control"] == "full@128"
     for which in bench.SETS:
-        bench.print_table(summary, 3, which)
+        bench.print_arm_table(summary, 3, which)
     out = capsys.readouterr().out
     held_out, ham = out.split("out of distribution")
     assert "held-out" in held_out and "HAM10000" in ham
@@ -488,8 +502,8 @@ def test_input_modes_summary_and_tables_show_held_out_and_ham(capsys, tmp_path, 
     assert row(ham, "full@64")[:3] == ["0.6000 (0.6000-0.6000)", "-", "-"]
     assert "minus full@64, mean (min-max)" in ham and "ham s" in ham
     # One seed: each gain with its 95% interval instead of a spread over seeds.
-    one = bench.summarise({k: v[:1] for k, v in runs.items()})
-    bench.print_table(one, 1, "ham")
+    one = bench.summarise_arms({k: v[:1] for k, v in runs.items()})
+    bench.print_arm_table(one, 1, "ham")
     out = capsys.readouterr().out
     assert row(out, "dual@64/128")[:2] == ["0.6500", "+0.0300 (+0.010 to +0.050)"]
     assert "minus full@64 (95% CI)" in out
@@ -518,7 +532,7 @@ def test_input_modes_summary_and_tables_show_held_out_and_ham(capsys, tmp_path, 
         "+0.0300 (+0.010 to +0.050)",
     ]
     no_ham = {k: v for k, v in full.items() if not k.startswith("ham")}
-    bench.print_table(bench.summarise({"full@64": [no_ham]}), 1, "ham")
+    bench.print_arm_table(bench.summarise_arms({"full@64": [no_ham]}), 1, "ham")
     assert "out of distribution" not in capsys.readouterr().out
 
 
@@ -618,7 +632,7 @@ def test_onnxruntime_rates_run_every_model_on_the_same_batch(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
-    bench = load("serve")
+    bench = load("benchlib")
     graph = helper.make_graph(
         [helper.make_node("Identity", ["images"], ["out"])],
         "identity",
