@@ -11,6 +11,12 @@ from collections.abc import Sequence
 from melanoma_cli import cascade, data, export, quickstart, run, search, serve, train
 
 STAGES = (data, train, search, cascade, export, serve, quickstart, run)
+DESCRIPTION = (
+    "Search, build and ship a two-stage melanoma classifier for dermoscopy images: a "
+    "segmenter finds the lesion, a classifier reads it. Start with `melanoma quickstart` "
+    "(synthetic data, end to end) or `melanoma run DIR --budget 90m --out OUT` (your "
+    "data, within a time budget); `melanoma COMMAND --help` says what each step does."
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from melanoma import __version__
     from melanoma_cli.common import Parser
 
-    parser = Parser(prog="melanoma", description=__doc__)
+    parser = Parser(prog="melanoma", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"melanoma-search {__version__}")
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of every error, not one line"

@@ -209,7 +209,16 @@ def register(sub) -> None:
     )
     cascade_sub = cascade.add_subparsers(dest="cascade_command", required=True)
     p = cascade_sub.add_parser(
-        "build", help="pick the best pair on validation, choose the threshold"
+        "build",
+        help="choose the segmenter and classifier members, threshold and calibration",
+        description="Assemble the cascade from trained models: a search hands on its "
+        "default trial and its best others, averaged at equal weights (--handoff, "
+        "--ensemble-size); cross-validation folders (`melanoma cv`) are chosen on their "
+        "pooled out-of-fold predictions of the training images, leaving the validation "
+        "split as an untouched second check (--select-on); other sources on the "
+        "validation split. Then the threshold (max balanced accuracy or "
+        "--target-sensitivity) and the calibration are fitted on the same selection set. "
+        "The test split is not read: `cascade evaluate` scores it once.",
     )
     _add_sources(p)
     p.add_argument(
@@ -250,7 +259,7 @@ def register(sub) -> None:
     )
     p.add_argument("--storage", default=SEARCH_STORAGE, help="the searches' root folder or URI")
     p.add_argument("--data", help="dataset (default: the one the models were trained on)")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the new cascade directory")
     _add_drop_test_duplicates(p)
     p.set_defaults(func=_cmd_cascade_build)
     _register_evaluate(cascade_sub)
@@ -258,8 +267,8 @@ def register(sub) -> None:
 
 def _register_evaluate(cascade_sub) -> None:
     p = cascade_sub.add_parser("evaluate", help="test-split report with 95%% intervals")
-    p.add_argument("dir")
-    p.add_argument("--data")
+    p.add_argument("dir", metavar="CASCADE", help="a `cascade build` directory")
+    p.add_argument("--data", help="the data set, where it has moved (default: the recorded path)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     p.add_argument(
         "--submission",

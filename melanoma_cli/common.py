@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from search.experiment import DEFAULT_STORAGE as SEARCH_STORAGE
 
-__all__ = ["SEARCH_STORAGE", "Parser", "_add_drop_test_duplicates", "_progress"]
+__all__ = ["SEARCH_STORAGE", "Parser", "_add_drop_test_duplicates", "_progress", "deprecated"]
 
 
 def _progress(desc: str):
@@ -26,6 +26,14 @@ def _progress(desc: str):
             bar.close()
 
     return update
+
+
+def deprecated(old: str, new: str) -> None:
+    """Say on stderr that a spelling still works for this version and what replaces it."""
+    print(
+        f"warning: `{old}` is deprecated and goes in the next version; use `{new}`",
+        file=sys.stderr,
+    )
 
 
 def _add_drop_test_duplicates(p: argparse.ArgumentParser) -> None:

@@ -205,9 +205,9 @@ def _add_on_bad(p: argparse.ArgumentParser) -> None:
 
 
 def _add_split_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split-seed", type=int, default=0)
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--split-seed", type=int, default=0, help="the carving's random seed")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="share carved into validation")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="share carved into test")
     p.add_argument(
         "--ignore-official-splits",
         action="store_true",
@@ -227,10 +227,10 @@ def register(sub) -> None:
     data_sub = data.add_subparsers(dest="data_command", required=True)
 
     p = data_sub.add_parser("synth", help="write synthetic dermoscopy data in the ISIC 2017 layout")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=200)
-    p.add_argument("--size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the new data set folder")
+    p.add_argument("--n", type=int, default=200, help="images")
+    p.add_argument("--size", type=int, default=256, help="square side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="what the images look like")
     p.add_argument(
         "--prevalence", type=float, default=0.2, help="fraction of melanoma (default 0.2)"
     )
@@ -249,7 +249,7 @@ def register(sub) -> None:
     _add_data_source(p)
     _add_on_bad(p)
     _add_split_options(p)
-    p.add_argument("--out", default="splits.json")
+    p.add_argument("--out", default="splits.json", help="the splits file")
     p.set_defaults(func=_cmd_split)
 
     p = data_sub.add_parser("prepare", help="decode and resize once into a memory-mapped cache")
@@ -258,5 +258,7 @@ def register(sub) -> None:
     _add_split_options(p)
     p.add_argument("--size", type=int, required=True, help="square side in pixels")
     p.add_argument("--out", required=True, help="cache directory")
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: one per CPU)"
+    )
     p.set_defaults(func=_cmd_prepare)

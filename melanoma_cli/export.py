@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from melanoma_cli.common import deprecated
+
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from melanoma.export import export_cascade
@@ -37,9 +39,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from melanoma.predict import predict
 
+    model, inputs = _model_and_images(args)
     rows = predict(
-        Path(args.model),
-        args.inputs,
+        Path(model),
+        inputs,
         Path(args.out),
         masks_out=args.masks_out,
         batch_size=args.batch_size,
@@ -53,11 +56,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0 if len(rows) > bad else 1
 
 
+def _model_and_images(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``predict MODEL IMAGES...``; the old ``predict IMAGES... --model MODEL`` still works
+    for this version, with a warning."""
+    if args.model is not None:
+        deprecated("melanoma predict IMAGES... --model MODEL", "melanoma predict MODEL IMAGES...")
+        return args.model, args.paths
+    if len(args.paths) < 2:
+        raise ValueError(
+            f"predict needs an exported cascade and at least one image: got only "
+            f"{args.paths[0]!r}. Use `melanoma predict MODEL IMAGE [IMAGE ...]`"
+        )
+    return args.paths[0], args.paths[1:]
+
+
 def register(sub) -> None:
     """Add this stage's subcommands."""
     p = sub.add_parser("export", help="write the cascade as ONNX + torch.export, checked")
-    p.add_argument("dir", help="a `cascade build` directory")
-    p.add_argument("--out", required=True)
+    p.add_argument("dir", metavar="CASCADE", help="a `cascade build` directory")
+    p.add_argument("--out", required=True, help="the new export directory")
     p.add_argument(
         "--data",
         help="the cascade's data set, where it has moved since the build: the export is "
@@ -71,16 +88,28 @@ def register(sub) -> None:
     )
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("predict", help="melanoma probability and lesion mask per image")
-    p.add_argument("inputs", nargs="+", help="image files or folders")
-    p.add_argument("--model", required=True, help="an exported cascade directory")
-    p.add_argument("--out", default="predictions.csv")
+    p = sub.add_parser(
+        "predict",
+        help="melanoma probability and lesion mask per image",
+        description="Run an exported cascade on images: a CSV of the melanoma probability "
+        "and decision per image, and the lesion masks with --masks-out.",
+        usage="%(prog)s [options] MODEL IMAGE [IMAGE ...]",
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="MODEL IMAGE",
+        help="the exported cascade directory (`melanoma export --out`), then image files "
+        "or folders",
+    )
+    p.add_argument("--model", help=argparse.SUPPRESS)  # the old spelling, deprecated
+    p.add_argument("--out", default="predictions.csv", help="the predictions CSV")
     p.add_argument(
         "--masks-out",
         help="folder for the lesion masks (PNG, original size): <stem>_mask.png, or, where "
         "inputs share a stem, their path below the common folder with / as __ "
         "(a__ISIC_1.jpg_mask.png); the CSV's mask column names each",
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="images per ONNX Runtime call")
     p.add_argument("--int8", action="store_true", help="run the INT8 model (export --int8) instead")
     p.set_defaults(func=_cmd_predict)

@@ -95,10 +95,7 @@ def run_quickstart(out: Path, experiments: Path | None = None, seed: int | None 
     )
     print(f"report:       {cascade_dir / 'report.md'}")
     print(f"TensorBoard:  tensorboard --logdir {storage}")
-    print(
-        f"exported:     {export_dir} "
-        f"(melanoma predict --model {export_dir} IMAGES... --out preds.csv)"
-    )
+    print(f"exported:     {export_dir} (melanoma predict {export_dir} IMAGES... --out preds.csv)")
     print(f"predictions:  {out / 'predictions.csv'} (test images), masks in {out / 'masks'}")
     return report
 
@@ -115,7 +112,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     """Add this stage's subcommands."""
     p = sub.add_parser("quickstart", help="synthetic data to exported cascade, end to end")
-    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--out", default="runs/quickstart", help="every stage's output, in one folder")
     p.add_argument(
         "--experiments",
         help="folder with quickstart.yaml and quickstart_cls.yaml (default: the shipped ones)",

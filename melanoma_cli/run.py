@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from melanoma_cli.common import deprecated
 from melanoma_cli.lanes import has_checkpoint, lane_configs, mmss, probe, run_lanes
 
 RUN_FILE = "run.json"
@@ -144,7 +145,7 @@ def check_data(config) -> dict:
     d = config.data
     path = Path(materialize_synthetic(d.path) if d.path.startswith(SYNTHETIC_PREFIX) else d.path)
     if not path.exists():
-        raise ValueError(f"--data {d.path}: no such folder; give the data set's folder")
+        raise ValueError(f"DATA {d.path}: no such folder; give the data set's folder")
     report = check_dataset(path, d.layout, on_bad="skip", external_paths=d.external_paths)
     if report.errors:
         shown = "\n  ".join(str(p) for p in report.errors[:5])
@@ -309,13 +310,21 @@ def summary(out: Path, plan, record: RunRecord, report: dict, clock: Clock) -> N
     print(f"report:       {out / 'cascade' / 'report.md'}")
     print(f"model card:   {out / 'export' / 'MODEL_CARD.md'}")
     print(f"TensorBoard:  tensorboard --logdir {out}")
-    print(f"exported:     {out / 'export'} (melanoma predict --model {out / 'export'} IMAGES...)")
+    print(f"exported:     {out / 'export'} (melanoma predict {out / 'export'} IMAGES...)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     experiments = {"seg": args.seg_experiment, "cls": args.cls_experiment}
+    data = args.data
+    if args.data_flag is not None:
+        if data is not None:
+            raise ValueError(f"two data sets given ({data!r} and --data {args.data_flag!r})")
+        deprecated("melanoma run --data DATA", "melanoma run DATA")
+        data = args.data_flag
+    if data is None:
+        raise ValueError("run needs a data set: `melanoma run DATA --budget 90m --out DIR`")
     run_pipeline(
-        args.data,
+        data,
         args.budget,
         Path(args.out),
         seed=args.seed,
@@ -327,12 +336,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("run", help="a data folder to an exported cascade within a time budget")
-    p.add_argument("--data", required=True, help="the data set's folder (or synthetic:N:SIZE:SEED)")
+    p = sub.add_parser(
+        "run",
+        help="a data folder to an exported cascade within a time budget",
+        description="Check the data, plan the budget, train a segmenter and a seed "
+        "ensemble of classifiers, build, evaluate once on the test split and export; a "
+        "rerun with the same --out goes on where a stopped one was.",
+    )
+    p.add_argument(
+        "data", nargs="?", metavar="DATA", help="the data set's folder (or synthetic:N:SIZE:SEED)"
+    )
+    p.add_argument("--data", dest="data_flag", help=argparse.SUPPRESS)  # old spelling
     p.add_argument("--budget", required=True, help="wall-clock budget: 90m, 1h30m, 600s")
     p.add_argument("--out", required=True, help="where the run writes (a rerun goes on there)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seg-experiment", default=EXPERIMENTS["seg"])
-    p.add_argument("--cls-experiment", default=EXPERIMENTS["cls"])
+    p.add_argument("--seed", type=int, default=0, help="the first run's seed; the others count up")
+    p.add_argument(
+        "--seg-experiment", default=EXPERIMENTS["seg"], help="the segmenter's experiment YAML"
+    )
+    p.add_argument(
+        "--cls-experiment", default=EXPERIMENTS["cls"], help="the classifier's experiment YAML"
+    )
     p.add_argument("--quiet", action="store_true", help="stage lines only, no epoch lines")
     p.set_defaults(func=_cmd_run)

@@ -67,7 +67,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve an exported cascade over HTTP (Ray Serve)")
     p.add_argument("model", help="an exported cascade directory (`melanoma export`)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to listen on every interface")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="the HTTP port")
     p.add_argument(
         "--address", help="a running Ray cluster to serve on (auto or HOST:PORT; default: local)"
     )

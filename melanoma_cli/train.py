@@ -9,7 +9,7 @@ from pathlib import Path
 
 from melanoma.names import INPUT_MODES
 from melanoma_cli.cascade import resolve_candidates
-from melanoma_cli.common import SEARCH_STORAGE
+from melanoma_cli.common import SEARCH_STORAGE, deprecated
 
 # Old research-repo flag names keep working; each maps to one config key.
 TRAIN_FLAGS = {
@@ -142,15 +142,31 @@ def _print_metrics(metrics: dict) -> None:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from melanoma.engine.evaluate import evaluate_run
 
-    metrics = evaluate_run(
-        Path(args.checkpoint), task=args.task, data=args.data, split=args.split, device=args.device
-    )
+    run, task = _run_and_task(args)
+    split, device = args.split, args.device
+    metrics = evaluate_run(Path(run), task=task, data=args.data, split=split, device=device)
     if args.json:
         print(json.dumps(metrics, indent=1))
     else:
-        print(f"{args.task} metrics on the {args.split} split of {metrics['data']}:")
-        _print_metrics({k: v for k, v in metrics.items() if k not in ("data",)})
+        print(f"{metrics['task']} metrics on the {args.split} split of {metrics['data']}:")
+        _print_metrics({k: v for k, v in metrics.items() if k not in ("data", "task")})
     return 0
+
+
+def _run_and_task(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``evaluate RUN`` (the task is the checkpoint's); the old ``evaluate TASK
+    --checkpoint RUN`` still works for this version, with a warning, and checks the task."""
+    if args.checkpoint is not None:
+        if args.run not in ("seg", "cls"):
+            raise ValueError(
+                f"with --checkpoint, expected the task seg or cls before it, got {args.run!r}; "
+                "use `melanoma evaluate RUN`"
+            )
+        deprecated("melanoma evaluate TASK --checkpoint RUN", "melanoma evaluate RUN")
+        return args.checkpoint, args.run
+    if args.run is None:
+        raise ValueError("evaluate needs a run: `melanoma evaluate RUN` (a run directory or .pt)")
+    return args.run, None
 
 
 def _cv_label(source: str, origin: str) -> str:
@@ -268,13 +284,13 @@ def register(sub) -> None:
 
 def _register_train(sub) -> None:
     p = sub.add_parser("train", help="train one segmenter or classifier locally (no Ray)")
-    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument("task", choices=["seg", "cls"], help="seg: a segmenter; cls: a classifier")
     p.add_argument(
         "--experiment", help="YAML train config (or search experiment: its train section)"
     )
     p.add_argument("--data", help="dataset directory, manifest CSV or prepared cache")
     p.add_argument("--layout", help="dataset layout (default: detect)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="(default: the experiment's train.epochs)")
     p.add_argument(
         "--arch",
         "--architecture",
@@ -283,9 +299,18 @@ def _register_train(sub) -> None:
     )
     p.add_argument("--encoder", help="segmenter encoder (any SMP encoder, or tu-<timm model>)")
     p.add_argument("--optimizer", help="sgd, adam or adamw")
-    p.add_argument("--learning-rate", "--learning_rate", "--lr", dest="learning_rate", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--weight-decay", "--weight_decay", dest="weight_decay", type=float)
+    p.add_argument(
+        "--learning-rate",
+        "--learning_rate",
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        help="the optimizer's step size",
+    )
+    p.add_argument("--momentum", type=float, help="SGD momentum")
+    p.add_argument(
+        "--weight-decay", "--weight_decay", dest="weight_decay", type=float, help="L2 penalty"
+    )
     p.add_argument(
         "--class-weight",
         "--class_weight",
@@ -293,12 +318,13 @@ def _register_train(sub) -> None:
         type=float,
         help="multiplies the minority class's weight",
     )
-    p.add_argument("--loss")
+    p.add_argument("--loss", help="seg: dice, bce or dice_bce; cls: ce or focal")
     p.add_argument(
         "--input-mode",
         "--input_mode",
         dest="input_mode",
         choices=INPUT_MODES,  # melanoma.names: read without torch
+        help="what the classifier sees of the image and its lesion mask",
     )
     p.add_argument(
         "--source-size",
@@ -313,19 +339,40 @@ def _register_train(sub) -> None:
         dest="mask_source",
         help="'gt' or a segmenter run directory (out-of-fold masks)",
     )
-    p.add_argument("--image-size", "--image_size", dest="image_size", type=int)
-    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int)
-    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int)
+    p.add_argument(
+        "--image-size", "--image_size", dest="image_size", type=int, help="square side in pixels"
+    )
+    p.add_argument(
+        "--batch-size", "--batch_size", dest="batch_size", type=int, help="images per step"
+    )
+    p.add_argument(
+        "--num-workers",
+        "--num_workers",
+        dest="num_workers",
+        type=int,
+        help="data loader processes",
+    )
     p.add_argument("--augment", type=float, help="augmentation strength in [0, 1]")
-    p.add_argument("--on-bad", "--on_bad", dest="on_bad", choices=["fail", "skip"])
+    p.add_argument(
+        "--on-bad",
+        "--on_bad",
+        dest="on_bad",
+        choices=["fail", "skip"],
+        help="an unreadable image: stop (fail) or leave it out and say so (skip)",
+    )
     p.add_argument(
         "--pretrained",
         action="store_true",
         default=None,
         help="ImageNet weights from local files (see README)",
     )
-    p.add_argument("--weights-path", "--weights_path", dest="weights_path")
-    p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--weights-path",
+        "--weights_path",
+        dest="weights_path",
+        help="a local file of pretrained weights (nothing is downloaded)",
+    )
+    p.add_argument("--seed", type=int, help="weights, order and augmentation")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", help="run directory (default runs/<task>-<arch>-<time>)")
     p.add_argument(
@@ -344,7 +391,7 @@ def _register_cv(sub) -> None:
         help="k-fold cross-validation of candidates on the training split (fold models), "
         "each fold a trial of one Ray Tune run",
     )
-    p.add_argument("task", choices=["seg", "cls"])
+    p.add_argument("task", choices=["seg", "cls"], help="seg: segmenters; cls: classifiers")
     p.add_argument(
         "source", nargs="+", help="search name(s) (their --top-k best trials), run directories"
     )
@@ -361,7 +408,9 @@ def _register_cv(sub) -> None:
     )
     p.add_argument("--address", help="Ray cluster: auto or HOST:PORT (default: a local Ray)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP) per fold")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs a Ray Train worker takes"
+    )
     p.add_argument(
         "--gpus-per-worker", default="auto", type=_gpus, help="a number, or auto (1 on GPUs)"
     )
@@ -373,11 +422,18 @@ def _gpus(value: str) -> float | str:
 
 
 def _register_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="metrics of a trained run on a split")
-    p.add_argument("task", choices=["seg", "cls"])
-    p.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics of a trained run on a split",
+        description="Score one trained segmenter or classifier on a split of its data set "
+        "(the split the run recorded, checked image by image).",
+    )
+    p.add_argument(
+        "run", nargs="?", metavar="RUN", help="a `melanoma train` run directory or checkpoint"
+    )
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)  # old spelling, deprecated
     p.add_argument("--data", help="dataset (default: the run's data.path)")
-    p.add_argument("--split", choices=["val", "test", "train"], default="val")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--split", choices=["val", "test", "train"], default="val", help="the split")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=_cmd_evaluate)

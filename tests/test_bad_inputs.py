@@ -65,8 +65,15 @@ def test_cascade_and_predict_refuse_what_they_cannot_use(tmp_path: Path, capsys)
     assert "melanoma cascade build" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert "cascade.pt does not exist" in capsys.readouterr().err
-    assert main(["predict", str(tmp_path), "--model", str(tmp_path)]) == 2
+    assert main(["predict", str(tmp_path), str(tmp_path)]) == 2
     assert "not an exported cascade" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path)]) == 2
+    assert "got only" in capsys.readouterr().err
+    # The old spelling still reaches the same check, with its deprecation line.
+    assert main(["predict", str(tmp_path), "--model", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not an exported cascade" in err and "is deprecated" in err
+    assert "use `melanoma predict MODEL IMAGES...`" in err
     assert (
         main(
             ["cascade", "build", "--seg", "a", "--cls", "b", "--out", str(tmp_path), "--top-k", "0"]

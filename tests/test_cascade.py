@@ -410,7 +410,7 @@ def test_export_takes_only_its_own_report_and_says_what_it_checked_on(built, tmp
         (tmp_path / folder).mkdir()
         shutil.copy(built["data"] / entry["image"], tmp_path / folder / "same.jpg")
     out = tmp_path / "p.csv"
-    args = ["predict", str(tmp_path / "a"), str(tmp_path / "b"), "--model", str(tmp_path / "e")]
+    args = ["predict", str(tmp_path / "e"), str(tmp_path / "a"), str(tmp_path / "b")]
     assert main([*args, "--out", str(out), "--masks-out", str(tmp_path / "m")]) == 0
     with open(out) as fh:
         rows = {Path(r["image"]).parent.name: r for r in csv.DictReader(fh)}
@@ -462,9 +462,8 @@ def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path,
     code = main(
         [
             "predict",
-            str(folder),
-            "--model",
             str(export),
+            str(folder),
             "--out",
             str(out),
             "--masks-out",
@@ -492,9 +491,8 @@ def test_export_matches_eager_and_predict_reproduces_evaluation(built, tmp_path,
             sys.executable,
             "-c",
             NO_TORCH_PREDICT,
-            str(folder),
-            "--model",
             str(export),
+            str(folder),
             "--out",
             str(tmp_path / "bare.csv"),
         ],
@@ -556,7 +554,7 @@ def test_trained_models_rebuild_without_their_imagenet_weight_files(tmp_path, ca
     assert main(["cascade", "build", "--seg", seg, "--cls", cls, "--out", str(out)]) == 0
     assert main(["cascade", "evaluate", str(out), "--bootstrap", "10"]) == 0
     assert main(["export", str(out), "--out", str(tmp_path / "export")]) == 0
-    assert main(["evaluate", "cls", "--checkpoint", cls, "--split", "test"]) == 0
+    assert main(["evaluate", cls, "--split", "test"]) == 0
     assert "error" not in capsys.readouterr().err
 
 
@@ -1185,7 +1183,7 @@ def test_mask_cleanup_is_decided_on_validation_and_predict_applies_it(
     for image_id in cleaned_test.id:
         shutil.copy(two_lesions["data"] / "ISIC-2017_Training_Data" / f"{image_id}.jpg", folder)
     masks_out = tmp_path / "masks"
-    args = ["predict", str(folder), "--model", str(export), "--out", str(tmp_path / "p.csv")]
+    args = ["predict", str(export), str(folder), "--out", str(tmp_path / "p.csv")]
     assert main([*args, "--masks-out", str(masks_out)]) == 0
     from PIL import Image
 
@@ -1351,10 +1349,7 @@ def test_calibration_is_chosen_on_selection_and_travels_to_export_and_predict(
     folder.mkdir()
     for r in rows[:6]:
         shutil.copy(built["data"] / "ISIC-2017_Training_Data" / f"{r['id']}.jpg", folder)
-    assert (
-        main(["predict", str(folder), "--model", str(export), "--out", str(tmp_path / "p.csv")])
-        == 0
-    )
+    assert main(["predict", str(export), str(folder), "--out", str(tmp_path / "p.csv")]) == 0
     with open(tmp_path / "p.csv") as fh:
         predicted = {Path(r["image"]).stem: float(r["probability"]) for r in csv.DictReader(fh)}
     for r in rows[:6]:

@@ -392,13 +392,25 @@ def test_cli_train_old_flag_names_and_evaluate(learn_root: Path, tmp_path: Path,
     )
     assert main(["train", "cls", "--data", str(learn_root), "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
-    assert main(["evaluate", "cls", "--checkpoint", str(out), "--split", "test", "--json"]) == 0
+    assert main(["evaluate", str(out), "--split", "test", "--json"]) == 0
     import json
 
-    metrics = json.loads(capsys.readouterr().out)
+    got = capsys.readouterr()
+    metrics = json.loads(got.out)
     assert metrics["split"] == "test" and 0 <= metrics["auc"] <= 1 and metrics["n"] > 0
+    assert metrics["task"] == "cls" and "deprecated" not in got.err
+    # The old spelling works for one version, says so, and still checks the task.
+    assert main(["evaluate", "cls", "--checkpoint", str(out), "--split", "test", "--json"]) == 0
+    got = capsys.readouterr()
+    assert json.loads(got.out)["auc"] == metrics["auc"]
+    assert "`melanoma evaluate TASK --checkpoint RUN` is deprecated" in got.err
+    assert "use `melanoma evaluate RUN`" in got.err
     assert main(["evaluate", "seg", "--checkpoint", str(out)]) == 2
     assert "holds a cls model" in capsys.readouterr().err
+    assert main(["evaluate"]) == 2
+    assert "melanoma evaluate RUN" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--checkpoint", str(out)]) == 2
+    assert "expected the task seg or cls" in capsys.readouterr().err
 
 
 def test_cli_bad_set_syntax(tmp_path: Path, capsys):

@@ -142,7 +142,7 @@ def test_run_holds_its_budget_and_a_rerun_after_an_interruption_trains_nothing_a
     from melanoma_cli import run as run_module
 
     out = tmp_path / "run"
-    args = ["run", "--data", DATA, "--budget", f"{BUDGET_S}s", "--out", str(out), "--quiet"]
+    args = ["run", DATA, "--budget", f"{BUDGET_S}s", "--out", str(out), "--quiet"]
     real = evaluate.evaluate_cascade
 
     def interrupted(*a, **k):
@@ -177,7 +177,7 @@ def test_run_holds_its_budget_and_a_rerun_after_an_interruption_trains_nothing_a
     assert run_module.RunRecord(out, json.loads((out / "run.json").read_text())["inputs"])
 
     # The same --out asked otherwise is refused, naming what differs.
-    changed = ["run", "--data", DATA, "--budget", "6m", "--out", str(out)]
+    changed = ["run", DATA, "--budget", "6m", "--out", str(out)]
     assert main(changed) == 2
     assert "budget_s: 300.0 then, 360.0 now" in capsys.readouterr().err
 
@@ -186,9 +186,19 @@ def test_a_budget_too_small_for_any_stage_is_refused_before_training(tmp_path, c
     from melanoma_cli import main
 
     out = tmp_path / "run"
-    assert main(["run", "--data", DATA, "--budget", "20s", "--out", str(out)]) == 2
+    assert main(["run", DATA, "--budget", "20s", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "too little for 2 epochs" in err and "give --budget" in err
+    assert "deprecated" not in err
+    # The old spelling reaches the same refusal for one version, and says what replaces it.
+    assert main(["run", "--data", DATA, "--budget", "20s", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "too little for 2 epochs" in err
+    assert "`melanoma run --data DATA` is deprecated" in err and "`melanoma run DATA`" in err
+    assert main(["run", DATA, "--data", DATA, "--budget", "20s", "--out", str(out)]) == 2
+    assert "two data sets given" in capsys.readouterr().err
+    assert main(["run", "--budget", "20s", "--out", str(out)]) == 2
+    assert "run needs a data set" in capsys.readouterr().err
     assert not (out / "seg").exists() and not (out / "cls").exists()
     # Nothing is left that would refuse the budget the message asks for.
     assert not (out / "run.json").exists()
@@ -197,7 +207,7 @@ def test_a_budget_too_small_for_any_stage_is_refused_before_training(tmp_path, c
 def test_an_unknown_experiment_is_refused_listing_the_shipped_ones(tmp_path, capsys):
     from melanoma_cli import main
 
-    argv = ["run", "--data", DATA, "--budget", "10m", "--out", str(tmp_path / "r")]
+    argv = ["run", DATA, "--budget", "10m", "--out", str(tmp_path / "r")]
     assert main([*argv, "--cls-experiment", "nope"]) == 2
     err = capsys.readouterr().err
     assert "experiment file nope does not exist" in err and "isic2017_cpu_cls" in err
@@ -216,11 +226,11 @@ def test_a_data_folder_with_bad_files_is_refused_before_training(tmp_path, capsy
     image = sorted(data.rglob("*.jpg"))[0]
     image.write_bytes(b"not a jpeg")
     out = tmp_path / "run"
-    assert main(["run", "--data", str(data), "--budget", "10m", "--out", str(out)]) == 2
+    assert main(["run", str(data), "--budget", "10m", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "bad file(s)" in err and image.stem in err and "melanoma data check" in err
     assert not (out / "seg").exists() and not (out / "run.json").exists()
-    missing = ["run", "--data", str(tmp_path / "nowhere"), "--budget", "10m", "--out", str(out)]
+    missing = ["run", str(tmp_path / "nowhere"), "--budget", "10m", "--out", str(out)]
     assert main(missing) == 2 and "no such folder" in capsys.readouterr().err
 
 

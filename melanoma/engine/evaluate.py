@@ -63,18 +63,24 @@ def score_split(
 
 
 def evaluate_run(
-    path: Path, *, task: str, data: str | None = None, split: str = "val", device: str = "auto"
+    path: Path,
+    *,
+    task: str | None = None,
+    data: str | None = None,
+    split: str = "val",
+    device: str = "auto",
 ) -> dict:
-    """Load a run's best checkpoint and compute its metrics on ``split`` of ``data``.
+    """Load a run's best checkpoint and compute its metrics on ``split`` of ``data``
+    (``task``, when given, must be the checkpoint's).
 
     The split is the one the run recorded in its splits.json (checked by image hash), so a
     run is never evaluated on images it was trained on by accident.
     """
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
-    if config.task != task:
+    if task is not None and config.task != task:
         raise ValueError(
-            f"{path} holds a {config.task} model, not {task}; use `evaluate {config.task}`"
+            f"{path} holds a {config.task} model, not {task}; use `melanoma evaluate {path}`"
         )
     if data:
         config = replace(config, data=replace(config.data, path=str(data)))
@@ -101,6 +107,7 @@ def evaluate_run(
             masks = {k: saved[k] for k in saved.files}
     metrics, _ = score_split(config, state["model"], bundle, split, device, masks)
     return {
+        "task": config.task,
         "data": str(config.data.path),
         "split": split,
         "checkpoint": state["path"],
