@@ -8,9 +8,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from melanoma_cli import cascade, data, export, quickstart, run, search, serve, train
+from melanoma_cli import cascade, data, evaluate, export, quickstart, run, search, serve, train
 
-STAGES = (data, train, search, cascade, export, serve, quickstart, run)
+STAGES = (data, train, evaluate, search, cascade, export, serve, quickstart, run)
 DESCRIPTION = (
     "Search, build and ship a two-stage melanoma classifier for dermoscopy images: a "
     "segmenter finds the lesion, a classifier reads it. Start with `melanoma quickstart` "

@@ -221,20 +221,19 @@ def register(sub) -> None:
         "The test split is not read: `cascade evaluate` scores it once.",
     )
     _add_sources(p)
-    p.add_argument(
-        "--tta",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="test-time flips and rotations (auto: per stage, the segmenters' when the "
-        "validation Jaccard gains, then the classifiers' when the validation AUC gains)",
-    )
-    p.add_argument(
-        "--mask-cleanup",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="keep each output mask's largest region, holes filled (auto: when the "
-        "validation Jaccard gains)",
-    )
+    for flag, text in (
+        (
+            "--tta",
+            "test-time flips and rotations (auto: per stage, the segmenters' when the "
+            "validation Jaccard gains, then the classifiers' when the validation AUC gains)",
+        ),
+        (
+            "--mask-cleanup",
+            "keep each output mask's largest region, holes filled (auto: when the "
+            "validation Jaccard gains)",
+        ),
+    ):
+        p.add_argument(flag, choices=["auto", "on", "off"], default="auto", help=text)
     p.add_argument(
         "--select-on",
         choices=["auto", "oof", "val"],

@@ -9,7 +9,14 @@ from tqdm import tqdm
 
 from search.experiment import DEFAULT_STORAGE as SEARCH_STORAGE
 
-__all__ = ["SEARCH_STORAGE", "Parser", "_add_drop_test_duplicates", "_progress", "deprecated"]
+__all__ = [
+    "SEARCH_STORAGE",
+    "Parser",
+    "_add_drop_test_duplicates",
+    "_progress",
+    "deprecated",
+    "print_metrics",
+]
 
 
 def _progress(desc: str):
@@ -66,3 +73,11 @@ class Parser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+
+
+def print_metrics(metrics: dict) -> None:
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f"{k:32s} {v:.4f}")
+        else:
+            print(f"{k:32s} {v}")

@@ -221,6 +221,14 @@ def _add_split_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _data_command(data_sub, name: str, text: str) -> argparse.ArgumentParser:
+    """A `data` subcommand that reads a data set: its folder, layout and bad-file rule."""
+    p = data_sub.add_parser(name, help=text)
+    _add_data_source(p)
+    _add_on_bad(p)
+    return p
+
+
 def register(sub) -> None:
     """Add this stage's subcommands."""
     data = sub.add_parser("data", help="generate, check, split and cache datasets")
@@ -236,25 +244,19 @@ def register(sub) -> None:
     )
     p.set_defaults(func=_cmd_synth)
 
-    p = data_sub.add_parser("check", help="validate a dataset and print a summary")
-    _add_data_source(p)
-    _add_on_bad(p)
+    p = _data_command(data_sub, "check", "validate a dataset and print a summary")
     p.add_argument(
         "--strict", action="store_true", help="treat warnings (duplicate content) as bad"
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=_cmd_check)
 
-    p = data_sub.add_parser("split", help="write stratified, grouped splits with file hashes")
-    _add_data_source(p)
-    _add_on_bad(p)
+    p = _data_command(data_sub, "split", "write stratified, grouped splits with file hashes")
     _add_split_options(p)
     p.add_argument("--out", default="splits.json", help="the splits file")
     p.set_defaults(func=_cmd_split)
 
-    p = data_sub.add_parser("prepare", help="decode and resize once into a memory-mapped cache")
-    _add_data_source(p)
-    _add_on_bad(p)
+    p = _data_command(data_sub, "prepare", "decode and resize once into a memory-mapped cache")
     _add_split_options(p)
     p.add_argument("--size", type=int, required=True, help="square side in pixels")
     p.add_argument("--out", required=True, help="cache directory")

@@ -1,43 +1,90 @@
-"""melanoma train | evaluate | cv: one model, its metrics, its cross-validation."""
+"""melanoma train | cv: one model, its cross-validation."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from melanoma.names import INPUT_MODES
 from melanoma_cli.cascade import resolve_candidates
-from melanoma_cli.common import SEARCH_STORAGE, deprecated
+from melanoma_cli.common import SEARCH_STORAGE
 
-# Old research-repo flag names keep working; each maps to one config key.
-TRAIN_FLAGS = {
-    "data": "data.path",
-    "layout": "data.layout",
-    "epochs": "epochs",
-    "encoder": "model.encoder",
-    "arch": "model.arch",
-    "optimizer": "optimizer.name",
-    "learning_rate": "optimizer.lr",
-    "momentum": "optimizer.momentum",
-    "weight_decay": "optimizer.weight_decay",
-    "class_weight": "loss.class_weight",
-    "loss": "loss.name",
-    "device": "device",
-    "input_mode": "input.mode",
-    "mask_source": "input.mask_source",
-    "source_size": "input.source_size",
-    "image_size": "data.image_size",
-    "batch_size": "data.batch_size",
-    "num_workers": "data.num_workers",
-    "augment": "data.augment",
-    "on_bad": "data.on_bad",
-    "pretrained": "model.pretrained",
-    "weights_path": "model.weights_path",
-    "seed": "seed",
-    "out": "out",
+# Each option sets one train config key; left out, the experiment's value stays. The
+# underscore spellings (--learning_rate) are the research repo's, still accepted.
+TRAIN_OPTIONS: dict[str, tuple[str, dict]] = {
+    "data": ("data.path", {"help": "dataset directory, manifest CSV or prepared cache"}),
+    "layout": ("data.layout", {"help": "dataset layout (default: detect)"}),
+    "epochs": ("epochs", {"type": int, "help": "epochs to train"}),
+    "arch": (
+        "model.arch",
+        {
+            "help": "segmenter architecture (seg) or classifier name (cls)",
+            "aliases": ["--architecture"],
+        },
+    ),
+    "encoder": (
+        "model.encoder",
+        {"help": "segmenter encoder (any SMP encoder, or tu-<timm model>)"},
+    ),
+    "optimizer": ("optimizer.name", {"help": "sgd, adam or adamw"}),
+    "learning_rate": (
+        "optimizer.lr",
+        {"type": float, "help": "the optimizer's step size", "aliases": ["--lr"]},
+    ),
+    "momentum": ("optimizer.momentum", {"type": float, "help": "SGD momentum"}),
+    "weight_decay": ("optimizer.weight_decay", {"type": float, "help": "L2 penalty"}),
+    "class_weight": (
+        "loss.class_weight",
+        {"type": float, "help": "multiplies the minority class's weight"},
+    ),
+    "loss": ("loss.name", {"help": "seg: dice_bce, bce, dice, focal or lovasz; cls: ce or focal"}),
+    "input_mode": (
+        "input.mode",
+        # melanoma.names: read without torch
+        {"choices": INPUT_MODES, "help": "what the classifier sees of the image and its mask"},
+    ),
+    "source_size": (
+        "input.source_size",
+        {"type": int, "help": "crop, dual: cut the lesion crop from a copy at this size"},
+    ),
+    "mask_source": (
+        "input.mask_source",
+        {"help": "'gt' or a segmenter run directory (out-of-fold masks)"},
+    ),
+    "image_size": ("data.image_size", {"type": int, "help": "square side in pixels"}),
+    "batch_size": ("data.batch_size", {"type": int, "help": "images per step"}),
+    "num_workers": ("data.num_workers", {"type": int, "help": "data loader processes"}),
+    "augment": ("data.augment", {"type": float, "help": "augmentation strength in [0, 1]"}),
+    "on_bad": (
+        "data.on_bad",
+        {"choices": ["fail", "skip"], "help": "an unreadable image: stop, or leave it out"},
+    ),
+    "pretrained": (
+        "model.pretrained",
+        {
+            "action": "store_true",
+            "default": None,
+            "help": "ImageNet weights from local files (see README)",
+        },
+    ),
+    "weights_path": (
+        "model.weights_path",
+        {"help": "a local file of pretrained weights (nothing is downloaded)"},
+    ),
+    "seed": ("seed", {"type": int, "help": "weights, order and augmentation"}),
+    "device": ("device", {"help": "auto, cpu, cuda or cuda:N"}),
+    "out": ("out", {"help": "run directory (default runs/<task>-<arch>-<time>)"}),
 }
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    for dest, (_, options) in TRAIN_OPTIONS.items():
+        options = dict(options)
+        flags = [f"--{dest.replace('_', '-')}", *options.pop("aliases", [])]
+        if "_" in dest:
+            flags.insert(1, f"--{dest}")
+        p.add_argument(*flags, dest=dest, **options)
 
 
 def resolve_train_config(task: str, experiment: str | None, overrides: dict):
@@ -79,7 +126,7 @@ def _set_overrides(items: list[str] | None, example: str) -> dict:
 def _overrides(args: argparse.Namespace) -> dict:
     out = {
         key: getattr(args, flag)
-        for flag, key in TRAIN_FLAGS.items()
+        for flag, (key, _) in TRAIN_OPTIONS.items()
         if getattr(args, flag, None) is not None
     }
     return {**out, **_set_overrides(args.set, "optimizer.lr=0.01")}
@@ -129,44 +176,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"(tensorboard --logdir {result.run_dir})"
     )
     return 0
-
-
-def _print_metrics(metrics: dict) -> None:
-    for k, v in metrics.items():
-        if isinstance(v, float):
-            print(f"{k:32s} {v:.4f}")
-        else:
-            print(f"{k:32s} {v}")
-
-
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from melanoma.engine.evaluate import evaluate_run
-
-    run, task = _run_and_task(args)
-    split, device = args.split, args.device
-    metrics = evaluate_run(Path(run), task=task, data=args.data, split=split, device=device)
-    if args.json:
-        print(json.dumps(metrics, indent=1))
-    else:
-        print(f"{metrics['task']} metrics on the {args.split} split of {metrics['data']}:")
-        _print_metrics({k: v for k, v in metrics.items() if k not in ("data", "task")})
-    return 0
-
-
-def _run_and_task(args: argparse.Namespace) -> tuple[str, str | None]:
-    """``evaluate RUN`` (the task is the checkpoint's); the old ``evaluate TASK
-    --checkpoint RUN`` still works for this version, with a warning, and checks the task."""
-    if args.checkpoint is not None:
-        if args.run not in ("seg", "cls"):
-            raise ValueError(
-                f"with --checkpoint, expected the task seg or cls before it, got {args.run!r}; "
-                "use `melanoma evaluate RUN`"
-            )
-        deprecated("melanoma evaluate TASK --checkpoint RUN", "melanoma evaluate RUN")
-        return args.checkpoint, args.run
-    if args.run is None:
-        raise ValueError("evaluate needs a run: `melanoma evaluate RUN` (a run directory or .pt)")
-    return args.run, None
 
 
 def _cv_label(source: str, origin: str) -> str:
@@ -276,105 +285,23 @@ def _print_cv_paired(out: Path, rows: list, task: str) -> None:
 
 
 def register(sub) -> None:
-    """Add `train`, `cv` and `evaluate`."""
+    """Add `train` and `cv`."""
     _register_train(sub)
     _register_cv(sub)
-    _register_evaluate(sub)
 
 
 def _register_train(sub) -> None:
-    p = sub.add_parser("train", help="train one segmenter or classifier locally (no Ray)")
+    p = sub.add_parser(
+        "train",
+        help="train one segmenter or classifier locally (no Ray)",
+        description="Train one model from an experiment's train config; each option left "
+        "out keeps the experiment's value, and --set reaches any other key.",
+    )
     p.add_argument("task", choices=["seg", "cls"], help="seg: a segmenter; cls: a classifier")
     p.add_argument(
         "--experiment", help="YAML train config (or search experiment: its train section)"
     )
-    p.add_argument("--data", help="dataset directory, manifest CSV or prepared cache")
-    p.add_argument("--layout", help="dataset layout (default: detect)")
-    p.add_argument("--epochs", type=int, help="(default: the experiment's train.epochs)")
-    p.add_argument(
-        "--arch",
-        "--architecture",
-        dest="arch",
-        help="segmenter architecture (seg) or classifier name (cls)",
-    )
-    p.add_argument("--encoder", help="segmenter encoder (any SMP encoder, or tu-<timm model>)")
-    p.add_argument("--optimizer", help="sgd, adam or adamw")
-    p.add_argument(
-        "--learning-rate",
-        "--learning_rate",
-        "--lr",
-        dest="learning_rate",
-        type=float,
-        help="the optimizer's step size",
-    )
-    p.add_argument("--momentum", type=float, help="SGD momentum")
-    p.add_argument(
-        "--weight-decay", "--weight_decay", dest="weight_decay", type=float, help="L2 penalty"
-    )
-    p.add_argument(
-        "--class-weight",
-        "--class_weight",
-        dest="class_weight",
-        type=float,
-        help="multiplies the minority class's weight",
-    )
-    p.add_argument("--loss", help="seg: dice, bce or dice_bce; cls: ce or focal")
-    p.add_argument(
-        "--input-mode",
-        "--input_mode",
-        dest="input_mode",
-        choices=INPUT_MODES,  # melanoma.names: read without torch
-        help="what the classifier sees of the image and its lesion mask",
-    )
-    p.add_argument(
-        "--source-size",
-        "--source_size",
-        dest="source_size",
-        type=int,
-        help="crop, dual: cut the lesion crop from a copy of the image at this size",
-    )
-    p.add_argument(
-        "--mask-source",
-        "--mask_source",
-        dest="mask_source",
-        help="'gt' or a segmenter run directory (out-of-fold masks)",
-    )
-    p.add_argument(
-        "--image-size", "--image_size", dest="image_size", type=int, help="square side in pixels"
-    )
-    p.add_argument(
-        "--batch-size", "--batch_size", dest="batch_size", type=int, help="images per step"
-    )
-    p.add_argument(
-        "--num-workers",
-        "--num_workers",
-        dest="num_workers",
-        type=int,
-        help="data loader processes",
-    )
-    p.add_argument("--augment", type=float, help="augmentation strength in [0, 1]")
-    p.add_argument(
-        "--on-bad",
-        "--on_bad",
-        dest="on_bad",
-        choices=["fail", "skip"],
-        help="an unreadable image: stop (fail) or leave it out and say so (skip)",
-    )
-    p.add_argument(
-        "--pretrained",
-        action="store_true",
-        default=None,
-        help="ImageNet weights from local files (see README)",
-    )
-    p.add_argument(
-        "--weights-path",
-        "--weights_path",
-        dest="weights_path",
-        help="a local file of pretrained weights (nothing is downloaded)",
-    )
-    p.add_argument("--seed", type=int, help="weights, order and augmentation")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", help="run directory (default runs/<task>-<arch>-<time>)")
+    _add_train_options(p)
     p.add_argument(
         "--set",
         action="append",
@@ -419,21 +346,3 @@ def _register_cv(sub) -> None:
 
 def _gpus(value: str) -> float | str:
     return value if value == "auto" else float(value)
-
-
-def _register_evaluate(sub) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="metrics of a trained run on a split",
-        description="Score one trained segmenter or classifier on a split of its data set "
-        "(the split the run recorded, checked image by image).",
-    )
-    p.add_argument(
-        "run", nargs="?", metavar="RUN", help="a `melanoma train` run directory or checkpoint"
-    )
-    p.add_argument("--checkpoint", help=argparse.SUPPRESS)  # old spelling, deprecated
-    p.add_argument("--data", help="dataset (default: the run's data.path)")
-    p.add_argument("--split", choices=["val", "test", "train"], default="val", help="the split")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.set_defaults(func=_cmd_evaluate)
