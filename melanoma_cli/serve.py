@@ -17,12 +17,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     # What no replica could run and a model it cannot serve are refused before Ray starts.
     backpressure = Backpressure(args.max_ongoing, args.max_queued, args.batch_slots)
-    check_settings(args.num_replicas, args.replica_cpus, args.max_batch_size, args.batch_wait_ms)
+    check_settings(
+        args.num_replicas, args.replica_cpus, args.max_batch_size, args.batch_wait_ms, args.drain_s
+    )
     CascadeModel(Path(args.model), int8=args.int8)
     import ray
     from ray import serve
 
-    ray.init(address=args.address, log_to_driver=False)
+    if args.address:
+        ray.init(address=args.address, log_to_driver=False)
+    else:  # a local Ray: its metrics agent exports on a known port
+        ray.init(log_to_driver=False, _metrics_export_port=args.metrics_port)
     replicas = args.num_replicas
     if replicas is None:
         replicas = replicas_for(ray.cluster_resources().get("CPU", 1), args.replica_cpus)
@@ -35,6 +40,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         batch_wait_ms=args.batch_wait_ms,
         limits=limits,
         backpressure=backpressure,
+        drain_s=args.drain_s,
     )
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name="melanoma", route_prefix="/")
@@ -49,6 +55,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         "GET /healthz, GET /model-card; Ctrl-C stops",
         flush=True,
     )
+    metrics = (
+        f"http://127.0.0.1:{args.metrics_port}/metrics"
+        if not args.address
+        else "each node's metrics export port"
+    )
+    print(
+        f"Prometheus metrics at {metrics} (ray_serve_* and melanoma_*); on Ctrl-C or "
+        f"SIGTERM requests in flight get up to {args.drain_s:g} s to finish",
+        flush=True,
+    )
     # SIGTERM (a container stopping) ends the service as Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -57,7 +73,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, SystemExit):
         pass
     finally:
-        serve.shutdown()
+        # SIGTERM again while draining must not interrupt the drain.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        serve.shutdown()  # each replica finishes its requests in flight (--drain-s)
         ray.shutdown()
     return 0
 
@@ -113,5 +131,18 @@ def register(sub) -> None:
         type=int,
         default=1,
         help="many-image bodies a replica reads at once; more are answered 503",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8080,
+        help="Prometheus metrics of the local Ray node at http://127.0.0.1:PORT/metrics (with "
+        "--address, each node's own metrics export port)",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=20.0,
+        help="on Ctrl-C or SIGTERM, how long replicas finish the requests in flight",
     )
     p.set_defaults(func=_cmd_serve)

@@ -12,11 +12,17 @@ Requests from all clients meet in ``@serve.batch``: up to ``max_batch_size`` ima
 what arrived within ``batch_wait_s``, go through ONNX Runtime as one batch, in a worker
 thread so that health checks answer while a batch runs. A bad request gets a 4xx answer
 with a message (``melanoma.service``) and never reaches the model.
+
+Beside Serve's own metrics, each replica exports (Prometheus, through Ray's metrics
+agent): ``melanoma_images_total`` (images scored), ``melanoma_batch_images`` (images per
+model call), ``melanoma_model_ms`` (ONNX Runtime time per call) and
+``melanoma_refused_total`` (answers 4xx/503, by ``status``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +43,8 @@ from melanoma.service import (
 )
 
 ROUTES = ("POST /predict", "POST /predict/batch", "GET /healthz", "GET /model-card")
+BATCH_BOUNDS = [1, 2, 4, 8, 16, 32, 64]
+MS_BOUNDS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000]
 CODEC_THREADS = 2  # per replica: decoding, JSON parsing and mask PNGs, off the event loop
 BODY_TIMEOUT_S = 60.0  # a many-image body slower than this frees its slot (408)
 
@@ -82,11 +90,16 @@ class CascadeService:
         # beyond these slots is answered 503 at once instead of buffered.
         self.batch_slots = asyncio.Semaphore(batch_slots)
         self.served = 0
+        self.metrics = _metrics()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)
     async def predict_batch(self, uploads: list) -> list:
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         results = await loop.run_in_executor(self.executor, self.model.run, uploads)
+        self.metrics["model_ms"].observe(1000 * (time.perf_counter() - started))
+        self.metrics["batch"].observe(len(uploads))
+        self.metrics["images"].inc(len(uploads))
         self.served += len(uploads)
         return results
 
@@ -103,6 +116,7 @@ class CascadeService:
                 return JSONResponse(await self._predict_many(request))
             raise BadRequest(404, f"no route {route}; this service has {', '.join(ROUTES)}")
         except BadRequest as err:
+            self.metrics["refused"].inc(tags={"status": str(err.status)})
             headers = {"Retry-After": "1"} if err.status == 503 else None
             return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
 
@@ -156,6 +170,30 @@ class CascadeService:
         return {"predictions": await self._off_loop(answers)}
 
 
+def _metrics() -> dict:
+    """The replica's own Prometheus metrics (exported by Ray's metrics agent)."""
+    from ray.serve.metrics import Counter, Histogram
+
+    return {
+        "images": Counter("melanoma_images", description="Images scored by the model."),
+        "batch": Histogram(
+            "melanoma_batch_images",
+            description="Images per model call (dynamic batching).",
+            boundaries=BATCH_BOUNDS,
+        ),
+        "model_ms": Histogram(
+            "melanoma_model_ms",
+            description="ONNX Runtime time per model call, in ms.",
+            boundaries=MS_BOUNDS,
+        ),
+        "refused": Counter(
+            "melanoma_refused",
+            description="Requests answered 4xx or 503, by status.",
+            tag_keys=("status",),
+        ),
+    }
+
+
 def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "false").lower() in ("1", "true", "yes")
 
@@ -190,7 +228,7 @@ def replicas_for(cpus: float, replica_cpus: float) -> int:
     return max(1, int(cpus // replica_cpus))
 
 
-def check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms) -> None:
+def check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms, drain_s=20.0) -> None:
     """Settings no replica could run, refused before Ray starts."""
     replicas_ok = num_replicas is None or num_replicas >= 1
     if max_batch_size < 1 or batch_wait_ms < 0 or not replicas_ok or replica_cpus <= 0:
@@ -199,6 +237,8 @@ def check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms) ->
             f"replica_cpus > 0, got {max_batch_size}, {batch_wait_ms}, {num_replicas} and "
             f"{replica_cpus}"
         )
+    if drain_s < 0:
+        raise ValueError(f"need drain_s >= 0 (seconds to finish requests), got {drain_s}")
 
 
 def build_app(
@@ -211,11 +251,13 @@ def build_app(
     batch_wait_ms: float = 10.0,
     limits: Limits | None = None,
     backpressure: Backpressure | None = None,
+    drain_s: float = 20.0,
 ):
     """The Serve application over an exported cascade directory. The model is opened here
-    first, so a wrong directory or a missing INT8 model fails before any replica starts."""
+    first, so a wrong directory or a missing INT8 model fails before any replica starts.
+    A replica asked to stop finishes its requests in flight for up to ``drain_s``."""
     CascadeModel(Path(model_dir), int8=int8)
-    check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms)
+    check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms, drain_s)
     bp = backpressure or Backpressure()
     from ray.serve.config import BackpressureConfig
 
@@ -226,6 +268,8 @@ def build_app(
         max_queued_requests=bp.max_queued,
         # Serve sends no Retry-After of its own on a full queue.
         backpressure_config=BackpressureConfig(retry_after_s=1),
+        graceful_shutdown_timeout_s=drain_s,
+        graceful_shutdown_wait_loop_s=0.5,
     ).bind(
         str(Path(model_dir).resolve()),
         int8,

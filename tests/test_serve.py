@@ -68,14 +68,20 @@ def _request(url: str, body: bytes | None = None, content_type: str | None = Non
 
 
 @pytest.fixture(scope="module")
-def service(exported):
+def served(exported):
+    """The service's URL and its Ray node's Prometheus metrics URL."""
     import ray
     from ray import serve
 
     from serving.app import build_app
 
-    port = _free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port, metrics_port = _free_port(), _free_port()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = build_app(exported["dir"], max_batch_size=8, batch_wait_ms=20, limits=LIMITS)
@@ -91,10 +97,15 @@ def service(exported):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the service did not answer /healthz within {STARTUP_S} s")
             time.sleep(0.5)
-        yield url
+        yield url, f"http://127.0.0.1:{metrics_port}/metrics"
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(served):
+    return served[0]
 
 
 pytestmark = [pytest.mark.slow]
@@ -194,6 +205,31 @@ def test_a_concurrent_burst_is_answered_in_full_while_health_answers(service, ex
     again = [a["probability"] for s, a in answers[len(paths) : 2 * len(paths)]]
     assert first == pytest.approx(again, abs=1e-5)  # the same image, whatever its batch
     assert _request(f"{service}/healthz")[1]["images_served"] >= 36
+
+
+@pytest.mark.ray
+def test_prometheus_metrics_are_reachable_with_serves_and_the_replicas_own(served, exported):
+    """After requests, the node's metrics endpoint holds Serve's request metrics and the
+    replica's melanoma_* ones (the agent exports every few seconds: polled)."""
+    url, metrics = served
+    body = exported["images"][0].read_bytes()
+    assert _request(f"{url}/predict", body, "image/jpeg")[0] == 200
+    assert _request(f"{url}/predict", b"not an image", "image/jpeg")[0] == 400
+    wanted = ("melanoma_images_total", "melanoma_model_ms_bucket", "melanoma_refused_total")
+    serves = ("ray_serve_num_http_requests_total", "ray_serve_deployment_processing_latency_ms")
+    deadline, text = time.monotonic() + 90, ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(metrics, timeout=10) as response:
+                text = response.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            text = ""
+        if all(w in text for w in wanted + serves):
+            break
+        time.sleep(2)
+    missing = [w for w in wanted + serves if w not in text]
+    assert missing == [], f"not in {metrics} after 90 s: {missing}"
+    assert 'status="400"' in text
 
 
 def test_request_checks_without_a_server():
@@ -335,3 +371,58 @@ def test_serve_refuses_settings_no_replica_could_run_before_starting_ray(
     assert "replica_cpus > 0" in capsys.readouterr().err
     assert main(["serve", str(exported["dir"]), "--max-megapixels", "0"]) == 2
     assert "max_pixels=0" in capsys.readouterr().err
+    assert main(["serve", str(exported["dir"]), "--drain-s", "-1"]) == 2
+    assert "need drain_s >= 0" in capsys.readouterr().err
+
+
+def test_replicas_are_given_the_drain_time_and_export_the_projects_metrics(exported, monkeypatch):
+    """build_app hands Serve the drain time (its graceful shutdown of requests in flight);
+    a replica records images, batch sizes, model time and refusals by status."""
+    import asyncio
+
+    import serving.app as app
+
+    seen = {}
+    real = app.CascadeService.options
+
+    def options(**kwargs):
+        seen.update(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(app.CascadeService, "options", options)
+    app.build_app(exported["dir"], drain_s=7.5)
+    assert seen["graceful_shutdown_timeout_s"] == 7.5
+
+    service = app.CascadeService.func_or_class(str(exported["dir"]), limits=LIMITS)
+    recorded = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def observe(self, value, tags=None):
+            recorded.append((self.name, value, tags))
+
+        def inc(self, value=1.0, tags=None):
+            recorded.append((self.name, value, tags))
+
+    service.metrics = {k: Recorder(k) for k in service.metrics}
+
+    body_of_batch = app.CascadeService.func_or_class.predict_batch.__wrapped__
+
+    async def unbatched(upload):  # the body of predict_batch, without Serve's batching
+        return (await body_of_batch(service, [upload]))[0]
+
+    service.predict_batch = unbatched
+    image = exported["images"][0].read_bytes()
+
+    async def scenario():
+        good = await service(_asgi_request("POST", "/predict", image, "image/jpeg"))
+        bad = await service(_asgi_request("POST", "/predict", b"not an image", "image/jpeg"))
+        return good.status_code, bad.status_code
+
+    assert asyncio.run(scenario()) == (200, 400)
+    names = [(n, v) for n, v, _ in recorded if n != "model_ms"]
+    assert names == [("batch", 1), ("images", 1), ("refused", 1.0)], recorded
+    assert [t for n, _, t in recorded if n == "refused"] == [{"status": "400"}]
+    assert [v > 0 for n, v, _ in recorded if n == "model_ms"] == [True]
