@@ -15,6 +15,12 @@ Side by side in one run, on the same images (the files under DIR, sent as they a
   to ``/predict/batch``) until ``--requests`` are answered (or ``--duration`` seconds
   pass): images per second, p50 and p99 latency per request, errors, and how many
   ``/healthz`` checks a separate client got answered during the load (and their slowest).
+- **where a request's time goes**, one client posting one image at a time
+  (``--latency-requests``, no health checks beside it): the client's median latency, and
+  from the node's Prometheus metrics over the same requests the mean time at Serve's HTTP
+  proxy, inside the replica, and in ONNX Runtime, with the mean batch the model got. The
+  replica's time minus the model's is the batch wait and decoding; the proxy's minus the
+  replica's is routing; the client's minus the proxy's is the loopback HTTP client.
 Stops by itself: a bounded number of requests, and a deadline.
 """
 
@@ -139,6 +145,66 @@ def load(url: str, sent: list[Payload], clients: int, requests: int, duration: f
     }
 
 
+# Histograms whose mean per event the breakdown reads (their _sum and _count series).
+TIMED = {
+    "proxy_ms": "ray_serve_http_request_latency_ms",
+    "replica_ms": "ray_serve_deployment_processing_latency_ms",
+    "model_ms": "melanoma_model_ms",
+    "batch_images": "melanoma_batch_images",
+}
+
+
+def histogram_totals(text: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each TIMED histogram over every label set, from Prometheus text."""
+    totals = {key: [0.0, 0.0] for key in TIMED}
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        series, value = line.rsplit(" ", 1)
+        name = series.split("{", 1)[0]
+        for key, metric in TIMED.items():
+            if name in (f"{metric}_sum", f"{metric}_count"):
+                totals[key][name.endswith("_count")] += float(value)
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def mean_per_event(before: dict, after: dict) -> dict[str, float]:
+    """Each histogram's mean over the events between two scrapes (nan when none)."""
+    out = {}
+    for key in TIMED:
+        events = after[key][1] - before[key][1]
+        out[key] = (after[key][0] - before[key][0]) / events if events else float("nan")
+    return out
+
+
+def _scrape(metrics_url: str) -> dict[str, tuple[float, float]]:
+    with urllib.request.urlopen(metrics_url, timeout=30) as response:
+        return histogram_totals(response.read().decode())
+
+
+def breakdown(url: str, metrics_url: str, payload: Payload, requests: int) -> dict:
+    """One client, one request at a time: its median latency and the metrics' means over
+    the same requests (the metrics agent exports every few seconds: polled until the
+    replica has counted them all)."""
+    before = _scrape(metrics_url)
+    latencies = []
+    for _ in range(requests):
+        status, seconds = _post(url + payload.route, payload.body, payload.content_type)
+        if status == 200:
+            latencies.append(seconds)
+    deadline = time.monotonic() + 60
+    after = _scrape(metrics_url)
+    while after["replica_ms"][1] - before["replica_ms"][1] < requests:
+        if time.monotonic() > deadline:
+            break  # reported with the counts it has
+        time.sleep(1)
+        after = _scrape(metrics_url)
+    means = mean_per_event(before, after)
+    means["client_ms"] = 1000 * statistics.median(latencies) if latencies else float("nan")
+    means["counted"] = after["replica_ms"][1] - before["replica_ms"][1]
+    return means
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -163,6 +229,9 @@ def serve_run(model_dir: Path, int8: bool, sent: list[Payload], args) -> dict:
     for payload in sent[: args.max_batch_size]:  # warm-up
         _post(url + payload.route, payload.body, payload.content_type)
     result = load(url, sent, args.clients, args.requests, args.duration)
+    if args.latency_requests:
+        one = payloads([sent[0].body], 1)[0] if sent[0].images == 1 else sent[0]
+        result["breakdown"] = breakdown(url, args.metrics_url, one, args.latency_requests)
     serve.delete("bench")
     return result
 
@@ -184,6 +253,12 @@ def main() -> int:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=120.0, help="deadline per served arm")
     parser.add_argument("--limit", type=int, default=160, help="images read from --images")
+    parser.add_argument(
+        "--latency-requests",
+        type=int,
+        default=50,
+        help="one-client requests timed for the breakdown (0: none)",
+    )
     args = parser.parse_args()
     if args.per_request < 1:
         parser.error(f"--per-request must be at least 1, got {args.per_request}")
@@ -219,8 +294,9 @@ def main() -> int:
             rows[f"predict {name}"] = {
                 "images_per_s": predict_rate(args.model, files, int8, Path(tmp))
             }
-    args.port = _free_port()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    args.port, metrics_port = _free_port(), _free_port()
+    args.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    ray.init(include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for int8 in kinds:
@@ -256,10 +332,31 @@ def main() -> int:
                 else f"{'-':>7} | {'-':>7} | {'-':>6} | {'-':>30}"
             )
         )
+    print_breakdown(rows, args.latency_requests)
     if len(kinds) == 2:
         ratio = rows["onnxruntime int8"]["images_per_s"] / rows["onnxruntime float"]["images_per_s"]
         print(f"\nINT8 / float, ONNX Runtime at batch 16: {ratio:.2f}x")
     return 0
+
+
+def print_breakdown(rows: dict, requests: int) -> None:
+    """Where one request's time went, per served arm (means, ms)."""
+    parts = [(arm, r["breakdown"]) for arm, r in rows.items() if "breakdown" in r]
+    if not parts:
+        return
+    print(f"\none client, {requests} requests one at a time (ms; client: median, others: mean)")
+    print(
+        f"{'arm':12} | {'client':>7} | {'proxy':>7} | {'replica':>7} | {'model':>7} | "
+        f"{'batch':>5} | {'routing':>7} | {'in replica, not model':>21}"
+    )
+    for arm, b in parts:
+        short = b["counted"] < requests
+        print(
+            f"{arm:12} | {b['client_ms']:7.1f} | {b['proxy_ms']:7.1f} | {b['replica_ms']:7.1f} | "
+            f"{b['model_ms']:7.1f} | {b['batch_images']:5.2f} | "
+            f"{b['proxy_ms'] - b['replica_ms']:7.1f} | {b['replica_ms'] - b['model_ms']:21.1f}"
+            + (f"  (metrics counted {b['counted']:.0f} of {requests})" if short else "")
+        )
 
 
 if __name__ == "__main__":

@@ -575,6 +575,33 @@ def test_input_modes_ham_set_is_decoded_once_per_size_as_predict_reads_it(tmp_pa
         bench.Ham(tmp_path)
 
 
+def test_serve_breakdown_reads_histogram_means_from_prometheus_text():
+    """_sum and _count summed over label sets; the mean is over the events between two
+    scrapes; buckets, other metrics and comments are ignored; no events give nan."""
+    import math
+
+    bench = load("serve")
+    before = bench.histogram_totals(
+        "# HELP ray_serve_http_request_latency_ms x\n"
+        'ray_serve_http_request_latency_ms_sum{route="/",method="POST"} 100.0\n'
+        'ray_serve_http_request_latency_ms_count{route="/",method="POST"} 10.0\n'
+        'ray_serve_http_request_latency_ms_bucket{le="5"} 7.0\n'
+        "melanoma_model_ms_sum 30.0\nmelanoma_model_ms_count 10.0\n"
+        "melanoma_images_total 10.0\n"
+    )
+    after = bench.histogram_totals(
+        'ray_serve_http_request_latency_ms_sum{route="/",method="POST"} 160.0\n'
+        'ray_serve_http_request_latency_ms_sum{route="/",method="GET"} 40.0\n'
+        'ray_serve_http_request_latency_ms_count{route="/",method="POST"} 14.0\n'
+        'ray_serve_http_request_latency_ms_count{route="/",method="GET"} 1.0\n'
+        "melanoma_model_ms_sum 50.0\nmelanoma_model_ms_count 14.0\n"
+    )
+    assert before["proxy_ms"] == (100.0, 10.0) and after["proxy_ms"] == (200.0, 15.0)
+    means = bench.mean_per_event(before, after)
+    assert means["proxy_ms"] == pytest.approx(100.0 / 5) and means["model_ms"] == 5.0
+    assert math.isnan(means["replica_ms"]) and math.isnan(means["batch_images"])
+
+
 def test_serve_load_counts_answers_errors_and_health_checks():
     import base64
     import json
