@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -149,22 +148,25 @@ def load(url: str, sent: list[Payload], clients: int, requests: int, duration: f
 TIMED = {
     "proxy_ms": "ray_serve_http_request_latency_ms",
     "replica_ms": "ray_serve_deployment_processing_latency_ms",
-    "model_ms": "melanoma_model_ms",
-    "batch_images": "melanoma_batch_images",
+    # Ray's metrics agent puts ray_ before the names a replica gives its own metrics.
+    "model_ms": "ray_melanoma_model_ms",
+    "batch_images": "ray_melanoma_batch_images",
 }
 
 
 def histogram_totals(text: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each TIMED histogram over every label set, from Prometheus text."""
+    """(sum, count) of each TIMED histogram over every label set, from Prometheus text
+    (``name{labels} value [timestamp]``)."""
     totals = {key: [0.0, 0.0] for key in TIMED}
     for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
+        if not line or line.startswith("#"):
             continue
-        series, value = line.rsplit(" ", 1)
-        name = series.split("{", 1)[0]
+        close = line.rfind("}")
+        name = line.split("{", 1)[0] if close >= 0 else line.split()[0]
+        rest = line[close + 1 :].split() if close >= 0 else line.split()[1:]
         for key, metric in TIMED.items():
-            if name in (f"{metric}_sum", f"{metric}_count"):
-                totals[key][name.endswith("_count")] += float(value)
+            if rest and name in (f"{metric}_sum", f"{metric}_count"):
+                totals[key][name.endswith("_count")] += float(rest[0])
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
 
@@ -182,36 +184,47 @@ def _scrape(metrics_url: str) -> dict[str, tuple[float, float]]:
         return histogram_totals(response.read().decode())
 
 
+def _settled(metrics_url: str, quiet_s: float = 12.0, timeout_s: float = 90.0) -> dict:
+    """The metrics once they have stopped changing for ``quiet_s`` (longer than Ray's
+    10 s metrics report interval), so no request of an earlier phase is on its way in."""
+    deadline = time.monotonic() + timeout_s
+    last, since = _scrape(metrics_url), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = _scrape(metrics_url)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return last
+
+
 def breakdown(url: str, metrics_url: str, payload: Payload, requests: int) -> dict:
-    """One client, one request at a time: its median latency and the metrics' means over
-    the same requests (the metrics agent exports every few seconds: polled until the
-    replica has counted them all)."""
-    before = _scrape(metrics_url)
+    """One client posting one image at a time: its median latency and the metrics' means
+    over the same requests, read between two settled scrapes (the agent exports every few
+    seconds)."""
+    before = _settled(metrics_url)
     latencies = []
     for _ in range(requests):
         status, seconds = _post(url + payload.route, payload.body, payload.content_type)
         if status == 200:
             latencies.append(seconds)
     deadline = time.monotonic() + 60
-    after = _scrape(metrics_url)
-    while after["replica_ms"][1] - before["replica_ms"][1] < requests:
-        if time.monotonic() > deadline:
-            break  # reported with the counts it has
+    while time.monotonic() < deadline:  # until the metrics have seen every request
+        now = _scrape(metrics_url)
+        if min(now[k][1] - before[k][1] for k in ("proxy_ms", "replica_ms")) >= requests:
+            break
         time.sleep(1)
-        after = _scrape(metrics_url)
+    after = _settled(metrics_url)
     means = mean_per_event(before, after)
     means["client_ms"] = 1000 * statistics.median(latencies) if latencies else float("nan")
-    means["counted"] = after["replica_ms"][1] - before["replica_ms"][1]
+    means["counted"] = min(after[k][1] - before[k][1] for k in ("proxy_ms", "replica_ms"))
     return means
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_run(model_dir: Path, int8: bool, sent: list[Payload], args) -> dict:
+def serve_run(model_dir: Path, int8: bool, sent: list[Payload], single: Payload, args) -> dict:
+    """The served arm under load, then (``--latency-requests``) where the time of one
+    ``single``-image request goes."""
     from ray import serve
 
     from serving.app import build_app
@@ -230,8 +243,7 @@ def serve_run(model_dir: Path, int8: bool, sent: list[Payload], args) -> dict:
         _post(url + payload.route, payload.body, payload.content_type)
     result = load(url, sent, args.clients, args.requests, args.duration)
     if args.latency_requests:
-        one = payloads([sent[0].body], 1)[0] if sent[0].images == 1 else sent[0]
-        result["breakdown"] = breakdown(url, args.metrics_url, one, args.latency_requests)
+        result["breakdown"] = breakdown(url, args.metrics_url, single, args.latency_requests)
     serve.delete("bench")
     return result
 
@@ -294,16 +306,18 @@ def main() -> int:
             rows[f"predict {name}"] = {
                 "images_per_s": predict_rate(args.model, files, int8, Path(tmp))
             }
-    args.port, metrics_port = _free_port(), _free_port()
+    from serving.app import free_port
+
+    args.port, metrics_port = free_port(), free_port()
     args.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     ray.init(include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
         for int8 in kinds:
             name = "int8" if int8 else "float"
-            rows[f"serve {name}"] = serve_run(
-                args.model, int8, payloads(bodies, args.per_request), args
-            )
+            sent = payloads(bodies, args.per_request)
+            single = payloads(bodies[:1], 1)[0]  # one image, /predict, whatever --per-request
+            rows[f"serve {name}"] = serve_run(args.model, int8, sent, single, args)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -13,7 +13,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from melanoma.service import CascadeModel, Limits
 
     limits = Limits(int(args.max_image_mb * 2**20), args.max_images, int(args.max_megapixels * 1e6))
-    from serving.app import Backpressure, build_app, check_settings, replicas_for
+    from serving.app import Backpressure, build_app, check_settings, free_port, replicas_for
 
     # What no replica could run and a model it cannot serve are refused before Ray starts.
     backpressure = Backpressure(args.max_ongoing, args.max_queued, args.batch_slots)
@@ -26,7 +26,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
-    else:  # a local Ray: its metrics agent exports on a known port
+    else:  # a local Ray: its metrics agent exports on a port we can print
+        args.metrics_port = args.metrics_port or free_port()
         ray.init(log_to_driver=False, _metrics_export_port=args.metrics_port)
     replicas = args.num_replicas
     if replicas is None:
@@ -61,7 +62,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         else "each node's metrics export port"
     )
     print(
-        f"Prometheus metrics at {metrics} (ray_serve_* and melanoma_*); on Ctrl-C or "
+        f"Prometheus metrics at {metrics} (ray_serve_* and ray_melanoma_*); on Ctrl-C or "
         f"SIGTERM requests in flight get up to {args.drain_s:g} s to finish",
         flush=True,
     )
@@ -135,9 +136,9 @@ def register(sub) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=8080,
-        help="Prometheus metrics of the local Ray node at http://127.0.0.1:PORT/metrics (with "
-        "--address, each node's own metrics export port)",
+        help="Prometheus metrics of the local Ray node at http://127.0.0.1:PORT/metrics "
+        "(default: a free port, printed at start-up; with --address, each node's own "
+        "metrics export port)",
     )
     p.add_argument(
         "--drain-s",

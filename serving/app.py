@@ -14,9 +14,10 @@ thread so that health checks answer while a batch runs. A bad request gets a 4xx
 with a message (``melanoma.service``) and never reaches the model.
 
 Beside Serve's own metrics, each replica exports (Prometheus, through Ray's metrics
-agent): ``melanoma_images_total`` (images scored), ``melanoma_batch_images`` (images per
-model call), ``melanoma_model_ms`` (ONNX Runtime time per call) and
-``melanoma_refused_total`` (answers 4xx/503, by ``status``).
+agent, which puts ``ray_`` before every name): ``ray_melanoma_images_total`` (images
+scored), ``ray_melanoma_batch_images`` (images per model call), ``ray_melanoma_model_ms``
+(ONNX Runtime time per call) and ``ray_melanoma_refused_total`` (the replica's own 4xx and
+503 answers, by ``status``; a full queue's 503 comes from Serve's proxy instead).
 """
 
 from __future__ import annotations
@@ -221,6 +222,15 @@ class Backpressure:
         bodies = self.max_ongoing * limits.max_image_bytes
         bodies += self.batch_slots * 2 * limits.max_batch_body
         return bodies + CODEC_THREADS * limits.max_pixels * 3
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now (for a metrics agent or a test)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def replicas_for(cpus: float, replica_cpus: float) -> int:

@@ -586,15 +586,17 @@ def test_serve_breakdown_reads_histogram_means_from_prometheus_text():
         'ray_serve_http_request_latency_ms_sum{route="/",method="POST"} 100.0\n'
         'ray_serve_http_request_latency_ms_count{route="/",method="POST"} 10.0\n'
         'ray_serve_http_request_latency_ms_bucket{le="5"} 7.0\n'
-        "melanoma_model_ms_sum 30.0\nmelanoma_model_ms_count 10.0\n"
-        "melanoma_images_total 10.0\n"
+        "ray_melanoma_model_ms_sum 30.0\nray_melanoma_model_ms_count 10.0 1700000000000\n"
+        "ray_melanoma_images_total 10.0\n"
     )
     after = bench.histogram_totals(
         'ray_serve_http_request_latency_ms_sum{route="/",method="POST"} 160.0\n'
         'ray_serve_http_request_latency_ms_sum{route="/",method="GET"} 40.0\n'
         'ray_serve_http_request_latency_ms_count{route="/",method="POST"} 14.0\n'
         'ray_serve_http_request_latency_ms_count{route="/",method="GET"} 1.0\n'
-        "melanoma_model_ms_sum 50.0\nmelanoma_model_ms_count 14.0\n"
+        'ray_melanoma_model_ms_sum{app="bench",deployment="x"} 50.0 1700000000000\n'
+        "ray_melanoma_model_ms_count 14.0\n"
+        "melanoma_model_ms_sum 999.0\n"  # not the exported name: ignored
     )
     assert before["proxy_ms"] == (100.0, 10.0) and after["proxy_ms"] == (200.0, 15.0)
     means = bench.mean_per_event(before, after)

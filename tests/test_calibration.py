@@ -149,10 +149,18 @@ def test_sigmoid_maps_are_the_maximum_likelihood_fit(method):
 
 
 def test_a_map_of_uninformative_probabilities_is_flat_at_the_rate():
-    labels = np.array([1, 1, 0, 0, 1, 1, 0, 0])
-    probs = np.array([0.1, 0.2, 0.8, 0.9, 0.15, 0.25, 0.85, 0.95])  # ranked backwards
-    c = fit_calibration(labels, probs, "platt")
-    assert c.a > 0 and np.allclose(c.apply(probs), 0.5, atol=1e-4)
+    """Ranked backwards (or one class only): Platt is flat at the melanoma rate (here a
+    quarter, so a wrong intercept shows), temperature flat at one half."""
+    labels = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    probs = np.array([0.1, 0.2, 0.8, 0.9, 0.75, 0.7, 0.85, 0.95])  # ranked backwards
+    platt = fit_calibration(labels, probs, "platt")
+    assert platt.a > 0 and np.allclose(platt.apply(probs), 0.25, atol=1e-4)
+    temperature = fit_calibration(labels, probs, "temperature")
+    assert temperature.a > 0 and np.allclose(temperature.apply(probs), 0.5, atol=1e-4)
+    one_class = fit_calibration(np.ones(4), np.array([0.2, 0.4, 0.6, 0.8]), "platt")
+    assert np.all(one_class.apply([0.3]) > 0.99)
+    _, report = choose_calibration(np.zeros(5), np.linspace(0.1, 0.5, 5), "auto", "val")
+    assert report["used"] == "none" and "fewer than two images of a class" in report["reason"]
 
 
 def test_isotonic_map_keeps_at_most_max_knots_and_the_graph_agrees():
@@ -210,26 +218,40 @@ def test_bad_build_and_model_arguments_name_the_allowed_values(tmp_path):
 
 def test_bootstrap_rows_equal_scikit_learns_figures():
     """The vectorised rows the bootstrap uses give, row by row, scikit-learn's log-loss and
-    Brier score and the ECE of calibration_curve's bins (edges included: 0.1 and 1.0)."""
+    Brier score and the ECE of calibration_curve's bins; the reliability bins equal a count
+    by hand with scikit-learn's edge rule (a probability on an edge is in the lower bin:
+    0.1 and 0.2 here, and 0.0 and 1.0 at the ends)."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import brier_score_loss
     from sklearn.metrics import log_loss as sk_log_loss
 
-    from melanoma.metrics.calibration import EPS, _ece_rows, _log_loss_rows
+    from melanoma.metrics.calibration import EPS, _brier_rows, _ece_rows, _log_loss_rows
 
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 2, (6, 50))
     probs = rng.uniform(0, 1, (6, 50))
-    probs[:, :4] = [0.1, 0.2, 1.0, 0.0]  # on the bin edges and the ends
+    probs[:, :4] = [0.1, 0.2, 1.0, 0.0]
     eces, losses = _ece_rows(labels, probs, 10), _log_loss_rows(labels, probs)
-    for y, p, ece, loss in zip(labels, probs, eces, losses, strict=True):
+    briers = _brier_rows(labels, probs)
+    for y, p, ece, loss, brier in zip(labels, probs, eces, losses, briers, strict=True):
+        inside = [(p <= 0.1) if b == 0 else (p > b / 10) & (p <= (b + 1) / 10) for b in range(10)]
+        counts = [int(m.sum()) for m in inside]
+        rates = [y[m].mean() for m in inside if m.any()]
         rate, mean = calibration_curve(y, p, n_bins=10)
-        counts = np.bincount(np.searchsorted(np.linspace(0, 1, 11)[1:-1], p), minlength=10)
-        expected = np.sum(counts[counts > 0] * np.abs(mean - rate)) / len(y)
-        assert ece == pytest.approx(expected)
-        assert expected_calibration_error(y, p) == pytest.approx(expected)
+        filled = [c for c in counts if c]
+        expected = sum(c * abs(mp - r) for c, mp, r in zip(filled, mean, rate, strict=True))
+        assert ece == pytest.approx(expected / len(y))
+        assert expected_calibration_error(y, p) == pytest.approx(expected / len(y))
         assert loss == pytest.approx(sk_log_loss(y, np.clip(p, EPS, 1 - EPS), labels=[0, 1]))
-        assert brier_score(y, p) == pytest.approx(brier_score_loss(y, p))
+        assert brier == pytest.approx(brier_score_loss(y, p))
+        assert brier_score(y, p) == pytest.approx(np.mean((p - y) ** 2))
         bins = reliability_bins(y, p)
-        assert [b["count"] for b in bins] == counts.tolist()
-        assert [b["melanoma_rate"] for b in bins if b["count"]] == pytest.approx(rate)
+        assert [b["count"] for b in bins] == counts
+        assert [b["melanoma_rate"] for b in bins if b["count"]] == pytest.approx(rates)
+
+
+def test_calibration_figures_of_no_images_are_nan_and_of_rounded_probabilities_finite():
+    assert np.isnan(brier_score([], [])) and np.isnan(log_loss([], []))
+    assert [b["count"] for b in reliability_bins([], [])] == [0] * 10
+    # float32 rounding may step just past 1: scored as 1, not refused
+    assert brier_score([1], np.float32([1.0000001])) == 0.0

@@ -88,17 +88,20 @@ def fit_calibration(labels, probs, method: str) -> Calibration:
         return _isotonic(labels, probs)
     from sklearn.linear_model import LogisticRegression
 
-    z = _logit(probs)[:, None]
-    # C this large is no penalty (penalty=None is deprecated from scikit-learn 1.8).
-    fit = LogisticRegression(C=1e12, fit_intercept=method == "platt", tol=1e-10)
-    fit.fit(z, labels)
-    a = float(fit.coef_[0, 0])
-    b = float(fit.intercept_[0]) if method == "platt" else 0.0
+    a = 0.0
+    if len(np.unique(labels)) == 2:
+        z = _logit(probs)[:, None]
+        # C this large is no penalty (penalty=None is deprecated from scikit-learn 1.8).
+        fit = LogisticRegression(C=1e12, fit_intercept=method == "platt", tol=1e-10)
+        fit.fit(z, labels)
+        a = float(fit.coef_[0, 0])
+        b = float(fit.intercept_[0]) if method == "platt" else 0.0
     if a <= 0:
-        # Probabilities that rank melanomas no better than chance: the monotone maximum
-        # likelihood map is then flat, at the melanoma rate (platt) or at one half.
+        # One class only, or probabilities that rank melanomas no better than chance: the
+        # monotone maximum-likelihood map is then flat, at the melanoma rate (platt) or
+        # at one half (temperature, which has no intercept).
         a = 1e-6
-        rate = float(np.clip(labels.mean(), CLIP, 1 - CLIP))
+        rate = float(np.clip(labels.mean(), CLIP, 1 - CLIP)) if len(labels) else 0.5
         b = float(np.log(rate / (1 - rate))) if method == "platt" else 0.0
     return Calibration(method, a=a, b=b)
 

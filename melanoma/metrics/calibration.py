@@ -58,15 +58,26 @@ def brier_score(labels, probs) -> float:
     """Mean squared difference between probability and outcome (0 is perfect)."""
     from sklearn.metrics import brier_score_loss
 
-    return float(brier_score_loss(np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)))
+    labels, probs = np.asarray(labels, dtype=int), _unit(probs)
+    return float(brier_score_loss(labels, probs)) if len(labels) else float("nan")
 
 
 def log_loss(labels, probs) -> float:
     """Mean negative log-likelihood of the outcomes, probabilities clipped to [EPS, 1-EPS]."""
     from sklearn.metrics import log_loss as sk_log_loss
 
-    p = np.clip(np.asarray(probs, dtype=float), EPS, 1 - EPS)
-    return float(sk_log_loss(np.asarray(labels, dtype=int), p, labels=[0, 1]))
+    labels, p = np.asarray(labels, dtype=int), np.clip(_unit(probs), EPS, 1 - EPS)
+    return float(sk_log_loss(labels, p, labels=[0, 1])) if len(labels) else float("nan")
+
+
+def _unit(probs) -> np.ndarray:
+    """Probabilities as float64 in [0, 1]: float32 rounding may step past either end,
+    which scikit-learn refuses."""
+    return np.clip(np.asarray(probs, dtype=float), 0.0, 1.0)
+
+
+def _brier_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    return np.mean((probs - labels) ** 2, axis=1)
 
 
 def _log_loss_rows(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -97,7 +108,7 @@ def calibration_report(
     y, p = labels[rows], probs[rows]
     samples = {
         "ece": _ece_rows(y, p, bins),
-        "brier": np.mean((p - y) ** 2, axis=1),
+        "brier": _brier_rows(y, p),
         "log_loss": _log_loss_rows(y, p),
     }
     out = {k: {"value": point[k], **percentile_interval(samples[k])} for k in CALIBRATION_KEYS}
@@ -113,7 +124,7 @@ def reliability_bins(labels, probs, bins: int = ECE_BINS) -> list[dict]:
     ``calibration_curve``, which leaves the empty bins out)."""
     from sklearn.calibration import calibration_curve
 
-    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=float)
+    labels, probs = np.asarray(labels, dtype=int), _unit(probs)
     counts = np.bincount(_bin_index(probs, bins), minlength=bins)
     rate, mean = iter([]), iter([])
     if len(labels):

@@ -227,6 +227,8 @@ class Part:
     read_labels: Callable[[Path], Labels]
     mask_for: Callable[[str], Path | None] = lambda image_id: None
     metadata: Callable[[], tuple[dict[str, Metadata] | None, list[Problem]]] = lambda: (None, [])
+    # ISIC 2019's reader has always listed metadata problems before label problems.
+    metadata_first: bool = False
 
 
 def read_parts(parts: Iterable[Part]) -> tuple[list[Sample], list[Problem]]:
@@ -237,12 +239,12 @@ def read_parts(parts: Iterable[Part]) -> tuple[list[Sample], list[Problem]]:
     for part in parts:
         if not part.images_dir.is_dir():
             continue
-        labels = None
+        labels, label_problems = None, []
         if part.labels_csv is not None and part.labels_csv.is_file():
-            labels, found = part.read_labels(part.labels_csv)
-            problems += found
-        metadata, found = part.metadata()
-        problems += found
+            labels, label_problems = part.read_labels(part.labels_csv)
+        metadata, metadata_problems = part.metadata()
+        first, then = (metadata_problems, label_problems)[:: 1 if part.metadata_first else -1]
+        problems += first + then
         got, found = join_split(
             part.images_dir,
             labels,

@@ -165,6 +165,7 @@ def read_isic2019(root: Path) -> ReadResult:
             root / f"ISIC_2019_{tag}_GroundTruth.csv",
             lambda csv_path: _one_hot_labels(csv_path, groups),
             metadata=lambda: metadata_csv(meta_csv, "image", fields),
+            metadata_first=True,
         )
 
     samples, problems = read_parts([part("Training", "train"), part("Test", "test")])
