@@ -914,3 +914,43 @@ def test_real_search_reuse_refuses_runs_trained_otherwise(tmp_path):
     (tmp_path / "w" / "runs.json").unlink()
     bench.check_runs(first.work, bench.parse_args([*argv, "--reuse"]))
     assert (tmp_path / "w" / "runs.json").is_file()
+
+
+def test_external_set_joins_by_path_counts_the_unscored_and_tables_by_source(tmp_path, capsys):
+    """Manifest rows meet their predictions by resolved path; an unreadable image or one
+    missing from the predictions is counted and left out, never scored as benign; a
+    source with one class gets no row of its own; bad arguments name the fix."""
+    import numpy as np
+
+    bench = load("external_set")
+    tmp_path = tmp_path.resolve()
+    (tmp_path / "images").mkdir()
+    lines = ["image,label,source"]
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 40)
+    for i, y in enumerate(labels):
+        lines.append(f"images/{i}.jpg,{y},{'A' if i < 20 else 'B'}")
+    lines += ["images/40.jpg,,A", "images/41.jpg,1,C"]  # unlabelled; C is one class only
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    manifest = bench.read_manifest(tmp_path / "m.csv")
+    assert len(manifest) == 41 and manifest[0]["path"] == str(tmp_path / "images/0.jpg")
+    predictions = [
+        {"image": str(tmp_path / "images" / f"{i}.jpg"), "probability": f"{0.3 + 0.4 * y}"}
+        for i, y in enumerate(labels)
+        if i != 3
+    ]
+    predictions[0] = {**predictions[0], "probability": "", "error": "unreadable"}
+    rows, missing = bench.joined(manifest, predictions)
+    assert missing == 3 and len(rows) == 38  # 0 unreadable, 3 not predicted, 41 (C) not
+    results = dict(bench.table(rows, 0.5, resamples=200))
+    assert list(results) == ["A", "B", "all"]
+    assert results["all"]["auc"]["value"] == 1.0 and results["all"]["images"] == 38
+    assert results["A"]["images"] + results["B"]["images"] == 38
+    bench.print_table(list(results.items()), 0.5)
+    assert "1.000 (1.000-1.000)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="image and label columns"):
+        (tmp_path / "bad.csv").write_text("path,y\na,1\n")
+        bench.read_manifest(tmp_path / "bad.csv")
+    with pytest.raises(SystemExit):
+        bench.main(["--model", "m", "--manifest", str(tmp_path / "nowhere.csv")])
+    assert "does not exist" in capsys.readouterr().err
