@@ -21,6 +21,9 @@ Side by side in one run, on the same images (the files under DIR, sent as they a
   proxy, inside the replica, and in ONNX Runtime, with the mean batch the model got. The
   replica's time minus the model's is the batch wait and decoding; the proxy's minus the
   replica's is routing; the client's minus the proxy's is the loopback HTTP client.
+- **wrk** (when the `wrk` HTTP benchmarking tool is installed, e.g. `apt-get install
+  wrk`): the same one-image `/predict` requests from ``--clients`` connections for
+  ``--wrk-seconds``, its requests per second and latency percentiles, beside ours.
 Stops by itself: a bounded number of requests, and a deadline.
 """
 
@@ -184,6 +187,55 @@ def _scrape(metrics_url: str) -> dict[str, tuple[float, float]]:
         return histogram_totals(response.read().decode())
 
 
+WRK_SCRIPT = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "image/jpeg"
+local f = io.open("{path}", "rb")
+wrk.body = f:read("*all")
+f:close()
+"""
+
+
+def parse_wrk(text: str) -> dict:
+    """Requests per second, non-2xx answers and the latency percentiles (ms) of wrk's
+    ``--latency`` report."""
+    units = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+    out: dict = {"non_2xx": 0}
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            out["requests_per_s"] = float(words[1])
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            out["non_2xx"] = int(words[-1])
+        elif len(words) == 2 and words[0] in ("50%", "90%", "99%"):
+            number = words[1].rstrip("usm")
+            unit = words[1][len(number) :]
+            out[f"p{words[0][:-1]}_ms"] = float(number) * units[unit]
+    if "requests_per_s" not in out:
+        raise ValueError(f"not a wrk report:\n{text}")
+    return out
+
+
+def wrk_run(url: str, image: Path, clients: int, seconds: float) -> dict | None:
+    """wrk against ``/predict`` with one image, or None when wrk is not installed."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("wrk") is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT.format(path=str(image.resolve()).replace('"', '\\"')))
+    command = ["wrk", f"-t{min(2, clients)}", f"-c{clients}", f"-d{seconds:g}s", "--latency"]
+    done = subprocess.run(
+        [*command, "--timeout", "30s", "-s", fh.name, f"{url}/predict"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    Path(fh.name).unlink()
+    return parse_wrk(done.stdout)
+
+
 def _settled(metrics_url: str, quiet_s: float = 12.0, timeout_s: float = 90.0) -> dict:
     """The metrics once they have stopped changing for ``quiet_s`` (longer than Ray's
     10 s metrics report interval), so no request of an earlier phase is on its way in."""
@@ -244,6 +296,8 @@ def serve_run(model_dir: Path, int8: bool, sent: list[Payload], single: Payload,
     result = load(url, sent, args.clients, args.requests, args.duration)
     if args.latency_requests:
         result["breakdown"] = breakdown(url, args.metrics_url, single, args.latency_requests)
+    if args.wrk_seconds:
+        result["wrk"] = wrk_run(url, args.files[0], args.clients, args.wrk_seconds)
     serve.delete("bench")
     return result
 
@@ -265,6 +319,9 @@ def main() -> int:
     parser.add_argument("--batch-wait-ms", type=float, default=10.0)
     parser.add_argument("--duration", type=float, default=120.0, help="deadline per served arm")
     parser.add_argument("--limit", type=int, default=160, help="images read from --images")
+    parser.add_argument(
+        "--wrk-seconds", type=float, default=20.0, help="wrk's run per served arm (0: none)"
+    )
     parser.add_argument(
         "--latency-requests",
         type=int,
@@ -288,6 +345,7 @@ def main() -> int:
     files = files[: args.limit]
     if not files:
         parser.error(f"no images in {args.images}")
+    args.files = files
     size = CascadeModel(args.model).size
     decoded = np.stack([load_image(f, size).transpose(2, 0, 1) for f in files[:16]])
     bodies = [f.read_bytes() for f in files]
@@ -347,6 +405,18 @@ def main() -> int:
             )
         )
     print_breakdown(rows, args.latency_requests)
+    for arm, r in rows.items():
+        w = r.get("wrk")
+        if w:
+            print(
+                f"\nwrk, {arm}: {args.clients} connections, one image per request for "
+                f"{args.wrk_seconds:g} s: {w['requests_per_s']:.1f} requests/s "
+                f"({w['requests_per_s'] / rows[f'predict {arm.split()[-1]}']['images_per_s']:.2f}"
+                f" of predict), p50 {w.get('p50_ms', float('nan')):.0f} ms, p99 "
+                f"{w.get('p99_ms', float('nan')):.0f} ms, {w['non_2xx']} non-2xx answers"
+            )
+        elif "wrk" in r:
+            print(f"\nwrk, {arm}: not installed (apt-get install wrk), not run")
     if len(kinds) == 2:
         ratio = rows["onnxruntime int8"]["images_per_s"] / rows["onnxruntime float"]["images_per_s"]
         print(f"\nINT8 / float, ONNX Runtime at batch 16: {ratio:.2f}x")

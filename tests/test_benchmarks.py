@@ -954,3 +954,30 @@ def test_external_set_joins_by_path_counts_the_unscored_and_tables_by_source(tmp
     with pytest.raises(SystemExit):
         bench.main(["--model", "m", "--manifest", str(tmp_path / "nowhere.csv")])
     assert "does not exist" in capsys.readouterr().err
+
+
+WRK_REPORT = """Running 1s test @ http://127.0.0.1:8799/
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     6.28ms    3.49ms  29.57ms   83.14%
+    Req/Sec   323.10    120.25   450.00     50.00%
+  Latency Distribution
+     50%    4.66ms
+     75%    7.60ms
+     90%  950.00us
+     99%    1.20s
+  323 requests in 1.01s, 1.30MB read
+  Non-2xx or 3xx responses: 7
+Requests/sec:    321.06
+Transfer/sec:      1.29MB
+"""
+
+
+def test_wrk_reports_are_read_with_their_units_and_a_non_report_is_refused():
+    bench = load("serve")
+    got = bench.parse_wrk(WRK_REPORT)
+    assert got["requests_per_s"] == 321.06 and got["non_2xx"] == 7
+    assert got["p50_ms"] == 4.66 and got["p90_ms"] == pytest.approx(0.95)
+    assert got["p99_ms"] == 1200.0 and "p75_ms" not in got
+    with pytest.raises(ValueError, match="not a wrk report"):
+        bench.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
