@@ -24,17 +24,25 @@ import numpy as np
 KEYS = ("auc", "average_precision", "sensitivity", "specificity")
 
 
-def read_manifest(path: Path) -> list[dict]:
-    """The manifest's labelled rows, each with its image's absolute path."""
+def read_manifest(path: Path) -> tuple[list[dict], dict[str, int]]:
+    """The manifest's rows labelled 0 or 1, each with its image's absolute path, and the
+    counts of rows left out (unlabelled or another label; a repeated image is refused)."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
     if not rows or not {"image", "label"} <= set(rows[0]):
         raise ValueError(f"{path}: expected a manifest CSV with image and label columns")
-    out = []
+    out, left = [], {"unlabelled": 0, "other label": 0}
     for row in rows:
-        if row["label"].strip() in ("0", "1"):
+        label = row["label"].strip()
+        if label in ("0", "1"):
             out.append({**row, "path": str((path.parent / row["image"]).resolve())})
-    return out
+        else:
+            left["unlabelled" if label == "" else "other label"] += 1
+    paths = [r["path"] for r in out]
+    if len(set(paths)) < len(paths):
+        twice = sorted({p for p in paths if paths.count(p) > 1})[:3]
+        raise ValueError(f"{path}: images listed more than once, e.g. {twice}; list each once")
+    return out, left
 
 
 def joined(manifest: list[dict], predictions: list[dict]) -> tuple[list[dict], int]:
@@ -61,17 +69,26 @@ def scores(rows: list[dict], threshold: float, resamples: int = 1000) -> dict:
 
 
 def table(rows: list[dict], threshold: float, resamples: int = 1000) -> list[tuple[str, dict]]:
-    """(group, scores) over every source of the manifest, then all images."""
+    """(group, scores) over every source of the manifest holding both classes, then all
+    images; a source of one class is named in a row of its own without figures."""
     sources = sorted({r.get("source") or "" for r in rows} - {""})
-    groups = [(s, [r for r in rows if r.get("source") == s]) for s in sources]
-    groups = [(s, g) for s, g in groups if len({r["label"] for r in g}) == 2]
-    return [(s, scores(g, threshold, resamples)) for s, g in [*groups, ("all", rows)]]
+    out = []
+    for source in sources:
+        group = [r for r in rows if r.get("source") == source]
+        if len({r["label"] for r in group}) == 2:
+            out.append((source, scores(group, threshold, resamples)))
+        else:
+            out.append((source, {"images": len(group), "one_class": group[0]["label"]}))
+    return [*out, ("all", scores(rows, threshold, resamples))]
 
 
 def print_table(results: list[tuple[str, dict]], threshold: float) -> None:
     print(f"at the shipped threshold {threshold:.4f}; 95% bootstrap intervals\n")
     print(f"{'images':20} | {'n':>5} | {'mel':>4} | " + " | ".join(f"{k:>22}" for k in KEYS))
     for name, s in results:
+        if "one_class" in s:
+            print(f"{name:20} | {s['images']:5d} | only label {s['one_class']}: no figures")
+            continue
         cells = " | ".join(
             f"{s[k]['value']:.3f} ({s[k]['low']:.3f}-{s[k]['high']:.3f})".rjust(22) for k in KEYS
         )
@@ -93,7 +110,7 @@ def main(argv=None) -> int:
 
     from melanoma.predict import predict
 
-    manifest = read_manifest(args.manifest)
+    manifest, left = read_manifest(args.manifest)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "predictions.csv"
         predictions = predict(args.model, [r["path"] for r in manifest], out, int8=args.int8)
@@ -101,8 +118,11 @@ def main(argv=None) -> int:
     threshold = float(predictions[0]["threshold"])
     print(
         f"\n{args.model} ({'INT8' if args.int8 else 'float'}) on {args.manifest}: "
-        f"{len(rows)} images scored, {missing} unreadable or unpredicted (left out)"
+        f"{len(rows)} images scored, {missing} unreadable or unpredicted (left out); manifest "
+        f"rows not scored: {left['unlabelled']} unlabelled, {left['other label']} with "
+        "another label than 0 or 1"
     )
+    print("(intervals resample images: with several images of one lesion they are too narrow)")
     print_table(table(rows, threshold, args.resamples), threshold)
     return 0
 

@@ -196,22 +196,27 @@ f:close()
 
 
 def parse_wrk(text: str) -> dict:
-    """Requests per second, non-2xx answers and the latency percentiles (ms) of wrk's
-    ``--latency`` report."""
+    """wrk's ``--latency`` report: requests per second of 2xx answers (wrk's own rate
+    counts every answer), non-2xx answers, socket errors (timed-out requests are left out
+    of wrk's percentiles, so they are reported beside them) and latency percentiles, ms."""
     units = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
-    out: dict = {"non_2xx": 0}
+    out: dict = {"non_2xx": 0, "socket_errors": 0}
     for line in text.splitlines():
         words = line.split()
-        if line.startswith("Requests/sec:"):
-            out["requests_per_s"] = float(words[1])
+        if " requests in " in line:
+            out["requests"] = int(words[0])
+            out["seconds"] = float(words[3].rstrip(",").rstrip("s"))
         elif line.strip().startswith("Non-2xx or 3xx responses:"):
             out["non_2xx"] = int(words[-1])
+        elif line.strip().startswith("Socket errors:"):
+            out["socket_errors"] = sum(int(w.rstrip(",")) for w in words[3::2])
         elif len(words) == 2 and words[0] in ("50%", "90%", "99%"):
             number = words[1].rstrip("usm")
             unit = words[1][len(number) :]
             out[f"p{words[0][:-1]}_ms"] = float(number) * units[unit]
-    if "requests_per_s" not in out:
+    if "requests" not in out:
         raise ValueError(f"not a wrk report:\n{text}")
+    out["requests_per_s"] = (out["requests"] - out["non_2xx"]) / out["seconds"]
     return out
 
 
@@ -233,6 +238,8 @@ def wrk_run(url: str, image: Path, clients: int, seconds: float) -> dict | None:
         timeout=seconds + 60,
     )
     Path(fh.name).unlink()
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk exited with {done.returncode}: {done.stderr or done.stdout}")
     return parse_wrk(done.stdout)
 
 
@@ -248,6 +255,8 @@ def _settled(metrics_url: str, quiet_s: float = 12.0, timeout_s: float = 90.0) -
             last, since = now, time.monotonic()
         elif time.monotonic() - since >= quiet_s:
             break
+    else:
+        print(f"warning: {metrics_url} still changing after {timeout_s:.0f} s", file=sys.stderr)
     return last
 
 
@@ -271,6 +280,7 @@ def breakdown(url: str, metrics_url: str, payload: Payload, requests: int) -> di
     means = mean_per_event(before, after)
     means["client_ms"] = 1000 * statistics.median(latencies) if latencies else float("nan")
     means["counted"] = min(after[k][1] - before[k][1] for k in ("proxy_ms", "replica_ms"))
+    means["failed"] = requests - len(latencies)
     return means
 
 
@@ -410,10 +420,11 @@ def main() -> int:
         if w:
             print(
                 f"\nwrk, {arm}: {args.clients} connections, one image per request for "
-                f"{args.wrk_seconds:g} s: {w['requests_per_s']:.1f} requests/s "
+                f"{args.wrk_seconds:g} s: {w['requests_per_s']:.1f} answered 200 a second "
                 f"({w['requests_per_s'] / rows[f'predict {arm.split()[-1]}']['images_per_s']:.2f}"
                 f" of predict), p50 {w.get('p50_ms', float('nan')):.0f} ms, p99 "
-                f"{w.get('p99_ms', float('nan')):.0f} ms, {w['non_2xx']} non-2xx answers"
+                f"{w.get('p99_ms', float('nan')):.0f} ms, {w['non_2xx']} non-2xx answers, "
+                f"{w['socket_errors']} socket errors (left out of wrk's percentiles)"
             )
         elif "wrk" in r:
             print(f"\nwrk, {arm}: not installed (apt-get install wrk), not run")
@@ -440,6 +451,7 @@ def print_breakdown(rows: dict, requests: int) -> None:
             f"{b['model_ms']:7.1f} | {b['batch_images']:5.2f} | "
             f"{b['proxy_ms'] - b['replica_ms']:7.1f} | {b['replica_ms'] - b['model_ms']:21.1f}"
             + (f"  (metrics counted {b['counted']:.0f} of {requests})" if short else "")
+            + (f"  ({b['failed']} requests failed)" if b.get("failed") else "")
         )
 
 
