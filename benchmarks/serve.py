@@ -16,11 +16,11 @@ Side by side in one run, on the same images (the files under DIR, sent as they a
   pass): images per second, p50 and p99 latency per request, errors, and how many
   ``/healthz`` checks a separate client got answered during the load (and their slowest).
 - **where a request's time goes**, one client posting one image at a time
-  (``--latency-requests``, no health checks beside it): the client's median latency, and
-  from the node's Prometheus metrics over the same requests the mean time at Serve's HTTP
-  proxy, inside the replica, and in ONNX Runtime, with the mean batch the model got. The
-  replica's time minus the model's is the batch wait and decoding; the proxy's minus the
-  replica's is routing; the client's minus the proxy's is the loopback HTTP client.
+  (``--latency-requests``, no health checks beside it): the client's mean latency, and
+  from the replicas' exact counters over the same requests the mean time inside the
+  replica and in ONNX Runtime, with the mean batch the model got. The replica's time minus
+  the model's is the batch wait, decoding and the answer; the client's minus the
+  replica's is everything outside it (Serve's HTTP proxy, its router, loopback HTTP).
 - **wrk** (when the `wrk` HTTP benchmarking tool is installed, e.g. `apt-get install
   wrk`): the same one-image `/predict` requests from ``--clients`` connections for
   ``--wrk-seconds``, its requests per second and latency percentiles, beside ours.
@@ -147,44 +147,52 @@ def load(url: str, sent: list[Payload], clients: int, requests: int, duration: f
     }
 
 
-# Histograms whose mean per event the breakdown reads (their _sum and _count series).
-TIMED = {
-    "proxy_ms": "ray_serve_http_request_latency_ms",
-    "replica_ms": "ray_serve_deployment_processing_latency_ms",
-    # Ray's metrics agent puts ray_ before the names a replica gives its own metrics.
-    "model_ms": "ray_melanoma_model_ms",
-    "batch_images": "ray_melanoma_batch_images",
+# Exact totals the replicas export (Ray's histogram _sum is a bucket-midpoint estimate,
+# too coarse for milliseconds): counters, and a histogram's _count.
+SERIES = {
+    "requests": "ray_melanoma_requests_total",
+    "request_ms": "ray_melanoma_request_time_ms_total",
+    "model_ms": "ray_melanoma_model_time_ms_total",
+    "model_calls": "ray_melanoma_model_ms_count",
+    "images": "ray_melanoma_images_total",
 }
 
 
-def histogram_totals(text: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each TIMED histogram over every label set, from Prometheus text
+def series_totals(text: str) -> dict[str, float]:
+    """Each SERIES value summed over its label sets, from Prometheus text
     (``name{labels} value [timestamp]``)."""
-    totals = {key: [0.0, 0.0] for key in TIMED}
+    totals = dict.fromkeys(SERIES, 0.0)
+    names = {metric: key for key, metric in SERIES.items()}
     for line in text.splitlines():
         if not line or line.startswith("#"):
             continue
         close = line.rfind("}")
         name = line.split("{", 1)[0] if close >= 0 else line.split()[0]
         rest = line[close + 1 :].split() if close >= 0 else line.split()[1:]
-        for key, metric in TIMED.items():
-            if rest and name in (f"{metric}_sum", f"{metric}_count"):
-                totals[key][name.endswith("_count")] += float(rest[0])
-    return {k: (v[0], v[1]) for k, v in totals.items()}
+        if name in names and rest:
+            totals[names[name]] += float(rest[0])
+    return totals
 
 
-def mean_per_event(before: dict, after: dict) -> dict[str, float]:
-    """Each histogram's mean over the events between two scrapes (nan when none)."""
-    out = {}
-    for key in TIMED:
-        events = after[key][1] - before[key][1]
-        out[key] = (after[key][0] - before[key][0]) / events if events else float("nan")
-    return out
+def per_event(before: dict, after: dict) -> dict[str, float]:
+    """Between two scrapes: ms in the replica per request, ms of ONNX Runtime per model
+    call, and images per call (nan where nothing happened)."""
+    d = {k: after[k] - before[k] for k in SERIES}
+
+    def ratio(a: str, b: str) -> float:
+        return d[a] / d[b] if d[b] else float("nan")
+
+    return {
+        "replica_ms": ratio("request_ms", "requests"),
+        "model_ms": ratio("model_ms", "model_calls"),
+        "batch_images": ratio("images", "model_calls"),
+        "counted": d["requests"],
+    }
 
 
-def _scrape(metrics_url: str) -> dict[str, tuple[float, float]]:
+def _scrape(metrics_url: str) -> dict[str, float]:
     with urllib.request.urlopen(metrics_url, timeout=30) as response:
-        return histogram_totals(response.read().decode())
+        return series_totals(response.read().decode())
 
 
 WRK_SCRIPT = """wrk.method = "POST"
@@ -261,27 +269,25 @@ def _settled(metrics_url: str, quiet_s: float = 12.0, timeout_s: float = 90.0) -
 
 
 def breakdown(url: str, metrics_url: str, payload: Payload, requests: int) -> dict:
-    """One client posting one image at a time: its median latency and the metrics' means
-    over the same requests, read between two settled scrapes (the agent exports every few
-    seconds)."""
+    """One client posting one image at a time: its latency (exact) beside the replicas'
+    exact totals over the same requests, read between two settled scrapes (the agent
+    exports every few seconds)."""
     before = _settled(metrics_url)
     latencies = []
     for _ in range(requests):
         status, seconds = _post(url + payload.route, payload.body, payload.content_type)
         if status == 200:
-            latencies.append(seconds)
+            latencies.append(1000 * seconds)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until the metrics have seen every request
-        now = _scrape(metrics_url)
-        if min(now[k][1] - before[k][1] for k in ("proxy_ms", "replica_ms")) >= requests:
+        if _scrape(metrics_url)["requests"] - before["requests"] >= requests:
             break
         time.sleep(1)
-    after = _settled(metrics_url)
-    means = mean_per_event(before, after)
-    means["client_ms"] = 1000 * statistics.median(latencies) if latencies else float("nan")
-    means["counted"] = min(after[k][1] - before[k][1] for k in ("proxy_ms", "replica_ms"))
-    means["failed"] = requests - len(latencies)
-    return means
+    out = per_event(before, _settled(metrics_url))
+    out["client_ms"] = statistics.mean(latencies) if latencies else float("nan")
+    out["client_p50_ms"] = statistics.median(latencies) if latencies else float("nan")
+    out["failed"] = requests - len(latencies)
+    return out
 
 
 def serve_run(model_dir: Path, int8: bool, sent: list[Payload], single: Payload, args) -> dict:
@@ -435,23 +441,27 @@ def main() -> int:
 
 
 def print_breakdown(rows: dict, requests: int) -> None:
-    """Where one request's time went, per served arm (means, ms)."""
+    """Where one request's time went, per served arm (means, ms; exact totals)."""
     parts = [(arm, r["breakdown"]) for arm, r in rows.items() if "breakdown" in r]
     if not parts:
         return
-    print(f"\none client, {requests} requests one at a time (ms; client: median, others: mean)")
+    print(f"\none client, {requests} requests one at a time (ms, means; client p50 beside)")
     print(
-        f"{'arm':12} | {'client':>7} | {'proxy':>7} | {'replica':>7} | {'model':>7} | "
-        f"{'batch':>5} | {'routing':>7} | {'in replica, not model':>21}"
+        f"{'arm':12} | {'client':>7} | {'p50':>7} | {'replica':>7} | {'model':>7} | "
+        f"{'batch':>5} | {'outside the replica':>19} | {'in replica, not model':>21}"
     )
     for arm, b in parts:
-        short = b["counted"] < requests
+        notes = (
+            f"  (metrics counted {b['counted']:.0f} of {requests})"
+            if b["counted"] < requests
+            else ""
+        )
+        notes += f"  ({b['failed']} requests failed)" if b.get("failed") else ""
         print(
-            f"{arm:12} | {b['client_ms']:7.1f} | {b['proxy_ms']:7.1f} | {b['replica_ms']:7.1f} | "
-            f"{b['model_ms']:7.1f} | {b['batch_images']:5.2f} | "
-            f"{b['proxy_ms'] - b['replica_ms']:7.1f} | {b['replica_ms'] - b['model_ms']:21.1f}"
-            + (f"  (metrics counted {b['counted']:.0f} of {requests})" if short else "")
-            + (f"  ({b['failed']} requests failed)" if b.get("failed") else "")
+            f"{arm:12} | {b['client_ms']:7.1f} | {b['client_p50_ms']:7.1f} | "
+            f"{b['replica_ms']:7.1f} | {b['model_ms']:7.1f} | {b['batch_images']:5.2f} | "
+            f"{b['client_ms'] - b['replica_ms']:19.1f} | "
+            f"{b['replica_ms'] - b['model_ms']:21.1f}{notes}"
         )
 
 

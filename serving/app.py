@@ -17,7 +17,11 @@ Beside Serve's own metrics, each replica exports (Prometheus, through Ray's metr
 agent, which puts ``ray_`` before every name): ``ray_melanoma_images_total`` (images
 scored), ``ray_melanoma_batch_images`` (images per model call), ``ray_melanoma_model_ms``
 (ONNX Runtime time per call) and ``ray_melanoma_refused_total`` (the replica's own 4xx and
-503 answers, by ``status``; a full queue's 503 comes from Serve's proxy instead).
+503 answers, by ``status``; a full queue's 503 comes from Serve's proxy instead). Ray's
+histogram ``_sum`` is an approximation (each observation counted at its bucket's
+midpoint), so exact totals are counters: ``ray_melanoma_model_time_ms_total``,
+``ray_melanoma_requests_total`` and ``ray_melanoma_request_time_ms_total`` (time inside
+the replica per prediction request).
 """
 
 from __future__ import annotations
@@ -98,7 +102,9 @@ class CascadeService:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         results = await loop.run_in_executor(self.executor, self.model.run, uploads)
-        self.metrics["model_ms"].observe(1000 * (time.perf_counter() - started))
+        elapsed_ms = 1000 * (time.perf_counter() - started)
+        self.metrics["model_ms"].observe(elapsed_ms)
+        self.metrics["model_time"].inc(elapsed_ms)
         self.metrics["batch"].observe(len(uploads))
         self.metrics["images"].inc(len(uploads))
         self.served += len(uploads)
@@ -106,20 +112,28 @@ class CascadeService:
 
     async def __call__(self, request: Request) -> JSONResponse:
         route = f"{request.method} {request.url.path.rstrip('/') or '/'}"
+        started = time.perf_counter()
         try:
-            if route == "GET /healthz":
-                return JSONResponse(self._health())
-            if route == "GET /model-card":
-                return JSONResponse(self.card)
-            if route == "POST /predict":
-                return JSONResponse(await self._predict_one(request))
-            if route == "POST /predict/batch":
-                return JSONResponse(await self._predict_many(request))
-            raise BadRequest(404, f"no route {route}; this service has {', '.join(ROUTES)}")
+            answer = await self._route(route, request)
         except BadRequest as err:
             self.metrics["refused"].inc(tags={"status": str(err.status)})
             headers = {"Retry-After": "1"} if err.status == 503 else None
-            return JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+            answer = JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
+        if route.startswith("POST /predict"):
+            self.metrics["requests"].inc()
+            self.metrics["request_time"].inc(1000 * (time.perf_counter() - started))
+        return answer
+
+    async def _route(self, route: str, request: Request) -> JSONResponse:
+        if route == "GET /healthz":
+            return JSONResponse(self._health())
+        if route == "GET /model-card":
+            return JSONResponse(self.card)
+        if route == "POST /predict":
+            return JSONResponse(await self._predict_one(request))
+        if route == "POST /predict/batch":
+            return JSONResponse(await self._predict_many(request))
+        raise BadRequest(404, f"no route {route}; this service has {', '.join(ROUTES)}")
 
     def _health(self) -> dict:
         return {
@@ -191,6 +205,12 @@ def _metrics() -> dict:
             "melanoma_refused",
             description="Requests answered 4xx or 503, by status.",
             tag_keys=("status",),
+        ),
+        # Exact totals (Ray's histogram sums are bucket-midpoint approximations).
+        "model_time": Counter("melanoma_model_time_ms", description="ONNX Runtime ms, summed."),
+        "requests": Counter("melanoma_requests", description="Prediction requests answered."),
+        "request_time": Counter(
+            "melanoma_request_time_ms", description="Ms in the replica per prediction, summed."
         ),
     }
 

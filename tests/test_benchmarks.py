@@ -575,33 +575,38 @@ def test_input_modes_ham_set_is_decoded_once_per_size_as_predict_reads_it(tmp_pa
         bench.Ham(tmp_path)
 
 
-def test_serve_breakdown_reads_histogram_means_from_prometheus_text():
-    """_sum and _count summed over label sets; the mean is over the events between two
-    scrapes; buckets, other metrics and comments are ignored; no events give nan."""
+def test_serve_breakdown_reads_exact_totals_from_prometheus_text():
+    """Counter values summed over label sets (two replicas), timestamps and comments
+    ignored, histogram _sum (Ray's bucket-midpoint estimate) never read; per-event means
+    over the events between two scrapes; nothing happened gives nan."""
     import math
 
     bench = load("serve")
-    before = bench.histogram_totals(
-        "# HELP ray_serve_http_request_latency_ms x\n"
-        'ray_serve_http_request_latency_ms_sum{route="/",method="POST"} 100.0\n'
-        'ray_serve_http_request_latency_ms_count{route="/",method="POST"} 10.0\n'
-        'ray_serve_http_request_latency_ms_bucket{le="5"} 7.0\n'
-        "ray_melanoma_model_ms_sum 30.0\nray_melanoma_model_ms_count 10.0 1700000000000\n"
-        "ray_melanoma_images_total 10.0\n"
+    before = bench.series_totals(
+        "# HELP ray_melanoma_requests_total x\n"
+        'ray_melanoma_requests_total{replica="a"} 10.0\n'
+        'ray_melanoma_request_time_ms_total{replica="a"} 500.0 1700000000000\n'
+        'ray_melanoma_model_time_ms_total{replica="a"} 200.0\n'
+        'ray_melanoma_model_ms_count{replica="a"} 10.0\n'
+        'ray_melanoma_model_ms_sum{replica="a"} 999.0\n'
+        'ray_melanoma_images_total{replica="a"} 10.0\n'
     )
-    after = bench.histogram_totals(
-        'ray_serve_http_request_latency_ms_sum{route="/",method="POST"} 160.0\n'
-        'ray_serve_http_request_latency_ms_sum{route="/",method="GET"} 40.0\n'
-        'ray_serve_http_request_latency_ms_count{route="/",method="POST"} 14.0\n'
-        'ray_serve_http_request_latency_ms_count{route="/",method="GET"} 1.0\n'
-        'ray_melanoma_model_ms_sum{app="bench",deployment="x"} 50.0 1700000000000\n'
-        "ray_melanoma_model_ms_count 14.0\n"
-        "melanoma_model_ms_sum 999.0\n"  # not the exported name: ignored
+    after = bench.series_totals(
+        'ray_melanoma_requests_total{replica="a"} 12.0\n'
+        'ray_melanoma_requests_total{replica="b"} 2.0\n'
+        'ray_melanoma_request_time_ms_total{replica="a"} 620.0\n'
+        'ray_melanoma_request_time_ms_total{replica="b"} 80.0\n'
+        'ray_melanoma_model_time_ms_total{replica="a"} 230.0\n'
+        'ray_melanoma_model_ms_count{replica="a"} 13.0\n'
+        'ray_melanoma_model_ms_sum{replica="a"} 5.0\n'
+        'ray_melanoma_images_total{replica="a"} 14.0\n'
+        "melanoma_requests_total 999.0\n"  # not the exported name: ignored
     )
-    assert before["proxy_ms"] == (100.0, 10.0) and after["proxy_ms"] == (200.0, 15.0)
-    means = bench.mean_per_event(before, after)
-    assert means["proxy_ms"] == pytest.approx(100.0 / 5) and means["model_ms"] == 5.0
-    assert math.isnan(means["replica_ms"]) and math.isnan(means["batch_images"])
+    assert before["request_ms"] == 500.0 and after["requests"] == 14.0
+    got = bench.per_event(before, after)
+    assert got["replica_ms"] == pytest.approx(200.0 / 4) and got["model_ms"] == 10.0
+    assert got["batch_images"] == pytest.approx(4 / 3) and got["counted"] == 4
+    assert math.isnan(bench.per_event(before, before)["replica_ms"])
 
 
 def test_serve_load_counts_answers_errors_and_health_checks():

@@ -215,6 +215,10 @@ def test_prometheus_metrics_are_reachable_with_serves_and_the_replicas_own(serve
         "ray_melanoma_model_ms_sum",
         "ray_melanoma_batch_images_count",
         "ray_melanoma_refused_total",
+        "ray_melanoma_requests_total",
+        "ray_melanoma_request_time_ms_total",
+        "ray_melanoma_model_time_ms_total",
+        "ray_serve_deployment_queued_queries",
         "ray_serve_num_http_requests_total",
         "ray_serve_http_request_latency_ms_sum",
         "ray_serve_deployment_processing_latency_ms_sum",
@@ -427,7 +431,19 @@ def test_replicas_are_given_the_drain_time_and_export_the_projects_metrics(expor
         return good.status_code, bad.status_code
 
     assert asyncio.run(scenario()) == (200, 400)
-    names = [(n, v) for n, v, _ in recorded if n != "model_ms"]
-    assert names == [("batch", 1), ("images", 1), ("refused", 1.0)], recorded
+    timed = ("model_ms", "model_time", "request_time")
+    names = [(n, v) for n, v, _ in recorded if n not in timed]
+    assert names == [
+        ("batch", 1),
+        ("images", 1),
+        ("requests", 1.0),
+        ("refused", 1.0),
+        ("requests", 1.0),
+    ], recorded
     assert [t for n, _, t in recorded if n == "refused"] == [{"status": "400"}]
-    assert [v > 0 for n, v, _ in recorded if n == "model_ms"] == [True]
+    assert [v > 0 for n, v, _ in recorded if n in timed] == [True, True, True, True]
+    # ONNX Runtime's time is part of the good request's time in the replica
+    model, good = (
+        next(v for n, v, _ in recorded if n == k) for k in ("model_time", "request_time")
+    )
+    assert 0 < model <= good
