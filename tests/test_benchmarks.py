@@ -997,3 +997,67 @@ def test_wrk_reports_are_read_with_their_units_and_a_non_report_is_refused():
     assert got["p99_ms"] == 1200.0 and "p75_ms" not in got
     with pytest.raises(ValueError, match="not a wrk report"):
         bench.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tasks", "det"], "--tasks takes ['cls', 'seg']"),
+        (["--variants", "bf16"], "--variants takes ['fp32', 'amp', 'amp+compile']"),
+        (["--augment-on", "gpu"], "--augment-on takes loader and device"),
+        (["--batches", "0"], "--batches and --batch-size must be at least 1"),
+        (["--workers", "-1"], "--workers must be 0 or more"),
+        (["--size", "100"], "--size must be a multiple of 32"),
+    ],
+)
+def test_gpu_path_arguments_are_refused_with_the_fix(argv, message, capsys):
+    bench = load("gpu_path")
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_gpu_path_configs_are_the_shipped_gpu_experiments_at_lite0(tmp_path):
+    bench = load("gpu_path")
+    args = bench.parse_args(["--size", "64", "--batch-size", "4", "--device", "cpu"])
+    seg = bench.shipped_config("seg", tmp_path, args, variant="amp", workers=8, on="device")
+    cls = bench.shipped_config("cls", tmp_path, args, variant="amp+compile", workers=2, on="loader")
+    assert seg.model.encoder == "tu-tf_efficientnet_lite0" and seg.metric == "jaccard"
+    assert (seg.data.num_workers, seg.data.augment_on, seg.amp, seg.compile) == (
+        8,
+        "device",
+        True,
+        False,
+    )
+    assert cls.model.arch == "efficientnet_lite0" and cls.input.mode == "dual"
+    assert (cls.input.source_size, cls.input.mask_source, cls.compile) == (128, "gt", True)
+    assert cls.data.augment > 0  # the shipped augmentation, wherever it runs
+
+
+@pytest.mark.slow
+def test_gpu_path_measures_and_tables_each_rate(tmp_path, capsys):
+    from melanoma.data.synth import SynthConfig, write_synthetic
+
+    bench = load("gpu_path")
+    write_synthetic(tmp_path / "d", SynthConfig(n=40, size=64, seed=0, prevalence=0.4))
+    argv = ["--data", str(tmp_path / "d"), "--device", "cpu", "--tasks", "cls", "--size", "32"]
+    argv += ["--batch-size", "4", "--batches", "2", "--workers", "0"]
+    result = bench.measure(bench.parse_args(argv), tmp_path / "d")
+    kinds = [(r["rate"], r.get("augment_on")) for r in result["rows"]]
+    # On a CPU the three variants are one (amp and compile are CUDA-only), and it says so.
+    assert "one variant, fp32" in capsys.readouterr().out
+    assert kinds == [
+        ("model", None),
+        ("loader", "loader"),
+        ("epoch", "loader"),
+        ("loader", "device"),
+        ("epoch", "device"),
+    ]
+    model = result["rows"][0]["img_s"]
+    for r in result["rows"]:
+        assert r["img_s"] > 0
+        if r["rate"] == "epoch":
+            assert r["fraction_of_model"] == pytest.approx(r["img_s"] / model)
+    bench.print_table(result)
+    table = capsys.readouterr().out
+    assert result["device"].startswith("cpu") and "of model" in table and "%" in table

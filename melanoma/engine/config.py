@@ -39,6 +39,10 @@ class DataConfig:
     batch_size: int = 16
     num_workers: int = 2
     augment: float = 0.5
+    # Where the augmentation runs: in the loader's processes (albumentations, per image)
+    # or on the model's device after each batch arrives (melanoma.data.device_augment, the
+    # same transforms), for a GPU the loader cannot keep fed.
+    augment_on: Literal["loader", "device"] = "loader"
     split_seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -81,7 +81,9 @@ def open_run(config: TrainConfig, runtime, data, mask_override) -> DataBundle:
 def loaders(config: TrainConfig, runtime, device, bundle: DataBundle, masks):
     """Training loader (this rank's share, reshuffled each epoch) and validation loader
     (all of it on every rank)."""
-    augment = build_augmentation(config.data.augment)
+    # On the device the loop augments each batch (melanoma.engine.loop); here, the loader.
+    on_loader = config.data.augment_on == "loader"
+    augment = build_augmentation(config.data.augment) if on_loader else None
     train_set = bundle.dataset("train", augment, seed=config.seed, mask_override=masks)
     val_set = bundle.dataset("val", None, seed=config.seed, mask_override=masks)
     if len(train_set) == 0 or len(val_set) == 0:

@@ -92,6 +92,7 @@ def train_one_epoch(
     progress: bool,
     on_batch: Callable[[int, dict], None] | None = None,
     world_size: int = 1,
+    rank: int = 0,
 ) -> dict:
     """One pass over the training loader; returns the mean loss (over every rank's samples
     under DDP) and the final learning rate."""
@@ -109,6 +110,7 @@ def train_one_epoch(
     for step, batch in enumerate(bar):
         if on_batch is not None:
             on_batch(epoch, batch)
+        batch = t.augmented(batch, epoch, step, rank)
         inputs = task.inputs(batch, device)
         if device.type == "cuda" and config.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -285,7 +287,9 @@ def _epoch(run: _Run, epoch: int) -> bool:
     started = time.perf_counter()
     run.train_loader.sampler.set_epoch(epoch)
     show = runtime.progress and runtime.is_main
-    train = train_one_epoch(t, run.train_loader, epoch, show, runtime.on_batch, runtime.world_size)
+    train = train_one_epoch(
+        t, run.train_loader, epoch, show, runtime.on_batch, runtime.world_size, runtime.rank
+    )
     keep = config.log_images if runtime.is_main else 0
     val, examples = validate(
         t.model, run.val_loader, t.task, t.criterion, run.device, config, keep=keep

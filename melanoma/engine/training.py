@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from melanoma.data.device_augment import DeviceAugmentation
 from melanoma.engine.config import TrainConfig
 from melanoma.engine.optim import create_lr_schedule, create_optimizer
 from melanoma.engine.tasks import ClassificationTask, SegmentationTask, build_model, make_task
@@ -26,6 +27,21 @@ class Training:
     optimizer: torch.optim.Optimizer
     schedule: Any
     scaler: torch.amp.GradScaler | None
+    # data.augment_on: device (and a non-zero data.augment): each batch augmented here.
+    augment: DeviceAugmentation | None = None
+
+    def augmented(self, batch: dict, epoch: int, step: int, rank: int = 0) -> dict:
+        """The training batch with images and masks moved to the device and, when the
+        config says so, augmented there; seeded by (seed, epoch, step, rank), so a resumed
+        run draws what it would have drawn."""
+        if self.augment is None:
+            return batch
+        seed = ((self.config.seed * 1_000_003 + epoch) * 1_000_033 + step) * 1_009 + rank
+        generator = torch.Generator().manual_seed(seed % 2**63)
+        image = batch["image"].to(self.device, non_blocking=True)
+        mask = batch["mask"].to(self.device, non_blocking=True)
+        image, mask = self.augment(image, mask, generator)
+        return {**batch, "image": image, "mask": mask}
 
 
 def build_training(
@@ -50,4 +66,10 @@ def build_training(
         optimizer,
         schedule,
         torch.amp.GradScaler("cuda") if use_scaler else None,
+        _device_augmentation(config),
     )
+
+
+def _device_augmentation(config: TrainConfig) -> DeviceAugmentation | None:
+    on_device = config.data.augment_on == "device" and config.data.augment > 0
+    return DeviceAugmentation(config.data.augment) if on_device else None
