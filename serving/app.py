@@ -20,8 +20,8 @@ scored), ``ray_melanoma_batch_images`` (images per model call), ``ray_melanoma_m
 503 answers, by ``status``; a full queue's 503 comes from Serve's proxy instead). Ray's
 histogram ``_sum`` is an approximation (each observation counted at its bucket's
 midpoint), so exact totals are counters: ``ray_melanoma_model_time_ms_total``,
-``ray_melanoma_requests_total`` and ``ray_melanoma_request_time_ms_total`` (time inside
-the replica per prediction request).
+``ray_melanoma_requests_total`` and ``ray_melanoma_request_time_ms_total`` (prediction
+requests answered 200, and their time inside the replica; refusals are counted apart).
 """
 
 from __future__ import annotations
@@ -119,7 +119,9 @@ class CascadeService:
             self.metrics["refused"].inc(tags={"status": str(err.status)})
             headers = {"Retry-After": "1"} if err.status == 503 else None
             answer = JSONResponse({"error": err.message}, status_code=err.status, headers=headers)
-        if route.startswith("POST /predict"):
+        # Answered predictions only: a refusal is counted under refused, and its few
+        # milliseconds would pull the mean time per answered request down.
+        if route.startswith("POST /predict") and answer.status_code == 200:
             self.metrics["requests"].inc()
             self.metrics["request_time"].inc(1000 * (time.perf_counter() - started))
         return answer

@@ -609,6 +609,37 @@ def test_serve_breakdown_reads_exact_totals_from_prometheus_text():
     assert math.isnan(bench.per_event(before, before)["replica_ms"])
 
 
+def test_serve_breakdown_table_splits_a_request_into_outside_replica_and_model(capsys):
+    """The columns are the differences of the means (outside the replica = client minus
+    replica; in the replica but not the model = replica minus model), a short count and
+    failures are named, and arms without a breakdown are left out."""
+    bench = load("serve")
+    b = {
+        "client_ms": 70.0,
+        "client_p50_ms": 66.0,
+        "replica_ms": 55.0,
+        "model_ms": 40.0,
+        "batch_images": 1.0,
+        "counted": 50,
+        "failed": 0,
+    }
+    rows = {
+        "float": {"breakdown": b},
+        "int8": {"breakdown": {**b, "counted": 48, "failed": 2, "replica_ms": 60.0}},
+        "predict": {"img_s": 10.0},
+    }
+    bench.print_breakdown(rows, 50)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("one client, 50 requests one at a time")
+    cells = {line.split("|")[0].strip(): [c.strip() for c in line.split("|")] for line in lines[2:]}
+    assert set(cells) == {"float", "int8"}
+    assert cells["float"][6:8] == ["15.0", "15.0"]
+    assert cells["int8"][6] == "10.0" and cells["int8"][7].startswith("20.0")
+    assert "(metrics counted 48 of 50)" in lines[-1] and "(2 requests failed)" in lines[-1]
+    bench.print_breakdown({"predict": {"img_s": 1.0}}, 50)
+    assert capsys.readouterr().out == ""
+
+
 def test_serve_load_counts_answers_errors_and_health_checks():
     import base64
     import json
