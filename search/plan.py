@@ -15,7 +15,8 @@ plan out (tested without training). Each rule says which measurement it follows
 - **Default settings, not a search,** at the budgets a CPU affords (the budget curve,
   docs/results.md); ``melanoma search`` stays for larger budgets.
 - **The end is reserved first**: build, evaluation and export, estimated from the
-  measured inference cost, with the images they score, plus ``SLACK`` of the budget.
+  measured inference cost, with the images they score and the classifier members the
+  plan trains, plus ``SLACK`` of the budget.
 """
 
 from __future__ import annotations
@@ -203,20 +204,13 @@ def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 
 def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
     """The two lanes at ``size`` with ``left`` seconds, or None when not even the end fits."""
     for tta in (True, False):
+        fitted = _reserved_end(size, left, tta, machine, costs)
+        if fitted is None:
+            return None
+        finish, (seg_epochs, epochs, runs) = fitted
         # TTA only when its end costs at most a tenth of what is left: its gain is small.
-        finish = costs.finish_s(tta, size, MAX_RUNS)
         if tta and finish > 0.1 * left:
             continue
-        train = left - finish
-        if train <= 0:
-            return None
-        seg_time, cls_time = (train, train) if machine.lanes == 2 else _split(train, size, costs)
-        seg_epochs = _epochs(seg_time, "seg", size, costs, runs=1)
-        epochs = _epochs(cls_time, "cls", size, costs, runs=1)
-        runs = 1
-        if epochs > RUN_EPOCHS:
-            runs = min(MAX_RUNS, max(1, _fit_runs(cls_time, size, costs)))
-            epochs = min(RUN_EPOCHS, _epochs(cls_time, "cls", size, costs, runs=runs))
         seg = Lane(
             "seg",
             size,
@@ -236,6 +230,35 @@ def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
         )
         return seg, cls, tta, finish
     return None
+
+
+def _reserved_end(size: int, left: float, tta: bool, machine: Machine, costs: Costs):
+    """(finish seconds, (segmenter epochs, classifier epochs, runs)): the end reserved for
+    as few classifier members as cover the runs its remaining time buys (the end scores
+    every member: reserving for ``MAX_RUNS`` when one run trains left minutes unspent).
+    Fewer members reserved buy at least as many runs, so the first that covers them
+    wins; None when not even the end fits."""
+    for members in range(1, MAX_RUNS + 1):
+        finish = costs.finish_s(tta, size, members)
+        train = left - finish
+        if train <= 0:
+            return None
+        lanes = _train_lanes(train, size, machine, costs)
+        if lanes[2] <= members:
+            return finish, lanes
+    raise AssertionError("runs never exceed MAX_RUNS")
+
+
+def _train_lanes(train: float, size: int, machine: Machine, costs: Costs):
+    """(segmenter epochs, classifier epochs, classifier runs) in ``train`` seconds."""
+    seg_time, cls_time = (train, train) if machine.lanes == 2 else _split(train, size, costs)
+    seg_epochs = _epochs(seg_time, "seg", size, costs, runs=1)
+    epochs = _epochs(cls_time, "cls", size, costs, runs=1)
+    runs = 1
+    if epochs > RUN_EPOCHS:
+        runs = min(MAX_RUNS, max(1, _fit_runs(cls_time, size, costs)))
+        epochs = min(RUN_EPOCHS, _epochs(cls_time, "cls", size, costs, runs=runs))
+    return seg_epochs, epochs, runs
 
 
 def _split(train: float, size: int, costs: Costs) -> tuple[float, float]:
@@ -264,4 +287,5 @@ def _needed_s(size: int, epochs: int, machine: Machine, costs: Costs) -> float:
     seg = costs.start_s() + epochs * costs.epoch_s("seg", size)
     cls = costs.start_s() + epochs * costs.epoch_s("cls", size)
     train = max(seg, cls) if machine.lanes == 2 else seg + cls
-    return train + costs.finish_s(False, size, MAX_RUNS)  # as _lanes_at reserves it
+    # As _lanes_at reserves it: MIN_EPOCHS is below RUN_EPOCHS, so one classifier member.
+    return train + costs.finish_s(False, size, 1)

@@ -57,6 +57,23 @@ def test_more_budget_buys_resolution_first_then_seeds():
     assert "seed ensemble" in plans[-1].classifier.why
 
 
+@pytest.mark.parametrize("minutes", [30, 90, 2400])
+def test_the_end_is_reserved_for_the_members_the_plan_trains(minutes):
+    """The end scores every classifier member: reserved for as many as the plan trains,
+    not for MAX_RUNS (the 30-minute ISIC run left 3 minutes unspent that way), and one
+    member fewer would not have covered the runs the time then buys."""
+    from search.plan import SLACK, _train_lanes
+
+    plan = make_plan(minutes * 60, Machine(2), COSTS)
+    runs = plan.classifier.runs
+    assert plan.finish_s == pytest.approx(COSTS.finish_s(plan.tta, plan.size, runs))
+    assert max(plan.segmenter.seconds, plan.classifier.seconds) + plan.finish_s <= plan.budget_s
+    if runs > 1:  # reserving for one member fewer would buy more runs than it covers
+        left = minutes * 60 * (1 - SLACK) - COSTS.finish_s(plan.tta, plan.size, runs - 1)
+        assert _train_lanes(left, plan.size, Machine(2), COSTS)[2] > runs - 1
+    if minutes == 30:
+        assert runs == 1 and plan.finish_s < COSTS.finish_s(plan.tta, plan.size, MAX_RUNS)
+
 def test_one_lane_shares_its_time_so_both_models_get_the_same_epochs():
     plan = make_plan(90 * 60, Machine(1), COSTS)
     assert Machine(8, gpus=1).lanes == 1 and Machine(2, gpus=2).lanes == 2
