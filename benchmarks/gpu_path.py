@@ -56,7 +56,7 @@ VARIANTS = {
     "amp": {"amp": True, "channels_last": True, "compile": False},
     "amp+compile": {"amp": True, "channels_last": True, "compile": True},
 }
-WARM_BATCHES = 3
+WARM_BATCHES = 3  # before timing the model on held batches
 
 
 def shipped_config(task: str, data: Path, args, *, variant: str, workers: int, on: str):
@@ -109,6 +109,12 @@ def _loader(config: TrainConfig, device: torch.device):
     return loader, dataset.labels()
 
 
+def _warm(config: TrainConfig) -> int:
+    """Warm-up batches for a loader-fed figure: past the loader's prefetch queue (4 per
+    worker, filled while the first steps start up), so no timed batch was made earlier."""
+    return WARM_BATCHES + 4 * config.data.num_workers
+
+
 def _batches(loader, n: int):
     """``n`` batches from the loader, its epochs chained (a small data set runs out)."""
     return itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader)), n)
@@ -138,8 +144,9 @@ def loader_rate(config: TrainConfig, batches: int) -> float:
     """The engine's loader alone, img/s."""
     device = resolve_device(config.device)
     loader, _ = _loader(config, device)
-    stream = _batches(loader, WARM_BATCHES + batches)
-    for _ in itertools.islice(stream, WARM_BATCHES):
+    warm = _warm(config)
+    stream = _batches(loader, warm + batches)
+    for _ in itertools.islice(stream, warm):
         pass
 
     def drain():
@@ -156,8 +163,9 @@ def epoch_rate(config: TrainConfig, batches: int) -> float:
     t = build_training(config, device, labels, batches, pretrained=False)
     if config.compile and device.type == "cuda":
         t.model = torch.compile(t.model)
-    stream = _batches(loader, WARM_BATCHES + batches)
-    train_one_epoch(t, itertools.islice(stream, WARM_BATCHES), 0, False)
+    warm = _warm(config)
+    stream = _batches(loader, warm + batches)
+    train_one_epoch(t, itertools.islice(stream, warm), 0, False)
     return (
         batches
         * config.data.batch_size
@@ -167,6 +175,8 @@ def epoch_rate(config: TrainConfig, batches: int) -> float:
 
 def measure(args, data: Path) -> dict:
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the engine's loop sets it
     variants = list(args.variants)
     if device.type != "cuda" and len(variants) > 1:
         print(f"[gpu_path] on {device} amp, channels_last and compile are off: one variant, fp32")

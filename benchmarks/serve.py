@@ -280,7 +280,8 @@ def breakdown(url: str, metrics_url: str, payload: Payload, requests: int) -> di
             latencies.append(1000 * seconds)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # until the metrics have seen every request
-        if _scrape(metrics_url)["requests"] - before["requests"] >= requests:
+        # The counter holds answered (200) requests only: wait for those.
+        if _scrape(metrics_url)["requests"] - before["requests"] >= len(latencies):
             break
         time.sleep(1)
     out = per_event(before, _settled(metrics_url))

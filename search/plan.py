@@ -205,8 +205,8 @@ def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
     """The two lanes at ``size`` with ``left`` seconds, or None when not even the end fits."""
     for tta in (True, False):
         fitted = _reserved_end(size, left, tta, machine, costs)
-        if fitted is None:
-            return None
+        if fitted is None:  # the end with TTA may not fit where the end without it does
+            continue
         finish, (seg_epochs, epochs, runs) = fitted
         # TTA only when its end costs at most a tenth of what is left: its gain is small.
         if tta and finish > 0.1 * left:

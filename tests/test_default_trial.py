@@ -243,3 +243,19 @@ def test_the_budget_lets_the_default_trial_finish_and_stops_the_others():
     for i in range(8):
         stuck(f"o{i}", {"epoch": 1, "config": other})
         assert stuck.stop_all() == (i + 2 >= 10), i
+
+
+def test_a_search_within_the_budget_curve_says_what_the_curve_found():
+    """The shipped CPU search (30 trial-epochs of 6-epoch runs) and anything up to eight
+    runs' worth of the default get the note; a larger search does not."""
+    from experiments import resolve
+    from search.experiment import load_experiment
+    from search.runner import MEASURED_RUNS, budget_advice
+
+    shipped = load_experiment(resolve("isic2017_cpu_cls"))
+    line = budget_advice(shipped)
+    assert line and "30 trial-epochs is 5 runs' worth" in line and "melanoma run" in line
+    at_edge = experiment(num_samples=MEASURED_RUNS, max_epochs=4)
+    assert budget_advice(at_edge) is not None
+    assert budget_advice(experiment(num_samples=MEASURED_RUNS + 1, max_epochs=4)) is None
+    assert budget_advice(experiment(num_samples=40, max_epochs=4, budget_epochs=40)) is None

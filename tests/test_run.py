@@ -74,6 +74,7 @@ def test_the_end_is_reserved_for_the_members_the_plan_trains(minutes):
     if minutes == 30:
         assert runs == 1 and plan.finish_s < COSTS.finish_s(plan.tta, plan.size, MAX_RUNS)
 
+
 def test_one_lane_shares_its_time_so_both_models_get_the_same_epochs():
     plan = make_plan(90 * 60, Machine(1), COSTS)
     assert Machine(8, gpus=1).lanes == 1 and Machine(2, gpus=2).lanes == 2
@@ -317,3 +318,12 @@ def test_a_run_killed_inside_a_stage_counts_the_time_it_spent_there(tmp_path):
     # A stage that was not the one running starts from nothing.
     again.begin("build")
     assert again.earlier_s == 0.0 and time.time() - again.data["running"]["since"] < 5
+
+
+def test_a_plan_that_fits_without_tta_is_not_refused_for_the_ends_tta_cost():
+    """Where the end with TTA does not fit but the end without it does, the plan trains
+    without TTA instead of giving up at that size (a reviewer's case: 47 minutes)."""
+    costs = Costs(64, 0.062, 0.017, 0.07, 0.093, 0.004, 300, 500, 600)
+    plan = make_plan(47 * 60, Machine(2), costs)
+    assert not plan.tta and min(plan.segmenter.epochs, plan.classifier.epochs) >= MIN_EPOCHS
+    assert plan.notes == ()  # not cut down
