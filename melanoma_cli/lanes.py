@@ -5,11 +5,13 @@ within their time."""
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import time
 from pathlib import Path
 
 PROBE_SIZES = (64, 128)
 PROBE_BATCH = 8  # per-image cost barely changes above it; the probe stays under a minute
+PROBE_TIMEOUT_S = 600
 
 
 def mmss(seconds: float) -> str:
@@ -25,46 +27,124 @@ def has_checkpoint(config, last: bool = False) -> bool:
 
 def probe(configs: dict, data: dict, machine) -> object:
     """This machine's costs with one lane's threads: each model at 64 and 128 px (the
-    plan scales between and beyond them by the measured exponent)."""
-    import torch
-
-    from melanoma.engine.probe import decode_cost, step_cost
+    plan scales between and beyond them by the measured exponent), plus the loader's
+    work between steps. With two CPU lanes both models are timed at once, each while the
+    other trains, as the lanes will run (timed alone, a 30-minute ISIC run's classifier
+    epoch was priced at 1.9 minutes and took 2.6)."""
+    from melanoma.engine.loop import resolve_device
+    from melanoma.engine.probe import decode_cost
     from search.plan import Costs, size_exponent
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(machine.threads_per_lane)
-    from melanoma.engine.loop import resolve_device
-
     device = str(resolve_device(configs["cls"].device))
-    try:
+    if machine.lanes == 2 and device == "cpu":
+        cost = _probe_side_by_side(configs, machine.threads_per_lane)
+    else:
         cost = {
-            (task, size): step_cost(configs[task], size, batch=PROBE_BATCH, device=device)
-            for task in ("seg", "cls")
-            for size in PROBE_SIZES
+            t: _lane_costs(configs[t], machine.threads_per_lane, device) for t in ("seg", "cls")
         }
-    finally:
-        torch.set_num_threads(threads)
     small, large = PROBE_SIZES
     exponent = (
-        sum(
-            size_exponent((small, cost[t, small].train_s), (large, cost[t, large].train_s))
-            for t in ("seg", "cls")
-        )
-        / 2
+        sum(size_exponent((small, cost[t][small][0]), (large, cost[t][large][0])) for t in cost) / 2
     )
     n = data["labelled"]
     return Costs(
         small,
-        cost["seg", small].train_s,
-        cost["seg", small].infer_s,
-        cost["cls", small].train_s,
-        cost["cls", small].infer_s,
+        *cost["seg"][small],
+        *cost["cls"][small],
         decode_cost([Path(f) for f in data["files"]], small),
         data["images"]["train"],
         n["val"],
         n["test"],
         exponent,
     )
+
+
+def _lane_costs(config, threads: int, device: str) -> dict[int, tuple[float, float]]:
+    """Per size: seconds per image of a training step (with the loader's work when the
+    lane's own thread does it) and of an inference pass."""
+    import torch
+
+    from melanoma.engine.probe import loader_cost, step_cost
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = {}
+        for size in PROBE_SIZES:
+            step = step_cost(config, size, batch=PROBE_BATCH, device=device)
+            # Loader workers run beside the steps; with none, the lane pays their work.
+            loader = loader_cost(config, size) if config.data.num_workers == 0 else 0.0
+            out[size] = (step.train_s + loader, step.infer_s)
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
+def _probe_lane(task, config, threads, start, done, results) -> None:
+    """One lane's probe in its own process: timed once both have started, then busy
+    until the other lane's timing is done too."""
+    import torch
+
+    from melanoma.engine.probe import keep_training
+
+    torch.set_num_threads(threads)
+    try:
+        start.wait()
+        results.put((task, _lane_costs(config, threads, "cpu")))
+    except BaseException as e:  # the parent names it; the other lane stops waiting
+        results.put((task, f"{type(e).__name__}: {e}"))
+        raise
+    finally:
+        done[task].set()
+    keep_training(config, PROBE_SIZES[0], until=lambda: all(e.is_set() for e in done.values()))
+
+
+def _gather(results, procs) -> dict:
+    """Both lanes' timings, or the reason there are none (a lane that died before it
+    could say, a timing that never came)."""
+    cost, waited = {}, 0.0
+    while len(cost) < len(procs):
+        try:
+            task, c = results.get(timeout=1.0)
+            cost[task] = c
+            continue
+        except queue.Empty:
+            waited += 1.0
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if dead or waited > PROBE_TIMEOUT_S:
+            raise ValueError(
+                f"the probe got {len(cost)} of {len(procs)} timings "
+                f"({'a lane exited with ' + str(dead[0].exitcode) if dead else 'timed out'}; "
+                "its error, if any, is printed above); nothing was trained"
+            )
+    failed = {t: c for t, c in cost.items() if isinstance(c, str)}
+    if failed:
+        raise ValueError(
+            "the probe failed: "
+            + "; ".join(f"{t}: {why}" for t, why in failed.items())
+            + "; nothing was trained"
+        )
+    return cost
+
+
+def _probe_side_by_side(configs: dict, threads: int) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    start, results = ctx.Barrier(2, timeout=PROBE_TIMEOUT_S), ctx.Queue()
+    done = {t: ctx.Event() for t in ("seg", "cls")}
+    procs = [
+        ctx.Process(target=_probe_lane, args=(t, configs[t], threads, start, done, results))
+        for t in ("seg", "cls")
+    ]
+    for p in procs:
+        p.start()
+    try:
+        cost = _gather(results, procs)
+    finally:
+        for p in procs:  # after both timings, each stops within a step
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+    return cost
 
 
 def lane_configs(configs: dict, plan, out: Path, gpus: int = 0) -> dict[str, list]:
@@ -97,12 +177,10 @@ def lane_configs(configs: dict, plan, out: Path, gpus: int = 0) -> dict[str, lis
 
 
 def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: bool) -> None:
-    """Train one lane's runs one after another (each from its last epoch when it has one),
-    stopping a run that would not finish another epoch before ``deadline``."""
+    """Train one lane's runs one after another (each from its last epoch when it has one).
+    A run whose epochs take longer than planned is re-planned to the epochs that fit its
+    share, so its schedule still anneals; one that would not finish another epoch stops."""
     import torch
-
-    from melanoma.engine.loop import Runtime
-    from melanoma.engine.run import train
 
     torch.set_num_threads(threads)
     epoch_s = 0.0  # the last epoch's time: whether another run can start at all
@@ -120,16 +198,39 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
                 flush=True,
             )
             return
+        if epoch_s:  # what the lane has measured, not the probe's price, sets its length
+            config = config.with_overrides(
+                {"epochs": min(config.epochs, max(1, _epochs_that_fit(epoch_s, share)))}
+            )
+        epoch_s = _train_run(name, config, j, len(configs), share, deadline, quiet) or epoch_s
 
-        def should_stop(record: dict, share: float = share) -> bool:
-            return time.time() + 1.1 * record["time_s"] > share
 
-        def report(flat: dict, _where, j: int = j, config=config) -> None:
+def _epochs_that_fit(epoch_s: float, until: float, done: int = 0) -> int:
+    return done + int((until - time.time()) / (1.1 * epoch_s))
+
+
+def _train_run(name, config, j, runs, share, deadline, quiet) -> float:
+    """One run to its end or to ``share``, re-planned shorter while its epochs run long;
+    returns its last epoch's seconds."""
+    from melanoma.engine.loop import Runtime
+    from melanoma.engine.run import train
+
+    while True:
+        shorter = []
+
+        def should_stop(record: dict, config=config, shorter=shorter) -> bool:
+            fits = _epochs_that_fit(record["time_s"], share, record["epoch"])
+            if fits < config.epochs:
+                shorter.append(fits)  # at most the epochs done: stopped for time
+                return True
+            return False
+
+        def report(flat: dict, _where, config=config) -> None:
             if not quiet:
                 value = flat.get(f"best_val_{config.metric}")
                 left = max(deadline - time.time(), 0)
                 print(
-                    f"[{name}{f' {j + 1}/{len(configs)}' if len(configs) > 1 else ''}] epoch "
+                    f"[{name}{f' {j + 1}/{runs}' if runs > 1 else ''}] epoch "
                     f"{flat['epoch']}/{config.epochs}, best val {config.metric} {value:.4f}, "
                     f"lane ends in {mmss(left)}",
                     flush=True,
@@ -138,12 +239,18 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
         result = train(
             config, Runtime(progress=False, report=report, should_stop=should_stop), resume=True
         )
-        epoch_s = result.history[-1]["time_s"] if result.history else epoch_s
-        if result.extra.get("stopped_for_time"):
-            print(
-                f"[{name}] {config.out}: stopped at epoch {len(result.history)} for time",
-                flush=True,
-            )
+        done = len(result.history)
+        epoch_s = result.history[-1]["time_s"] if result.history else 0.0
+        if not shorter or shorter[0] <= done:
+            if result.extra.get("stopped_for_time"):
+                print(f"[{name}] {config.out}: stopped at epoch {done} for time", flush=True)
+            return epoch_s
+        print(
+            f"[{name}] {config.out}: re-planned from {config.epochs} to {shorter[0]} epochs "
+            f"(an epoch took {epoch_s / 60:.1f} min)",
+            flush=True,
+        )
+        config = config.with_overrides({"epochs": shorter[0]})
 
 
 def run_lanes(lanes: dict[str, list], plan, seconds_left: float, quiet: bool) -> None:

@@ -66,6 +66,26 @@ def test_a_resumed_schedule_continues_where_it_stopped():
         build().load_state_dict({"base_lrs": [1e-3], "last_epoch": 7})  # an old LambdaLR state
 
 
+def test_a_cosine_resumed_with_fewer_epochs_anneals_over_its_new_length():
+    """melanoma run shortens a lane that runs long: the resumed cosine must follow the new
+    length (a schedule restored whole would keep the old one and never reach its floor)."""
+    config = SchedulerConfig(name="cosine", warmup_epochs=0.5, min_lr_ratio=0.01)
+
+    def build(epochs):
+        opt = create_optimizer(OptimizerConfig(name="adamw", lr=1e-3), tiny())
+        return create_lr_schedule(config, opt, epochs=epochs, steps_per_epoch=5)
+
+    first = build(4)
+    head = lrs(first, 7)
+    shorter = build(3)
+    shorter.optimizer.load_state_dict(first.optimizer.state_dict())
+    shorter.load_state_dict(first.state_dict())
+    tail = lrs(shorter, 9)
+    assert head == pytest.approx(lrs(build(4), 7))
+    assert tail == pytest.approx(lrs(build(3), 16)[7:])  # the 3-epoch cosine from step 7
+    assert tail[-1] == pytest.approx(1e-5) and tail[-2] > tail[-1]
+
+
 @pytest.mark.parametrize("name", ["step", "plateau", "constant"])
 def test_per_epoch_schedules(name):
     opt = create_optimizer(OptimizerConfig(name="sgd", lr=0.1), tiny())

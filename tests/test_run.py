@@ -327,3 +327,41 @@ def test_a_plan_that_fits_without_tta_is_not_refused_for_the_ends_tta_cost():
     plan = make_plan(47 * 60, Machine(2), costs)
     assert not plan.tta and min(plan.segmenter.epochs, plan.classifier.epochs) >= MIN_EPOCHS
     assert plan.notes == ()  # not cut down
+
+
+def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
+    tmp_path, monkeypatch, capsys
+):
+    """Epochs of 10 s where the plan priced fewer: the first run is cut to the epochs that
+    fit its share (its schedule then anneals), the second planned from the measured 10 s."""
+    from types import SimpleNamespace
+
+    import melanoma.engine.run as engine_run
+    from melanoma.engine import TrainConfig
+    from melanoma_cli import lanes
+
+    clock = [1000.0]
+    monkeypatch.setattr(lanes.time, "time", lambda: clock[0])
+    done, asked = {}, []
+
+    def train(config, runtime, resume):
+        asked.append((Path(config.out).name, config.epochs))
+        history = [{"epoch": e + 1, "time_s": 10.0} for e in range(done.get(config.out, 0))]
+        stopped = False
+        for epoch in range(len(history), config.epochs):
+            clock[0] += 10.0
+            history.append({"epoch": epoch + 1, "time_s": 10.0})
+            done[config.out] = epoch + 1
+            if epoch + 1 < config.epochs and runtime.should_stop(history[-1]):
+                stopped = True
+                break
+        return SimpleNamespace(history=history, extra={"stopped_for_time": stopped})
+
+    monkeypatch.setattr(engine_run, "train", train)
+    config = TrainConfig.from_dict({"task": "cls", "epochs": 12, "out": str(tmp_path / "r0")})
+    second = config.with_overrides({"out": str(tmp_path / "r1")})
+    lanes.train_lane("classifier", [config, second], 1, deadline=1110.0, quiet=True)
+    # Run 0's share ends at 1055: after its first epoch, 1 + 45 // 11 = 5 epochs fit.
+    assert asked == [("r0", 12), ("r0", 5), ("r1", 5)]
+    assert done == {config.out: 5, second.out: 5} and clock[0] <= 1110.0
+    assert "re-planned from 12 to 5 epochs" in capsys.readouterr().out

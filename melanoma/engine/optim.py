@@ -108,7 +108,13 @@ class LRSchedule:
                 "and export, but the run cannot be resumed: start it again"
             )
         self.updates = state["updates"]
-        self.inner.load_state_dict(state["inner"])
+        if self.config.name == "cosine":
+            # The cosine is a function of the step count and this run's epochs: placed
+            # anew, so a run resumed with fewer epochs (melanoma run re-planning a lane
+            # that ran long) anneals over its new length instead of the saved one.
+            self.inner.step_update(self.updates)
+        else:
+            self.inner.load_state_dict(state["inner"])
 
 
 def create_lr_schedule(

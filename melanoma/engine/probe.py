@@ -15,6 +15,7 @@ from melanoma.engine.optim import create_optimizer
 from melanoma.engine.tasks import build_model
 
 STEPS = 3  # timed steps after one warm-up; the median is kept
+PROBE_BUSY_BATCH = 2  # small, so a lane that is done stops soon after the other is
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,44 @@ def step_cost(
     return StepCost(size, train_s, infer_s)
 
 
+def loader_cost(config: TrainConfig, size: int, images: int = 16) -> float:
+    """Seconds per image of the training loader's work after decoding: augmentation as
+    ``config`` sets it, tensors and collation (with ``num_workers: 0`` the lane pays it
+    between its steps; the step timing above does not see it)."""
+    import numpy as np
+    from torch.utils.data import default_collate
+
+    from melanoma.data.dataset import Item, LesionDataset
+    from melanoma.data.transforms import build_augmentation
+
+    rng = np.random.default_rng(0)
+    items = [
+        Item(
+            rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
+            (rng.random((size, size)) > 0.5).astype(np.uint8),
+            0,
+            f"probe-{i}",
+        )
+        for i in range(images)
+    ]
+
+    class _Source:
+        def __len__(self) -> int:
+            return len(items)
+
+        def get(self, i: int) -> Item:
+            return items[i]
+
+    augment = (
+        build_augmentation(config.data.augment) if config.data.augment_on == "loader" else None
+    )
+    dataset = LesionDataset(_Source(), augment, seed=config.seed)
+    default_collate([dataset[i] for i in range(2)])  # warm-up: first calls build caches
+    started = time.perf_counter()
+    default_collate([dataset[i] for i in range(images)])
+    return (time.perf_counter() - started) / images
+
+
 def decode_cost(files: list[Path], size: int) -> float:
     """Seconds per file to read and resize one image as training loads it."""
     from melanoma.data.io import load_image
@@ -76,6 +115,20 @@ def decode_cost(files: list[Path], size: int) -> float:
     for path in files:
         load_image(path, size)
     return (time.perf_counter() - started) / len(files)
+
+
+def keep_training(config: TrainConfig, size: int, until, device: str = "cpu") -> None:
+    """Training steps of ``config``'s model at ``size`` until ``until()``: the load a lane
+    puts on the machine while the other lane's probe is still timing."""
+    dev = torch.device(device)
+    model = build_model(config, pretrained=False).to(dev).train()
+    optimizer = create_optimizer(config.optimizer, model)
+    x = torch.rand(PROBE_BUSY_BATCH, 3, size, size, device=dev)
+    while not until():
+        optimizer.zero_grad(set_to_none=True)
+        out = model(x)
+        (out[0] if isinstance(out, tuple) else out).float().mean().backward()
+        optimizer.step()
 
 
 def _median_time(step) -> float:
