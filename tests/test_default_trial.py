@@ -259,3 +259,24 @@ def test_a_search_within_the_budget_curve_says_what_the_curve_found():
     assert budget_advice(at_edge) is not None
     assert budget_advice(experiment(num_samples=MEASURED_RUNS + 1, max_epochs=4)) is None
     assert budget_advice(experiment(num_samples=40, max_epochs=4, budget_epochs=40)) is None
+
+
+def test_the_budget_notes_claim_is_what_the_measured_curve_says():
+    """The note's numbers and direction are read back from the curve's results: its
+    largest budget in runs, three seeds, and every search arm behind the seed ensemble of
+    its budget on HAM10000 on the mean, below zero in at least two seeds."""
+    import json
+
+    from search.runner import MEASURED_RUNS
+
+    results = sorted(Path(__file__).parents[1].glob("benchmarks/results/budget_curve_seed*.json"))
+    curves = [json.loads(p.read_text()) for p in results]
+    assert sorted(c["seed"] for c in curves) == [0, 1, 2]
+    for c in curves:
+        assert max(c["settings"]["budgets"]) / c["settings"]["max_epochs"] == MEASURED_RUNS
+    searched = [a for a in curves[0]["arms"] if a not in ("default run",) and "seed" not in a]
+    assert len(searched) == 8
+    for arm in searched:
+        gaps = [c["arms"][arm]["ham_vs_seeds"] for c in curves]
+        assert sum(g["difference"] for g in gaps) / 3 < 0, arm
+        assert sum(g["high"] < 0 for g in gaps) >= 2, arm

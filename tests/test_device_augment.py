@@ -168,6 +168,8 @@ def test_bad_inputs_are_refused():
         DeviceAugmentation(0.5)(x, m[:1], torch.Generator())
     with pytest.raises(ValueError, match=r"need images \(N, 3, H, W\)"):
         DeviceAugmentation(0.5)(x[:, :1], m, torch.Generator())
+    with pytest.raises(ValueError, match=r"needs square images .* got 32x\d+; set data"):
+        DeviceAugmentation(0.5)(x[..., :32, :], m[..., :32, :], torch.Generator())
 
 
 def test_training_augments_on_the_device_only_when_asked(tmp_path: Path, monkeypatch):

@@ -14,8 +14,9 @@ transforms, the same probabilities and parameter ranges, drawn per image:
   strength and a hue shift uniform in +-0.04 * strength turns, in an order drawn per
   image, each step clipped and rounded to 0-255 as on uint8 images.
 
-Every geometric step is folded into one map per image, so the image is resampled once
-(the loader resamples at each step). ``tests/test_device_augment.py`` checks that the
+Every geometric step is folded into one map per image, so the image is resampled once,
+as the loader's affine step resamples it (its flips and quarter turns move whole pixels;
+so do these at their exact positions). ``tests/test_device_augment.py`` checks that the
 outputs' statistics equal the loader path's on a fixed batch.
 """
 
@@ -55,6 +56,11 @@ class DeviceAugmentation:
                 f"and {tuple(mask.shape)}"
             )
         n, _, h, w = image.shape
+        if h != w:
+            raise ValueError(
+                f"device augmentation needs square images (a quarter turn of {h}x{w} would "
+                f"not fit its frame), got {h}x{w}; set data.augment_on: loader"
+            )
         x, m = warp(image, mask, self._forward_maps(n, h, w, generator))
         x = self._colour(x, generator)
         return x.round().clamp(0, 255).to(torch.uint8), m
@@ -90,19 +96,22 @@ class DeviceAugmentation:
 
     def _colour(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         n, s = x.shape[0], self.strength
-        applied = (torch.rand(n, generator=g) < COLOUR_P).to(x.device)
+        # Drawn and indexed on the CPU: which images take which step is known there, so
+        # the loop asks the device nothing (a .nonzero() on it would wait for the batch).
+        applied = torch.rand(n, generator=g) < COLOUR_P
         factors = [1 + 0.25 * s * (2 * torch.rand(n, generator=g) - 1) for _ in range(3)] + [
             0.04 * s * (2 * torch.rand(n, generator=g) - 1)
         ]
-        factors = [f.to(x.device) for f in factors]
-        order = torch.argsort(torch.rand(n, 4, generator=g), dim=1).to(x.device)
+        order = torch.argsort(torch.rand(n, 4, generator=g), dim=1)
         steps = (_brightness, _contrast, _saturation, _hue)
         x = x.clone()
         for position in range(4):
             for op, (step, factor) in enumerate(zip(steps, factors, strict=True)):
                 chosen = (applied & (order[:, position] == op)).nonzero()[:, 0]
                 if len(chosen):
-                    x[chosen] = step(x[chosen], factor[chosen]).round().clamp(0, 255)
+                    on = chosen.to(x.device, non_blocking=True)
+                    f = factor[chosen].to(x.device, non_blocking=True)
+                    x[on] = step(x[on], f).round().clamp(0, 255)
         return x
 
 
