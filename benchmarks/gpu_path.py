@@ -2,7 +2,7 @@
 much of what the model could train per second the engine reaches.
 
     python benchmarks/gpu_path.py [--data DIR] [--device cuda] [--tasks seg cls]
-                                  [--size 256] [--batch-size 32] [--batches 40]
+                                  [--size 256] [--batch-size N] [--batches 40]
                                   [--workers 4 8] [--variants fp32 amp amp+compile]
                                   [--augment-on loader device] [--json out.json]
 
@@ -45,7 +45,7 @@ from melanoma.data.dataset import EpochSampler
 from melanoma.data.synth import SynthConfig, write_synthetic
 from melanoma.data.transforms import build_augmentation
 from melanoma.engine.config import TrainConfig
-from melanoma.engine.inputs import make_loader, open_training_data
+from melanoma.engine.inputs import labelled, make_loader, open_training_data
 from melanoma.engine.loop import resolve_device, train_one_epoch
 from melanoma.engine.training import build_training
 
@@ -66,7 +66,7 @@ def shipped_config(task: str, data: Path, args, *, variant: str, workers: int, o
         **train["data"],
         "path": str(data),
         "image_size": args.size,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or train["data"]["batch_size"],
         "num_workers": workers,
         "augment_on": on,
     }
@@ -100,12 +100,19 @@ def _timed(device: torch.device, run) -> float:
 
 def _loader(config: TrainConfig, device: torch.device):
     bundle = open_training_data(config)
+    if config.task == "cls":  # as the engine's run: a classifier trains on labelled images
+        bundle = bundle.with_splits(labelled(bundle.splits))
     on_loader = config.data.augment_on == "loader"
     augment = build_augmentation(config.data.augment) if on_loader else None
     dataset = bundle.dataset("train", augment, seed=config.seed)
     sampler = EpochSampler(len(dataset), config.seed, True)
     bs = config.data.batch_size
     loader = make_loader(dataset, sampler, bs, config.data.num_workers, device, drop_last=True)
+    if len(loader) == 0:  # chained epochs of nothing would never end
+        raise ValueError(
+            f"{config.data.path}: {len(dataset)} training images, fewer than one batch of "
+            f"{bs}; lower --batch-size or give more data"
+        )
     return loader, dataset.labels()
 
 
@@ -183,7 +190,8 @@ def measure(args, data: Path) -> dict:
         variants = ["fp32"]
     rows = []
     for task in args.tasks:
-        base = {"task": task, "device": str(device)}
+        first = shipped_config(task, data, args, variant=variants[0], workers=0, on="loader")
+        base = {"task": task, "device": str(device), "batch": first.data.batch_size}
         model = {}
         for v in variants:
             config = shipped_config(
@@ -213,7 +221,6 @@ def measure(args, data: Path) -> dict:
     return {
         "device": device_name(device),
         "size": args.size,
-        "batch_size": args.batch_size,
         "batches": args.batches,
         "data": str(data),
         "rows": rows,
@@ -228,18 +235,18 @@ def device_name(device: torch.device) -> str:
 
 def print_table(result: dict) -> None:
     print(
-        f"\n{result['device']}: {result['size']} px, batch {result['batch_size']}, "
-        f"{result['batches']} timed batches per figure, img/s\n"
+        f"\n{result['device']}: {result['size']} px, {result['batches']} timed batches per "
+        "figure, img/s\n"
     )
     print(
-        f"{'task':4} | {'rate':6} | {'variant':11} | {'workers':>7} | {'augment on':10} | "
-        f"{'img/s':>8} | of model"
+        f"{'task':4} | {'batch':>5} | {'rate':6} | {'variant':11} | {'workers':>7} | "
+        f"{'augment on':10} | {'img/s':>8} | of model"
     )
-    print("-" * 78)
+    print("-" * 86)
     for r in result["rows"]:
         fraction = f"{r['fraction_of_model']:.0%}" if "fraction_of_model" in r else ""
         print(
-            f"{r['task']:4} | {r['rate']:6} | {r.get('variant', '-'):11} | "
+            f"{r['task']:4} | {r['batch']:5} | {r['rate']:6} | {r.get('variant', '-'):11} | "
             f"{r.get('workers', '-'):>7} | {r.get('augment_on', '-'):10} | "
             f"{r['img_s']:8.1f} | {fraction}"
         )
@@ -251,7 +258,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tasks", nargs="+", default=["seg", "cls"])
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="images per batch (default: each shipped GPU experiment's own, seg 16, cls 32)",
+    )
     parser.add_argument("--batches", type=int, default=40, help="timed batches per figure")
     parser.add_argument("--workers", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
@@ -266,7 +278,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     for unknown, fix in checks:
         if unknown:
             parser.error(f"unknown {sorted(unknown)}: {fix}")
-    if args.batches < 1 or args.batch_size < 1:
+    if args.batches < 1 or (args.batch_size is not None and args.batch_size < 1):
         parser.error(
             f"--batches and --batch-size must be at least 1, got {args.batches}, {args.batch_size}"
         )

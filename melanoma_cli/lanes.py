@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 PROBE_SIZES = (64, 128)
-PROBE_BATCH = 8  # per-image cost barely changes above it; the probe stays under a minute
+# Each run's own batch size (None): at 8, the probe priced a 256 px segmenter epoch of the
+# 90-minute ISIC run at 5.1 minutes, at its own 16 at 10.4; it took 12.4-13.4.
+PROBE_BATCH = None
 PROBE_TIMEOUT_S = 600
 
 
@@ -25,7 +27,7 @@ def has_checkpoint(config, last: bool = False) -> bool:
     return (Path(config.out) / CHECKPOINTS / (LAST if last else BEST)).exists()
 
 
-def probe(configs: dict, data: dict, machine) -> object:
+def probe(configs: dict, data: dict, machine, batch: int | None = PROBE_BATCH) -> object:
     """This machine's costs with one lane's threads: each model at 64 and 128 px (the
     plan scales between and beyond them by the measured exponent), plus the loader's
     work between steps. With two CPU lanes both models are timed at once, each while the
@@ -37,11 +39,10 @@ def probe(configs: dict, data: dict, machine) -> object:
 
     device = str(resolve_device(configs["cls"].device))
     if machine.lanes == 2 and device == "cpu":
-        cost = _probe_side_by_side(configs, machine.threads_per_lane)
+        cost = _probe_side_by_side(configs, machine.threads_per_lane, batch)
     else:
-        cost = {
-            t: _lane_costs(configs[t], machine.threads_per_lane, device) for t in ("seg", "cls")
-        }
+        threads = machine.threads_per_lane
+        cost = {t: _lane_costs(configs[t], threads, device, batch) for t in ("seg", "cls")}
     small, large = PROBE_SIZES
     exponent = (
         sum(size_exponent((small, cost[t][small][0]), (large, cost[t][large][0])) for t in cost) / 2
@@ -59,7 +60,7 @@ def probe(configs: dict, data: dict, machine) -> object:
     )
 
 
-def _lane_costs(config, threads: int, device: str) -> dict[int, tuple[float, float]]:
+def _lane_costs(config, threads: int, device: str, batch) -> dict[int, tuple[float, float]]:
     """Per size: seconds per image of a training step (with the loader's work when the
     lane's own thread does it) and of an inference pass."""
     import torch
@@ -71,7 +72,7 @@ def _lane_costs(config, threads: int, device: str) -> dict[int, tuple[float, flo
     try:
         out = {}
         for size in PROBE_SIZES:
-            step = step_cost(config, size, batch=PROBE_BATCH, device=device)
+            step = step_cost(config, size, batch=batch, device=device)
             # Loader workers run beside the steps; with none, the lane pays their work.
             loader = loader_cost(config, size) if config.data.num_workers == 0 else 0.0
             out[size] = (step.train_s + loader, step.infer_s)
@@ -80,7 +81,7 @@ def _lane_costs(config, threads: int, device: str) -> dict[int, tuple[float, flo
         torch.set_num_threads(before)
 
 
-def _probe_lane(task, config, threads, start, done, results) -> None:
+def _probe_lane(task, config, threads, batch, start, done, results) -> None:
     """One lane's probe in its own process: timed once both have started, then busy
     until the other lane's timing is done too."""
     import torch
@@ -90,7 +91,7 @@ def _probe_lane(task, config, threads, start, done, results) -> None:
     torch.set_num_threads(threads)
     try:
         start.wait()
-        results.put((task, _lane_costs(config, threads, "cpu")))
+        results.put((task, _lane_costs(config, threads, "cpu", batch)))
     except BaseException as e:  # the parent names it; the other lane stops waiting
         results.put((task, f"{type(e).__name__}: {e}"))
         raise
@@ -127,12 +128,12 @@ def _gather(results, procs) -> dict:
     return cost
 
 
-def _probe_side_by_side(configs: dict, threads: int) -> dict:
+def _probe_side_by_side(configs: dict, threads: int, batch) -> dict:
     ctx = multiprocessing.get_context("spawn")
     start, results = ctx.Barrier(2, timeout=PROBE_TIMEOUT_S), ctx.Queue()
     done = {t: ctx.Event() for t in ("seg", "cls")}
     procs = [
-        ctx.Process(target=_probe_lane, args=(t, configs[t], threads, start, done, results))
+        ctx.Process(target=_probe_lane, args=(t, configs[t], threads, batch, start, done, results))
         for t in ("seg", "cls")
     ]
     for p in procs:

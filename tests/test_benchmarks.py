@@ -1063,6 +1063,34 @@ def test_gpu_path_configs_are_the_shipped_gpu_experiments_at_lite0(tmp_path):
     assert cls.model.arch == "efficientnet_lite0" and cls.input.mode == "dual"
     assert (cls.input.source_size, cls.input.mask_source, cls.compile) == (128, "gt", True)
     assert cls.data.augment > 0  # the shipped augmentation, wherever it runs
+    # Without --batch-size each task trains at its shipped experiment's batch size.
+    own = bench.parse_args(["--size", "64", "--device", "cpu"])
+    assert (
+        bench.shipped_config(
+            "seg", tmp_path, own, variant="fp32", workers=0, on="loader"
+        ).data.batch_size
+        == 16
+    )
+    assert (
+        bench.shipped_config(
+            "cls", tmp_path, own, variant="fp32", workers=0, on="loader"
+        ).data.batch_size
+        == 32
+    )
+
+
+def test_gpu_path_refuses_a_training_split_smaller_than_a_batch(tmp_path):
+    """Its batches chain the loader's epochs: an empty loader would loop forever."""
+    from melanoma.data.synth import SynthConfig, write_synthetic
+
+    bench = load("gpu_path")
+    write_synthetic(tmp_path / "d", SynthConfig(n=12, size=64, seed=0, prevalence=0.4))
+    args = bench.parse_args(["--size", "32", "--batch-size", "64", "--device", "cpu"])
+    config = bench.shipped_config(
+        "cls", tmp_path / "d", args, variant="fp32", workers=0, on="loader"
+    )
+    with pytest.raises(ValueError, match="fewer than one batch of 64; lower --batch-size"):
+        bench.loader_rate(config, 1)
 
 
 @pytest.mark.slow
@@ -1086,7 +1114,7 @@ def test_gpu_path_measures_and_tables_each_rate(tmp_path, capsys):
     ]
     model = result["rows"][0]["img_s"]
     for r in result["rows"]:
-        assert r["img_s"] > 0
+        assert r["img_s"] > 0 and r["batch"] == 4
         if r["rate"] == "epoch":
             assert r["fraction_of_model"] == pytest.approx(r["img_s"] / model)
     bench.print_table(result)

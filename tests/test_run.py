@@ -365,3 +365,28 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     assert asked == [("r0", 12), ("r0", 5), ("r1", 5)]
     assert done == {config.out: 5, second.out: 5} and clock[0] <= 1110.0
     assert "re-planned from 12 to 5 epochs" in capsys.readouterr().out
+
+
+def test_a_probe_lane_that_fails_or_dies_is_named_not_waited_for():
+    """The side-by-side probe's parent: a lane's error comes back as its reason, and a
+    lane that died before it could say ends the wait at once (not after the timeout)."""
+    import queue
+    from types import SimpleNamespace
+
+    from melanoma_cli import lanes
+
+    timing = {64: (0.1, 0.01), 128: (0.3, 0.03)}
+    alive, dead = SimpleNamespace(exitcode=None), SimpleNamespace(exitcode=1)
+    results = queue.Queue()
+    results.put(("cls", timing))
+    started = time.time()
+    with pytest.raises(ValueError, match=r"got 1 of 2 timings \(a lane exited with 1"):
+        lanes._gather(results, [dead, alive])
+    assert time.time() - started < 10
+    results.put(("seg", "RuntimeError: out of memory"))
+    results.put(("cls", timing))
+    with pytest.raises(ValueError, match="the probe failed: seg: RuntimeError: out of memory"):
+        lanes._gather(results, [alive, alive])
+    results.put(("seg", timing))
+    results.put(("cls", timing))
+    assert lanes._gather(results, [alive, alive]) == {"seg": timing, "cls": timing}

@@ -38,10 +38,7 @@ def step_cost(
     dev = torch.device(device)
     model = build_model(config, pretrained=False).to(dev)
     optimizer = create_optimizer(config.optimizer, model)
-    mode = config.input.mode if config.task == "cls" else "full"
-    # The channels the model takes: image, image + mask, or image + lesion crop.
-    channels = {"mask_channel": 4, "dual": 6}.get(mode, 3)
-    x = torch.rand(batch, channels, size, size, device=dev)
+    x = torch.rand(batch, _channels(config), size, size, device=dev)
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -123,12 +120,18 @@ def keep_training(config: TrainConfig, size: int, until, device: str = "cpu") ->
     dev = torch.device(device)
     model = build_model(config, pretrained=False).to(dev).train()
     optimizer = create_optimizer(config.optimizer, model)
-    x = torch.rand(PROBE_BUSY_BATCH, 3, size, size, device=dev)
+    x = torch.rand(PROBE_BUSY_BATCH, _channels(config), size, size, device=dev)
     while not until():
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
         (out[0] if isinstance(out, tuple) else out).float().mean().backward()
         optimizer.step()
+
+
+def _channels(config: TrainConfig) -> int:
+    """The channels the model takes: image, image + mask, or image + lesion crop."""
+    mode = config.input.mode if config.task == "cls" else "full"
+    return {"mask_channel": 4, "dual": 6}.get(mode, 3)
 
 
 def _median_time(step) -> float:
