@@ -31,8 +31,8 @@ def probe(configs: dict, data: dict, machine, batch: int | None = PROBE_BATCH) -
     """This machine's costs with one lane's threads: each model at 64 and 128 px (the
     plan scales between and beyond them by the measured exponent), plus the loader's
     work between steps. With two CPU lanes both models are timed at once, each while the
-    other trains, as the lanes will run (timed alone, a 30-minute ISIC run's classifier
-    epoch was priced at 1.9 minutes and took 2.6)."""
+    other trains, as the lanes will run. A first guess (docs/running.md gives its spread):
+    the lanes re-plan from the epochs they measure."""
     from melanoma.engine.loop import resolve_device
     from melanoma.engine.probe import decode_cost
     from search.plan import Costs, size_exponent
@@ -97,7 +97,9 @@ def _probe_lane(task, config, threads, batch, start, done, results) -> None:
         raise
     finally:
         done[task].set()
-    keep_training(config, PROBE_SIZES[0], until=lambda: all(e.is_set() for e in done.values()))
+    # The largest probed size at the run's batch: the load the slower lane's timings are
+    # taken beside should be the load training will put there.
+    keep_training(config, PROBE_SIZES[-1], lambda: all(e.is_set() for e in done.values()), batch)
 
 
 def _gather(results, procs) -> dict:
@@ -113,10 +115,15 @@ def _gather(results, procs) -> dict:
             waited += 1.0
         dead = [p for p in procs if p.exitcode not in (None, 0)]
         if dead or waited > PROBE_TIMEOUT_S:
+            while not results.empty():  # a reason that came in after the last wait
+                task, c = results.get_nowait()
+                cost[task] = c
+            reasons = "".join(f"; {t}: {c}" for t, c in cost.items() if isinstance(c, str))
+            got = sum(not isinstance(c, str) for c in cost.values())
             raise ValueError(
-                f"the probe got {len(cost)} of {len(procs)} timings "
-                f"({'a lane exited with ' + str(dead[0].exitcode) if dead else 'timed out'}; "
-                "its error, if any, is printed above); nothing was trained"
+                f"the probe got {got} of {len(procs)} timings "
+                f"({'a lane exited with ' + str(dead[0].exitcode) if dead else 'timed out'}"
+                f"{reasons}; any other error is printed above); nothing was trained"
             )
     failed = {t: c for t, c in cost.items() if isinstance(c, str)}
     if failed:
@@ -184,45 +191,66 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
     import torch
 
     torch.set_num_threads(threads)
-    epoch_s = 0.0  # the last epoch's time: whether another run can start at all
+    epoch_s = 0.0  # the lane's measured epoch: whether another run can start at all
     for j, config in enumerate(configs):
         # Later runs share what is left of the lane's time.
         share = deadline - (len(configs) - j - 1) * (deadline - time.time()) / (len(configs) - j)
-        if (
-            epoch_s
-            and not has_checkpoint(config, last=True)
-            and time.time() + 1.1 * epoch_s > share
-        ):
+        done, planned = recorded_epochs(config)
+        if planned:  # a run re-planned shorter by an earlier command keeps its length
+            config = config.with_overrides({"epochs": min(config.epochs, planned)})
+        if epoch_s and not done and time.time() + 1.1 * epoch_s > share:
             print(
                 f"[{name}] cut down: runs {j + 1}-{len(configs)} not started, no time left "
                 "for an epoch of them",
                 flush=True,
             )
             return
-        if epoch_s:  # what the lane has measured, not the probe's price, sets its length
-            config = config.with_overrides(
-                {"epochs": min(config.epochs, max(1, _epochs_that_fit(epoch_s, share)))}
-            )
+        if epoch_s and done < config.epochs:  # the lane's measurement, not the probe's price
+            fits = max(done + 1, epochs_that_fit(epoch_s, share, done))
+            config = config.with_overrides({"epochs": min(config.epochs, fits)})
         epoch_s = _train_run(name, config, j, len(configs), share, deadline, quiet) or epoch_s
 
 
-def _epochs_that_fit(epoch_s: float, until: float, done: int = 0) -> int:
-    return done + int((until - time.time()) / (1.1 * epoch_s))
+def epochs_that_fit(epoch_s: float, until: float, done: int = 0) -> int:
+    """The epochs a run that has trained ``done`` can reach by ``until`` at ``epoch_s``
+    each, its last epoch started with the stop for time's margin (a tenth of an epoch)
+    left: the margin counts once, not per epoch."""
+    return done + int((until - time.time() - 0.1 * epoch_s) / epoch_s)
+
+
+def recorded_epochs(config) -> tuple[int, int | None]:
+    """The epochs ``config``'s run has trained, and its length as last planned (its run
+    folder's config.yaml: a re-planned run's shorter length), from its folder."""
+    import json
+
+    import yaml
+
+    run = Path(config.out)
+    metrics, written = run / "metrics.json", run / "config.yaml"
+    done = len(json.loads(metrics.read_text())["history"]) if metrics.is_file() else 0
+    planned = yaml.safe_load(written.read_text()).get("epochs") if written.is_file() else None
+    return done, planned
 
 
 def _train_run(name, config, j, runs, share, deadline, quiet) -> float:
-    """One run to its end or to ``share``, re-planned shorter while its epochs run long;
-    returns its last epoch's seconds."""
+    """One run to its end or to ``share``, re-planned shorter while its epochs run long
+    (priced at the median of its epochs so far); returns that median."""
+    from statistics import median
+
     from melanoma.engine.loop import Runtime
     from melanoma.engine.run import train
 
+    times: list[float] = []
     while True:
         shorter = []
 
         def should_stop(record: dict, config=config, shorter=shorter) -> bool:
-            fits = _epochs_that_fit(record["time_s"], share, record["epoch"])
+            times.append(record["time_s"])
+            if time.time() + 1.1 * record["time_s"] > share:
+                return True  # no time for another epoch: stopped for time
+            fits = epochs_that_fit(median(times), share, record["epoch"])
             if fits < config.epochs:
-                shorter.append(fits)  # at most the epochs done: stopped for time
+                shorter.append(max(fits, record["epoch"] + 1))
                 return True
             return False
 
@@ -241,14 +269,15 @@ def _train_run(name, config, j, runs, share, deadline, quiet) -> float:
             config, Runtime(progress=False, report=report, should_stop=should_stop), resume=True
         )
         done = len(result.history)
-        epoch_s = result.history[-1]["time_s"] if result.history else 0.0
-        if not shorter or shorter[0] <= done:
+        if not shorter:
             if result.extra.get("stopped_for_time"):
                 print(f"[{name}] {config.out}: stopped at epoch {done} for time", flush=True)
-            return epoch_s
+            if times:
+                return median(times)
+            return result.history[-1]["time_s"] if result.history else 0.0
         print(
             f"[{name}] {config.out}: re-planned from {config.epochs} to {shorter[0]} epochs "
-            f"(an epoch took {epoch_s / 60:.1f} min)",
+            f"(an epoch took {median(times) / 60:.1f} min)",
             flush=True,
         )
         config = config.with_overrides({"epochs": shorter[0]})

@@ -361,10 +361,34 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     config = TrainConfig.from_dict({"task": "cls", "epochs": 12, "out": str(tmp_path / "r0")})
     second = config.with_overrides({"out": str(tmp_path / "r1")})
     lanes.train_lane("classifier", [config, second], 1, deadline=1110.0, quiet=True)
-    # Run 0's share ends at 1055: after its first epoch, 1 + 45 // 11 = 5 epochs fit.
+    # Run 0's share ends at 1055: after its first epoch (at 1010), epochs 2-5 fit with the
+    # last one's tenth of an epoch to spare; run 1 then has 1050-1110, 5 epochs again.
     assert asked == [("r0", 12), ("r0", 5), ("r1", 5)]
     assert done == {config.out: 5, second.out: 5} and clock[0] <= 1110.0
     assert "re-planned from 12 to 5 epochs" in capsys.readouterr().out
+
+    # Priced right, with half an epoch to spare: not shortened (a margin per epoch would
+    # have cut 12 to 11).
+    asked.clear()
+    third = config.with_overrides({"out": str(tmp_path / "r2")})
+    lanes.train_lane("classifier", [third], 1, deadline=clock[0] + 125.0, quiet=True)
+    assert asked == [("r2", 12)] and done[third.out] == 12
+
+    # A later run resumed with epochs in its folder counts them, and keeps the shorter
+    # length an earlier command re-planned (its config.yaml).
+    from melanoma.files import write_json
+
+    asked.clear()
+    fourth = config.with_overrides({"out": str(tmp_path / "r3")})
+    Path(fourth.out).mkdir()
+    write_json(Path(fourth.out) / "metrics.json", {"history": [{"time_s": 10.0}] * 3})
+    (Path(fourth.out) / "config.yaml").write_text("epochs: 8\n")
+    done[fourth.out] = 3
+    assert lanes.recorded_epochs(fourth) == (3, 8)
+    start = clock[0]
+    lanes.train_lane("classifier", [third, fourth], 1, deadline=start + 60.0, quiet=True)
+    # Run 3 had 3 epochs and 60 s: 3 + 5 = 8 fit, its recorded length.
+    assert asked == [("r2", 12), ("r3", 8)] and done[fourth.out] == 8
 
 
 def test_a_probe_lane_that_fails_or_dies_is_named_not_waited_for():
@@ -387,6 +411,10 @@ def test_a_probe_lane_that_fails_or_dies_is_named_not_waited_for():
     results.put(("cls", timing))
     with pytest.raises(ValueError, match="the probe failed: seg: RuntimeError: out of memory"):
         lanes._gather(results, [alive, alive])
+    # The failing lane has exited while the other still times: its reason is named.
+    results.put(("seg", "RuntimeError: out of memory"))
+    with pytest.raises(ValueError, match=r"got 0 of 2 timings \(a lane exited with 1; seg: Runt"):
+        lanes._gather(results, [dead, alive])
     results.put(("seg", timing))
     results.put(("cls", timing))
     assert lanes._gather(results, [alive, alive]) == {"seg": timing, "cls": timing}

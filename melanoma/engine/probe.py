@@ -15,7 +15,6 @@ from melanoma.engine.optim import create_optimizer
 from melanoma.engine.tasks import build_model
 
 STEPS = 3  # timed steps after one warm-up; the median is kept
-PROBE_BUSY_BATCH = 2  # small, so a lane that is done stops soon after the other is
 
 
 @dataclass(frozen=True)
@@ -114,13 +113,15 @@ def decode_cost(files: list[Path], size: int) -> float:
     return (time.perf_counter() - started) / len(files)
 
 
-def keep_training(config: TrainConfig, size: int, until, device: str = "cpu") -> None:
-    """Training steps of ``config``'s model at ``size`` until ``until()``: the load a lane
-    puts on the machine while the other lane's probe is still timing."""
+def keep_training(
+    config: TrainConfig, size: int, until, batch: int | None = None, device: str = "cpu"
+) -> None:
+    """Training steps of ``config``'s model at ``size`` and its batch until ``until()``:
+    the load a lane puts on the machine while the other lane's probe is still timing."""
     dev = torch.device(device)
     model = build_model(config, pretrained=False).to(dev).train()
     optimizer = create_optimizer(config.optimizer, model)
-    x = torch.rand(PROBE_BUSY_BATCH, _channels(config), size, size, device=dev)
+    x = torch.rand(batch or config.data.batch_size, _channels(config), size, size, device=dev)
     while not until():
         optimizer.zero_grad(set_to_none=True)
         out = model(x)
