@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 PROBE_SIZES = (64, 128)
-# Each run's own batch size (None): at 8, the probe priced a 256 px segmenter epoch of the
-# 90-minute ISIC run at 5.1 minutes, at its own 16 at 10.4; it took 12.4-13.4.
+# Each run's own batch size (None). Probed side by side after the 90-minute ISIC run, a
+# 256 px segmenter epoch was priced at 5.1 minutes at batch 8 and at 10.4 at its own 16;
+# the run's epochs took 12.4-13.4.
 PROBE_BATCH = None
 PROBE_TIMEOUT_S = 600
 
@@ -195,18 +196,20 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
     for j, config in enumerate(configs):
         # Later runs share what is left of the lane's time.
         share = deadline - (len(configs) - j - 1) * (deadline - time.time()) / (len(configs) - j)
-        done, planned = recorded_epochs(config)
+        done, planned, recorded_s = recorded_epochs(config)
         if planned:  # a run re-planned shorter by an earlier command keeps its length
             config = config.with_overrides({"epochs": min(config.epochs, planned)})
-        if epoch_s and not done and time.time() + 1.1 * epoch_s > share:
-            print(
-                f"[{name}] cut down: runs {j + 1}-{len(configs)} not started, no time left "
-                "for an epoch of them",
-                flush=True,
-            )
-            return
-        if epoch_s and done < config.epochs:  # the lane's measurement, not the probe's price
-            fits = max(done + 1, epochs_that_fit(epoch_s, share, done))
+        # The lane's measurement (or, resumed, the run's own epochs), not the probe's price.
+        measured = epoch_s or recorded_s
+        if measured and done < config.epochs:
+            fits = epochs_that_fit(measured, share, done)
+            if fits <= done:
+                print(
+                    f"[{name}] cut down: runs {j + 1}-{len(configs)} not "
+                    f"{'continued' if done else 'started'}, no time left for an epoch of them",
+                    flush=True,
+                )
+                return
             config = config.with_overrides({"epochs": min(config.epochs, fits)})
         epoch_s = _train_run(name, config, j, len(configs), share, deadline, quiet) or epoch_s
 
@@ -218,18 +221,33 @@ def epochs_that_fit(epoch_s: float, until: float, done: int = 0) -> int:
     return done + int((until - time.time() - 0.1 * epoch_s) / epoch_s)
 
 
-def recorded_epochs(config) -> tuple[int, int | None]:
-    """The epochs ``config``'s run has trained, and its length as last planned (its run
-    folder's config.yaml: a re-planned run's shorter length), from its folder."""
+def recorded_epochs(config) -> tuple[int, int | None, float]:
+    """What ``config``'s run folder records: the epochs trained (none without last.pt, the
+    file a resume starts from), its length as last planned (config.yaml: a re-planned run's
+    shorter length) and the median seconds of its epochs. An unreadable file counts as
+    absent: the run then resumes or starts as planned."""
     import json
+    from statistics import median
 
     import yaml
 
     run = Path(config.out)
-    metrics, written = run / "metrics.json", run / "config.yaml"
-    done = len(json.loads(metrics.read_text())["history"]) if metrics.is_file() else 0
-    planned = yaml.safe_load(written.read_text()).get("epochs") if written.is_file() else None
-    return done, planned
+    try:
+        doc = json.loads((run / "metrics.json").read_text())
+        history = (doc.get("history") or []) if isinstance(doc, dict) else []
+        times = [float(h["time_s"]) for h in history]
+    except (OSError, ValueError, TypeError, KeyError):
+        times = []
+    if not has_checkpoint(config, last=True):
+        times = []
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        saved = None
+    planned = saved.get("epochs") if isinstance(saved, dict) else None
+    if isinstance(planned, bool) or not isinstance(planned, int) or planned < 1:
+        planned = None
+    return len(times), planned, median(times) if times else 0.0
 
 
 def _train_run(name, config, j, runs, share, deadline, quiet) -> float:

@@ -376,19 +376,52 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
 
     # A later run resumed with epochs in its folder counts them, and keeps the shorter
     # length an earlier command re-planned (its config.yaml).
+    from melanoma.engine.checkpoint import CHECKPOINTS, LAST
     from melanoma.files import write_json
 
+    def resumed(name: str, epochs: int, length: int):
+        c = config.with_overrides({"out": str(tmp_path / name)})
+        (Path(c.out) / CHECKPOINTS).mkdir(parents=True)
+        (Path(c.out) / CHECKPOINTS / LAST).write_bytes(b"")
+        write_json(Path(c.out) / "metrics.json", {"history": [{"time_s": 10.0}] * epochs})
+        (Path(c.out) / "config.yaml").write_text(f"epochs: {length}\n")
+        done[c.out] = epochs
+        return c
+
     asked.clear()
-    fourth = config.with_overrides({"out": str(tmp_path / "r3")})
-    Path(fourth.out).mkdir()
-    write_json(Path(fourth.out) / "metrics.json", {"history": [{"time_s": 10.0}] * 3})
-    (Path(fourth.out) / "config.yaml").write_text("epochs: 8\n")
-    done[fourth.out] = 3
-    assert lanes.recorded_epochs(fourth) == (3, 8)
-    start = clock[0]
-    lanes.train_lane("classifier", [third, fourth], 1, deadline=start + 60.0, quiet=True)
-    # Run 3 had 3 epochs and 60 s: 3 + 5 = 8 fit, its recorded length.
+    fourth = resumed("r3", 3, 8)
+    assert lanes.recorded_epochs(fourth) == (3, 8, 10.0)
+    lanes.train_lane("classifier", [third, fourth], 1, deadline=clock[0] + 100.0, quiet=True)
+    # 12 epochs would fit its 100 s; it keeps the 8 it was re-planned to.
     assert asked == [("r2", 12), ("r3", 8)] and done[fourth.out] == 8
+
+    # A resumed first run with no time left for an epoch (its own epochs measured it)
+    # trains nothing: the checkpoint it has is what the end builds on.
+    asked.clear()
+    fifth = resumed("r4", 5, 12)
+    lanes.train_lane("classifier", [fifth], 1, deadline=clock[0] + 5.0, quiet=True)
+    assert asked == [] and done[fifth.out] == 5
+    assert "runs 1-1 not continued, no time left" in capsys.readouterr().out
+
+
+def test_a_run_folder_that_cannot_be_read_counts_as_a_fresh_run(tmp_path):
+    from melanoma.engine import TrainConfig
+    from melanoma_cli import lanes
+
+    config = TrainConfig.from_dict({"task": "cls", "epochs": 12, "out": str(tmp_path / "r")})
+    assert lanes.recorded_epochs(config) == (0, None, 0.0)
+    run = Path(config.out)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    for metrics, written in [
+        ("[1, 2]", "- 1"),
+        ('{"history": null}', "epochs: true"),
+        ('{"history": [1]', "epochs: [unclosed"),
+        ("", ""),
+    ]:
+        (run / "metrics.json").write_text(metrics)
+        (run / "config.yaml").write_text(written)
+        assert lanes.recorded_epochs(config) == (0, None, 0.0), (metrics, written)
 
 
 def test_a_probe_lane_that_fails_or_dies_is_named_not_waited_for():
