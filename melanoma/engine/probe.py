@@ -44,11 +44,7 @@ def step_cost(
             torch.cuda.synchronize(dev)
 
     def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        out = out[0] if isinstance(out, tuple) else out
-        out.float().mean().backward()
-        optimizer.step()
+        _step(model, optimizer, x)
         sync()
 
     def infer_step() -> None:
@@ -123,10 +119,15 @@ def keep_training(
     optimizer = create_optimizer(config.optimizer, model)
     x = torch.rand(batch or config.data.batch_size, _channels(config), size, size, device=dev)
     while not until():
-        optimizer.zero_grad(set_to_none=True)
-        out = model(x)
-        (out[0] if isinstance(out, tuple) else out).float().mean().backward()
-        optimizer.step()
+        _step(model, optimizer, x)
+
+
+def _step(model, optimizer, x: torch.Tensor) -> None:
+    """One training step on ``x``: forward, a loss of the model's own cost, backward, update."""
+    optimizer.zero_grad(set_to_none=True)
+    out = model(x)
+    (out[0] if isinstance(out, tuple) else out).float().mean().backward()
+    optimizer.step()
 
 
 def _channels(config: TrainConfig) -> int:
