@@ -188,7 +188,8 @@ def lane_configs(configs: dict, plan, out: Path, gpus: int = 0) -> dict[str, lis
 def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: bool) -> None:
     """Train one lane's runs one after another (each from its last epoch when it has one).
     A run whose epochs take longer than planned is re-planned to the epochs that fit its
-    share, so its schedule still anneals; one that would not finish another epoch stops."""
+    share, so its schedule still anneals; one that would not finish another epoch stops.
+    A later run is planned from the lane's measured epochs, longer when they ran short."""
     import torch
 
     torch.set_num_threads(threads)
@@ -210,7 +211,11 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
                     flush=True,
                 )
                 return
-            config = config.with_overrides({"epochs": min(config.epochs, fits)})
+            # A run not yet started takes the epochs its share holds: shorter when the
+            # lane runs long, longer (up to twice the plan) when it runs short, so the
+            # time an earlier run left is spent.
+            longest = config.epochs if done else 2 * config.epochs
+            config = config.with_overrides({"epochs": min(longest, fits)})
         epoch_s = _train_run(name, config, j, len(configs), share, deadline, quiet) or epoch_s
 
 

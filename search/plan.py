@@ -8,10 +8,11 @@ plan out (tested without training). Each rule says which measurement it follows
 - **Whole images.** The classifier sees the whole image: controlled for resolution, the
   mask's gain was mostly resolution (docs/results.md, "Does the lesion mask help"), and a
   mask-using classifier would first need three out-of-fold segmenters.
-- **Resolution before repetitions.** The largest image size at which both lanes train at
-  least ``MIN_EPOCHS`` epochs; more time then buys more classifier runs (a seed
-  ensemble, averaged at equal weights as the budget curve measured it) of at most
-  ``RUN_EPOCHS`` epochs.
+- **Resolution before repetitions, up to a point.** The largest image size at which both
+  lanes train at least ``MIN_EPOCHS`` epochs, at most ``CPU_MAX_SIZE`` without a GPU;
+  more time then buys more classifier runs (a seed ensemble, averaged at equal weights
+  as the budget curve measured it) of at least ``RUN_EPOCHS`` epochs, time left over
+  lengthening them.
 - **Default settings, not a search,** at the budgets a CPU affords (the budget curve,
   docs/results.md); ``melanoma search`` stays for larger budgets.
 - **The end is reserved first**: build, evaluation and export, estimated from the
@@ -26,8 +27,15 @@ import re
 from dataclasses import asdict, dataclass
 
 SIZES = (64, 96, 128, 160, 192, 224, 256)
+# Without a GPU the plan stops at 192 px and buys seeds: on ISIC 2017 here, one 256 px
+# classifier of 12 epochs (the 90-minute run of 2026-12-07, about 75 min) reached held-out
+# AUC 0.798, one 192 px run of 8 epochs (23 min) 0.802 and four of them averaged 0.822
+# (docs/results.md). Unmeasured on a GPU, where the field trains at 224 px and more.
+CPU_MAX_SIZE = 192
 MIN_EPOCHS = 6  # below this at 64 px the plan is cut down and says so; below 2, refused
-RUN_EPOCHS = 12  # a classifier run's epochs at most; more time buys more runs
+# A seed ensemble's runs are at least this long (a 192 px run of 8 epochs peaked at epoch
+# 5); time that buys no further run lengthens them.
+RUN_EPOCHS = 6
 MAX_RUNS = 5
 SLACK = 0.03  # of the budget, kept back for what the estimates miss
 FINISH_FIXED_S = (
@@ -168,7 +176,7 @@ def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 
     notes = []
     if machine.lanes == 1:
         notes.append("one lane: the segmenter, then the classifier, on the whole machine")
-    for size in sorted(SIZES, reverse=True):
+    for size in sorted(plan_sizes(machine), reverse=True):
         fits = _lanes_at(size, left, machine, costs)
         if fits is not None and min(fits[0].epochs, fits[1].epochs) >= MIN_EPOCHS:
             break
@@ -199,6 +207,11 @@ def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 
         finish,
         tuple(notes),
     )
+
+
+def plan_sizes(machine: Machine) -> tuple[int, ...]:
+    """The image sizes a plan chooses from on ``machine``."""
+    return SIZES if machine.gpus else tuple(s for s in SIZES if s <= CPU_MAX_SIZE)
 
 
 def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
@@ -255,9 +268,9 @@ def _train_lanes(train: float, size: int, machine: Machine, costs: Costs):
     seg_epochs = _epochs(seg_time, "seg", size, costs, runs=1)
     epochs = _epochs(cls_time, "cls", size, costs, runs=1)
     runs = 1
-    if epochs > RUN_EPOCHS:
+    if epochs >= 2 * RUN_EPOCHS:  # two runs of RUN_EPOCHS fit: a seed ensemble
         runs = min(MAX_RUNS, max(1, _fit_runs(cls_time, size, costs)))
-        epochs = min(RUN_EPOCHS, _epochs(cls_time, "cls", size, costs, runs=runs))
+        epochs = _epochs(cls_time, "cls", size, costs, runs=runs)
     return seg_epochs, epochs, runs
 
 
