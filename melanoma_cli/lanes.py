@@ -7,7 +7,10 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from search.plan import RUN_EPOCHS
 
 PROBE_SIZES = (64, 128)
 # Each run's own batch size (None). Probed side by side after the 90-minute ISIC run, a
@@ -189,21 +192,31 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
     """Train one lane's runs one after another (each from its last epoch when it has one).
     A run whose epochs take longer than planned is re-planned to the epochs that fit its
     share, so its schedule still anneals; one that would not finish another epoch stops.
-    A later run is planned from the lane's measured epochs, longer when they ran short."""
+    Epochs that run long drop later seeds before they cut runs below ``RUN_EPOCHS``; a
+    later run is planned from the lane's measured epochs, longer when they ran short."""
     import torch
 
     torch.set_num_threads(threads)
     epoch_s = 0.0  # the lane's measured epoch: whether another run can start at all
-    for j, config in enumerate(configs):
-        # Later runs share what is left of the lane's time.
-        share = deadline - (len(configs) - j - 1) * (deadline - time.time()) / (len(configs) - j)
+    j = 0
+    while j < len(configs):
+        config, start = configs[j], time.time()
         done, planned, recorded_s = recorded_epochs(config)
         if planned:  # a run re-planned shorter by an earlier command keeps its length
             config = config.with_overrides({"epochs": min(config.epochs, planned)})
         # The lane's measurement (or, resumed, the run's own epochs), not the probe's price.
         measured = epoch_s or recorded_s
+        lane = LaneTime(start, deadline, len(configs) - j, done)
+        keep = lane.runs(measured)
+        if keep < lane.runs_left:
+            print(
+                f"[{name}] runs {j + keep + 1}-{len(configs)} dropped: an epoch takes "
+                f"{measured / 60:.1f} min, so {keep} more run(s) of {RUN_EPOCHS} epochs fit",
+                flush=True,
+            )
+            configs = configs[: j + keep]
         if measured and done < config.epochs:
-            fits = epochs_that_fit(measured, share, done)
+            fits = epochs_that_fit(measured, lane.share(measured), done)
             if fits <= done:
                 print(
                     f"[{name}] cut down: runs {j + 1}-{len(configs)} not "
@@ -216,7 +229,32 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
             # time an earlier run left is spent.
             longest = config.epochs if done else 2 * config.epochs
             config = config.with_overrides({"epochs": min(longest, fits)})
-        epoch_s = _train_run(name, config, j, len(configs), share, deadline, quiet) or epoch_s
+        epoch_s = _train_run(name, config, j, len(configs), lane, deadline, quiet) or epoch_s
+        j += 1
+
+
+@dataclass(frozen=True)
+class LaneTime:
+    """The time from a run's start to its lane's deadline, shared between that run and
+    the lane's later ones: as many runs as get ``RUN_EPOCHS`` epochs each at the measured
+    epoch (at least this one), each an equal share. A resumed run counts the epochs it
+    has as if trained in this window."""
+
+    start: float
+    deadline: float
+    runs_left: int
+    done: int = 0
+
+    def runs(self, epoch_s: float) -> int:
+        if not epoch_s:
+            return self.runs_left
+        window = self.deadline - self.start + self.done * epoch_s
+        return max(1, min(self.runs_left, int(window / (RUN_EPOCHS * epoch_s))))
+
+    def share(self, epoch_s: float) -> float:
+        """When this run must end."""
+        window = self.deadline - self.start + self.done * epoch_s
+        return self.start - self.done * epoch_s + window / self.runs(epoch_s)
 
 
 def epochs_that_fit(epoch_s: float, until: float, done: int = 0) -> int:
@@ -255,9 +293,9 @@ def recorded_epochs(config) -> tuple[int, int | None, float]:
     return len(times), planned, median(times) if times else 0.0
 
 
-def _train_run(name, config, j, runs, share, deadline, quiet) -> float:
-    """One run to its end or to ``share``, re-planned shorter while its epochs run long
-    (priced at the median of its epochs so far); returns that median."""
+def _train_run(name, config, j, runs, lane: LaneTime, deadline, quiet) -> float:
+    """One run to its end or to its share of ``lane``, re-planned shorter while its epochs
+    run long (priced at the median of its epochs so far); returns that median."""
     from statistics import median
 
     from melanoma.engine.loop import Runtime
@@ -269,6 +307,7 @@ def _train_run(name, config, j, runs, share, deadline, quiet) -> float:
 
         def should_stop(record: dict, config=config, shorter=shorter) -> bool:
             times.append(record["time_s"])
+            share = lane.share(median(times))
             if time.time() + 1.1 * record["time_s"] > share:
                 return True  # no time for another epoch: stopped for time
             fits = epochs_that_fit(median(times), share, record["epoch"])

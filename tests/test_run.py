@@ -375,12 +375,25 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     monkeypatch.setattr(engine_run, "train", train)
     config = TrainConfig.from_dict({"task": "cls", "epochs": 12, "out": str(tmp_path / "r0")})
     second = config.with_overrides({"out": str(tmp_path / "r1")})
-    lanes.train_lane("classifier", [config, second], 1, deadline=1110.0, quiet=True)
-    # Run 0's share ends at 1055: after its first epoch (at 1010), epochs 2-5 fit with the
-    # last one's tenth of an epoch to spare; run 1 then has 1050-1110, 5 epochs again.
-    assert asked == [("r0", 12), ("r0", 5), ("r1", 5)]
-    assert done == {config.out: 5, second.out: 5} and clock[0] <= 1110.0
-    assert "re-planned from 12 to 5 epochs" in capsys.readouterr().out
+    lanes.train_lane("classifier", [config, second], 1, deadline=1130.0, quiet=True)
+    # Run 0's share ends at 1065: after its first epoch (at 1010), epochs 2-6 fit with the
+    # last one's tenth of an epoch to spare; run 1 then has 1060-1130, 6 epochs again.
+    assert asked == [("r0", 12), ("r0", 6), ("r1", 6)]
+    assert done == {config.out: 6, second.out: 6} and clock[0] <= 1130.0
+    assert "re-planned from 12 to 6 epochs" in capsys.readouterr().out
+
+    # Three seeds where the measured epochs hold two runs of RUN_EPOCHS: the third is
+    # dropped, rather than every run cut to 4 epochs.
+    from search.plan import RUN_EPOCHS
+
+    asked.clear()
+    seeds = [config.with_overrides({"out": str(tmp_path / f"a{k}")}) for k in range(3)]
+    start = clock[0]
+    lanes.train_lane(
+        "classifier", seeds, 1, deadline=start + (2 * RUN_EPOCHS + 1) * 10.0, quiet=True
+    )
+    assert asked == [("a0", 12), ("a0", RUN_EPOCHS), ("a1", RUN_EPOCHS)]
+    assert seeds[2].out not in done and "runs 3-3 dropped" in capsys.readouterr().out
 
     # Priced right, with half an epoch to spare: not shortened (a margin per epoch would
     # have cut 12 to 11).
