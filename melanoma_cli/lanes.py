@@ -1,23 +1,18 @@
-"""`melanoma run`'s training: the probe of this machine's costs, and the two lanes (the
-segmenter's run, the classifier's seeds) trained side by side or one after the other
-within their time."""
+"""`melanoma run`'s training: the two lanes (the segmenter's run, the classifier's seeds)
+trained side by side or one after the other within their time (the probe that prices
+them is ``melanoma_cli.probing``)."""
 
 from __future__ import annotations
 
+import math
 import multiprocessing
-import queue
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from melanoma_cli.probing import exit_with_parent
 from search.plan import RUN_EPOCHS
-
-PROBE_SIZES = (64, 128)
-# Each run's own batch size (None). Probed side by side after the 90-minute ISIC run, a
-# 256 px segmenter epoch was priced at 5.1 minutes at batch 8 and at 10.4 at its own 16;
-# the run's epochs took 12.4-13.4.
-PROBE_BATCH = None
-PROBE_TIMEOUT_S = 600
 
 
 def mmss(seconds: float) -> str:
@@ -31,132 +26,9 @@ def has_checkpoint(config, last: bool = False) -> bool:
     return (Path(config.out) / CHECKPOINTS / (LAST if last else BEST)).exists()
 
 
-def probe(configs: dict, data: dict, machine, batch: int | None = PROBE_BATCH) -> object:
-    """This machine's costs with one lane's threads: each model at 64 and 128 px (the
-    plan scales between and beyond them by the measured exponent), plus the loader's
-    work between steps. With two CPU lanes both models are timed at once, each while the
-    other trains, as the lanes will run. A first guess (docs/running.md gives its spread):
-    the lanes re-plan from the epochs they measure."""
-    from melanoma.engine.loop import resolve_device
-    from melanoma.engine.probe import decode_cost
-    from search.plan import Costs, size_exponent
-
-    device = str(resolve_device(configs["cls"].device))
-    if machine.lanes == 2 and device == "cpu":
-        cost = _probe_side_by_side(configs, machine.threads_per_lane, batch)
-    else:
-        threads = machine.threads_per_lane
-        cost = {t: _lane_costs(configs[t], threads, device, batch) for t in ("seg", "cls")}
-    small, large = PROBE_SIZES
-    exponent = (
-        sum(size_exponent((small, cost[t][small][0]), (large, cost[t][large][0])) for t in cost) / 2
-    )
-    n = data["labelled"]
-    return Costs(
-        small,
-        *cost["seg"][small],
-        *cost["cls"][small],
-        decode_cost([Path(f) for f in data["files"]], small),
-        data["images"]["train"],
-        n["val"],
-        n["test"],
-        exponent,
-    )
-
-
-def _lane_costs(config, threads: int, device: str, batch) -> dict[int, tuple[float, float]]:
-    """Per size: seconds per image of a training step (with the loader's work when the
-    lane's own thread does it) and of an inference pass."""
-    import torch
-
-    from melanoma.engine.probe import loader_cost, step_cost
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        out = {}
-        for size in PROBE_SIZES:
-            step = step_cost(config, size, batch=batch, device=device)
-            # Loader workers run beside the steps; with none, the lane pays their work.
-            loader = loader_cost(config, size) if config.data.num_workers == 0 else 0.0
-            out[size] = (step.train_s + loader, step.infer_s)
-        return out
-    finally:
-        torch.set_num_threads(before)
-
-
-def _probe_lane(task, config, threads, batch, start, done, results) -> None:
-    """One lane's probe in its own process: timed once both have started, then busy
-    until the other lane's timing is done too."""
-    import torch
-
-    from melanoma.engine.probe import keep_training
-
-    torch.set_num_threads(threads)
-    try:
-        start.wait()
-        results.put((task, _lane_costs(config, threads, "cpu", batch)))
-    except BaseException as e:  # the parent names it; the other lane stops waiting
-        results.put((task, f"{type(e).__name__}: {e}"))
-        raise
-    finally:
-        done[task].set()
-    # The largest probed size at the run's batch: the load the slower lane's timings are
-    # taken beside should be the load training will put there.
-    keep_training(config, PROBE_SIZES[-1], lambda: all(e.is_set() for e in done.values()), batch)
-
-
-def _gather(results, procs) -> dict:
-    """Both lanes' timings, or the reason there are none (a lane that died before it
-    could say, a timing that never came)."""
-    cost, waited = {}, 0.0
-    while len(cost) < len(procs):
-        try:
-            task, c = results.get(timeout=1.0)
-            cost[task] = c
-            continue
-        except queue.Empty:
-            waited += 1.0
-        dead = [p for p in procs if p.exitcode not in (None, 0)]
-        if dead or waited > PROBE_TIMEOUT_S:
-            while not results.empty():  # a reason that came in after the last wait
-                task, c = results.get_nowait()
-                cost[task] = c
-            reasons = "".join(f"; {t}: {c}" for t, c in cost.items() if isinstance(c, str))
-            got = sum(not isinstance(c, str) for c in cost.values())
-            raise ValueError(
-                f"the probe got {got} of {len(procs)} timings "
-                f"({'a lane exited with ' + str(dead[0].exitcode) if dead else 'timed out'}"
-                f"{reasons}; any other error is printed above); nothing was trained"
-            )
-    failed = {t: c for t, c in cost.items() if isinstance(c, str)}
-    if failed:
-        raise ValueError(
-            "the probe failed: "
-            + "; ".join(f"{t}: {why}" for t, why in failed.items())
-            + "; nothing was trained"
-        )
-    return cost
-
-
-def _probe_side_by_side(configs: dict, threads: int, batch) -> dict:
-    ctx = multiprocessing.get_context("spawn")
-    start, results = ctx.Barrier(2, timeout=PROBE_TIMEOUT_S), ctx.Queue()
-    done = {t: ctx.Event() for t in ("seg", "cls")}
-    procs = [
-        ctx.Process(target=_probe_lane, args=(t, configs[t], threads, batch, start, done, results))
-        for t in ("seg", "cls")
-    ]
-    for p in procs:
-        p.start()
-    try:
-        cost = _gather(results, procs)
-    finally:
-        for p in procs:  # after both timings, each stops within a step
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-    return cost
+def _lane_process(parent: int, name, configs, threads, deadline, quiet) -> None:
+    exit_with_parent(parent)
+    train_lane(name, configs, threads, deadline, quiet)
 
 
 def lane_configs(configs: dict, plan, out: Path, gpus: int = 0) -> dict[str, list]:
@@ -281,11 +153,13 @@ def recorded_epochs(config) -> tuple[int, int | None, float]:
         times = [float(h["time_s"]) for h in history]
     except (OSError, ValueError, TypeError, KeyError):
         times = []
+    if not all(math.isfinite(t) and t > 0 for t in times):  # a time no epoch took
+        times = []
     if not has_checkpoint(config, last=True):
         times = []
     try:
         saved = yaml.safe_load((run / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # UnicodeDecodeError is a ValueError
         saved = None
     planned = saved.get("epochs") if isinstance(saved, dict) else None
     if isinstance(planned, bool) or not isinstance(planned, int) or planned < 1:
@@ -358,7 +232,8 @@ def run_lanes(lanes: dict[str, list], plan, seconds_left: float, quiet: bool) ->
     ctx = multiprocessing.get_context("spawn")
     procs = {
         name: ctx.Process(
-            target=train_lane, args=(name, configs, plan.threads_per_lane, finish_at, quiet)
+            target=_lane_process,
+            args=(os.getpid(), name, configs, plan.threads_per_lane, finish_at, quiet),
         )
         for name, configs in lanes.items()
     }

@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from melanoma_cli.common import deprecated
-from melanoma_cli.lanes import has_checkpoint, lane_configs, mmss, probe, run_lanes
+from melanoma_cli.lanes import has_checkpoint, lane_configs, mmss, run_lanes
+from melanoma_cli.probing import probe
 
 RUN_FILE = "run.json"
 PLAN_FILE = "plan.json"

@@ -459,6 +459,22 @@ def test_a_run_folder_that_cannot_be_read_counts_as_a_fresh_run(tmp_path):
         (run / "metrics.json").write_text(metrics)
         (run / "config.yaml").write_text(written)
         assert lanes.recorded_epochs(config) == (0, None, 0.0), (metrics, written)
+    # Bytes that are no text, and epoch times no epoch took, count as no record.
+    (run / "config.yaml").write_bytes(b"epochs: \xff\xfe 12\n")
+    for bad in ("NaN", "-5.0", "0", "Infinity", '"soon"'):
+        (run / "metrics.json").write_text(
+            f'{{"history": [{{"time_s": 10.0}}, {{"time_s": {bad}}}]}}'
+        )
+        assert lanes.recorded_epochs(config) == (0, None, 0.0), bad
+    (run / "metrics.json").write_bytes(b'{"history": [{"time_s": \xff}]}')
+    assert lanes.recorded_epochs(config) == (0, None, 0.0)
+    # Epochs recorded without last.pt (the file a resume starts from) are not counted:
+    # the run starts again, at the length its config.yaml last planned.
+    (run / "metrics.json").write_text('{"history": [{"time_s": 10.0}, {"time_s": 12.0}]}')
+    (run / "config.yaml").write_text("epochs: 7\n")
+    assert lanes.recorded_epochs(config) == (2, 7, 11.0)
+    (run / "checkpoints" / "last.pt").unlink()
+    assert lanes.recorded_epochs(config) == (0, 7, 0.0)
 
 
 def test_a_probe_lane_that_fails_or_dies_is_named_not_waited_for():
@@ -467,7 +483,7 @@ def test_a_probe_lane_that_fails_or_dies_is_named_not_waited_for():
     import queue
     from types import SimpleNamespace
 
-    from melanoma_cli import lanes
+    from melanoma_cli import probing
 
     timing = {64: (0.1, 0.01), 128: (0.3, 0.03)}
     alive, dead = SimpleNamespace(exitcode=None), SimpleNamespace(exitcode=1)
@@ -475,16 +491,56 @@ def test_a_probe_lane_that_fails_or_dies_is_named_not_waited_for():
     results.put(("cls", timing))
     started = time.time()
     with pytest.raises(ValueError, match=r"got 1 of 2 timings \(a lane exited with 1"):
-        lanes._gather(results, [dead, alive])
+        probing._gather(results, [dead, alive])
     assert time.time() - started < 10
     results.put(("seg", "RuntimeError: out of memory"))
     results.put(("cls", timing))
     with pytest.raises(ValueError, match="the probe failed: seg: RuntimeError: out of memory"):
-        lanes._gather(results, [alive, alive])
+        probing._gather(results, [alive, alive])
     # The failing lane has exited while the other still times: its reason is named.
     results.put(("seg", "RuntimeError: out of memory"))
     with pytest.raises(ValueError, match=r"got 0 of 2 timings \(a lane exited with 1; seg: Runt"):
-        lanes._gather(results, [dead, alive])
+        probing._gather(results, [dead, alive])
     results.put(("seg", timing))
     results.put(("cls", timing))
-    assert lanes._gather(results, [alive, alive]) == {"seg": timing, "cls": timing}
+    assert probing._gather(results, [alive, alive]) == {"seg": timing, "cls": timing}
+
+
+def test_a_lane_process_ends_when_its_driver_is_killed(tmp_path):
+    """A driver killed with SIGKILL (no handler runs) must not leave its lanes training
+    beside the rerun: the lane's watch ends it within its poll, and not before."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    lane = (
+        "import os, time; from melanoma_cli.probing import exit_with_parent; "
+        "exit_with_parent(os.getppid(), 0.05); print(os.getpid(), flush=True); time.sleep(60)"
+    )
+    driver = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {lane!r}]); time.sleep(60)"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", driver], stdout=subprocess.PIPE, text=True, cwd=Path.cwd()
+    )
+
+    def alive(pid: int) -> bool:
+        try:  # a zombie (exited, not yet reaped by whoever adopted it) is not alive
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    try:
+        pid = int(parent.stdout.readline())
+        time.sleep(0.5)
+        assert alive(pid), "the lane ended while its driver lived"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.time() + 10
+        while alive(pid) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid), "the lane outlived its killed driver"
+    finally:
+        parent.kill()
