@@ -29,8 +29,9 @@ from dataclasses import asdict, dataclass
 SIZES = (64, 96, 128, 160, 192, 224, 256)
 # Without a GPU the plan stops at 192 px and buys seeds: on ISIC 2017 here, one 256 px
 # classifier of 12 epochs (the 90-minute run of 2026-12-07, about 75 min) reached held-out
-# AUC 0.798, one 192 px run of 8 epochs (23 min) 0.802 and four of them averaged 0.822
-# (docs/results.md). Unmeasured on a GPU, where the field trains at 224 px and more.
+# AUC 0.798, one 192 px run of 8 epochs (23 min) 0.802 and a greedy ensemble of four
+# 192 px runs 0.822 (docs/results.md; not paired). Unmeasured on a GPU, where the field
+# trains at 224 px and more.
 CPU_MAX_SIZE = 192
 MIN_EPOCHS = 6  # below this at 64 px the plan is cut down and says so; below 2, refused
 # A seed ensemble's runs are at least this long (a 192 px run of 8 epochs peaked at epoch

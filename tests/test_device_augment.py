@@ -215,3 +215,102 @@ def test_training_augments_on_the_device_only_when_asked(tmp_path: Path, monkeyp
 def test_augment_on_is_checked():
     with pytest.raises(Exception, match="augment_on"):
         TrainConfig.from_dict({"data": {"augment_on": "gpu"}})
+
+
+def _config(root: Path, out: Path, task: str, **data) -> TrainConfig:
+    model = {"arch": "fpn", "encoder": "resnet18"} if task == "seg" else {"arch": "resnet18"}
+    return TrainConfig.from_dict(
+        {
+            "task": task,
+            "epochs": 2,
+            "out": str(out),
+            "log_images": 0,
+            "data": {
+                "path": str(root),
+                "image_size": 32,
+                "batch_size": 8,
+                "num_workers": 0,
+                "val_fraction": 0.3,
+                "augment_on": "device",
+                **data,
+            },
+            "model": model,
+        }
+    )
+
+
+@pytest.mark.parametrize("task", ["cls", "seg"])
+def test_the_model_and_the_loss_see_the_augmented_batch(tmp_path: Path, monkeypatch, task):
+    """What the augmentation returns is what trains: images into the model and, for the
+    segmenter, masks into the loss (not the loader's originals)."""
+    import melanoma.engine.training as training
+
+    root = tmp_path / "data"
+    write_synthetic(root, SynthConfig(n=24, size=32, seed=2, prevalence=0.5))
+    returned: list[torch.Tensor] = []
+
+    def marked(self, image, mask, generator):
+        # Images of one value per sample, masks all lesion: neither comes from the loader.
+        image = torch.full_like(image, 7).add_(torch.arange(len(image)).view(-1, 1, 1, 1))
+        returned.append(image)
+        return image, torch.ones_like(mask)
+
+    monkeypatch.setattr(DeviceAugmentation, "__call__", marked)
+    seen, targets = [], []
+    real_build = training.build_model
+
+    def build_model(config, pretrained):
+        model = real_build(config, pretrained=pretrained)
+        model.register_forward_pre_hook(
+            lambda m, args: seen.append(args[0].detach().clone()) if m.training else None
+        )
+        return model
+
+    monkeypatch.setattr(training, "build_model", build_model)
+    kind = training.SegmentationTask if task == "seg" else training.ClassificationTask
+    task_loss = kind.loss
+
+    def loss(self, criterion, outputs, batch, device):
+        if torch.is_grad_enabled():  # training steps; validation scores under no_grad
+            targets.append(batch["mask"].clone())
+        return task_loss(self, criterion, outputs, batch, device)
+
+    monkeypatch.setattr(kind, "loss", loss)
+    fit(_config(root, tmp_path / task, task, augment=0.5), Runtime(progress=False))
+    assert len(seen) == len(returned) >= 2
+    for inputs, image in zip(seen, returned, strict=True):
+        # The model's inputs are the marked images, normalised: constant within a sample,
+        # different between samples.
+        per_sample = inputs.float().flatten(2).std(dim=2)
+        assert float(per_sample.max()) < 1e-4 and len(image) == len(inputs)
+        assert len({round(float(v), 4) for v in inputs[:, 0, 0, 0]}) == len(inputs)
+    if task == "seg":
+        assert len(targets) == len(returned) and all(bool((t == 1).all()) for t in targets)
+
+
+def test_a_resumed_segmenter_draws_what_an_uninterrupted_one_drew(tmp_path: Path):
+    """Device augmentation is seeded by (seed, epoch, step, rank): a run stopped after its
+    first epoch and resumed ends with the weights of the run that was never stopped."""
+    from dataclasses import replace
+
+    from melanoma.engine import load_checkpoint
+
+    root = tmp_path / "data"
+    write_synthetic(root, SynthConfig(n=24, size=32, seed=3, prevalence=0.5))
+    config = _config(root, tmp_path / "full", "seg", augment=0.5)
+    fit(config, Runtime(progress=False))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first(metrics, _where):
+        if metrics["epoch"] == 1:
+            raise Interrupt
+
+    cut = replace(config, out=str(tmp_path / "cut"))
+    with pytest.raises(Interrupt):
+        fit(cut, Runtime(progress=False, report=stop_after_first))
+    fit(cut, Runtime(progress=False), resume=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
