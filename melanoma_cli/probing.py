@@ -18,22 +18,28 @@ PROBE_BATCH = None
 PROBE_TIMEOUT_S = 600
 
 
-def probe(configs: dict, data: dict, machine, batch: int | None = PROBE_BATCH) -> object:
+def probe(
+    configs: dict, data: dict, machine, batch: int | None = PROBE_BATCH, measure=None
+) -> object:
     """This machine's costs with one lane's threads: each model at 64 and 128 px (the
     plan scales between and beyond them by the measured exponent), plus the loader's
     work between steps. With two CPU lanes both models are timed at once, each while the
     other trains, as the lanes will run. A first guess (docs/running.md gives its spread):
-    the lanes re-plan from the epochs they measure."""
+    the lanes re-plan from the epochs they measure. ``measure(configs, threads, batch)``,
+    when given, times both models elsewhere (a cluster's workers) and returns the same
+    per-size timings."""
     from melanoma.engine.loop import resolve_device
     from melanoma.engine.probe import decode_cost
     from search.plan import Costs, size_exponent
 
     device = str(resolve_device(configs["cls"].device))
-    if machine.lanes == 2 and device == "cpu":
+    if measure is not None:  # on a cluster's workers (melanoma_cli.cluster)
+        cost = measure(configs, machine.threads_per_lane, batch)
+    elif machine.lanes == 2 and device == "cpu":
         cost = _probe_side_by_side(configs, machine.threads_per_lane, batch)
     else:
         threads = machine.threads_per_lane
-        cost = {t: _lane_costs(configs[t], threads, device, batch) for t in ("seg", "cls")}
+        cost = {t: lane_costs(configs[t], threads, device, batch) for t in ("seg", "cls")}
     small, large = PROBE_SIZES
     exponent = (
         sum(size_exponent((small, cost[t][small][0]), (large, cost[t][large][0])) for t in cost) / 2
@@ -51,7 +57,7 @@ def probe(configs: dict, data: dict, machine, batch: int | None = PROBE_BATCH) -
     )
 
 
-def _lane_costs(config, threads: int, device: str, batch) -> dict[int, tuple[float, float]]:
+def lane_costs(config, threads: int, device: str, batch) -> dict[int, tuple[float, float]]:
     """Per size: seconds per image of a training step (with the loader's work when the
     lane's own thread does it) and of an inference pass."""
     import torch
@@ -98,7 +104,7 @@ def _probe_lane(task, config, threads, batch, start, done, results, parent=None)
     torch.set_num_threads(threads)
     try:
         start.wait()
-        results.put((task, _lane_costs(config, threads, "cpu", batch)))
+        results.put((task, lane_costs(config, threads, "cpu", batch)))
     except BaseException as e:  # the parent names it; the other lane stops waiting
         results.put((task, f"{type(e).__name__}: {e}"))
         raise

@@ -206,9 +206,11 @@ def run_pipeline(
     quiet: bool = False,
     experiments: dict[str, str] | None = None,
     started: float | None = None,
+    address: str | None = None,
 ) -> dict:
     """Every stage of the run, from where an earlier run of the same command stopped;
-    the budget counts from ``started`` (default: now), plus what earlier runs spent."""
+    the budget counts from ``started`` (default: now), plus what earlier runs spent. With
+    ``address``, the probe and the lanes run on that Ray cluster (melanoma_cli.cluster)."""
     started = time.time() if started is None else started
     from melanoma.files import write_json
     from search.plan import Machine, Plan, make_plan, parse_budget
@@ -217,6 +219,9 @@ def run_pipeline(
     experiments = experiments or EXPERIMENTS
     budget_s = parse_budget(budget)
     configs = base_configs(data, seed, experiments)
+    if address:  # the workers run elsewhere: every path absolute
+        out = out.resolve()
+        configs = {t: c.with_absolute_paths(Path.cwd()) for t, c in configs.items()}
     record = RunRecord(
         out, {"data": data, "budget_s": budget_s, "seed": seed, "experiments": experiments}
     )
@@ -227,7 +232,17 @@ def run_pipeline(
             flush=True,
         )
     clock = Clock(budget_s, record.spent_s + time.time() - started)
-    machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus())
+    if address:
+        from melanoma_cli.cluster import connect_cluster, measure_on_cluster, run_lanes_on_cluster
+
+        machine = connect_cluster(address)
+        print(
+            f"[run] cluster {address}: {machine.cpus} CPUs, {machine.gpus} GPUs; "
+            f"{machine.lanes} lane(s) of {machine.threads_per_lane} thread(s)",
+            flush=True,
+        )
+    else:
+        machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus())
 
     def stage(name: str, planned: float | None, work):
         if record.done(name):
@@ -243,7 +258,8 @@ def run_pipeline(
     found = stage("check", None, lambda: check_data(configs["cls"]))
 
     def planning():
-        costs = probe(configs, found, machine)
+        measure = measure_on_cluster(machine) if address else None
+        costs = probe(configs, found, machine, measure=measure)
         plan = make_plan(budget_s, machine, costs, clock.elapsed())
         return {"plan": plan.to_dict(), "costs": asdict(costs)}
 
@@ -251,9 +267,16 @@ def run_pipeline(
     plan = Plan.from_dict(planned["plan"])
     write_json(out / PLAN_FILE, planned)
     print_plan(plan, planned["costs"])
-    lanes = lane_configs(configs, plan, out, machine.gpus)
+    # On a cluster each lane's task is given its own GPU: no device to pin here.
+    lanes = lane_configs(configs, plan, out, 0 if address else machine.gpus)
     train_s = max(plan.segmenter.seconds, plan.classifier.seconds)
-    stage("train", train_s, lambda: run_lanes(lanes, plan, clock.left(), quiet))
+
+    def train() -> None:
+        if address:
+            return run_lanes_on_cluster(lanes, plan, machine, clock.left(), quiet)
+        return run_lanes(lanes, plan, clock.left(), quiet)
+
+    stage("train", train_s, train)
     return finish(out, plan, lanes, clock, record, stage)
 
 
@@ -332,6 +355,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         experiments=experiments,
         started=getattr(args, "started", None),
+        address=args.address,
     )
     return 0
 
@@ -358,4 +382,9 @@ def register(sub) -> None:
         "--cls-experiment", default=EXPERIMENTS["cls"], help="the classifier's experiment YAML"
     )
     p.add_argument("--quiet", action="store_true", help="stage lines only, no epoch lines")
+    p.add_argument(
+        "--address",
+        help="a Ray cluster (auto or HOST:PORT) whose workers train the lanes; --out and "
+        "the data must be on storage every node shares (default: this machine)",
+    )
     p.set_defaults(func=_cmd_run)

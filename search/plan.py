@@ -52,22 +52,51 @@ class PlanError(ValueError):
 
 @dataclass(frozen=True)
 class Machine:
-    """What trains: CPU cores, GPUs, and how many runs may train at once."""
+    """What trains: CPU cores, GPUs, and how many runs may train at once. On a Ray
+    cluster (:func:`cluster_machine`) the lanes and their threads come from its nodes."""
 
     cpus: int
     gpus: int = 0
+    cluster_lanes: int = 0  # a cluster's lanes; 0 on one machine
+    cluster_threads: int = 0
 
     @property
     def lanes(self) -> int:
         """Runs that train at once: segmenter and classifier side by side when there are
-        two GPUs, or (without a GPU) two cores; one GPU trains one run at a time."""
+        two GPUs, or (without a GPU) two cores; one GPU trains one run at a time. On a
+        cluster, one lane for the segmenter and the others for classifier seeds."""
+        if self.cluster_lanes:
+            return self.cluster_lanes
         if self.gpus:
             return 2 if self.gpus >= 2 else 1
         return 2 if self.cpus >= 2 else 1
 
     @property
     def threads_per_lane(self) -> int:
-        return max(1, self.cpus // self.lanes)
+        return self.cluster_threads or max(1, self.cpus // self.lanes)
+
+    @property
+    def classifier_lanes(self) -> int:
+        """Lanes that train classifier seeds at once (with one lane, it is shared)."""
+        return max(1, self.lanes - 1)
+
+
+def cluster_machine(nodes: list[dict[str, float]]) -> Machine:
+    """A Ray cluster's lanes from its alive nodes' resources (``{"CPU": 16, "GPU": 2}``
+    each): one per GPU, or without GPUs two per node of the smallest node's cores, as one
+    machine has; at most one segmenter lane and ``MAX_RUNS`` classifier lanes. Each lane's
+    threads fit on every node, so any node can take any lane."""
+    cpus = [int(n.get("CPU", 0)) for n in nodes]
+    gpus = [int(n.get("GPU", 0)) for n in nodes]
+    if not nodes or max(cpus) < 1:
+        raise PlanError(f"the cluster has no node with a CPU (nodes: {nodes}); start its workers")
+    if sum(gpus):
+        threads = max(1, min(c // g for c, g in zip(cpus, gpus, strict=True) if g))
+        lanes = sum(gpus)
+    else:
+        threads = max(1, min(c for c in cpus if c) // 2)
+        lanes = sum(c // threads for c in cpus)
+    return Machine(sum(cpus), sum(gpus), max(1, min(1 + MAX_RUNS, lanes)), threads)
 
 
 @dataclass(frozen=True)
@@ -238,9 +267,14 @@ def _lanes_at(size: int, left: float, machine: Machine, costs: Costs):
             size,
             epochs,
             runs,
-            _lane_s("cls", size, epochs, runs, costs),
+            _lane_s("cls", size, epochs, _per_lane(runs, machine), costs),
             "the classifier experiment's train config on whole images"
-            + (f"; {runs} seeds, a seed ensemble, averaged" if runs > 1 else ""),
+            + (f"; {runs} seeds, a seed ensemble, averaged" if runs > 1 else "")
+            + (
+                f"; {min(runs, machine.classifier_lanes)} lanes at once"
+                if min(runs, machine.classifier_lanes) > 1
+                else ""
+            ),
         )
         return seg, cls, tta, finish
     return None
@@ -264,15 +298,21 @@ def _reserved_end(size: int, left: float, tta: bool, machine: Machine, costs: Co
 
 
 def _train_lanes(train: float, size: int, machine: Machine, costs: Costs):
-    """(segmenter epochs, classifier epochs, classifier runs) in ``train`` seconds."""
-    seg_time, cls_time = (train, train) if machine.lanes == 2 else _split(train, size, costs)
+    """(segmenter epochs, classifier epochs, classifier runs) in ``train`` seconds: each
+    classifier lane trains its seeds one after another, the lanes at once."""
+    seg_time, cls_time = (train, train) if machine.lanes >= 2 else _split(train, size, costs)
     seg_epochs = _epochs(seg_time, "seg", size, costs, runs=1)
-    epochs = _epochs(cls_time, "cls", size, costs, runs=1)
-    runs = 1
-    if epochs >= 2 * RUN_EPOCHS:  # two runs of RUN_EPOCHS fit: a seed ensemble
-        runs = min(MAX_RUNS, max(1, _fit_runs(cls_time, size, costs)))
-        epochs = _epochs(cls_time, "cls", size, costs, runs=runs)
+    per_lane = 1
+    if _epochs(cls_time, "cls", size, costs, runs=1) >= 2 * RUN_EPOCHS:
+        per_lane = max(1, _fit_runs(cls_time, size, costs))  # a seed ensemble in each lane
+    runs = min(MAX_RUNS, machine.classifier_lanes * per_lane)
+    epochs = _epochs(cls_time, "cls", size, costs, runs=_per_lane(runs, machine))
     return seg_epochs, epochs, runs
+
+
+def _per_lane(runs: int, machine: Machine) -> int:
+    """The classifier runs the busiest classifier lane trains one after another."""
+    return math.ceil(runs / machine.classifier_lanes)
 
 
 def _split(train: float, size: int, costs: Costs) -> tuple[float, float]:
@@ -300,6 +340,6 @@ def _lane_s(task: str, size: int, epochs: int, runs: int, costs: Costs) -> float
 def _needed_s(size: int, epochs: int, machine: Machine, costs: Costs) -> float:
     seg = costs.start_s() + epochs * costs.epoch_s("seg", size)
     cls = costs.start_s() + epochs * costs.epoch_s("cls", size)
-    train = max(seg, cls) if machine.lanes == 2 else seg + cls
+    train = max(seg, cls) if machine.lanes >= 2 else seg + cls
     # As _lanes_at reserves it: MIN_EPOCHS is below RUN_EPOCHS, so one classifier member.
     return train + costs.finish_s(False, size, 1)

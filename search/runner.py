@@ -54,12 +54,12 @@ def budget_advice(exp: Experiment) -> str | None:
     )
 
 
-def connect(address: str | None) -> None:
+def connect(address: str | None, log_to_driver: bool = False) -> None:
     """Join a running cluster (``auto`` or HOST:PORT) or start a local Ray instance."""
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return
     from ray._private.services import find_gcs_addresses
 

@@ -1,0 +1,126 @@
+"""`melanoma run --address`: a cluster's lanes counted from its nodes, more workers
+buying seeds trained at once (not a longer wait), and the command on a Ray instance."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from search.plan import (
+    MAX_RUNS,
+    Costs,
+    Machine,
+    PlanError,
+    cluster_machine,
+    make_plan,
+)
+
+COSTS = Costs(64, 0.15, 0.03, 0.08, 0.02, 0.004, 1527, 150, 323)
+
+
+def test_a_clusters_lanes_come_from_its_nodes():
+    # One lane per GPU, each with the cores its node has per GPU (the fewest of any node).
+    gpus = cluster_machine([{"CPU": 16, "GPU": 2}, {"CPU": 8, "GPU": 2}, {"CPU": 4}])
+    assert (gpus.lanes, gpus.threads_per_lane, gpus.gpus, gpus.cpus) == (4, 4, 4, 28)
+    # Without GPUs: two lanes per node of the smallest node's cores, as one machine has.
+    cpus = cluster_machine([{"CPU": 8}, {"CPU": 8}])
+    assert (cpus.lanes, cpus.threads_per_lane) == (4, 4)
+    assert cluster_machine([{"CPU": 2}]) == Machine(2, 0, 2, 1)
+    assert cluster_machine([{"CPU": 1}]).lanes == 1
+    # At most one segmenter lane and MAX_RUNS classifier lanes.
+    assert cluster_machine([{"CPU": 64, "GPU": 8}] * 4).lanes == 1 + MAX_RUNS
+    for nodes in ([], [{"GPU": 1}], [{"CPU": 0}]):
+        with pytest.raises(PlanError, match="no node with a CPU"):
+            cluster_machine(nodes)
+
+
+def test_more_workers_buy_seeds_trained_at_once_not_a_longer_wait():
+    one = make_plan(90 * 60, Machine(2), COSTS)
+    wide = make_plan(90 * 60, Machine(8, 0, 4, 1), COSTS)  # three classifier lanes
+    assert wide.size == one.size
+    # The end scores every member, so more seeds reserve a longer end, paid for by at most
+    # one segmenter epoch here.
+    assert wide.finish_s > one.finish_s
+    assert one.segmenter.epochs - 1 <= wide.segmenter.epochs <= one.segmenter.epochs
+    assert wide.classifier.runs > one.classifier.runs and "3 lanes at once" in wide.classifier.why
+    for p in (one, wide):
+        assert max(p.segmenter.seconds, p.classifier.seconds) + p.finish_s <= p.budget_s
+    # Each classifier lane trains its share of the seeds one after another.
+    per_lane = -(-wide.classifier.runs // 3)
+    run_s = COSTS.start_s() + wide.classifier.epochs * COSTS.epoch_s("cls", wide.size)
+    assert wide.classifier.seconds == pytest.approx(per_lane * run_s)
+
+
+def test_seeds_are_dealt_round_robin_to_the_classifier_lanes():
+    from types import SimpleNamespace
+
+    from melanoma_cli.cluster import lane_groups
+
+    lanes = {"segmenter": ["s"], "classifier": ["c0", "c1", "c2", "c3", "c4"]}
+    assert lane_groups(lanes, SimpleNamespace(lanes=4)) == [
+        ("segmenter", ["s"]),
+        ("classifier 1", ["c0", "c3"]),
+        ("classifier 2", ["c1", "c4"]),
+        ("classifier 3", ["c2"]),
+    ]
+    # Fewer seeds than lanes: no empty lane; two lanes as on one machine; one lane shared.
+    few = {"segmenter": ["s"], "classifier": ["c0"]}
+    assert lane_groups(few, SimpleNamespace(lanes=6)) == [
+        ("segmenter", ["s"]),
+        ("classifier", ["c0"]),
+    ]
+    assert lane_groups(lanes, SimpleNamespace(lanes=2))[1] == ("classifier", lanes["classifier"])
+    assert lane_groups(lanes, SimpleNamespace(lanes=1)) == [("lane", ["s", *lanes["classifier"]])]
+
+
+@pytest.fixture
+def own_ray(tmp_path):
+    """A Ray instance of this test's own (address="local": never a stale or foreign one),
+    which ``--address auto`` then uses as it is."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_run_on_a_cluster_trains_its_lanes_as_tasks_within_the_budget(own_ray, tmp_path, capsys):
+    from melanoma_cli import main
+
+    budget_s = 300
+    out = tmp_path / "run"
+    started = time.time()
+    args = ["run", "synthetic:160:64:0", "--budget", f"{budget_s}s", "--out", str(out)]
+    assert main([*args, "--address", "auto", "--quiet"]) == 0
+    took = time.time() - started
+    printed = capsys.readouterr().out
+    assert "[run] cluster auto: 2 CPUs, 0 GPUs; 2 lane(s) of 1 thread(s)" in printed
+    assert "test AUC" in printed and (out / "export" / "cascade.onnx").is_file()
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["plan"]["lanes"] == 2 and plan["costs"]["cls_train_s"] > 0
+    # The lanes ran as tasks (written by worker processes), and every run the build took
+    # is on disk where the driver reads it.
+    assert (out / "seg" / "checkpoints" / "best.pt").is_file()
+    assert (out / "cls" / "run-0" / "checkpoints" / "best.pt").is_file()
+    assert took <= budget_s + 0.05 * budget_s + 45, took  # the tolerance test_run.py states
+
+
+def test_a_cluster_without_a_cpu_is_refused_before_anything_trains(tmp_path, monkeypatch, capsys):
+    import melanoma_cli.cluster as cluster
+    from melanoma_cli import main
+
+    def no_workers(address):
+        return cluster_machine([])
+
+    monkeypatch.setattr(cluster, "connect_cluster", no_workers)
+    out = tmp_path / "run"
+    code = main(
+        ["run", "synthetic:40:32:0", "--budget", "5m", "--out", str(out), "--address", "x:1"]
+    )
+    assert code == 2 and "no node with a CPU" in capsys.readouterr().err
+    assert not (out / "run.json").exists() and not Path(out, "seg").exists()
