@@ -155,5 +155,9 @@ def load_yaml(path: Path) -> dict:
 
 
 def dump_yaml(data: dict, path: Path) -> None:
+    """Written atomically: a killed run leaves the previous file whole (melanoma run reads
+    a run's planned length from its config.yaml on resume)."""
+    from melanoma.files import write_text
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text(Path(path), yaml.safe_dump(data, sort_keys=False))

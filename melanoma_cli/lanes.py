@@ -8,7 +8,7 @@ import math
 import multiprocessing
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from melanoma_cli.probing import exit_with_parent
@@ -64,30 +64,42 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
     """Train one lane's runs one after another (each from its last epoch when it has one).
     A run whose epochs take longer than planned is re-planned to the epochs that fit its
     share, so its schedule still anneals; one that would not finish another epoch stops.
-    Epochs that run long drop later seeds before they cut runs below ``RUN_EPOCHS``; a
-    later run is planned from the lane's measured epochs, longer when they ran short."""
+    Epochs that run long drop later seeds not yet started before they cut runs below
+    ``RUN_EPOCHS``; a run already started is never dropped, and a resumed one keeps the
+    length it was training to. A later run is planned from the lane's measured epochs,
+    longer when they ran short."""
     import torch
 
     torch.set_num_threads(threads)
     epoch_s = 0.0  # the lane's measured epoch: whether another run can start at all
     j = 0
     while j < len(configs):
-        config, start = configs[j], time.time()
-        done, planned, recorded_s = recorded_epochs(config)
-        if planned:  # a run re-planned shorter by an earlier command keeps its length
-            config = config.with_overrides({"epochs": min(config.epochs, planned)})
-        # The lane's measurement (or, resumed, the run's own epochs), not the probe's price.
-        measured = epoch_s or recorded_s
-        lane = LaneTime(start, deadline, len(configs) - j, done)
-        keep = lane.runs(measured)
-        if keep < lane.runs_left:
+        records = [recorded_epochs(c) for c in configs[j:]]
+        lengths = [_length(c, r) for c, r in zip(configs[j:], records, strict=True)]
+        done = records[0][0]
+        # The lane's measurement (or, resumed, the runs' own epochs), not the probe's price.
+        measured = epoch_s or next((r[2] for r in records if r[2]), 0.0)
+        if done >= lengths[0]:  # finished by an earlier command
+            epoch_s, j = measured, j + 1
+            continue
+        lane = LaneTime(
+            time.time(),
+            deadline,
+            tuple(max(0, n - r[0]) for n, r in zip(lengths, records, strict=True)),
+            tuple(r[0] == 0 for r in records),
+        )
+        keep = lane.kept(measured)
+        if keep < len(lane.remaining):
             print(
-                f"[{name}] runs {j + keep + 1}-{len(configs)} dropped: an epoch takes "
-                f"{measured / 60:.1f} min, so {keep} more run(s) of {RUN_EPOCHS} epochs fit",
+                f"[{name}] run(s) {j + keep + 1}-{len(configs)} dropped: an epoch takes "
+                f"{measured / 60:.1f} min, and the {keep} run(s) from run {j + 1} on get "
+                f"at least {RUN_EPOCHS} epochs each",
                 flush=True,
             )
             configs = configs[: j + keep]
-        if measured and done < config.epochs:
+            lane = replace(lane, remaining=lane.remaining[:keep], fresh=lane.fresh[:keep])
+        config = configs[j].with_overrides({"epochs": lengths[0]})
+        if measured:
             fits = epochs_that_fit(measured, lane.share(measured), done)
             if fits <= done:
                 print(
@@ -105,28 +117,50 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
         j += 1
 
 
+def _length(config, record) -> int:
+    """A run's length: a started run keeps the one its config.yaml says it trains to
+    (re-planned shorter, or lengthened up to twice the plan, by an earlier command)."""
+    done, planned, _ = record
+    if done and planned and planned <= 2 * config.epochs:
+        return planned
+    return config.epochs
+
+
 @dataclass(frozen=True)
 class LaneTime:
     """The time from a run's start to its lane's deadline, shared between that run and
-    the lane's later ones: as many runs as get ``RUN_EPOCHS`` epochs each at the measured
-    epoch (at least this one), each an equal share. A resumed run counts the epochs it
-    has as if trained in this window."""
+    the lane's later ones in proportion to the epochs each has left (``remaining``, this
+    run first). Runs not yet started (``fresh``) are dropped from the end while their
+    share at the measured epoch would hold fewer than ``RUN_EPOCHS``; a started run gets
+    its own next epochs first, so a resumed run finishes before later seeds begin."""
 
     start: float
     deadline: float
-    runs_left: int
-    done: int = 0
+    remaining: tuple[int, ...]
+    fresh: tuple[bool, ...]
 
-    def runs(self, epoch_s: float) -> int:
+    def kept(self, epoch_s: float) -> int:
+        n = len(self.remaining)
         if not epoch_s:
-            return self.runs_left
-        window = self.deadline - self.start + self.done * epoch_s
-        return max(1, min(self.runs_left, int(window / (RUN_EPOCHS * epoch_s))))
+            return n
+        window = (self.deadline - self.start) / epoch_s
+        while n > 1 and self.fresh[n - 1]:
+            total = sum(self.remaining[:n])
+            # The run's whole epochs, less the stop for time's tenth (epochs_that_fit).
+            held = window * self.remaining[n - 1] / total - 0.1
+            if held >= min(RUN_EPOCHS, self.remaining[n - 1]):
+                break
+            n -= 1
+        return n
 
     def share(self, epoch_s: float) -> float:
         """When this run must end."""
-        window = self.deadline - self.start + self.done * epoch_s
-        return self.start - self.done * epoch_s + window / self.runs(epoch_s)
+        n = self.kept(epoch_s)
+        total = sum(self.remaining[:n]) or 1
+        end = self.start + (self.deadline - self.start) * self.remaining[0] / total
+        if not self.fresh[0] and epoch_s:  # a started run's own epochs come first
+            end = max(end, self.start + (self.remaining[0] + 0.1) * epoch_s)
+        return min(self.deadline, end)
 
 
 def epochs_that_fit(epoch_s: float, until: float, done: int = 0) -> int:

@@ -33,10 +33,11 @@ class RunRecord:
         self.path = Path(out) / RUN_FILE
         if self.path.exists():
             self.data = json.loads(self.path.read_text())
+            then = self.data["inputs"]
             changed = {
-                k: (self.data["inputs"].get(k), v)
-                for k, v in inputs.items()
-                if self.data["inputs"].get(k) != v
+                k: (then.get(k), inputs.get(k))
+                for k in [*then, *(k for k in inputs if k not in then)]
+                if then.get(k) != inputs.get(k)
             }
             if changed:
                 what = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in changed.items())
@@ -212,6 +213,7 @@ def run_pipeline(
     the budget counts from ``started`` (default: now), plus what earlier runs spent. With
     ``address``, the probe and the lanes run on that Ray cluster (melanoma_cli.cluster)."""
     started = time.time() if started is None else started
+    from melanoma.engine.loop import resolve_device
     from melanoma.files import write_json
     from search.plan import Machine, Plan, make_plan, parse_budget
 
@@ -223,7 +225,10 @@ def run_pipeline(
         out = out.resolve()
         configs = {t: c.with_absolute_paths(Path.cwd()) for t, c in configs.items()}
     record = RunRecord(
-        out, {"data": data, "budget_s": budget_s, "seed": seed, "experiments": experiments}
+        out,
+        {"data": data, "budget_s": budget_s, "seed": seed, "experiments": experiments}
+        # A plan made for a cluster's lanes is not this machine's (absent: one machine).
+        | ({"address": address} if address else {}),
     )
     if record.running:
         print(
@@ -242,7 +247,9 @@ def run_pipeline(
             flush=True,
         )
     else:
-        machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus())
+        # GPUs only when the runs train on one: `device: cpu` plans as a CPU machine.
+        on_gpu = str(resolve_device(configs["cls"].device)).startswith("cuda")
+        machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus() if on_gpu else 0)
 
     def stage(name: str, planned: float | None, work):
         if record.done(name):

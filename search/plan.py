@@ -28,14 +28,18 @@ from dataclasses import asdict, dataclass
 
 SIZES = (64, 96, 128, 160, 192, 224, 256)
 # Without a GPU the plan stops at 192 px and buys seeds: on ISIC 2017 here, one 256 px
-# classifier of 12 epochs (the 90-minute run of 2026-12-07, about 75 min) reached held-out
-# AUC 0.798, one 192 px run of 8 epochs (23 min) 0.802 and a greedy ensemble of four
-# 192 px runs 0.822 (docs/results.md; not paired). Unmeasured on a GPU, where the field
-# trains at 224 px and more.
+# classifier of 12 epochs (the 90-minute run of 2026-12-07, about 75 min of a lane, TTA
+# off) reached held-out AUC 0.798, one 192 px run of 8 epochs (23 min, with TTA) 0.802:
+# the same AUC for a third of the time (docs/results.md; each scored once, not paired).
+# One size serves both models (a cascade of mixed sizes would meet the preprocessing gap
+# of issue 33 item 5); the 192 px segmenter of 8 epochs reached held-out Jaccard 0.837,
+# the 256 px one of that 90-minute run 0.834. Unmeasured on a GPU, where the field trains
+# at 224 px and more.
 CPU_MAX_SIZE = 192
 MIN_EPOCHS = 6  # below this at 64 px the plan is cut down and says so; below 2, refused
-# A seed ensemble's runs are at least this long (a 192 px run of 8 epochs peaked at epoch
-# 5); time that buys no further run lengthens them.
+# A seed ensemble's runs are at least this long; time that buys no further run lengthens
+# them. A guess: one 192 px run (seed 2) peaked on validation at epoch 5 of 8, which does
+# not show that a 6-epoch run matches it.
 RUN_EPOCHS = 6
 MAX_RUNS = 5
 SLACK = 0.03  # of the budget, kept back for what the estimates miss
@@ -302,10 +306,13 @@ def _train_lanes(train: float, size: int, machine: Machine, costs: Costs):
     classifier lane trains its seeds one after another, the lanes at once."""
     seg_time, cls_time = (train, train) if machine.lanes >= 2 else _split(train, size, costs)
     seg_epochs = _epochs(seg_time, "seg", size, costs, runs=1)
+    one_run = _epochs(cls_time, "cls", size, costs, runs=1)
     per_lane = 1
-    if _epochs(cls_time, "cls", size, costs, runs=1) >= 2 * RUN_EPOCHS:
+    if one_run >= 2 * RUN_EPOCHS:
         per_lane = max(1, _fit_runs(cls_time, size, costs))  # a seed ensemble in each lane
-    runs = min(MAX_RUNS, machine.classifier_lanes * per_lane)
+    # More classifier lanes train seeds at once, each only when it gets RUN_EPOCHS.
+    lanes = machine.classifier_lanes if one_run >= RUN_EPOCHS else 1
+    runs = min(MAX_RUNS, lanes * per_lane)
     epochs = _epochs(cls_time, "cls", size, costs, runs=_per_lane(runs, machine))
     return seg_epochs, epochs, runs
 
@@ -341,5 +348,6 @@ def _needed_s(size: int, epochs: int, machine: Machine, costs: Costs) -> float:
     seg = costs.start_s() + epochs * costs.epoch_s("seg", size)
     cls = costs.start_s() + epochs * costs.epoch_s("cls", size)
     train = max(seg, cls) if machine.lanes >= 2 else seg + cls
-    # As _lanes_at reserves it: MIN_EPOCHS is below RUN_EPOCHS, so one classifier member.
+    # As _lanes_at reserves it: at MIN_EPOCHS (at most RUN_EPOCHS) one lane holds one
+    # run, and no other lane trains a seed of fewer than RUN_EPOCHS: one member.
     return train + costs.finish_s(False, size, 1)

@@ -288,17 +288,28 @@ def test_the_model_and_the_loss_see_the_augmented_batch(tmp_path: Path, monkeypa
         assert len(targets) == len(returned) and all(bool((t == 1).all()) for t in targets)
 
 
-def test_a_resumed_segmenter_draws_what_an_uninterrupted_one_drew(tmp_path: Path):
-    """Device augmentation is seeded by (seed, epoch, step, rank): a run stopped after its
-    first epoch and resumed ends with the weights of the run that was never stopped."""
+def test_a_resumed_segmenter_draws_what_an_uninterrupted_one_drew(tmp_path: Path, monkeypatch):
+    """With augmentation on the device, a segmenter stopped after its first epoch and
+    resumed ends with the weights of the run that was never stopped (what a resume must
+    give; it does not tell the per-step seeding from the global RNG the checkpoint
+    restores)."""
     from dataclasses import replace
 
     from melanoma.engine import load_checkpoint
 
+    calls: list[int] = []
+    real = DeviceAugmentation.__call__
+
+    def counting(self, image, mask, generator):
+        calls.append(len(image))
+        return real(self, image, mask, generator)
+
+    monkeypatch.setattr(DeviceAugmentation, "__call__", counting)
     root = tmp_path / "data"
     write_synthetic(root, SynthConfig(n=24, size=32, seed=3, prevalence=0.5))
     config = _config(root, tmp_path / "full", "seg", augment=0.5)
     fit(config, Runtime(progress=False))
+    uninterrupted = len(calls)
 
     class Interrupt(Exception):
         pass
@@ -311,6 +322,8 @@ def test_a_resumed_segmenter_draws_what_an_uninterrupted_one_drew(tmp_path: Path
     with pytest.raises(Interrupt):
         fit(cut, Runtime(progress=False, report=stop_after_first))
     fit(cut, Runtime(progress=False), resume=True)
+    # Every training batch augmented, in both; the resumed epoch once, not again.
+    assert uninterrupted > 0 and len(calls) == 2 * uninterrupted
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

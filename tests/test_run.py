@@ -393,7 +393,15 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
         "classifier", seeds, 1, deadline=start + (2 * RUN_EPOCHS + 1) * 10.0, quiet=True
     )
     assert asked == [("a0", 12), ("a0", RUN_EPOCHS), ("a1", RUN_EPOCHS)]
-    assert seeds[2].out not in done and "runs 3-3 dropped" in capsys.readouterr().out
+    assert seeds[2].out not in done and "run(s) 3-3 dropped" in capsys.readouterr().out
+
+    # Exactly two runs of RUN_EPOCHS in the window: with the stop-for-time margin each
+    # would get RUN_EPOCHS - 1, so the second is dropped and the first holds the window.
+    asked.clear()
+    pair = [config.with_overrides({"out": str(tmp_path / f"x{k}")}) for k in range(2)]
+    start = clock[0]
+    lanes.train_lane("classifier", pair, 1, deadline=start + 2 * RUN_EPOCHS * 10.0, quiet=True)
+    assert asked == [("x0", 12), ("x0", 2 * RUN_EPOCHS - 1)] and pair[1].out not in done
 
     # Priced right, with half an epoch to spare: not shortened (a margin per epoch would
     # have cut 12 to 11).
@@ -419,9 +427,12 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     asked.clear()
     fourth = resumed("r3", 3, 8)
     assert lanes.recorded_epochs(fourth) == (3, 8, 10.0)
-    lanes.train_lane("classifier", [third, fourth], 1, deadline=clock[0] + 100.0, quiet=True)
-    # 12 epochs would fit its 100 s; it keeps the 8 it was re-planned to.
-    assert asked == [("r2", 12), ("r3", 8)] and done[fourth.out] == 8
+    before = config.with_overrides({"out": str(tmp_path / "r2b")})
+    lanes.train_lane("classifier", [before, fourth], 1, deadline=clock[0] + 170.0, quiet=True)
+    # The 170 s are shared 12:5 by the epochs each has left, priced at r3's recorded 10 s:
+    # r2b gets 11 epochs, r3 then 60 s, where 9 more would fit; it keeps the 8 it was
+    # re-planned to.
+    assert asked == [("r2b", 11), ("r3", 8)] and done[fourth.out] == 8
 
     # A resumed first run with no time left for an epoch (its own epochs measured it)
     # trains nothing: the checkpoint it has is what the end builds on.
@@ -430,6 +441,34 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     lanes.train_lane("classifier", [fifth], 1, deadline=clock[0] + 5.0, quiet=True)
     assert asked == [] and done[fifth.out] == 5
     assert "runs 1-1 not continued, no time left" in capsys.readouterr().out
+
+    # A resumed run with one epoch left finishes first, then the next seed takes the rest
+    # (an equal split of the window would have given it none and ended the lane).
+    asked.clear()
+    q0 = resumed("q0", 7, 8)
+    q1 = config.with_overrides({"epochs": 8, "out": str(tmp_path / "q1")})
+    start = clock[0]
+    lanes.train_lane(
+        "classifier", [q0.with_overrides({"epochs": 8}), q1], 1, deadline=start + 90.0, quiet=True
+    )
+    assert asked == [("q0", 8), ("q1", 7)] and done[q0.out] == 8
+
+    # A run lengthened by an earlier command (12 of a planned 6) keeps that length.
+    asked.clear()
+    long = resumed("l0", 8, 12).with_overrides({"epochs": 6})
+    lanes.train_lane("classifier", [long], 1, deadline=clock[0] + 100.0, quiet=True)
+    assert asked == [("l0", 12)] and done[long.out] == 12
+
+    # Seeds already started are never dropped (the build would take their checkpoints):
+    # with finished runs before it and 40 s left, the run at 3 of 6 finishes, the fresh
+    # seed after it is dropped.
+    asked.clear()
+    six = config.with_overrides({"epochs": 6})
+    runs = [resumed(f"d{k}", n, 6).with_overrides({"epochs": 6}) for k, n in enumerate((6, 6, 3))]
+    runs.append(six.with_overrides({"out": str(tmp_path / "d3")}))
+    lanes.train_lane("classifier", runs, 1, deadline=clock[0] + 40.0, quiet=True)
+    assert asked == [("d2", 6)] and done[runs[2].out] == 6 and runs[3].out not in done
+    assert "run(s) 4-4 dropped" in capsys.readouterr().out
 
     # Epochs that ran short: a later run not yet started takes the time the first left,
     # up to twice its planned length (15 epochs of 10 s would fit its 160 s share).
@@ -532,6 +571,7 @@ def test_a_lane_process_ends_when_its_driver_is_killed(tmp_path):
         except (FileNotFoundError, IndexError):
             return False
 
+    pid = None
     try:
         pid = int(parent.stdout.readline())
         time.sleep(0.5)
@@ -544,3 +584,5 @@ def test_a_lane_process_ends_when_its_driver_is_killed(tmp_path):
         assert not alive(pid), "the lane outlived its killed driver"
     finally:
         parent.kill()
+        if pid is not None and alive(pid):  # a failed watch leaves no process behind
+            os.kill(pid, signal.SIGKILL)

@@ -124,3 +124,53 @@ def test_a_cluster_without_a_cpu_is_refused_before_anything_trains(tmp_path, mon
     )
     assert code == 2 and "no node with a CPU" in capsys.readouterr().err
     assert not (out / "run.json").exists() and not Path(out, "seg").exists()
+
+
+def test_a_cluster_run_rerun_on_one_machine_is_refused_and_the_reverse(tmp_path):
+    from melanoma_cli.run import RunRecord
+
+    inputs = {"data": "d", "budget_s": 60.0, "seed": 0, "experiments": {}}
+    RunRecord(tmp_path, {**inputs, "address": "auto"}).save()
+    with pytest.raises(ValueError, match="address: 'auto' then, None now"):
+        RunRecord(tmp_path, inputs)
+    local = tmp_path / "local"
+    RunRecord(local, inputs).save()
+    with pytest.raises(ValueError, match="address: None then, 'auto' now"):
+        RunRecord(local, {**inputs, "address": "auto"})
+    assert RunRecord(local, inputs).data["inputs"] == inputs
+
+
+def test_each_lane_process_watches_the_driver_that_started_it(monkeypatch):
+    """run_lanes starts its lanes as _lane_process with its own pid, and a lane process
+    starts the watch on that pid before it trains."""
+    from types import SimpleNamespace
+
+    from melanoma_cli import lanes
+
+    calls = []
+    monkeypatch.setattr(lanes, "exit_with_parent", lambda pid: calls.append(("watch", pid)))
+    monkeypatch.setattr(lanes, "train_lane", lambda *a: calls.append(("train", a[0])))
+    lanes._lane_process(4242, "segmenter", [], 1, 0.0, True)
+    assert calls == [("watch", 4242), ("train", "segmenter")]
+
+    started = []
+
+    class Process:
+        def __init__(self, target, args):
+            started.append((target, args))
+            self.exitcode = 0
+
+        def start(self):
+            pass
+
+        def join(self):
+            pass
+
+    monkeypatch.setattr(
+        lanes.multiprocessing, "get_context", lambda _: SimpleNamespace(Process=Process)
+    )
+    plan = SimpleNamespace(lanes=2, threads_per_lane=1, finish_s=0.0, budget_s=60.0)
+    lanes.run_lanes({"segmenter": [], "classifier": []}, plan, 60.0, True)
+    import os
+
+    assert [(t, a[0]) for t, a in started] == [(lanes._lane_process, os.getpid())] * 2
