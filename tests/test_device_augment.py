@@ -185,22 +185,7 @@ def test_training_augments_on_the_device_only_when_asked(tmp_path: Path, monkeyp
     monkeypatch.setattr(DeviceAugmentation, "__call__", counting)
 
     def run(on: str, name: str) -> list[int]:
-        config = TrainConfig.from_dict(
-            {
-                "task": "cls",
-                "epochs": 1,
-                "out": str(tmp_path / name),
-                "data": {
-                    "path": str(root),
-                    "image_size": 32,
-                    "batch_size": 8,
-                    "num_workers": 0,
-                    "val_fraction": 0.3,
-                    "augment_on": on,
-                },
-                "model": {"arch": "resnet18"},
-            }
-        )
+        config = _config(root, tmp_path / name, "cls", augment_on=on).with_overrides({"epochs": 1})
         batches: list[int] = []
         fit(config, Runtime(progress=False, on_batch=lambda e, b: batches.append(len(b["id"]))))
         return batches
