@@ -1,37 +1,102 @@
-"""`melanoma run --address`: the probe and the lanes as Ray tasks on a cluster's workers,
-one task per lane with that lane's cores (and GPU). More workers buy more classifier
-seeds trained at once, not a longer wait (search.plan.cluster_machine counts them).
+"""`melanoma run --address`: the probe, the lanes and the end (build, evaluation, export)
+as Ray tasks on a cluster's workers, one task per lane with that lane's cores (and GPU).
+More workers buy more classifier seeds trained at once, not a longer wait
+(search.plan.cluster_machine counts them from the nodes alive when the command starts).
 
-Every node must see ``--out`` and the data at the same paths (shared storage): the lanes
-write their runs there and the driver builds the cascade from them. The lanes' deadlines
-are wall-clock times, so the nodes' clocks must agree (NTP)."""
+Every node must see ``--out`` and the data at the same paths (shared storage): checked
+by a task before anything is probed. The lanes' deadlines are wall-clock times, so the
+nodes' clocks must agree (NTP)."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
+from melanoma_cli.probing import PROBE_TIMEOUT_S
 
-def connect_cluster(address: str):
+SHARED_CHECK = ".shared-check"
+
+
+def connect_cluster(address: str, on_gpu: bool = True):
     """Join the cluster (``auto`` or HOST:PORT; a Ray this process already started is
-    used as it is) and count its lanes from the alive nodes."""
+    used as it is: its own log_to_driver then decides whether the lanes' lines show)
+    and count its lanes from the alive nodes; ``on_gpu`` False (``device: cpu``) plans
+    without the GPUs."""
     import ray
 
     from search.plan import cluster_machine
     from search.runner import connect
 
     connect(address, log_to_driver=True)  # the lanes' epoch lines reach this terminal
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+    if not on_gpu:
+        nodes = [{k: v for k, v in n.items() if k != "GPU"} for n in nodes]
     return cluster_machine(nodes)
 
 
-def _options(machine) -> dict:
-    return {"num_cpus": machine.threads_per_lane, "num_gpus": 1 if machine.gpus else 0}
+def join(address: str, on_gpu: bool, out: Path, configs: dict):
+    """The cluster's machine, said, with its workers' view of ``out`` and the data
+    checked before anything is probed."""
+    machine = connect_cluster(address, on_gpu)
+    print(
+        f"[run] cluster {address}: {machine.cpus} CPUs, {machine.gpus} GPUs; "
+        f"{machine.lanes} lane(s) of {machine.threads_per_lane} thread(s)",
+        flush=True,
+    )
+    paths = sorted({v for c in configs.values() for v in c.path_values().values()})
+    check_shared(out, paths, machine)
+    return machine
+
+
+def options(plan_or_machine) -> dict:
+    """One lane's Ray resources, as the plan was made for (its threads, a GPU or not)."""
+    return {
+        "num_cpus": plan_or_machine.threads_per_lane,
+        "num_gpus": 1 if plan_or_machine.gpus else 0,
+    }
+
+
+def check_shared(out: Path, paths: list[str], machine) -> None:
+    """Refuse, before anything trains, a cluster whose workers do not see ``out`` (a
+    token this driver writes there) and the data ``paths`` at the same paths."""
+    import ray
+
+    out.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex
+    (out / SHARED_CHECK).write_text(token)
+
+    @ray.remote(max_retries=0)
+    def sees(out: str, paths: list[str]) -> list[str]:
+        check = Path(out) / SHARED_CHECK
+        missing = [p for p in paths if not Path(p).exists()]
+        if not check.is_file() or check.read_text() != token:
+            missing.insert(0, out)
+        return missing
+
+    ref = sees.options(**options(machine)).remote(str(out), paths)
+    try:
+        missing = ray.get(ref, timeout=PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise ValueError(
+            f"no worker took a lane's resources ({options(machine)}) within "
+            f"{PROBE_TIMEOUT_S} s; start the cluster's workers first (the lanes are counted "
+            "from the nodes alive when the command starts)"
+        ) from None
+    finally:
+        (out / SHARED_CHECK).unlink(missing_ok=True)
+    if missing:
+        raise ValueError(
+            f"a worker does not see {', '.join(missing)}: --out and the data must be on "
+            "storage every node of the cluster shares, at the same paths; nothing was trained"
+        )
 
 
 def measure_on_cluster(machine):
     """A ``measure`` for probing.probe: both models timed at once, each in a task with
-    one lane's resources on whichever worker Ray places it."""
+    one lane's resources on whichever worker Ray places it (not held side by side on
+    one node, as the one-machine probe is)."""
     import ray
 
     from melanoma_cli.probing import lane_costs
@@ -44,10 +109,17 @@ def measure_on_cluster(machine):
 
     def measure(configs: dict, threads: int, batch) -> dict:
         refs = {
-            t: timed.options(**_options(machine)).remote(configs[t], threads, batch)
-            for t in configs
+            t: timed.options(**options(machine)).remote(configs[t], threads, batch) for t in configs
         }
-        return {t: ray.get(ref) for t, ref in refs.items()}
+        try:
+            return {t: ray.get(ref, timeout=PROBE_TIMEOUT_S) for t, ref in refs.items()}
+        except ray.exceptions.GetTimeoutError:
+            for ref in refs.values():
+                ray.cancel(ref, force=True)
+            raise ValueError(
+                f"the probe got no timing within {PROBE_TIMEOUT_S} s on the cluster; "
+                "nothing was trained"
+            ) from None
 
     return measure
 
@@ -67,32 +139,10 @@ def lane_groups(lanes: dict[str, list], plan) -> list[tuple[str, list]]:
     return named
 
 
-def run_lanes_on_cluster(lanes: dict[str, list], plan, machine, seconds_left: float, quiet) -> None:
-    """Each lane a Ray task, all at once, ending in time for the plan's end; refused when
-    they finished but this node cannot see what they wrote."""
+def _wait(refs: dict) -> None:
+    """Every task's end; Ctrl-C cancels them (they would go on training on the cluster)."""
     import ray
 
-    from melanoma_cli.lanes import has_checkpoint, train_lane
-
-    finish_at = time.time() + seconds_left - plan.finish_s - plan.budget_s * 0.02
-
-    @ray.remote(max_retries=0)
-    def lane(name, configs, threads, deadline, quiet):
-        if name == "lane":  # one lane: the segmenter's time share, then the seeds
-            seg_share = plan.segmenter.seconds / (plan.segmenter.seconds + plan.classifier.seconds)
-            split = time.time() + seg_share * (deadline - time.time())
-            train_lane("segmenter", configs[:1], threads, split, quiet)
-            train_lane("classifier", configs[1:], threads, deadline, quiet)
-        else:
-            train_lane(name, configs, threads, deadline, quiet)
-
-    groups = lane_groups(lanes, plan)
-    refs = {
-        name: lane.options(**_options(machine)).remote(
-            name, configs, machine.threads_per_lane, finish_at, quiet
-        )
-        for name, configs in groups
-    }
     failed = []
     try:
         for name, ref in refs.items():
@@ -100,15 +150,58 @@ def run_lanes_on_cluster(lanes: dict[str, list], plan, machine, seconds_left: fl
                 ray.get(ref)
             except ray.exceptions.RayError as e:
                 failed.append(f"{name}: {e}")
-    except KeyboardInterrupt:  # the lanes would go on training on the cluster
+    except KeyboardInterrupt:
         for ref in refs.values():
             ray.cancel(ref, force=True)
         raise
     if failed:
-        raise ValueError(f"the {'; '.join(failed)} lane failed on the cluster")
-    runs = [lanes["segmenter"][0], *lanes["classifier"]]
-    if not any(has_checkpoint(c) for c in runs):
+        raise ValueError(f"the {'; '.join(failed)} task failed on the cluster")
+
+
+def run_lanes_on_cluster(lanes: dict[str, list], plan, seconds_left: float, quiet) -> None:
+    """Each lane a Ray task, all at once, ending in time for the plan's end; refused when
+    they finished but this node cannot see the segmenter's checkpoint."""
+    import ray
+
+    from melanoma_cli.lanes import has_checkpoint, train_lane
+
+    finish_at = time.time() + seconds_left - plan.finish_s - plan.budget_s * 0.02
+    seg_share = plan.segmenter.seconds / (plan.segmenter.seconds + plan.classifier.seconds)
+
+    # A lost worker's task is retried once: train_lane resumes its runs from last.pt.
+    @ray.remote(max_retries=1)
+    def lane(name, configs, threads, deadline, quiet):
+        if name == "lane":  # one lane: the segmenter's time share, then the seeds
+            split = time.time() + seg_share * (deadline - time.time())
+            train_lane("segmenter", configs[:1], threads, split, quiet)
+            train_lane("classifier", configs[1:], threads, deadline, quiet)
+        else:
+            train_lane(name, configs, threads, deadline, quiet)
+
+    _wait(
+        {
+            name: lane.options(**options(plan)).remote(
+                name, configs, plan.threads_per_lane, finish_at, quiet
+            )
+            for name, configs in lane_groups(lanes, plan)
+        }
+    )
+    seg = lanes["segmenter"][0]
+    if not has_checkpoint(seg):
         raise ValueError(
-            f"the lanes finished but {Path(runs[0].out).parent} holds no checkpoint on this "
-            "node: --out must be on storage every node of the cluster shares, at the same path"
+            f"the lanes finished but {seg.out} holds no checkpoint on this node: --out must "
+            "be on storage every node of the cluster shares, at the same path"
         )
+
+
+def on_cluster(plan):
+    """``call(fn, *args)`` running ``fn`` as a task with one lane's resources: the end
+    (build, evaluation, export) on a worker like the lanes', where the plan priced it."""
+    import ray
+
+    def call(fn, *args, **kwargs):
+        ref = ray.remote(max_retries=0)(fn).options(**options(plan)).remote(*args, **kwargs)
+        _wait({fn.__name__: ref})
+        return ray.get(ref)
+
+    return call

@@ -86,18 +86,29 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
             time.time(),
             deadline,
             tuple(max(0, n - r[0]) for n, r in zip(lengths, records, strict=True)),
-            tuple(r[0] == 0 for r in records),
+            # A run with any checkpoint is started (best.pt is written before last.pt):
+            # the build would take it, so it is never dropped.
+            tuple(
+                r[0] == 0 and not has_checkpoint(c) and not has_checkpoint(c, last=True)
+                for c, r in zip(configs[j:], records, strict=True)
+            ),
         )
         keep = lane.kept(measured)
         if keep < len(lane.remaining):
+            kept = lane.kept_runs(measured)
+            dropped = [c.out for k, c in enumerate(configs[j:]) if k not in kept]
             print(
-                f"[{name}] run(s) {j + keep + 1}-{len(configs)} dropped: an epoch takes "
-                f"{measured / 60:.1f} min, and the {keep} run(s) from run {j + 1} on get "
-                f"at least {RUN_EPOCHS} epochs each",
+                f"[{name}] dropped {', '.join(dropped)}: an epoch takes {measured / 60:.1f} "
+                f"min, and the {keep} run(s) from {configs[j].out} on get at least "
+                f"{RUN_EPOCHS} epochs each",
                 flush=True,
             )
-            configs = configs[: j + keep]
-            lane = replace(lane, remaining=lane.remaining[:keep], fresh=lane.fresh[:keep])
+            configs = configs[:j] + [configs[j + k] for k in kept]
+            lane = replace(
+                lane,
+                remaining=tuple(lane.remaining[k] for k in kept),
+                fresh=tuple(lane.fresh[k] for k in kept),
+            )
         config = configs[j].with_overrides({"epochs": lengths[0]})
         if measured:
             fits = epochs_that_fit(measured, lane.share(measured), done)
@@ -140,23 +151,29 @@ class LaneTime:
     fresh: tuple[bool, ...]
 
     def kept(self, epoch_s: float) -> int:
-        n = len(self.remaining)
+        return len(self.kept_runs(epoch_s))
+
+    def kept_runs(self, epoch_s: float) -> list[int]:
+        """The runs kept (indices into ``remaining``): fresh ones dropped from the end,
+        started ones always kept."""
+        keep = list(range(len(self.remaining)))
         if not epoch_s:
-            return n
+            return keep
         window = (self.deadline - self.start) / epoch_s
-        while n > 1 and self.fresh[n - 1]:
-            total = sum(self.remaining[:n])
+        for k in reversed(range(1, len(self.remaining))):
+            if not self.fresh[k]:
+                continue
+            total = sum(self.remaining[i] for i in keep) or 1
             # The run's whole epochs, less the stop for time's tenth (epochs_that_fit).
-            held = window * self.remaining[n - 1] / total - 0.1
-            if held >= min(RUN_EPOCHS, self.remaining[n - 1]):
+            held = window * self.remaining[k] / total - 0.1
+            if held >= min(RUN_EPOCHS, self.remaining[k]):
                 break
-            n -= 1
-        return n
+            keep.remove(k)
+        return keep
 
     def share(self, epoch_s: float) -> float:
         """When this run must end."""
-        n = self.kept(epoch_s)
-        total = sum(self.remaining[:n]) or 1
+        total = sum(self.remaining[k] for k in self.kept_runs(epoch_s)) or 1
         end = self.start + (self.deadline - self.start) * self.remaining[0] / total
         if not self.fresh[0] and epoch_s:  # a started run's own epochs come first
             end = max(end, self.start + (self.remaining[0] + 0.1) * epoch_s)

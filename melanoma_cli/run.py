@@ -85,7 +85,8 @@ class RunRecord:
         """Seconds a killed run spent in its unfinished stage: from the stage's start to
         the newest file the run wrote (its checkpoints and logs, written every epoch).
         Both times come from this machine's clock and files: an OUT copied without its
-        timestamps counts from whenever the copy was made."""
+        timestamps counts from whenever the copy was made, and on a cluster the file
+        times are the shared storage's, so its clock must agree with this one."""
         if self.running is None:
             return 0.0
         since = self.data["running"]["since"]
@@ -215,7 +216,7 @@ def run_pipeline(
     started = time.time() if started is None else started
     from melanoma.engine.loop import resolve_device
     from melanoma.files import write_json
-    from search.plan import Machine, Plan, make_plan, parse_budget
+    from search.plan import Machine, Plan, check_machine, make_plan, parse_budget
 
     out = Path(out)
     experiments = experiments or EXPERIMENTS
@@ -237,18 +238,13 @@ def run_pipeline(
             flush=True,
         )
     clock = Clock(budget_s, record.spent_s + time.time() - started)
+    # GPUs only when the runs train on one: `device: cpu` plans as a CPU machine.
+    on_gpu = str(resolve_device(configs["cls"].device)).startswith("cuda")
     if address:
-        from melanoma_cli.cluster import connect_cluster, measure_on_cluster, run_lanes_on_cluster
+        from melanoma_cli import cluster
 
-        machine = connect_cluster(address)
-        print(
-            f"[run] cluster {address}: {machine.cpus} CPUs, {machine.gpus} GPUs; "
-            f"{machine.lanes} lane(s) of {machine.threads_per_lane} thread(s)",
-            flush=True,
-        )
+        machine = cluster.join(address, on_gpu, out, configs)
     else:
-        # GPUs only when the runs train on one: `device: cpu` plans as a CPU machine.
-        on_gpu = str(resolve_device(configs["cls"].device)).startswith("cuda")
         machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus() if on_gpu else 0)
 
     def stage(name: str, planned: float | None, work):
@@ -265,13 +261,14 @@ def run_pipeline(
     found = stage("check", None, lambda: check_data(configs["cls"]))
 
     def planning():
-        measure = measure_on_cluster(machine) if address else None
+        measure = cluster.measure_on_cluster(machine) if address else None
         costs = probe(configs, found, machine, measure=measure)
         plan = make_plan(budget_s, machine, costs, clock.elapsed())
         return {"plan": plan.to_dict(), "costs": asdict(costs)}
 
     planned = stage("plan", None, planning)
     plan = Plan.from_dict(planned["plan"])
+    check_machine(plan, machine)
     write_json(out / PLAN_FILE, planned)
     print_plan(plan, planned["costs"])
     # On a cluster each lane's task is given its own GPU: no device to pin here.
@@ -280,19 +277,21 @@ def run_pipeline(
 
     def train() -> None:
         if address:
-            return run_lanes_on_cluster(lanes, plan, machine, clock.left(), quiet)
+            return cluster.run_lanes_on_cluster(lanes, plan, clock.left(), quiet)
         return run_lanes(lanes, plan, clock.left(), quiet)
 
     stage("train", train_s, train)
-    return finish(out, plan, lanes, clock, record, stage)
+    return finish(
+        out, plan, lanes, clock, record, stage, cluster.on_cluster(plan) if address else None
+    )
 
 
-def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage) -> dict:
-    """Build, evaluate once, export, and the summary."""
-    from melanoma.cascade.build import build_cascade
+def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage, call=None) -> dict:
+    """Build, evaluate once, export, and the summary; each stage through ``call(fn, ...)``
+    (default: here; on a cluster, a task on a worker like the lanes')."""
     from melanoma.cascade.evaluate import evaluate_cascade
-    from melanoma.export import export_cascade
 
+    call = call or (lambda fn, *a, **k: fn(*a, **k))
     cascade, export = out / "cascade", out / "export"
     # The runs that trained (a lane cut down for time may not have started its last ones).
     clss = [Path(c.out) for c in lanes["classifier"] if has_checkpoint(c)]
@@ -302,25 +301,27 @@ def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage)
         # Training ran long: the eight-view end would not fit what is left.
         print(f"[run] re-planned: TTA off, {mmss(clock.left())} left for the end", flush=True)
         tta = False
-    stage(
-        "build",
-        share,
-        lambda: bool(
-            build_cascade(
-                [Path(lanes["segmenter"][0].out)],
-                clss,
-                cascade,
-                # A seed ensemble averaged, as the budget curve measured it: weights
-                # fitted on the validation melanomas would be noise.
-                cls_weights="equal",
-                tta="auto" if tta else "off",
-            )
-        ),
-    )
-    report = stage("evaluate", share, lambda: evaluate_cascade(cascade))
-    stage("export", share, lambda: bool(export_cascade(cascade, export, int8=True)))
+    segs = [Path(lanes["segmenter"][0].out)]
+    stage("build", share, lambda: call(_build, segs, clss, cascade, tta))
+    report = stage("evaluate", share, lambda: call(evaluate_cascade, cascade))
+    stage("export", share, lambda: call(_export, cascade, export))
     summary(out, plan, record, report, clock)
     return report
+
+
+def _build(segs: list[Path], clss: list[Path], cascade: Path, tta: bool) -> bool:
+    from melanoma.cascade.build import build_cascade
+
+    # A seed ensemble averaged, as the budget curve measured it: weights fitted on the
+    # validation melanomas would be noise.
+    built = build_cascade(segs, clss, cascade, cls_weights="equal", tta="auto" if tta else "off")
+    return bool(built)
+
+
+def _export(cascade: Path, export: Path) -> bool:
+    from melanoma.export import export_cascade
+
+    return bool(export_cascade(cascade, export, int8=True))
 
 
 def summary(out: Path, plan, record: RunRecord, report: dict, clock: Clock) -> None:

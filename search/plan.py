@@ -171,6 +171,7 @@ class Plan:
     tta: bool
     finish_s: float
     notes: tuple[str, ...] = ()
+    gpus: int = 0  # of the machine planned for (plans written before 2026-12-08: 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,14 +211,22 @@ def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 
     notes = []
     if machine.lanes == 1:
         notes.append("one lane: the segmenter, then the classifier, on the whole machine")
+    # The size and the cut-down advice come from two lanes' worth of the machine; more
+    # classifier lanes then add seeds at that size only where both models keep the
+    # epochs the plan aims for (their end scores every member: it must not cost the
+    # segmenter its size).
+    narrow = _two_lanes(machine)
     for size in sorted(plan_sizes(machine), reverse=True):
-        fits = _lanes_at(size, left, machine, costs)
+        fits = _lanes_at(size, left, narrow, costs)
         if fits is not None and min(fits[0].epochs, fits[1].epochs) >= MIN_EPOCHS:
+            wide = _lanes_at(size, left, machine, costs) if narrow != machine else None
+            if wide is not None and min(wide[0].epochs, wide[1].epochs) >= MIN_EPOCHS:
+                fits = wide
             break
     else:
         size = SIZES[0]
-        fits = _lanes_at(size, left, machine, costs)
-        need = _needed_s(size, MIN_EPOCHS, machine, costs) + spent_s
+        fits = _lanes_at(size, left, narrow, costs)
+        need = _needed_s(size, MIN_EPOCHS, narrow, costs) + spent_s
         if fits is None or min(fits[0].epochs, fits[1].epochs) < 2:
             raise PlanError(
                 f"--budget {budget_s / 60:.0f}m leaves {max(left, 0) / 60:.1f} min to train "
@@ -240,7 +249,28 @@ def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 
         tta,
         finish,
         tuple(notes),
+        machine.gpus,
     )
+
+
+def check_machine(plan: Plan, machine: Machine) -> None:
+    """Refuse to train a stored plan on a machine of another shape (lanes, threads, GPU
+    or not): its sizes, epochs and lanes were priced for the one it was made on."""
+    made = (plan.lanes, plan.threads_per_lane, bool(plan.gpus))
+    now = (machine.lanes, machine.threads_per_lane, bool(machine.gpus))
+    if made != now:
+        what = "lanes, threads per lane, GPUs"
+        raise PlanError(
+            f"the stored plan was made for {made} ({what}), this machine or cluster is {now}; "
+            "rerun it where it was planned, or pass --out NEW_DIR"
+        )
+
+
+def _two_lanes(machine: Machine) -> Machine:
+    """``machine`` with at most one classifier lane (a cluster's lanes cut to two)."""
+    if machine.cluster_lanes > 2:
+        return Machine(machine.cpus, machine.gpus, 2, machine.cluster_threads)
+    return machine
 
 
 def plan_sizes(machine: Machine) -> tuple[int, ...]:

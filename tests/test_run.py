@@ -393,7 +393,7 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
         "classifier", seeds, 1, deadline=start + (2 * RUN_EPOCHS + 1) * 10.0, quiet=True
     )
     assert asked == [("a0", 12), ("a0", RUN_EPOCHS), ("a1", RUN_EPOCHS)]
-    assert seeds[2].out not in done and "run(s) 3-3 dropped" in capsys.readouterr().out
+    assert seeds[2].out not in done and f"dropped {seeds[2].out}" in capsys.readouterr().out
 
     # Exactly two runs of RUN_EPOCHS in the window: with the stop-for-time margin each
     # would get RUN_EPOCHS - 1, so the second is dropped and the first holds the window.
@@ -428,11 +428,11 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     fourth = resumed("r3", 3, 8)
     assert lanes.recorded_epochs(fourth) == (3, 8, 10.0)
     before = config.with_overrides({"out": str(tmp_path / "r2b")})
-    lanes.train_lane("classifier", [before, fourth], 1, deadline=clock[0] + 170.0, quiet=True)
-    # The 170 s are shared 12:5 by the epochs each has left, priced at r3's recorded 10 s:
-    # r2b gets 11 epochs, r3 then 60 s, where 9 more would fit; it keeps the 8 it was
+    lanes.train_lane("classifier", [before, fourth], 1, deadline=clock[0] + 220.0, quiet=True)
+    # The 220 s are shared 12:5 by the epochs each has left, priced at r3's recorded 10 s:
+    # r2b gets 15 epochs, r3 then 70 s, where 9 would fit; it keeps the 8 it was
     # re-planned to.
-    assert asked == [("r2b", 11), ("r3", 8)] and done[fourth.out] == 8
+    assert asked == [("r2b", 15), ("r3", 8)] and done[fourth.out] == 8
 
     # A resumed first run with no time left for an epoch (its own epochs measured it)
     # trains nothing: the checkpoint it has is what the end builds on.
@@ -443,7 +443,7 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     assert "runs 1-1 not continued, no time left" in capsys.readouterr().out
 
     # A resumed run with one epoch left finishes first, then the next seed takes the rest
-    # (an equal split of the window would have given it none and ended the lane).
+    # (the 1:8 split of the window by epochs left would have given it none).
     asked.clear()
     q0 = resumed("q0", 7, 8)
     q1 = config.with_overrides({"epochs": 8, "out": str(tmp_path / "q1")})
@@ -468,7 +468,17 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     runs.append(six.with_overrides({"out": str(tmp_path / "d3")}))
     lanes.train_lane("classifier", runs, 1, deadline=clock[0] + 40.0, quiet=True)
     assert asked == [("d2", 6)] and done[runs[2].out] == 6 and runs[3].out not in done
-    assert "run(s) 4-4 dropped" in capsys.readouterr().out
+    assert f"dropped {runs[3].out}" in capsys.readouterr().out
+
+    # A started seed after the current run is kept however short the time: the fresh one
+    # after it is dropped instead (its 6 epochs would get 2 of the 60 s).
+    asked.clear()
+    f0 = six.with_overrides({"out": str(tmp_path / "f0")})
+    g1 = resumed("g1", 3, 6).with_overrides({"epochs": 6})
+    f2 = six.with_overrides({"out": str(tmp_path / "f2")})
+    lanes.train_lane("classifier", [f0, g1, f2], 1, deadline=clock[0] + 60.0, quiet=True)
+    assert asked == [("f0", 3), ("g1", 5)] and f2.out not in done
+    assert f"dropped {f2.out}" in capsys.readouterr().out
 
     # Epochs that ran short: a later run not yet started takes the time the first left,
     # up to twice its planned length (15 epochs of 10 s would fit its 160 s share).

@@ -11,9 +11,12 @@ import pytest
 
 from search.plan import (
     MAX_RUNS,
+    MIN_EPOCHS,
+    SLACK,
     Costs,
     Machine,
     PlanError,
+    check_machine,
     cluster_machine,
     make_plan,
 )
@@ -42,9 +45,9 @@ def test_more_workers_buy_seeds_trained_at_once_not_a_longer_wait():
     wide = make_plan(90 * 60, Machine(8, 0, 4, 1), COSTS)  # three classifier lanes
     assert wide.size == one.size
     # The end scores every member, so more seeds reserve a longer end, paid for by at most
-    # one segmenter epoch here.
+    # one segmenter epoch here, never below the epochs the plan aims for.
     assert wide.finish_s > one.finish_s
-    assert one.segmenter.epochs - 1 <= wide.segmenter.epochs <= one.segmenter.epochs
+    assert max(MIN_EPOCHS, one.segmenter.epochs - 1) <= wide.segmenter.epochs
     assert wide.classifier.runs > one.classifier.runs and "3 lanes at once" in wide.classifier.why
     for p in (one, wide):
         assert max(p.segmenter.seconds, p.classifier.seconds) + p.finish_s <= p.budget_s
@@ -52,6 +55,35 @@ def test_more_workers_buy_seeds_trained_at_once_not_a_longer_wait():
     per_lane = -(-wide.classifier.runs // 3)
     run_s = COSTS.start_s() + wide.classifier.epochs * COSTS.epoch_s("cls", wide.size)
     assert wide.classifier.seconds == pytest.approx(per_lane * run_s)
+
+
+@pytest.mark.parametrize("lanes", [3, 4, 6])
+def test_more_lanes_never_cost_the_size_or_the_aim_at_any_budget(lanes):
+    """Extra classifier lanes add seeds at the size two lanes plan, only where both
+    models keep MIN_EPOCHS: a sweep of budgets, from cut-down ones to long ones."""
+    wide_machine = Machine(2 * lanes, 0, lanes, 1)
+    for minutes in range(12, 900, 11):
+        one = make_plan(minutes * 60, Machine(2), COSTS)
+        wide = make_plan(minutes * 60, wide_machine, COSTS)
+        assert wide.size == one.size, minutes
+        assert wide.classifier.runs >= one.classifier.runs, minutes
+        assert wide.notes == one.notes or not one.notes, minutes
+        if wide.classifier.runs > one.classifier.runs:
+            assert min(wide.segmenter.epochs, wide.classifier.epochs) >= MIN_EPOCHS, minutes
+        else:  # the same seeds, side by side: each as long or longer
+            assert wide.segmenter == one.segmenter, minutes
+            assert wide.classifier.epochs >= one.classifier.epochs, minutes
+        longest = max(wide.segmenter.seconds, wide.classifier.seconds)
+        assert longest + wide.finish_s <= wide.budget_s * (1 - SLACK), minutes
+
+
+def test_a_stored_plan_is_refused_on_a_machine_of_another_shape():
+    plan = make_plan(90 * 60, Machine(2), COSTS)
+    check_machine(plan, Machine(2))
+    check_machine(plan, cluster_machine([{"CPU": 2}]))  # the same shape
+    for other in (Machine(8, 0, 4, 1), Machine(16, gpus=1), Machine(1)):
+        with pytest.raises(PlanError, match="stored plan was made for .* pass --out NEW_DIR"):
+            check_machine(plan, other)
 
 
 def test_seeds_are_dealt_round_robin_to_the_classifier_lanes():
@@ -82,15 +114,26 @@ def own_ray(tmp_path):
     which ``--address auto`` then uses as it is."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=True, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=0, log_to_driver=False)
     yield
     ray.shutdown()
 
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_run_on_a_cluster_trains_its_lanes_as_tasks_within_the_budget(own_ray, tmp_path, capsys):
-    from melanoma_cli import main
+def test_run_on_a_cluster_trains_its_lanes_as_tasks_within_the_budget(
+    own_ray, tmp_path, capsys, monkeypatch
+):
+    from melanoma_cli import lanes, main
+    from melanoma_cli.cluster import check_shared
+
+    def here(*a, **k):
+        raise AssertionError("the lanes trained in this process, not as Ray tasks")
+
+    monkeypatch.setattr(lanes, "run_lanes", here)
+    # Workers that do not see a path are refused before anything trains.
+    with pytest.raises(ValueError, match="does not see /nowhere/isic.*nothing was trained"):
+        check_shared(tmp_path / "shared", ["/nowhere/isic"], cluster_machine([{"CPU": 2}]))
 
     budget_s = 300
     out = tmp_path / "run"
@@ -114,7 +157,7 @@ def test_a_cluster_without_a_cpu_is_refused_before_anything_trains(tmp_path, mon
     import melanoma_cli.cluster as cluster
     from melanoma_cli import main
 
-    def no_workers(address):
+    def no_workers(address, on_gpu):
         return cluster_machine([])
 
     monkeypatch.setattr(cluster, "connect_cluster", no_workers)
