@@ -7,6 +7,7 @@ written next to the outputs. Plain dicts exist only at the edges (YAML, CLI, Ray
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from pathlib import Path
@@ -157,7 +158,9 @@ def load_yaml(path: Path) -> dict:
 def dump_yaml(data: dict, path: Path) -> None:
     """Written atomically: a killed run leaves the previous file whole (melanoma run reads
     a run's planned length from its config.yaml on resume)."""
-    from melanoma.files import write_text
-
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_text(Path(path), yaml.safe_dump(data, sort_keys=False))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # melanoma.files sits above this layer: the same rename, written here.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+    os.replace(tmp, path)

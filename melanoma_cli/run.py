@@ -16,8 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from melanoma_cli.common import deprecated
-from melanoma_cli.lanes import has_checkpoint, lane_configs, mmss, run_lanes
+from melanoma_cli.lanes import lane_configs, mmss, run_lanes
 from melanoma_cli.probing import probe
+from melanoma_cli.run_end import finish
 
 RUN_FILE = "run.json"
 PLAN_FILE = "plan.json"
@@ -193,6 +194,20 @@ def print_plan(plan, costs: dict) -> None:
         print(f"[plan] {note}", flush=True)
 
 
+def _machine(address: str | None, configs: dict, out: Path):
+    """This machine, or the cluster at ``address``; GPUs only when the runs train on one
+    (`device: cpu` plans as a CPU machine)."""
+    from melanoma.engine.loop import resolve_device
+    from search.plan import Machine
+
+    on_gpu = str(resolve_device(configs["cls"].device)).startswith("cuda")
+    if address:
+        from melanoma_cli import cluster
+
+        return cluster.join(address, on_gpu, out, configs)
+    return Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus() if on_gpu else 0)
+
+
 def _gpus() -> int:
     import torch
 
@@ -214,9 +229,8 @@ def run_pipeline(
     the budget counts from ``started`` (default: now), plus what earlier runs spent. With
     ``address``, the probe and the lanes run on that Ray cluster (melanoma_cli.cluster)."""
     started = time.time() if started is None else started
-    from melanoma.engine.loop import resolve_device
     from melanoma.files import write_json
-    from search.plan import Machine, Plan, check_machine, make_plan, parse_budget
+    from search.plan import Plan, check_machine, make_plan, parse_budget
 
     out = Path(out)
     experiments = experiments or EXPERIMENTS
@@ -238,14 +252,9 @@ def run_pipeline(
             flush=True,
         )
     clock = Clock(budget_s, record.spent_s + time.time() - started)
-    # GPUs only when the runs train on one: `device: cpu` plans as a CPU machine.
-    on_gpu = str(resolve_device(configs["cls"].device)).startswith("cuda")
+    machine = _machine(address, configs, out)
     if address:
         from melanoma_cli import cluster
-
-        machine = cluster.join(address, on_gpu, out, configs)
-    else:
-        machine = Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus() if on_gpu else 0)
 
     def stage(name: str, planned: float | None, work):
         if record.done(name):
@@ -284,65 +293,6 @@ def run_pipeline(
     return finish(
         out, plan, lanes, clock, record, stage, cluster.on_cluster(plan) if address else None
     )
-
-
-def finish(out: Path, plan, lanes: dict, clock: Clock, record: RunRecord, stage, call=None) -> dict:
-    """Build, evaluate once, export, and the summary; each stage through ``call(fn, ...)``
-    (default: here; on a cluster, a task on a worker like the lanes')."""
-    from melanoma.cascade.evaluate import evaluate_cascade
-
-    call = call or (lambda fn, *a, **k: fn(*a, **k))
-    cascade, export = out / "cascade", out / "export"
-    # The runs that trained (a lane cut down for time may not have started its last ones).
-    clss = [Path(c.out) for c in lanes["classifier"] if has_checkpoint(c)]
-    share = plan.finish_s / 3
-    tta = plan.tta
-    if tta and not record.done("build") and clock.left() < plan.finish_s:
-        # Training ran long: the eight-view end would not fit what is left.
-        print(f"[run] re-planned: TTA off, {mmss(clock.left())} left for the end", flush=True)
-        tta = False
-    segs = [Path(lanes["segmenter"][0].out)]
-    stage("build", share, lambda: call(_build, segs, clss, cascade, tta))
-    report = stage("evaluate", share, lambda: call(evaluate_cascade, cascade))
-    stage("export", share, lambda: call(_export, cascade, export))
-    summary(out, plan, record, report, clock)
-    return report
-
-
-def _build(segs: list[Path], clss: list[Path], cascade: Path, tta: bool) -> bool:
-    from melanoma.cascade.build import build_cascade
-
-    # A seed ensemble averaged, as the budget curve measured it: weights fitted on the
-    # validation melanomas would be noise.
-    built = build_cascade(segs, clss, cascade, cls_weights="equal", tta="auto" if tta else "off")
-    return bool(built)
-
-
-def _export(cascade: Path, export: Path) -> bool:
-    from melanoma.export import export_cascade
-
-    return bool(export_cascade(cascade, export, int8=True))
-
-
-def summary(out: Path, plan, record: RunRecord, report: dict, clock: Clock) -> None:
-    c = report["classification"]
-    seg = report.get("segmentation", {})
-    print(f"\n[run] finished in {mmss(clock.elapsed())} of a {mmss(plan.budget_s)} budget")
-    print("| stage | planned | actual |\n| --- | --- | --- |")
-    for name, s in record.data["stages"].items():
-        planned = "-" if s["planned_s"] is None else mmss(s["planned_s"])
-        print(f"| {name} | {planned} | {mmss(s['actual_s'])} |")
-    auc = c["auc"]
-    jac = seg.get("jaccard", {})
-    print(
-        f"test AUC {auc['value']:.3f} (95% CI {auc['low']:.3f}-{auc['high']:.3f})"
-        + (f", lesion Jaccard {jac['value']:.3f}" if jac else "")
-        + f"; on {c.get('n', '?')} test images nothing chose on"
-    )
-    print(f"report:       {out / 'cascade' / 'report.md'}")
-    print(f"model card:   {out / 'export' / 'MODEL_CARD.md'}")
-    print(f"TensorBoard:  tensorboard --logdir {out}")
-    print(f"exported:     {out / 'export'} (melanoma predict {out / 'export'} IMAGES...)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
