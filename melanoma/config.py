@@ -10,6 +10,7 @@ import dataclasses
 import os
 import types
 import typing
+import uuid
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -161,6 +162,9 @@ def dump_yaml(data: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # melanoma.files sits above this layer: the same rename, written here.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

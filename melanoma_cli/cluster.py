@@ -66,7 +66,7 @@ def check_shared(out: Path, paths: list[str], machine) -> None:
     token = uuid.uuid4().hex
     (out / SHARED_CHECK).write_text(token)
 
-    @ray.remote(max_retries=0)
+    @ray.remote(max_retries=0, num_cpus=0)
     def sees(out: str, paths: list[str]) -> list[str]:
         check = Path(out) / SHARED_CHECK
         missing = [p for p in paths if not Path(p).exists()]
@@ -74,15 +74,24 @@ def check_shared(out: Path, paths: list[str], machine) -> None:
             missing.insert(0, out)
         return missing
 
-    ref = sees.options(**options(machine)).remote(str(out), paths)
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # One task pinned to every alive node: any of them may take a lane.
+    refs = [
+        sees.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(str(out), paths)
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
     try:
-        missing = ray.get(ref, timeout=PROBE_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
-        ray.cancel(ref, force=True)
+        missing = sorted({p for m in ray.get(refs, timeout=PROBE_TIMEOUT_S) for p in m})
+    except (ray.exceptions.GetTimeoutError, ray.exceptions.RayError) as e:
+        for ref in refs:
+            ray.cancel(ref, force=True)
         raise ValueError(
-            f"no worker took a lane's resources ({options(machine)}) within "
-            f"{PROBE_TIMEOUT_S} s; start the cluster's workers first (the lanes are counted "
-            "from the nodes alive when the command starts)"
+            f"the cluster's nodes did not answer the shared-storage check within "
+            f"{PROBE_TIMEOUT_S} s ({type(e).__name__}); check its workers; nothing was trained"
         ) from None
     finally:
         (out / SHARED_CHECK).unlink(missing_ok=True)
@@ -186,11 +195,13 @@ def run_lanes_on_cluster(lanes: dict[str, list], plan, seconds_left: float, quie
             for name, configs in lane_groups(lanes, plan)
         }
     )
-    seg = lanes["segmenter"][0]
-    if not has_checkpoint(seg):
+    # Each lane's first run trains at least an epoch (it is never dropped).
+    firsts = [configs[0] for _, configs in lane_groups(lanes, plan)]
+    unseen = [c.out for c in firsts if not has_checkpoint(c)]
+    if unseen:
         raise ValueError(
-            f"the lanes finished but {seg.out} holds no checkpoint on this node: --out must "
-            "be on storage every node of the cluster shares, at the same path"
+            f"the lanes finished but {', '.join(unseen)} hold no checkpoint on this node: "
+            "--out must be on storage every node of the cluster shares, at the same path"
         )
 
 

@@ -99,8 +99,7 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
             dropped = [c.out for k, c in enumerate(configs[j:]) if k not in kept]
             print(
                 f"[{name}] dropped {', '.join(dropped)}: an epoch takes {measured / 60:.1f} "
-                f"min, and the {keep} run(s) from {configs[j].out} on get at least "
-                f"{RUN_EPOCHS} epochs each",
+                f"min, too long for {RUN_EPOCHS} epochs of each seed not yet started",
                 flush=True,
             )
             configs = configs[:j] + [configs[j + k] for k in kept]
@@ -114,7 +113,7 @@ def train_lane(name: str, configs: list, threads: int, deadline: float, quiet: b
             fits = epochs_that_fit(measured, lane.share(measured), done)
             if fits <= done:
                 print(
-                    f"[{name}] cut down: runs {j + 1}-{len(configs)} not "
+                    f"[{name}] cut down: {', '.join(c.out for c in configs[j:])} not "
                     f"{'continued' if done else 'started'}, no time left for an epoch of them",
                     flush=True,
                 )

@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from melanoma_cli import cluster
 from melanoma_cli.common import deprecated
 from melanoma_cli.lanes import lane_configs, mmss, run_lanes
 from melanoma_cli.probing import probe
@@ -202,8 +203,6 @@ def _machine(address: str | None, configs: dict, out: Path):
 
     on_gpu = str(resolve_device(configs["cls"].device)).startswith("cuda")
     if address:
-        from melanoma_cli import cluster
-
         return cluster.join(address, on_gpu, out, configs)
     return Machine(cpus=multiprocessing.cpu_count(), gpus=_gpus() if on_gpu else 0)
 
@@ -253,8 +252,6 @@ def run_pipeline(
         )
     clock = Clock(budget_s, record.spent_s + time.time() - started)
     machine = _machine(address, configs, out)
-    if address:
-        from melanoma_cli import cluster
 
     def stage(name: str, planned: float | None, work):
         if record.done(name):

@@ -171,7 +171,7 @@ class Plan:
     tta: bool
     finish_s: float
     notes: tuple[str, ...] = ()
-    gpus: int = 0  # of the machine planned for (plans written before 2026-12-08: 0)
+    gpus: int | None = None  # of the machine planned for (None: a plan from before 2026-12-08)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,9 +219,11 @@ def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 
     for size in sorted(plan_sizes(machine), reverse=True):
         fits = _lanes_at(size, left, narrow, costs)
         if fits is not None and min(fits[0].epochs, fits[1].epochs) >= MIN_EPOCHS:
-            wide = _lanes_at(size, left, machine, costs) if narrow != machine else None
-            if wide is not None and min(wide[0].epochs, wide[1].epochs) >= MIN_EPOCHS:
-                fits = wide
+            for lanes in range(machine.lanes, narrow.lanes, -1):  # the widest that holds
+                wide = _lanes_at(size, left, _with_lanes(machine, lanes), costs)
+                if wide is not None and min(wide[0].epochs, wide[1].epochs) >= MIN_EPOCHS:
+                    fits = wide
+                    break
             break
     else:
         size = SIZES[0]
@@ -256,8 +258,12 @@ def make_plan(budget_s: float, machine: Machine, costs: Costs, spent_s: float = 
 def check_machine(plan: Plan, machine: Machine) -> None:
     """Refuse to train a stored plan on a machine of another shape (lanes, threads, GPU
     or not): its sizes, epochs and lanes were priced for the one it was made on."""
-    made = (plan.lanes, plan.threads_per_lane, bool(plan.gpus))
-    now = (machine.lanes, machine.threads_per_lane, bool(machine.gpus))
+    made = (plan.lanes, plan.threads_per_lane, None if plan.gpus is None else bool(plan.gpus))
+    now = (
+        machine.lanes,
+        machine.threads_per_lane,
+        None if plan.gpus is None else bool(machine.gpus),
+    )
     if made != now:
         what = "lanes, threads per lane, GPUs"
         raise PlanError(
@@ -268,9 +274,14 @@ def check_machine(plan: Plan, machine: Machine) -> None:
 
 def _two_lanes(machine: Machine) -> Machine:
     """``machine`` with at most one classifier lane (a cluster's lanes cut to two)."""
-    if machine.cluster_lanes > 2:
-        return Machine(machine.cpus, machine.gpus, 2, machine.cluster_threads)
-    return machine
+    return _with_lanes(machine, 2) if machine.cluster_lanes > 2 else machine
+
+
+def _with_lanes(machine: Machine, lanes: int) -> Machine:
+    """A cluster ``machine`` planned as if it had ``lanes`` lanes (its extra ones idle)."""
+    if not machine.cluster_lanes:
+        return machine
+    return Machine(machine.cpus, machine.gpus, lanes, machine.cluster_threads)
 
 
 def plan_sizes(machine: Machine) -> tuple[int, ...]:

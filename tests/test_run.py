@@ -440,7 +440,7 @@ def test_a_lane_whose_epochs_run_long_is_replanned_to_the_epochs_that_fit(
     fifth = resumed("r4", 5, 12)
     lanes.train_lane("classifier", [fifth], 1, deadline=clock[0] + 5.0, quiet=True)
     assert asked == [] and done[fifth.out] == 5
-    assert "runs 1-1 not continued, no time left" in capsys.readouterr().out
+    assert f"cut down: {fifth.out} not continued, no time left" in capsys.readouterr().out
 
     # A resumed run with one epoch left finishes first, then the next seed takes the rest
     # (the 1:8 split of the window by epochs left would have given it none).

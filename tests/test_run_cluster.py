@@ -84,6 +84,12 @@ def test_a_stored_plan_is_refused_on_a_machine_of_another_shape():
     for other in (Machine(8, 0, 4, 1), Machine(16, gpus=1), Machine(1)):
         with pytest.raises(PlanError, match="stored plan was made for .* pass --out NEW_DIR"):
             check_machine(plan, other)
+    # A plan.json written before plans said their GPUs resumes on the machine that made it.
+    from search.plan import Plan
+
+    on_gpu = make_plan(90 * 60, Machine(16, gpus=1), COSTS).to_dict()
+    del on_gpu["gpus"]
+    check_machine(Plan.from_dict(on_gpu), Machine(16, gpus=1))
 
 
 def test_seeds_are_dealt_round_robin_to_the_classifier_lanes():
@@ -124,13 +130,14 @@ def own_ray(tmp_path):
 def test_run_on_a_cluster_trains_its_lanes_as_tasks_within_the_budget(
     own_ray, tmp_path, capsys, monkeypatch
 ):
-    from melanoma_cli import lanes, main
+    import melanoma_cli.run as run_module
+    from melanoma_cli import main
     from melanoma_cli.cluster import check_shared
 
     def here(*a, **k):
         raise AssertionError("the lanes trained in this process, not as Ray tasks")
 
-    monkeypatch.setattr(lanes, "run_lanes", here)
+    monkeypatch.setattr(run_module, "run_lanes", here)
     # Workers that do not see a path are refused before anything trains.
     with pytest.raises(ValueError, match="does not see /nowhere/isic.*nothing was trained"):
         check_shared(tmp_path / "shared", ["/nowhere/isic"], cluster_machine([{"CPU": 2}]))
