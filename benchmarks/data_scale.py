@@ -135,32 +135,41 @@ def measure(root: Path, cache_size: int, workers: int | None) -> dict:
     from melanoma.data.transforms import build_augmentation
     from melanoma.engine.config import TrainConfig
 
-    seconds = {}
+    seconds, peak = {}, {}
     started = time.perf_counter()
     report = check_dataset(root, None, on_bad="skip", workers=workers)
     seconds["check"] = time.perf_counter() - started
+    peak["check"] = _peak_mb()
     started = time.perf_counter()
     splits = build_splits(report, SplitConfig())
     seconds["split"] = time.perf_counter() - started
+    peak["split"] = _peak_mb()
     cache = root.parent / f"{root.name}-cache{cache_size}"
     shutil.rmtree(cache, ignore_errors=True)
     started = time.perf_counter()
     prepare_cache(root, cache_size, cache, on_bad="skip", workers=workers)
     seconds["prepare"] = time.perf_counter() - started  # its own check and split included
+    peak["prepare"] = _peak_mb()
     started = time.perf_counter()
     augment = build_augmentation(TrainConfig().data.augment)
     train = open_data(cache, cache_size).dataset("train", augment, seed=0)
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True, num_workers=0)
     next(iter(loader))
     seconds["first_batch"] = time.perf_counter() - started
+    peak["first_batch"] = _peak_mb()
     return {
         "images": len(report.samples),
         "seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak["first_batch"],
+        "peak_rss_mb_after": peak,  # the process's peak so far, after each stage
         "data_mb": _megabytes(root),
         "cache_mb": _megabytes(cache),
         "splits": splits.counts(),
     }
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _megabytes(path: Path) -> float:
@@ -189,7 +198,7 @@ def exponents(rows: list[dict]) -> list[dict]:
 def print_scale_table(rows: list[dict], growth: list[dict]) -> None:
     print(
         "| images | check s | split s | prepare s | prepare img/s | first batch s | "
-        "peak RSS MB | data MB | cache MB |"
+        "peak RSS MB after check / prepare / batch | data MB | cache MB |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
@@ -197,13 +206,18 @@ def print_scale_table(rows: list[dict], growth: list[dict]) -> None:
         print(
             f"| {r['images']} | {s['check']:.1f} | {s['split']:.2f} | {s['prepare']:.1f} | "
             f"{r['images'] / s['prepare']:.0f} | {s['first_batch']:.2f} | "
-            f"{r['peak_rss_mb']:.0f} | {r['data_mb']:.0f} | {r['cache_mb']:.0f} |"
+            f"{_peaks(r)} | {r['data_mb']:.0f} | {r['cache_mb']:.0f} |"
         )
     print("\ngrowth exponent (1.0: linear)\n")
     print("| from -> to | " + " | ".join(STAGES) + " |")
     print("| --- | " + " | ".join("---" for _ in STAGES) + " |")
     for g in growth:
         print(f"| {g['from']} -> {g['to']} | " + " | ".join(f"{g[s]:.2f}" for s in STAGES) + " |")
+
+
+def _peaks(row: dict) -> str:
+    after = row.get("peak_rss_mb_after", {})
+    return " / ".join(f"{after.get(s, math.nan):.0f}" for s in ("check", "prepare", "first_batch"))
 
 
 def main(argv=None) -> int:

@@ -892,7 +892,8 @@ def test_real_search_keeps_ham_predictions_on_disk_by_checkpoint_identity(monkey
     "argv, message",
     [
         (["--sizes", "1000", "500"], "--sizes must rise"),
-        (["--sizes", "10"], "each be at least 50 images"),
+        (["--sizes", "10"], "each be 50 to 65536 images"),
+        (["--sizes", "70000"], "each be 50 to 65536 images"),
         (["--px", "32"], "need 64 <= --px <= 6000"),
         (["--px", "256", "--cache-size", "512"], "16 <= --cache-size <= --px"),
         (["--per-patient", "0"], "--per-patient must be at least 1"),
@@ -914,16 +915,25 @@ def test_data_scale_growth_exponent_is_the_log_ratio_of_times_over_sizes(tmp_pat
     (growth,) = bench.exponents(rows)
     assert growth["check"] == pytest.approx(1.0) and growth["split"] == pytest.approx(2.0)
     # The generated set: ISIC 2020's layout, every file distinct, read back as isic2020.
+    from melanoma.data.carve import build_splits
+    from melanoma.data.check import check_dataset
     from melanoma.data.layouts import read_layout
+    from melanoma.data.splits import SplitConfig
 
+    # Past 256 images: a stamp of one grey level per index compressed to the same bytes
+    # as an earlier file there, and the duplicate links put every image in one unit.
     root = tmp_path / "set"
-    bench.generate(root, 60, 64, per_patient=4)
+    bench.generate(root, 300, 64, per_patient=4)
     read = read_layout(root)
-    assert read.layout == "isic2020" and len(read.samples) == 60
+    assert read.layout == "isic2020" and len(read.samples) == 300
     files = sorted((root / "train").glob("*.jpg"))
-    assert len({f.read_bytes() for f in files}) == 60
-    assert len({s.group for s in read.samples}) <= 15
-    assert bench.generate(root, 60, 64, per_patient=4) == 0.0  # kept, not made again
+    assert len({f.read_bytes() for f in files}) == 300
+    assert len({s.group for s in read.samples}) <= 75
+    report = check_dataset(root, None)
+    assert not [p for p in report.warnings if "duplicate" in str(p)]
+    counts = build_splits(report, SplitConfig()).counts()
+    assert all(counts[name]["images"] > 20 for name in ("train", "val", "test")), counts
+    assert bench.generate(root, 300, 64, per_patient=4) == 0.0  # kept, not made again
 
 
 def test_real_search_reuse_refuses_runs_trained_otherwise(tmp_path):

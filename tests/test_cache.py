@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from melanoma.data.cache import Cache, prepare_cache
+from melanoma.data.cache import Cache, is_cache, prepare_cache
 from melanoma.data.dataset import open_data
 from melanoma.data.io import load_image, load_mask
 from melanoma.data.transforms import IMAGENET, Preprocess, build_augmentation
@@ -177,7 +177,7 @@ def test_node_cache_decodes_once_per_machine_and_follows_the_files(
     assert len(paths) == 1
     cached = next(iter(paths))
     assert cached.parent == tmp_path / "machine" / "decoded"
-    assert not [p for p in cached.parent.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in cached.parent.iterdir() if p.name.startswith(".building-")]
     # The same pixels as decoding the files directly.
     raw = open_data(synth_copy, 32)
     a, b = raw.dataset("train", None), bundles[0].dataset("train", None)
@@ -239,6 +239,43 @@ def test_node_cache_follows_files_outside_the_data_set(tmp_path: Path, monkeypat
         return np.load(cache.path / "images.npy", mmap_mode="r")[row]
 
     assert not np.array_equal(pixels(changed.cache), pixels(first.cache))
+
+
+def test_a_killed_machine_cache_build_resumes_where_it_stopped(
+    synth_copy: Path, tmp_path: Path, monkeypatch
+):
+    """The cache a training run builds for itself (once per machine): stopped midway, the
+    next run decodes only the rows left, and nothing reads the half-built one."""
+    import melanoma.data.cache as cache_module
+
+    monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "machine"))
+    calls = {"n": 0, "limit": 7}
+
+    def load(path, size):
+        calls["n"] += 1
+        if calls["n"] > calls["limit"]:
+            raise KeyboardInterrupt("killed")
+        return load_image(path, size)
+
+    monkeypatch.setattr(cache_module, "load_image", load)
+    with pytest.raises(KeyboardInterrupt):
+        open_data(synth_copy, 32, decode_once=True)
+    decoded = tmp_path / "machine" / "decoded"
+    assert not [p for p in decoded.iterdir() if is_cache(p)]
+    calls.update(n=0, limit=10**9)
+    bundle = open_data(synth_copy, 32, decode_once=True)
+    assert calls["n"] == bundle.cache.index["n"] - 7
+    assert [p.name for p in decoded.iterdir() if p.is_dir()] == [bundle.cache.path.name]
+    raw = open_data(synth_copy, 32).dataset("train", None)
+    cached = bundle.dataset("train", None)
+    assert len(raw) == len(cached) > 0
+    assert all(torch.equal(raw[i]["image"], cached[i]["image"]) for i in range(len(raw)))
+    # A build that fails with an error is removed: the next one starts clean.
+    monkeypatch.setattr(cache_module, "load_image", lambda path, size: 1 / 0)
+    (synth_copy / "extra.txt").write_text("another file: another cache")
+    with pytest.raises(ZeroDivisionError):
+        open_data(synth_copy, 32, decode_once=True)
+    assert [p.name for p in decoded.iterdir() if p.is_dir()] == [bundle.cache.path.name]
 
 
 def test_a_killed_cache_build_resumes_and_is_never_read_half_written(

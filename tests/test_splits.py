@@ -60,6 +60,25 @@ def test_identical_content_stays_together():
         assert assignment["id0001"] == assignment["id0002"]
 
 
+def _report(data: list[Sample], content: dict[str, str]):
+    from melanoma.data.check import CheckReport, SampleInfo
+
+    info = {s.id: SampleInfo(content[s.id], (64, 64)) for s in data}
+    return CheckReport("isic2020", Path("."), data, info, [], has_masks=False)
+
+
+def test_a_split_left_empty_by_one_giant_unit_is_refused():
+    """Files that compress to the same bytes link every patient into one unit: it would
+    all go to validation, and training would see nothing."""
+    data = samples(400, groups=100)
+    content = {s.id: f"sha-{s.id}" for s in data}
+    build_splits(_report(data, content), SplitConfig())  # distinct files: carved
+    for i in range(100):  # one image of each of the 100 patients shares one file's bytes
+        content[f"id{i:04d}"] = "same-bytes"
+    with pytest.raises(ValueError, match=r"split train, test got no images.*largest holds 400"):
+        build_splits(_report(data, content), SplitConfig())
+
+
 def test_official_splits_kept_and_missing_test_carved_from_train():
     data = samples(300, split="train") + [
         Sample(f"v{i}", Path(f"v{i}.jpg"), label=i % 2, split="val") for i in range(40)

@@ -114,8 +114,37 @@ def build_splits(report: CheckReport, config: SplitConfig) -> Splits:
     for s in report.samples:
         info = report.info[s.id]
         entries[assignment[s.id]].append(SplitEntry(s, info.image_sha256, info.mask_sha256))
+    _refuse_empty(entries, report.samples, config, content)
     return Splits(
         report.root, report.layout, config, entries, leaks, [str(p) for p in report.problems]
+    )
+
+
+def _refuse_empty(
+    entries: dict[str, list[SplitEntry]],
+    samples: list[Sample],
+    config: SplitConfig,
+    content: dict[str, str],
+) -> None:
+    """A split the data was large enough to fill but which got no image: its units (one
+    patient's or lesion's images, identical files) are too large, and every model
+    trained or scored on it would be silently wrong."""
+    n = len(samples)
+    wanted = {
+        "train": 1,
+        "val": round(config.val_fraction * n),
+        "test": round(config.test_fraction * n),
+    }
+    empty = [name for name in SPLITS if not entries[name] and wanted[name] >= 1]
+    if not empty:
+        return
+    sizes = sorted((len(u) for u in units(samples, content)), reverse=True)
+    raise ValueError(
+        f"split {', '.join(empty)} got no images: the {n} images form {len(sizes)} units "
+        f"that must each stay in one split (images sharing a patient or lesion id, or "
+        f"identical bytes), and the largest holds {sizes[0]} images. Check the group "
+        f"column (patient_id or lesion_id) and the duplicate-content warnings of "
+        f"`melanoma data check`; a data set needs several units per split"
     )
 
 
