@@ -8,7 +8,8 @@ exponent of every stage between consecutive sizes (1.0: linear).
                                     [--work DIR] [--json out.json]
 
 The sets (ISIC 2020's layout: train.csv with patient_id and target, JPEGs in train/,
-1.8% melanoma, several images per patient, every file's bytes distinct) are generated
+1.8% melanoma, several images per patient, every file's bytes distinct; lesions drawn at
+up to 1024 px and enlarged beyond) are generated
 once into --work (default a temp dir) and kept there; generating counts separately.
 Each size is measured in a fresh process, so its peak resident memory is its own.
 """
@@ -33,6 +34,7 @@ import numpy as np
 STAGES = ("check", "split", "prepare", "first_batch")
 BASE_IMAGES = 64  # distinct lesion pictures; each file stamps its own index into a corner
 MAX_IMAGES = 2**16  # what the stamp can tell apart
+BASE_PX = 1024  # lesion pictures are drawn at most this large (drawing 4000 px takes minutes)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,7 +66,8 @@ def generate(root: Path, n: int, px: int, per_patient: int, seed: int = 0) -> fl
     the seconds it took."""
     done, key = (
         root / "generated.json",
-        {"n": n, "px": px, "per_patient": per_patient, "seed": seed, "stamp": "8x8 blocks"},
+        {"n": n, "px": px, "per_patient": per_patient, "seed": seed, "stamp": "8x8 blocks"}
+        | ({"drawn_at": BASE_PX} if px > BASE_PX else {}),
     )
     if done.is_file() and json.loads(done.read_text()) == key:
         return 0.0
@@ -76,8 +79,13 @@ def generate(root: Path, n: int, px: int, per_patient: int, seed: int = 0) -> fl
     rng = np.random.default_rng(seed)
     labels = (rng.random(n) < 0.0176).astype(int)
     patients = rng.integers(0, max(1, n // per_patient), n)
+    drawn = min(px, BASE_PX)
     bases = np.stack(
-        [generate_sample(rng, px, bool(m))[0] for m in (0, 1) for _ in range(BASE_IMAGES // 2)]
+        [
+            _enlarged(generate_sample(rng, drawn, bool(m))[0], px)
+            for m in (0, 1)
+            for _ in range(BASE_IMAGES // 2)
+        ]
     )
     # Encoding is most of the time: every core writes its share of the files.
     chunks = np.array_split(np.arange(n), 8 * (os.cpu_count() or 1))
@@ -109,6 +117,12 @@ def _write_images(folder: Path, indices: np.ndarray, labels: np.ndarray) -> None
         image = _BASES[(i % half) + half * labels[i]].copy()
         image[:32, :32] = _stamp(int(i))
         Image.fromarray(image).save(folder / f"ISIC_{i:07d}.jpg", quality=90)
+
+
+def _enlarged(image: np.ndarray, px: int) -> np.ndarray:
+    import cv2
+
+    return image if image.shape[0] == px else cv2.resize(image, (px, px), interpolation=cv2.INTER_CUBIC)
 
 
 def _stamp(i: int) -> np.ndarray:

