@@ -9,8 +9,8 @@ exponent of every stage between consecutive sizes (1.0: linear).
 
 The sets (ISIC 2020's layout: train.csv with patient_id and target, JPEGs in train/,
 1.8% melanoma, several images per patient, every file's bytes distinct; lesions drawn at
-up to 1024 px and enlarged beyond) are generated
-once into --work (default a temp dir) and kept there; generating counts separately.
+up to 1024 px and enlarged beyond) are generated once into --work (default a temp dir)
+and kept there; generating counts separately.
 Each size is measured in a fresh process, so its peak resident memory is its own.
 """
 
@@ -122,7 +122,9 @@ def _write_images(folder: Path, indices: np.ndarray, labels: np.ndarray) -> None
 def _enlarged(image: np.ndarray, px: int) -> np.ndarray:
     import cv2
 
-    return image if image.shape[0] == px else cv2.resize(image, (px, px), interpolation=cv2.INTER_CUBIC)
+    if image.shape[0] == px:
+        return image
+    return cv2.resize(image, (px, px), interpolation=cv2.INTER_CUBIC)
 
 
 def _stamp(i: int) -> np.ndarray:
