@@ -120,6 +120,22 @@ def test_each_bad_input_fails_and_is_named(synth_copy: Path, damage, capsys):
     assert "excluded" in capsys.readouterr().err
 
 
+def test_a_large_jpeg_is_checked_at_its_full_size_and_refused_when_cut_near_its_end(
+    synth_copy: Path,
+):
+    """The check decodes JPEGs at an eighth of their size: it must still record the real
+    size and still catch a file cut short by a few bytes."""
+    big = Image.open(image(synth_copy, 0)).resize((1600, 1200), Image.BICUBIC)
+    big.save(image(synth_copy, 0), quality=90)
+    Image.open(mask(synth_copy, 0)).resize((1600, 1200), Image.NEAREST).save(mask(synth_copy, 0))
+    report = check_dataset(synth_copy)
+    assert report.info["ISIC_0000000"].image_size == (1600, 1200) and not report.problems
+    data = image(synth_copy, 0).read_bytes()
+    image(synth_copy, 0).write_bytes(data[: len(data) - 40])
+    report = check_dataset(synth_copy, on_bad="skip")
+    assert [(p.kind, p.sample_id) for p in report.errors] == [("truncated image", "ISIC_0000000")]
+
+
 def test_a_bad_label_row_names_its_line_and_image(synth_copy: Path, capsys):
     bad_label_value(synth_copy)
     assert main(["data", "check", str(synth_copy)]) == 1
