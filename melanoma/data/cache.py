@@ -26,6 +26,7 @@ from filelock import FileLock
 from melanoma.data.carve import build_splits
 from melanoma.data.check import check_dataset
 from melanoma.data.io import load_image, load_mask
+from melanoma.data.records import gc_paused
 from melanoma.data.splits import SplitConfig, Splits
 
 CACHE_VERSION = 2  # 2: masks resized with pixel-centre nearest neighbour (io.resize_mask)
@@ -210,7 +211,8 @@ class Cache:
                 f"{path} is not a prepared cache (no {INDEX}); create one with "
                 f"`melanoma data prepare DATA_DIR --size S --out {path}`"
             )
-        index = json.loads((path / INDEX).read_text())
+        with gc_paused():  # one record per image: 33,126 in ISIC 2020
+            index = json.loads((path / INDEX).read_text())
         if index.get("version") != CACHE_VERSION:
             raise ValueError(
                 f"cache {path} has version {index.get('version')}, expected {CACHE_VERSION}; "

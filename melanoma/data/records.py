@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -79,3 +81,17 @@ def count_cross_split(keyed: Iterable[tuple[str, str]], splits: Iterable[str]) -
         for a, b in combinations([s for s in splits if s in found], 2):
             counts[f"{a}-{b}"] += 1
     return counts
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Build many small acyclic records without the cyclic collector: each of its full
+    passes walks every live object (torch's too), which made loading a 33,126-image
+    splits file grow as n^1.4 (0.10 s at 10,000, 0.54 s at 33,126; 0.27 s paused)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

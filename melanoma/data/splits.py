@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from melanoma.data.io import file_sha256
-from melanoma.data.records import SPLITS, Sample, count_cross_split
+from melanoma.data.records import SPLITS, Sample, count_cross_split, gc_paused
 from melanoma.files import write_json
 
 SPLITS_VERSION = 1
@@ -272,7 +272,8 @@ class Splits:
         """Read a splits.json; ``root`` overrides the data location recorded in it."""
         path = Path(path)
         try:
-            doc = json.loads(path.read_text())
+            with gc_paused():
+                doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read splits file {path}: {err}") from err
         if doc.get("version") != SPLITS_VERSION:
@@ -294,11 +295,13 @@ class Splits:
             )
             return SplitEntry(sample, d["image_sha256"], d["mask_sha256"])
 
+        with gc_paused():
+            entries = {s: [entry(d) for d in doc["splits"][s]] for s in SPLITS}
         return cls(
             root=base,
             layout=doc["dataset"]["layout"],
             config=SplitConfig(**doc["config"]),
-            entries={s: [entry(d) for d in doc["splits"][s]] for s in SPLITS},
+            entries=entries,
             leaks=doc.get("leaks", []),
             excluded=doc.get("excluded", []),
             dropped_test=doc.get("dropped_test", []),
