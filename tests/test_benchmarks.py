@@ -1144,3 +1144,51 @@ def test_gpu_path_measures_and_tables_each_rate(tmp_path, capsys):
     bench.print_table(result)
     table = capsys.readouterr().out
     assert result["device"].startswith("cpu") and "of model" in table and "%" in table
+
+
+# Pillow warns while opening the bomb's header; the service then refuses it (413).
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_serve_storm_reads_wrks_status_counts_and_builds_each_hostile_request(monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from melanoma.service import BadRequest, Limits, decode_upload
+
+    bench = load("serve_storm")
+    counts = bench.parse_counts(
+        "Running 30s test\nstatus 200 812\nstatus 503 20417\nsocket errors 0 3 0 12\n"
+    )
+    assert counts == {"statuses": {200: 812, 503: 20417}, "socket_errors": 15}
+    good = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 120, 90)).save(good, "JPEG")
+    limits = Limits()
+    hostile = bench.hostile_requests(good.getvalue(), limits.max_images)
+    assert set(hostile) == {"oversized", "bomb", "truncated", "garbage", "too many images"}
+    assert len(hostile["oversized"][2]) > limits.max_image_bytes
+    bomb = hostile["bomb"][2]
+    width, height = int.from_bytes(bomb[16:20], "big"), int.from_bytes(bomb[20:24], "big")
+    assert len(bomb) < 2**20 and bomb[12:16] == b"IHDR" and (width, height) == (13000, 13000)
+    for kind, status in (("bomb", 413), ("truncated", 400), ("garbage", 400)):
+        with pytest.raises(BadRequest) as err:
+            decode_upload(hostile[kind][2], 64, limits)
+        assert err.value.status == status, kind
+    many = json.loads(hostile["too many images"][2])
+    assert len(many["images"]) == limits.max_images + 1
+    health = bench.summarise_health([(200, 12.0), (200, 140.0), (503, 3.0), (0, 10000.0)])
+    assert health["checks"] == 4 and health["ok"] == 2 and health["over_100_ms"] == 2
+    assert health["statuses"] == {200: 2, 503: 1, 0: 1} and health["max_ms"] == 10000.0
+
+
+def test_serve_storm_refuses_to_run_without_wrk_or_with_bad_numbers(monkeypatch, capsys):
+    bench = load("serve_storm")
+    argv = ["--model", "m", "--images", "i"]
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(SystemExit):
+        bench.parse_args(argv)
+    assert "the flood needs wrk: apt-get install wrk" in capsys.readouterr().err
+    monkeypatch.setattr("shutil.which", lambda name: "/usr/bin/wrk")
+    for bad in (["--seconds", "0"], ["--flood", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv + bad)
+        assert "need 1 <= --seconds <= 600 and --flood >= 1" in capsys.readouterr().err
