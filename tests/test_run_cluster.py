@@ -224,3 +224,113 @@ def test_each_lane_process_watches_the_driver_that_started_it(monkeypatch):
     import os
 
     assert [(t, a[0]) for t, a in started] == [(lanes._lane_process, os.getpid())] * 2
+
+
+class _FakeRay:
+    """As much of ``ray`` as melanoma_cli.cluster's refusals use: a task runs when it is
+    got, so a task that raises is a task that failed on the cluster."""
+
+    class exceptions:  # noqa: N801 (ray's own name)
+        class RayError(Exception):
+            pass
+
+        class GetTimeoutError(RayError):
+            pass
+
+    def __init__(self, timeout: bool = False):
+        self.timeout, self.cancelled, self.options = timeout, [], []
+
+    def remote(self, *args, **kwargs):
+        fake = self
+
+        class Task:
+            def __init__(self, fn):
+                self.fn = fn
+
+            def options(self, **resources):
+                fake.options.append(resources)
+                return self
+
+            def remote(self, *a, **k):
+                return lambda: self.fn(*a, **k)
+
+        return Task(args[0]) if args and callable(args[0]) else Task
+
+    def get(self, ref, timeout=None):
+        if self.timeout:
+            raise self.exceptions.GetTimeoutError("timed out")
+        return ref()
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+def test_a_probe_that_times_out_on_the_cluster_is_cancelled_and_refused(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from melanoma_cli import cluster
+
+    fake = _FakeRay(timeout=True)
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    measure = cluster.measure_on_cluster(SimpleNamespace(threads_per_lane=2, gpus=1))
+    with pytest.raises(ValueError, match=r"no timing within \d+ s on the cluster; nothing was"):
+        measure({"seg": object(), "cls": object()}, 2, 16)
+    assert len(fake.cancelled) == 2  # neither probe task is left running
+    assert fake.options == [{"num_cpus": 2, "num_gpus": 1}] * 2
+
+
+def test_a_lane_that_fails_on_the_cluster_is_named_and_ctrl_c_cancels_every_lane(monkeypatch):
+    import sys
+
+    from melanoma_cli import cluster
+
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+
+    def died():
+        raise fake.exceptions.RayError("the worker died")
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(ValueError, match="the classifier 2: the worker died task failed"):
+        cluster._wait({"segmenter": lambda: None, "classifier 2": died})
+    refs = {"segmenter": interrupted, "classifier": lambda: None}
+    with pytest.raises(KeyboardInterrupt):
+        cluster._wait(refs)
+    assert fake.cancelled == list(refs.values())
+
+
+def test_lanes_that_finish_without_a_checkpoint_this_node_sees_are_refused(tmp_path, monkeypatch):
+    """Workers writing to a disk of their own: their lanes end, and the driver, which
+    would build from what it sees, finds no checkpoint and says what --out needs."""
+    import sys
+    from types import SimpleNamespace
+
+    from melanoma_cli import cluster, lanes
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay())
+    trained = []
+    monkeypatch.setattr(lanes, "train_lane", lambda name, configs, *a: trained.append(name))
+    configs = {
+        "segmenter": [SimpleNamespace(out=str(tmp_path / "seg"))],
+        "classifier": [SimpleNamespace(out=str(tmp_path / f"cls/run-{k}")) for k in range(2)],
+    }
+    plan = SimpleNamespace(
+        lanes=3,
+        threads_per_lane=1,
+        gpus=0,
+        finish_s=60.0,
+        budget_s=600.0,
+        segmenter=SimpleNamespace(seconds=300.0),
+        classifier=SimpleNamespace(seconds=300.0),
+    )
+    with pytest.raises(ValueError, match=r"the lanes finished but .*seg, .*run-0, .*run-1 hold"):
+        cluster.run_lanes_on_cluster(configs, plan, 600.0, quiet=True)
+    assert sorted(trained) == ["classifier 1", "classifier 2", "segmenter"]
+    for run in ("seg", "cls/run-0", "cls/run-1"):  # every lane's first run on disk: taken
+        best = tmp_path / run / "checkpoints" / "best.pt"
+        best.parent.mkdir(parents=True)
+        best.touch()
+    cluster.run_lanes_on_cluster(configs, plan, 600.0, quiet=True)
