@@ -83,14 +83,16 @@ def post(url: str, body: bytes, content_type: str, timeout: float = 60) -> tuple
         return 0, b""
 
 
-def replica_rss_mb() -> dict[int, float]:
-    """VmRSS of every Serve replica process on this machine, by pid."""
+def replica_rss_mb(deployment: bytes = b"CascadeService") -> dict[int, float]:
+    """VmRSS of every Serve replica of ``deployment`` (the model's: not the health
+    replica's) on this machine, by pid."""
     out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if b"ServeReplica" not in (entry / "cmdline").read_bytes():
+            cmdline = (entry / "cmdline").read_bytes()
+            if b"ServeReplica" not in cmdline or deployment not in cmdline:
                 continue
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -265,8 +267,10 @@ def main(argv=None) -> int:
         "hostile": {k: dict(v) for k, v in watch.answers.items()},
         "health": summarise_health(watch.health),
         "memory": {
-            "idle_mb": sorted(idle.values()),
-            "peak_mb": sorted(watch.memory.values()),
+            "replicas": {
+                str(pid): {"idle_mb": idle.get(pid), "peak_mb": peak}
+                for pid, peak in sorted(watch.memory.items())
+            },
             "request_bound_mb": bp.memory_bound(limits) / 2**20,
         },
         "after": {
@@ -311,9 +315,14 @@ def print_report(r: dict) -> None:
         f"/healthz: {h['ok']} of {h['checks']} answered 200 ({h['statuses']}); p50 "
         f"{h['p50_ms']:.0f} ms, slowest {h['max_ms']:.0f} ms, {h['over_100_ms']} over 100 ms"
     )
+    each = [
+        f"{r['peak_mb']:.0f} (idle {r['idle_mb']:.0f}, +{r['peak_mb'] - r['idle_mb']:.0f})"
+        if r["idle_mb"] is not None
+        else f"{r['peak_mb']:.0f} (started during the storm)"
+        for r in m["replicas"].values()
+    ]
     print(
-        f"replica memory (MB): idle {[round(x) for x in m['idle_mb']]}, peak "
-        f"{[round(x) for x in m['peak_mb']]}; documented request bound "
+        f"model replicas' peak memory (MB): {', '.join(each)}; documented request bound "
         f"{m['request_bound_mb']:.0f} MB per replica above idle"
     )
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -36,7 +37,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args.num_replicas, args.replica_cpus, args.max_batch_size, args.batch_wait_ms, args.drain_s
     )
     CascadeModel(Path(args.model), int8=args.int8)
-    ingress = choose_ingress(args.ingress, on_cluster=bool(args.address))
+    # ray.init() without an address joins the cluster RAY_ADDRESS names, if any.
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    ingress = choose_ingress(args.ingress, on_cluster=on_cluster)
     set_ingress(ingress)  # read by the Ray processes started below
     import ray
     from ray import serve

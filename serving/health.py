@@ -47,7 +47,11 @@ class Health:
         async with self.lock:  # one controller call at a time, however many checks wait
             if time.monotonic() - self.checked_at < STATUS_TTL_S:
                 return
-            self.app_status, self.replicas = await asyncio.to_thread(replica_states, self.app)
+            try:
+                self.app_status, self.replicas = await asyncio.to_thread(replica_states, self.app)
+            except Exception as err:  # noqa: BLE001 (any failure to ask is an answer: 503)
+                self.app_status, self.replicas = f"UNKNOWN: {err}", {}
+            # Advanced even when the controller failed: under load it is asked no more often.
             self.checked_at = time.monotonic()
 
 

