@@ -158,13 +158,17 @@ def _wait(refs: dict) -> None:
             try:
                 ray.get(ref)
             except ray.exceptions.RayError as e:
-                failed.append(f"{name}: {e}")
+                failed.append(f"{name!r} ({e})")
     except KeyboardInterrupt:
         for ref in refs.values():
             ray.cancel(ref, force=True)
         raise
     if failed:
-        raise ValueError(f"the {'; '.join(failed)} task failed on the cluster")
+        raise ValueError(
+            f"on the cluster, the task {'; '.join(failed)} failed. Its worker's log is under "
+            "/tmp/ray/session_latest/logs on that node (or in the Ray dashboard); the same "
+            "command again resumes from the last finished epoch"
+        )
 
 
 def run_lanes_on_cluster(lanes: dict[str, list], plan, seconds_left: float, quiet) -> None:

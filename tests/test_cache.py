@@ -246,15 +246,19 @@ def test_a_killed_machine_cache_build_resumes_where_it_stopped(
 ):
     """The cache a training run builds for itself (once per machine): stopped midway, the
     next run decodes only the rows left, and nothing reads the half-built one."""
+    import threading
+
     import melanoma.data.cache as cache_module
 
     monkeypatch.setenv("MELANOMA_CACHE", str(tmp_path / "machine"))
     calls = {"n": 0, "limit": 7}
+    lock = threading.Lock()  # the cache decodes in several threads
 
     def load(path, size):
-        calls["n"] += 1
-        if calls["n"] > calls["limit"]:
-            raise KeyboardInterrupt("killed")
+        with lock:
+            calls["n"] += 1
+            if calls["n"] > calls["limit"]:
+                raise KeyboardInterrupt("killed")
         return load_image(path, size)
 
     monkeypatch.setattr(cache_module, "load_image", load)
@@ -276,6 +280,18 @@ def test_a_killed_machine_cache_build_resumes_where_it_stopped(
     with pytest.raises(ZeroDivisionError):
         open_data(synth_copy, 32, decode_once=True)
     assert [p.name for p in decoded.iterdir() if p.is_dir()] == [bundle.cache.path.name]
+    # Killed, then the files changed: the next build is another cache, and the killed
+    # one, which no run can resume, is removed once it is made.
+    monkeypatch.setattr(cache_module, "load_image", load)
+    calls.update(n=0, limit=3)
+    with pytest.raises(KeyboardInterrupt):
+        open_data(synth_copy, 32, decode_once=True)
+    assert len([p for p in decoded.iterdir() if p.name.startswith(".building-")]) == 1
+    (synth_copy / "extra.txt").write_text("changed again")
+    calls.update(n=0, limit=10**9)
+    newer = open_data(synth_copy, 32, decode_once=True)
+    left = sorted(p.name for p in decoded.iterdir() if p.is_dir())
+    assert left == sorted([bundle.cache.path.name, newer.cache.path.name])
 
 
 def test_a_killed_cache_build_resumes_and_is_never_read_half_written(

@@ -294,7 +294,7 @@ def test_a_lane_that_fails_on_the_cluster_is_named_and_ctrl_c_cancels_every_lane
     def interrupted():
         raise KeyboardInterrupt
 
-    with pytest.raises(ValueError, match="the classifier 2: the worker died task failed"):
+    with pytest.raises(ValueError, match=r"the task 'classifier 2' \(the worker died\) failed"):
         cluster._wait({"segmenter": lambda: None, "classifier 2": died})
     refs = {"segmenter": interrupted, "classifier": lambda: None}
     with pytest.raises(KeyboardInterrupt):

@@ -170,8 +170,9 @@ class _RowWriter:
 
     def __init__(self, path: Path) -> None:
         probe = np.load(path, mmap_mode="r")
-        self.offset, self.row_shape = probe.offset, probe.shape[1:]
+        self.path, self.offset, self.row_shape = path, probe.offset, probe.shape[1:]
         self.row_bytes = int(np.prod(self.row_shape))
+        self.size_bytes = self.offset + self.row_bytes * probe.shape[0]
         del probe
         self.fd = os.open(path, os.O_RDWR)
 
@@ -180,9 +181,16 @@ class _RowWriter:
         data = np.ascontiguousarray(row).tobytes()
         view, at = memoryview(data), self.offset + i * self.row_bytes
         while view:  # a regular file takes all at once unless the disk is full
-            written = os.pwrite(self.fd, view, at)
+            try:
+                written = os.pwrite(self.fd, view, at)
+            except OSError as err:
+                raise OSError(
+                    f"could not write row {i} of {self.path} ({err.strerror}); the file "
+                    f"needs {self.size_bytes / 2**30:.1f} GiB: free that much, or set "
+                    "MELANOMA_CACHE to a larger disk"
+                ) from err
             if written == 0:
-                raise OSError(f"could not write row {i} of the cache: is the disk full?")
+                raise OSError(f"could not write row {i} of {self.path}: is the disk full?")
             view, at = view[written:], at + written
 
     def __enter__(self) -> _RowWriter:
@@ -346,4 +354,24 @@ def node_cache(
         except Exception:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    _drop_stale_builds(base, f"{root.name}-{size}px-", keep=target.name)
     return target
+
+
+def _drop_stale_builds(base: Path, prefix: str, keep: str) -> None:
+    """Killed builds of this data set at this size for files that have changed since
+    (another digest): no run will resume them, and each may be as large as the cache.
+    One whose lock another process holds is still being built, and is left."""
+    import shutil
+
+    from filelock import Timeout
+
+    for stale in base.glob(f".building-{prefix}*"):
+        name = stale.name.removeprefix(".building-")
+        if name == keep:
+            continue
+        try:
+            with FileLock(base / f"{name}.lock", timeout=0):
+                shutil.rmtree(stale, ignore_errors=True)
+        except Timeout:
+            continue

@@ -129,22 +129,27 @@ def _refuse_empty(
     """A split the data was large enough to fill but which got no image: its units (one
     patient's or lesion's images, identical files) are too large, and every model
     trained or scored on it would be silently wrong."""
-    n = len(samples)
+    official = {s.split for s in samples if s.split} if config.keep_official else set()
+    totals = Counter(s.label for s in samples)
+    # What the carve aims at: its own per-label targets, or the official split's images.
     wanted = {
-        "train": 1,
-        "val": round(config.val_fraction * n),
-        "test": round(config.test_fraction * n),
+        "train": int(any(s.split in (None, "train") for s in samples) or "train" in official),
+        **{
+            name: sum(round(fraction * n) for n in totals.values())
+            for name, fraction in (("val", config.val_fraction), ("test", config.test_fraction))
+        },
     }
     empty = [name for name in SPLITS if not entries[name] and wanted[name] >= 1]
     if not empty:
         return
     sizes = sorted((len(u) for u in units(samples, content)), reverse=True)
+    given = f" (official splits given: {', '.join(sorted(official))})" if official else ""
     raise ValueError(
-        f"split {', '.join(empty)} got no images: the {n} images form {len(sizes)} units "
-        f"that must each stay in one split (images sharing a patient or lesion id, or "
-        f"identical bytes), and the largest holds {sizes[0]} images. Check the group "
-        f"column (patient_id or lesion_id) and the duplicate-content warnings of "
-        f"`melanoma data check`; a data set needs several units per split"
+        f"split {', '.join(empty)} got no images{given}: the {len(samples)} images form "
+        f"{len(sizes)} units that must each stay in one split (images sharing a patient or "
+        f"lesion id, or identical bytes), and the largest holds {sizes[0]} images. Check the "
+        "group column (patient_id or lesion_id) and the duplicate-content warnings of "
+        "`melanoma data check`; a data set needs several units per split"
     )
 
 
