@@ -16,20 +16,39 @@ INGRESS_NAMES = {
 }
 
 
+def _start_ray(args: argparse.Namespace) -> tuple[bool, str]:
+    """Join the cluster or start a local Ray, with the ingress chosen first; (whether on a
+    cluster, the ingress)."""
+    from serving.app import free_port
+    from serving.ingress import choose_ingress, set_ingress
+
+    # Without --address, ray.init() joins the cluster RAY_ADDRESS names ("local": none).
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    on_cluster = bool(address) and address != "local"
+    if on_cluster and args.metrics_port:
+        raise ValueError(
+            f"--metrics-port sets the port of a Ray this command starts, but it joins the "
+            f"cluster at {address}: read each node's own metrics export port instead (Ray's "
+            "/tmp/ray/prom_metrics_service_discovery.json), or drop --metrics-port"
+        )
+    ingress = choose_ingress(args.ingress, on_cluster=on_cluster)
+    set_ingress(ingress)  # read by the Ray processes started below
+    import ray
+
+    if on_cluster:
+        ray.init(address=address, log_to_driver=False)
+    else:  # a local Ray: its metrics agent exports on a port we can print
+        args.metrics_port = args.metrics_port or free_port()
+        ray.init(log_to_driver=False, _metrics_export_port=args.metrics_port)
+    return on_cluster, ingress
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from melanoma.service import CascadeModel, Limits
 
     limits = Limits(int(args.max_image_mb * 2**20), args.max_images, int(args.max_megapixels * 1e6))
-    from serving.app import (
-        Backpressure,
-        build_app,
-        check_settings,
-        free_port,
-        model_info,
-        replicas_for,
-    )
+    from serving.app import Backpressure, build_app, check_settings, model_info, replicas_for
     from serving.health import run_with_health
-    from serving.ingress import choose_ingress, set_ingress
 
     # What no replica could run and a model it cannot serve are refused before Ray starts.
     backpressure = Backpressure(args.max_ongoing, args.max_queued, args.batch_slots)
@@ -37,18 +56,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         args.num_replicas, args.replica_cpus, args.max_batch_size, args.batch_wait_ms, args.drain_s
     )
     CascadeModel(Path(args.model), int8=args.int8)
-    # ray.init() without an address joins the cluster RAY_ADDRESS names, if any.
-    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
-    ingress = choose_ingress(args.ingress, on_cluster=on_cluster)
-    set_ingress(ingress)  # read by the Ray processes started below
+    on_cluster, ingress = _start_ray(args)
     import ray
     from ray import serve
 
-    if args.address:
-        ray.init(address=args.address, log_to_driver=False)
-    else:  # a local Ray: its metrics agent exports on a port we can print
-        args.metrics_port = args.metrics_port or free_port()
-        ray.init(log_to_driver=False, _metrics_export_port=args.metrics_port)
     replicas = args.num_replicas
     if replicas is None:
         replicas = replicas_for(ray.cluster_resources().get("CPU", 1), args.replica_cpus)
@@ -78,7 +89,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     metrics = (
         f"http://127.0.0.1:{args.metrics_port}/metrics"
-        if not args.address
+        if not on_cluster
         else "each node's metrics export port"
     )
     print(

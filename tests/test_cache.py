@@ -286,12 +286,14 @@ def test_a_killed_machine_cache_build_resumes_where_it_stopped(
     calls.update(n=0, limit=3)
     with pytest.raises(KeyboardInterrupt):
         open_data(synth_copy, 32, decode_once=True)
-    assert len([p for p in decoded.iterdir() if p.name.startswith(".building-")]) == 1
+    building = [p for p in decoded.iterdir() if p.is_dir() and p.name.startswith(".building-")]
+    assert len(building) == 1
     (synth_copy / "extra.txt").write_text("changed again")
     calls.update(n=0, limit=10**9)
     newer = open_data(synth_copy, 32, decode_once=True)
     left = sorted(p.name for p in decoded.iterdir() if p.is_dir())
     assert left == sorted([bundle.cache.path.name, newer.cache.path.name])
+    assert not list(decoded.glob(".building-*.owner.json"))
 
 
 def test_a_killed_cache_build_resumes_and_is_never_read_half_written(

