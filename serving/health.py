@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 HEALTH_APP_SUFFIX = "-health"
 STATUS_TTL_S = 1.0  # the controller is asked at most this often
+CONTROLLER_TIMEOUT_S = 5.0  # a controller slower than this: 503
 
 
 # No CPU of its own: every CPU goes to the model's replicas (one per CPU by default).
@@ -48,9 +49,12 @@ class Health:
             if time.monotonic() - self.checked_at < STATUS_TTL_S:
                 return
             try:
-                self.app_status, self.replicas = await asyncio.to_thread(replica_states, self.app)
+                self.app_status, self.replicas = await asyncio.wait_for(
+                    asyncio.to_thread(replica_states, self.app), CONTROLLER_TIMEOUT_S
+                )
             except Exception as err:  # noqa: BLE001 (any failure to ask is an answer: 503)
-                self.app_status, self.replicas = f"UNKNOWN: {err}", {}
+                # The kind only: this endpoint is unauthenticated.
+                self.app_status, self.replicas = f"UNKNOWN ({type(err).__name__})", {}
             # Advanced even when the controller failed: under load it is asked no more often.
             self.checked_at = time.monotonic()
 

@@ -518,6 +518,36 @@ def test_serve_refuses_settings_no_replica_could_run_before_starting_ray(
     assert "max_pixels=0" in capsys.readouterr().err
     assert main(["serve", str(exported["dir"]), "--drain-s", "-1"]) == 2
     assert "need drain_s >= 0" in capsys.readouterr().err
+    # A port for a Ray this command would not start: it joins the cluster RAY_ADDRESS names.
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert main(["serve", str(exported["dir"]), "--metrics-port", "9100"]) == 2
+    assert "joins the cluster at 10.0.0.1:6379" in capsys.readouterr().err
+    assert main(["serve", str(exported["dir"]), "--ingress", "haproxy"]) == 2
+    assert "cannot change a running cluster's ingress" in capsys.readouterr().err
+
+
+def test_health_answers_503_with_the_errors_kind_when_serve_cannot_be_asked(monkeypatch):
+    import asyncio
+
+    import serving.health as health
+
+    calls = []
+
+    def broken(app):
+        calls.append(app)
+        raise ConnectionError("controller at 10.0.0.7:6379 unreachable")
+
+    monkeypatch.setattr(health, "replica_states", broken)
+    checker = health.Health.func_or_class("melanoma", {"model": "float"})
+
+    async def check():
+        answer = await checker(_asgi_request("GET", "/healthz"))
+        return answer.status_code, json.loads(answer.body)
+
+    status, body = asyncio.run(check())
+    assert status == 503 and body["status"] == "unavailable"
+    assert body["application"] == "UNKNOWN (ConnectionError)"  # no address leaked
+    assert asyncio.run(check())[0] == 503 and calls == ["melanoma"]  # not asked again at once
 
 
 def test_replicas_are_given_the_drain_time_and_export_the_projects_metrics(exported, monkeypatch):
